@@ -179,22 +179,30 @@ def _error(msg: str) -> None:
     sys.stderr.flush()
 
 
-def main(argv: list[str] | None = None) -> None:
-    import click
+def _click_exceptions():
+    """Typer 0.20+ vendors click as ``typer._click``; older Typer uses the click package."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - depends on the Typer version
+        from click import exceptions
+    return exceptions
 
+
+def main(argv: list[str] | None = None) -> None:
+    click = _click_exceptions()
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rv = app(args=argv, prog_name="ticketctl", standalone_mode=False)
     except TicketError as e:
         _error(str(e))
         sys.exit(e.exit_code)
-    except click.exceptions.UsageError as e:
+    except click.UsageError as e:
         _error(e.format_message().replace("\n", " "))
         sys.exit(2)
-    except click.exceptions.ClickException as e:
+    except click.ClickException as e:
         _error(e.format_message())
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.Abort):
         _error("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except _Terminated:

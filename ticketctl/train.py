@@ -144,7 +144,7 @@ def autocast(device: torch.device, precision: str):
 def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
           pad_id: int, keep: dict[str, torch.Tensor] | None = None, l1: L1Regularizer | None = None,
           on_step: Callable[[int, int, float | None], None] | None = None,
-          record_lr: list[float] | None = None) -> list[float]:
+          schedule_log: list[tuple[float, float]] | None = None) -> list[float]:
     """Finetune ``model`` in place; returns the mean training loss of each epoch.
 
     ``keep``: parameter name -> 0/1 float tensor; those weights are zeroed first and their gradients masked, so
@@ -185,8 +185,9 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
             factor = lr_factor(step, total, warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * factor
-            if record_lr is not None:
-                record_lr.append(cfg.lr * factor)
+            tau_t = l1.tau * factor if l1 else 0.0  # tau decays with the learning rate
+            if schedule_log is not None:
+                schedule_log.append((cfg.lr * factor, tau_t))
             batch = collate(enc, idx, pad_id, device)
             target = y[idx].to(device)
             with autocast(device, cfg.precision):
@@ -197,8 +198,7 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
             else:
                 loss = torch.nn.functional.cross_entropy(logits, target)
             loss.backward()
-            if reg and l1.tau > 0:
-                tau_t = l1.tau * factor
+            if reg and tau_t > 0:
                 with torch.no_grad():
                     for p, c in reg:
                         p.grad.addcmul_(torch.sign(p), c, value=tau_t)

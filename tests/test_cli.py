@@ -1,0 +1,190 @@
+"""The real command line, in-process, on the tiny model and tiny GLUE files."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ticketctl.artifacts import read_artifact
+
+
+def test_help_lists_commands_and_does_not_import_torch():
+    code = ("import sys; from ticketctl.cli import app; import ticketctl.cli; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import at start-up'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "ticketctl", "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("search", "finetune", "show"):
+        assert cmd in out.stdout
+
+
+def test_finetune_writes_logits_and_reuses(cli, tiny_args, tmp_path):
+    code, out, err = cli("finetune", "--task", "mrpc", "--seed", "3", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    paths = out.split()
+    assert len(paths) == 1 and paths[0].endswith(".safetensors") and "-dev-dense-s3-" in paths[0]
+    art = read_artifact(paths[0], "logits")
+    assert art.tensors["outputs"].shape == (8, 2)
+    assert art.tensors["labels"].tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
+    assert art.meta["task"] == "mrpc" and art.meta["split"] == "dev" and art.meta["seed"] == "3"
+    assert set(art.meta["metrics"]) == {"accuracy", "f1"}
+    assert art.meta["config_hash"] and art.meta["versions"]["ticketctl"]
+    mtime = tmp_path.joinpath(paths[0].split("/")[-1]).stat().st_mtime_ns
+    code, out2, err = cli("finetune", "--task", "mrpc", "--seed", "3", "--out", tmp_path, *tiny_args)
+    assert code == 0 and out2 == out
+    assert tmp_path.joinpath(paths[0].split("/")[-1]).stat().st_mtime_ns == mtime  # reused, not rewritten
+
+
+def test_same_seed_twice_is_bit_identical(cli, tiny_args, tmp_path):
+    outs = []
+    for d in ("a", "b"):
+        code, out, err = cli("search", "--task", "mrpc", "--seed", "5", "--policy", "random", "--out", tmp_path / d,
+                             *tiny_args)
+        assert code == 0, err
+        outs.append(read_artifact(out.strip(), "mask"))
+    assert outs[0].tensors.keys() == outs[1].tensors.keys()
+    for k in outs[0].tensors:
+        assert np.array_equal(outs[0].tensors[k], outs[1].tensors[k])
+    logits = []
+    for d in ("a", "b"):
+        code, out, err = cli("finetune", "--task", "mrpc", "--seed", "5", "--mask", outs[0].path, "--out",
+                             tmp_path / d, *tiny_args)
+        assert code == 0, err
+        logits.append(read_artifact(out.strip(), "logits").tensors["outputs"])
+    assert np.array_equal(logits[0], logits[1])
+
+
+def test_search_exact_sparsity_and_ticket_finetune(cli, tiny_args, tmp_path):
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "1", "--policy", "random", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    mask = read_artifact(out.strip(), "mask")
+    m = mask.mask()
+    assert m.pruned == round(0.3 * m.total)
+    assert mask.meta["policy"] == "random" and mask.meta["method"] == "imp"
+    assert [r["round"] for r in mask.meta["metrics"]["rounds"]] == [1, 2, 3]
+    for r, sp in ((1, 0.1), (2, 0.2)):
+        ckpt = list((tmp_path / "cache").glob(f"mrpc-round{r}-random-s1-*.safetensors"))
+        assert len(ckpt) == 1
+        assert read_artifact(ckpt[0]).mask().pruned == round(sp * m.total)
+    code, out, err = cli("finetune", "--task", "mrpc", "--seed", "1", "--mask", mask.path, "--out", tmp_path,
+                         *tiny_args)
+    assert code == 0, err
+    art = read_artifact(out.strip(), "logits")
+    assert art.meta["policy"] == "random" and float(art.meta["sparsity"]) == pytest.approx(m.sparsity, abs=1e-6)
+    assert art.meta["parents"][0]["sha256"] == mask.sha256
+
+
+def test_base_search_reuses_dense_finetune(cli, tiny_args, tmp_path):
+    code, dense_out, err = cli("finetune", "--task", "mrpc", "--seed", "2", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "2", "--out", tmp_path, *tiny_args[:-3], "--device",
+                         "cpu")
+    assert code == 0, err
+    assert "reusing the dense finetune" in err
+    mask = read_artifact(out.strip(), "mask")
+    assert "reused" in mask.meta["metrics"]["rounds"][0]
+    # ... and the other way round: a base search first makes the dense finetune free.
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "4", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    code, out, err = cli("finetune", "--task", "mrpc", "--seed", "4", "--out", tmp_path, *tiny_args[:-3], "--device",
+                         "cpu")
+    assert code == 0 and "finished already" in err
+
+
+def test_resume_after_lost_final_round_is_identical(cli, tiny_args, tmp_path):
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "7", "--policy", "random", "--out", tmp_path, *tiny_args)
+    final = read_artifact(out.strip(), "mask")
+    # Simulate a kill during round 3: its checkpoint and the final mask never appeared.
+    final.path.unlink()
+    next((tmp_path / "cache").glob("mrpc-round3-*")).unlink()
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "7", "--policy", "random", "--out", tmp_path,
+                         *tiny_args[:-3], "--device", "cpu")
+    assert code == 0, err
+    assert "round 2/3: finished already" in err
+    again = read_artifact(out.strip(), "mask")
+    for k in final.tensors:
+        assert np.array_equal(final.tensors[k], again.tensors[k])
+
+
+def test_active_policy_uses_priors_from_stdin(cli, tiny_args, tmp_path):
+    paths = []
+    for seed in (1, 2):
+        code, out, err = cli("search", "--task", "mrpc", "--seed", seed, "--out", tmp_path, *tiny_args)
+        assert code == 0, err
+        paths.append(out.strip())
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "3", "--policy", "active", "--prior", "-", "--out",
+                         tmp_path, *tiny_args, stdin="\n".join(paths) + "\n")
+    assert code == 0, err
+    art = read_artifact(out.strip(), "mask")
+    assert art.meta["policy"] == "active"
+    assert sorted(p["path"] for p in art.meta["parents"]) == sorted(paths)
+
+
+def test_eval_file_and_bagging(cli, tiny_args, tmp_path, glue_dir):
+    test_tsv = tmp_path / "test.tsv"
+    test_tsv.write_text("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\tThe cat sat.\tA cat sat.\n"
+                        "1\t3\t4\tThe dog barked.\tIt rained.\n")
+    code, out, err = cli("finetune", "--task", "mrpc", "--seed", "1", "--bagging", "0.5", "--eval-file", test_tsv,
+                         "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    dev, test = out.split()
+    assert "-dev-bagging-s1-" in dev and "-test-bagging-s1-" in test
+    t = read_artifact(test, "logits")
+    assert "labels" not in t.tensors and t.tensors["ids"].tolist() == [0, 1]
+    assert read_artifact(dev).meta["bagging"] == "0.5"
+
+
+def test_stsb_regression(cli, tiny_args, tmp_path):
+    code, out, err = cli("finetune", "--task", "stsb", "--seed", "1", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    art = read_artifact(out.strip(), "logits")
+    assert art.tensors["outputs"].shape == (8, 1)
+    assert set(art.meta["metrics"]) == {"pearson", "spearman"}
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["finetune", "--task", "squad"], 2, "unknown task"),
+    (["finetune", "--task", "mrpc", "--bagging", "1.5"], 2, "--bagging"),
+    (["search", "--task", "mrpc", "--sparsity", "0.35"], 2, "not reachable"),
+    (["search", "--task", "mrpc", "--prune-step", "-0.1"], 2, "--prune-step"),
+    (["search", "--task", "mrpc", "--policy", "random", "--l1", "-1"], 2, "--l1"),
+    (["search", "--task", "mrpc", "--policy", "active"], 2, "--prior"),
+    (["finetune", "--task", "mrpc", "--mask", "nope.safetensors"], 3, "no such file"),
+    (["finetune", "--task", "mrpc", "--no-such-option"], 2, "No such option"),
+])
+def test_bad_input_is_one_line_and_exit_code(cli, tiny_args, tmp_path, args, code, message):
+    got, out, err = cli(*args, "--out", tmp_path, *tiny_args)
+    assert got == code, err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("ticketctl: error: ")
+    assert out == ""
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_mask_of_another_model_is_refused(cli, tiny_args, tmp_path, tiny_model, glue_dir):
+    from conftest import build_tiny_bert
+
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "1", "--out", tmp_path, *tiny_args)
+    other = build_tiny_bert(tmp_path / "other", seed=1)
+    args = [a if a != str(tiny_model) else str(other) for a in tiny_args]
+    code, out2, err = cli("finetune", "--task", "mrpc", "--mask", out.strip(), "--out", tmp_path / "o", *args)
+    assert code == 3 and "pass the same --model" in err
+
+
+def test_model_folder_without_weights(cli, tiny_args, tmp_path, tiny_model):
+    bad = tmp_path / "noweights"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_model / "config.json").read_text())
+    args = [a if a != str(tiny_model) else str(bad) for a in tiny_args]
+    code, out, err = cli("finetune", "--task", "mrpc", "--out", tmp_path, *args)
+    assert code == 3 and "no weights" in err
+
+
+def test_show(cli, tiny_args, tmp_path):
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "1", "--out", tmp_path, *tiny_args)
+    code, shown, err = cli("show", out.strip())
+    assert code == 0 and "prunable weights (30.0" in shown and "bert.pooler.dense.weight" in shown
+    code, js, err = cli("show", "--json", out.strip())
+    import json
+
+    assert json.loads(js)["summary"]["sparsity"] == pytest.approx(0.3, abs=1e-3)
