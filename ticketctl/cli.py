@@ -163,6 +163,77 @@ def show(
     run(read_paths(artifacts), json_output)
 
 
+Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]
+Format = Annotated[str, typer.Option("--format", "-f", help="table | tsv | json | markdown.")]
+Combine = Annotated[str, typer.Option(help="How classification members are averaged: probs | logits | vote.")]
+
+
+@app.command()
+def ensemble(
+    members: Paths,
+    combine: Combine = "probs",
+    size: Annotated[Optional[str], typer.Option(
+        help="Score every k-member combination: k, a list 2,3,5, or a range 2-5 (mean, std, min, max).")] = None,
+    groups: Annotated[int, typer.Option(help="Split the members (in the order given) into this many groups and "
+                                             "pool combinations within groups (the paper's Appendix C).")] = 1,
+    out: Annotated[Optional[Path], typer.Option(help="Write the ensemble's logits artifact into this folder and "
+                                                     "print its path.")] = None,
+    submission: Annotated[Optional[Path], typer.Option(help="Write GLUE's index<TAB>prediction file.")] = None,
+    format: Format = "table",
+):
+    """Average member outputs and print the ensemble's metrics (or its artifact path with --out)."""
+    from ticketctl.artifacts import read_paths
+    from ticketctl.commands import ensemble as run
+
+    run(read_paths(members), combine, size, groups, out, submission, format)
+
+
+@app.command()
+def diversity(
+    members: Paths,
+    matrix: Annotated[bool, typer.Option(help="Print every pair instead of the averages.")] = False,
+    format: Format = "table",
+):
+    """Pairwise diversity of members: Q statistic, correlation, disagreement, negative double fault, ratio errors
+    (classification); error correlation and ambiguity decomposition (regression)."""
+    from ticketctl.artifacts import read_paths
+    from ticketctl.commands import diversity as run
+
+    run(read_paths(members), matrix, format)
+
+
+@app.command()
+def iou(
+    masks: Paths,
+    layers: Annotated[bool, typer.Option(help="Per-parameter mean IoU over pairs instead of the matrix.")] = False,
+    plot: Annotated[Optional[str], typer.Option(help="Draw the IoU heatmap to FILE.png / .svg.")] = None,
+    format: Format = "table",
+):
+    """Intersection over union of the surviving weights of masks, pairwise (the paper's Figure 4)."""
+    from ticketctl.artifacts import read_paths
+    from ticketctl.commands import iou as run
+
+    run(read_paths(masks), layers, plot, format)
+
+
+@app.command()
+def stats(
+    artifacts: Paths,
+    by: Annotated[str, typer.Option(help="Metadata key to group by: policy, sparsity, bagging, seed, ...")] = "policy",
+    ref: Annotated[Optional[str], typer.Option(help="Reference group for the t-tests (default: dense, else base).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Ensemble size k (default: min(5, smallest group)).")] = None,
+    combine: Combine = "probs",
+    plot: Annotated[Optional[str], typer.Option(help="Draw ensemble gain over the reference vs k (Figure 3) to FILE.")] = None,
+    format: Format = "table",
+):
+    """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics, and a t-test against the
+    reference group (Student's, or Welch's where Levene's test finds unequal variances)."""
+    from ticketctl.artifacts import read_paths
+    from ticketctl.commands import stats as run
+
+    run(read_paths(artifacts), by, ref, size, combine, plot, format)
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 
 

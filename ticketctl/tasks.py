@@ -76,47 +76,58 @@ def predictions(task: Task, outputs: np.ndarray) -> np.ndarray:
     return outputs.argmax(axis=-1)
 
 
-def _f1(pred: np.ndarray, gold: np.ndarray) -> float:
-    tp = float(np.sum((pred == 1) & (gold == 1)))
-    fp = float(np.sum((pred == 1) & (gold == 0)))
-    fn = float(np.sum((pred == 0) & (gold == 1)))
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+def _counts(pred: np.ndarray, gold: np.ndarray):
+    p, g = pred == 1, gold == 1
+    tp = np.sum(p & g, axis=-1, dtype=np.float64)
+    fp = np.sum(p & ~g, axis=-1, dtype=np.float64)
+    fn = np.sum(~p & g, axis=-1, dtype=np.float64)
+    tn = np.sum(~p & ~g, axis=-1, dtype=np.float64)
+    return tp, fp, fn, tn
 
 
-def _matthews(pred: np.ndarray, gold: np.ndarray) -> float:
-    tp = float(np.sum((pred == 1) & (gold == 1)))
-    tn = float(np.sum((pred == 0) & (gold == 0)))
-    fp = float(np.sum((pred == 1) & (gold == 0)))
-    fn = float(np.sum((pred == 0) & (gold == 1)))
-    denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return 0.0 if denom == 0 else (tp * tn - fp * fn) / denom
+def _safe_div(num, den):
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.where(den == 0, 0.0, num / np.where(den == 0, 1.0, den))
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x = x.astype(np.float64) - x.mean()
-    y = y.astype(np.float64) - y.mean()
-    denom = np.sqrt((x * x).sum() * (y * y).sum())
-    return 0.0 if denom == 0 else float((x * y).sum() / denom)
+def _f1(pred, gold):
+    tp, fp, fn, _ = _counts(pred, gold)
+    return _safe_div(2 * tp, 2 * tp + fp + fn)
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+def _matthews(pred, gold):
+    tp, fp, fn, tn = _counts(pred, gold)
+    return _safe_div(tp * tn - fp * fn, np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+
+
+def _pearson(x, y):
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(axis=-1, keepdims=True)
+    y = y - y.mean(axis=-1, keepdims=True)
+    return _safe_div((x * y).sum(axis=-1), np.sqrt((x * x).sum(axis=-1) * (y * y).sum(axis=-1)))
+
+
+def _spearman(x, y):
     from scipy.stats import rankdata
 
-    return _pearson(rankdata(x), rankdata(y))
+    return _pearson(rankdata(x, axis=-1), rankdata(y, axis=-1))
 
 
-def score(task: Task, pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """All of the task's metrics for predictions (class indices or scores) against gold labels."""
-    out: dict[str, float] = {}
+def score(task: Task, pred: np.ndarray, gold: np.ndarray) -> dict:
+    """All of the task's metrics for predictions (class indices or scores) against gold labels. ``pred`` may have
+    leading axes (e.g. one row per ensemble combination): the metrics then are arrays over those axes."""
+    out = {}
     for m in task.metrics:
         if m == "accuracy":
-            out[m] = float(np.mean(pred == gold))
+            v = np.mean(pred == gold, axis=-1)
         elif m == "f1":
-            out[m] = _f1(pred, gold)
+            v = _f1(pred, gold)
         elif m == "matthews":
-            out[m] = _matthews(pred, gold)
+            v = _matthews(pred, gold)
         elif m == "pearson":
-            out[m] = _pearson(pred, gold)
-        elif m == "spearman":
-            out[m] = _spearman(pred, gold)
+            v = _pearson(pred, gold)
+        else:
+            v = _spearman(pred, gold)
+        out[m] = float(v) if np.ndim(v) == 0 else v
     return out

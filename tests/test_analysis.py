@@ -1,0 +1,235 @@
+"""ensemble, diversity, iou, stats: hand-computed cases, degenerate cases, refusals, and a real pipeline."""
+
+import itertools
+import json
+import time
+
+import numpy as np
+import pytest
+
+from ticketctl import diversity as div
+from ticketctl import ensemble as ens
+from ticketctl.artifacts import Mask, read_artifact, write_artifact
+from ticketctl.members import load_members
+from ticketctl.tasks import get_task
+
+
+def logits_file(path, outputs, labels=None, ids=None, **meta):
+    outputs = np.asarray(outputs, dtype=np.float32)
+    n = len(outputs)
+    tensors = {"outputs": outputs, "ids": np.arange(n) if ids is None else np.asarray(ids)}
+    if labels is not None:
+        tensors["labels"] = np.asarray(labels)
+    base = {"task": "mrpc", "split": "dev", "data_fingerprint": "d1", "model_fingerprint": "m1", "seed": "0",
+            "policy": "dense"}
+    return str(write_artifact(path, "logits", tensors, {**base, **meta}))
+
+
+def onehot_logits(pred, scale=3.0):
+    pred = np.asarray(pred)
+    out = np.zeros((len(pred), 2), dtype=np.float32)
+    out[np.arange(len(pred)), pred] = scale
+    return out
+
+
+LABELS = [1, 0, 1, 1, 0, 1]
+
+
+@pytest.fixture()
+def three(tmp_path):
+    preds = [[1, 0, 1, 0, 0, 1], [1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]]
+    return [logits_file(tmp_path / f"m{i}.safetensors", onehot_logits(p), LABELS, seed=str(i))
+            for i, p in enumerate(preds)], preds
+
+
+def test_ensemble_majority_and_combinations(three):
+    paths, preds = three
+    m = load_members(paths)
+    # Equal-confidence members: mean probabilities = majority vote: [1,0,1,1,0,1] -> all correct.
+    assert ens.all_member_scores(m, "probs")["accuracy"] == 1.0
+    assert ens.all_member_scores(m, "vote")["accuracy"] == 1.0
+    rows = ens.size_table(m, [1, 2, 3], "probs")
+    assert [r["combinations"] for r in rows] == [3, 3, 1]
+    singles = [np.mean(np.array(p) == LABELS) for p in preds]
+    assert rows[0]["mean"] == pytest.approx(np.mean(singles))
+    assert rows[0]["min"] == pytest.approx(min(singles)) and rows[0]["max"] == pytest.approx(max(singles))
+    assert rows[2]["mean"] == 1.0 and rows[2]["std"] == 0.0
+
+
+def test_combinations_match_brute_force():
+    rng = np.random.default_rng(0)
+    task = get_task("mrpc")
+    outputs = rng.normal(size=(7, 50, 2))
+    labels = rng.integers(0, 2, 50)
+    terms = ens.member_terms(task, outputs, "probs")
+    got = ens.combination_scores(task, terms, labels, 3)
+    want = []
+    for c in itertools.combinations(range(7), 3):
+        p = np.exp(outputs[list(c)]) / np.exp(outputs[list(c)]).sum(-1, keepdims=True)
+        want.append(np.mean(p.mean(0).argmax(-1) == labels))
+    assert np.allclose(got["accuracy"], want)
+    assert len(got["f1"]) == 35
+
+
+def test_groups_protocol():
+    assert ens.groups_of(10, 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    rng = np.random.default_rng(1)
+    task = get_task("mrpc")
+    outputs = rng.normal(size=(4, 30, 2))
+    labels = rng.integers(0, 2, 30)
+    terms = ens.member_terms(task, outputs, "probs")
+    a = ens.combination_scores(task, terms, labels, 2, [0, 1])["accuracy"]
+    b = ens.combination_scores(task, terms, labels, 2, [2, 3])["accuracy"]
+    from ticketctl.members import Members
+
+    m = Members(task, "dev", [None] * 4, outputs, labels, np.arange(30))
+    row = ens.size_table(m, [2], "probs", groups=2)[0]
+    assert row["combinations"] == 2 and row["mean"] == pytest.approx(np.mean([a[0], b[0]]))
+
+
+def test_ensemble_speed_20_members_2000_examples(tmp_path):
+    rng = np.random.default_rng(0)
+    task = get_task("mrpc")
+    outputs = rng.normal(size=(20, 2000, 2))
+    labels = rng.integers(0, 2, 2000)
+    from ticketctl.members import Members
+
+    m = Members(task, "dev", [None] * 20, outputs, labels, np.arange(2000))
+    rows = ens.size_table(m, [2, 3, 4, 5], "probs")
+    assert [r["combinations"] for r in rows] == [190, 1140, 4845, 15504]
+
+
+def test_regression_ensemble_mean(tmp_path):
+    y = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    p1 = logits_file(tmp_path / "a.safetensors", [[1.0], [2.0], [3.0], [5.0]], y, task="stsb")
+    p2 = logits_file(tmp_path / "b.safetensors", [[1.0], [2.0], [3.0], [3.0]], y, task="stsb")
+    m = load_members([p1, p2])
+    assert ens.all_member_scores(m)["pearson"] == pytest.approx(1.0)
+    rows = div.regression_summary(m)
+    vals = {r["metric"]: r["value"] for r in rows}
+    # ambiguity decomposition: ensemble error = mean member error - mean ambiguity
+    assert vals["ensemble_squared_error"] == pytest.approx(vals["mean_member_squared_error"] - vals["mean_ambiguity"])
+    assert vals["ensemble_squared_error"] == 0.0 and vals["mean_member_squared_error"] == pytest.approx(0.25)
+
+
+def test_diversity_hand_computed():
+    # a: right on 0,1,2 ; b: right on 0,3   (4 examples)
+    correct = np.array([[1, 1, 1, 0], [1, 0, 0, 1]], dtype=bool)
+    p = div.pairwise(correct)
+    n11, n10, n01, n00 = 1, 2, 1, 0
+    assert p["q_statistic"][0, 1] == pytest.approx((n11 * n00 - n01 * n10) / (n11 * n00 + n01 * n10))  # -1
+    assert p["correlation"][0, 1] == pytest.approx(-2 / np.sqrt(3 * 1 * 2 * 2))
+    assert p["disagreement"][0, 1] == pytest.approx(3 / 4)
+    assert p["negative_double_fault"][0, 1] == 0.0
+    assert p["ratio_errors"][0, 1] == np.inf  # single faults, no double fault
+    rows = {r["metric"]: r["value"] for r in div.summary(correct)}
+    assert rows["ratio_errors"] == np.inf
+
+
+def test_diversity_degenerate_cases():
+    same = np.array([[1, 0, 1, 0], [1, 0, 1, 0]], dtype=bool)
+    rows = {r["metric"]: r["value"] for r in div.summary(same)}
+    assert rows["q_statistic"] == 1.0 and rows["correlation"] == 1.0 and rows["disagreement"] == 0.0
+    assert rows["ratio_errors"] == 0.0 and rows["negative_double_fault"] == -0.5
+    all_wrong = np.zeros((3, 5), dtype=bool)
+    rows = {r["metric"]: r["value"] for r in div.summary(all_wrong)}
+    assert rows["negative_double_fault"] == -1.0 and rows["q_statistic"] == 1.0 and rows["ratio_errors"] == 0.0
+    all_right = np.ones((2, 5), dtype=bool)
+    rows = {r["metric"]: r["value"] for r in div.summary(all_right)}
+    assert rows["q_statistic"] == 1.0 and rows["ratio_errors"] == 0.0 and rows["disagreement"] == 0.0
+    pooled = np.array([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=bool)
+    rows = {r["metric"]: r["value"] for r in div.summary(pooled)}
+    p = div.pairwise(pooled)
+    iu = np.triu_indices(3, 1)
+    assert rows["ratio_errors"] == pytest.approx(p["_single"][iu].sum() / p["_double"][iu].sum())
+
+
+def test_iou_hand_computed(tmp_path):
+    def mask_file(name, bits):
+        t, s = Mask({"w": np.array(bits, dtype=bool)}).pack()
+        return str(write_artifact(tmp_path / name, "mask", t, {"shapes": s, "model_fingerprint": "m1",
+                                                                "policy": "base", "seed": name[0]}))
+
+    from ticketctl import iou
+
+    a = mask_file("1.safetensors", [1, 1, 0, 0, 1, 1, 1, 1, 1, 0])
+    b = mask_file("2.safetensors", [1, 0, 1, 0, 1, 1, 1, 1, 1, 1])
+    arts = iou.load_masks([a, b])
+    assert iou.iou_matrix(arts)[0, 1] == pytest.approx(6 / 9)
+
+
+def test_cli_analysis_commands(cli, three, tmp_path):
+    paths, _ = three
+    code, out, err = cli("ensemble", *paths, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == 1.0
+    code, out, err = cli("ensemble", "-", "--size", "1-3", "--format", "tsv", stdin="\n".join(paths))
+    assert code == 0, err
+    lines = out.strip().split("\n")
+    assert lines[0].startswith("k\tcombinations\tmean") and len(lines) == 4
+    code, out, err = cli("ensemble", *paths, "--out", tmp_path / "ens", "--submission", tmp_path / "sub.tsv")
+    assert code == 0, err
+    art = read_artifact(out.strip(), "logits")
+    assert len(art.meta["parents"]) == 3 and art.meta["metrics"]["accuracy"] == 1.0
+    assert (tmp_path / "sub.tsv").read_text().split("\n")[:2] == ["index\tprediction", "0\t1"]
+    code, out, err = cli("diversity", *paths, "--format", "json")
+    assert code == 0, err
+    metrics = [json.loads(x)["metric"] for x in out.strip().split("\n")]
+    assert metrics == list(div.DIRECTIONS)
+    code, out, err = cli("diversity", *paths, "--matrix", "--format", "tsv")
+    assert code == 0 and len(out.strip().split("\n")) == 4
+
+
+def test_cli_refusals(cli, tmp_path, three):
+    paths, _ = three
+    other_task = logits_file(tmp_path / "rte.safetensors", onehot_logits([1] * 6), LABELS, task="rte")
+    other_ids = logits_file(tmp_path / "ids.safetensors", onehot_logits([1] * 6), LABELS, ids=[5, 4, 3, 2, 1, 0])
+    other_split = logits_file(tmp_path / "split.safetensors", onehot_logits([1] * 6), LABELS, split="test")
+    cases = [
+        (["ensemble", paths[0], other_task], 3, "cannot mix tasks"),
+        (["ensemble", paths[0], other_ids], 3, "cannot mix example ids"),
+        (["ensemble", paths[0], other_split], 3, "cannot mix splits"),
+        (["diversity", paths[0]], 2, "at least 2"),
+        (["ensemble", "-"], 2, "no artifacts"),
+        (["ensemble", paths[0], paths[0]], 2, "given twice"),
+        (["ensemble", paths[0], "--size", "5"], 2, "--size 5"),
+        (["iou", paths[0], paths[1]], 3, "expected a mask"),
+        (["stats", paths[0], "--by", "nosuchkey"], 2, "no metadata key"),
+        (["ensemble", paths[0], "--combine", "median"], 2, "--combine"),
+    ]
+    for args, code, msg in cases:
+        got, out, err = cli(*args, stdin="" if "-" in args else None)
+        assert got == code, (args, err)
+        assert msg in err and err.count("\n") == 1 and out == "", (args, err)
+
+
+def test_stats_table_and_ttest(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    paths = []
+    for policy, acc in (("dense", 0.7), ("random", 0.75)):
+        for s in range(5):
+            pred = np.where(rng.random(200) < acc, labels, 1 - labels)
+            paths.append(logits_file(tmp_path / f"{policy}{s}.safetensors", onehot_logits(pred) +
+                                     rng.normal(0, 0.1, (200, 2)), labels, policy=policy, seed=str(s)))
+    code, out, err = cli("stats", *paths, "--format", "json", "--size", "3", "--plot", tmp_path / "fig3.png")
+    assert code == 0, err
+    rows = [json.loads(x) for x in out.strip().split("\n")]
+    assert [r["group"] for r in rows] == ["dense", "random"]
+    assert rows[0]["test"] == "ref" and rows[1]["test"] in ("student", "welch")
+    assert rows[1]["combinations"] == 10 and 0 <= rows[1]["p_value"] <= 1
+    assert rows[1]["vs_ref"] == pytest.approx(rows[1]["ensemble_mean"] - rows[0]["ensemble_mean"])
+    assert (tmp_path / "fig3.png").stat().st_size > 1000
+
+
+def test_ttest_choice():
+    from ticketctl.stats import ttest
+
+    a = np.array([0.80, 0.81, 0.79, 0.80, 0.82, 0.78])
+    b = np.array([0.70, 0.90, 0.60, 1.00, 0.65, 0.95])
+    _, test = ttest(a, b)
+    assert test == "welch"
+    from scipy import stats
+
+    p, test = ttest(a, a + 0.01 * np.array([1, -1, 1, -1, 1, -1]))
+    assert test == "student" and p == pytest.approx(stats.ttest_ind(a, a + 0.01 * np.array([1, -1, 1, -1, 1, -1])).pvalue)

@@ -1,0 +1,118 @@
+"""Bodies of the analysis commands (numpy/scipy only): load, compute, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ticketctl import output
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+
+
+def ensemble(paths: list[str], combine: str, size: str | None, groups: int, out: Path | None,
+             submission: Path | None, fmt: str) -> None:
+    from ticketctl import artifacts, ensemble as ens
+    from ticketctl.members import load_members
+
+    members = load_members(paths)
+    task = members.task
+    combined = ens.combined_outputs(task, members.outputs, combine)
+    sizes = ens.parse_sizes(size, len(members))
+    metrics = {}
+    if members.labels is not None:
+        metrics = ens.all_member_scores(members, combine)
+    elif sizes:
+        from ticketctl.errors import UsageError
+
+        raise UsageError("--size needs a labelled split")
+    if submission is not None:
+        ens.write_submission(str(submission), task, members.ids, combined)
+        _log(f"wrote GLUE submission {submission}")
+    if out is not None:
+        parents = [a.parent_ref() for a in members.arts]
+        h = artifacts.config_hash({"members": sorted(p["sha256"] for p in parents), "combine": combine})
+        first = members.arts[0].meta
+        tensors = {"outputs": combined.astype("float32"), "ids": members.ids}
+        if members.labels is not None:
+            tensors["labels"] = members.labels
+        path = artifacts.write_artifact(
+            out / artifacts.ensemble_name(task.name, members.split, h), "logits", tensors,
+            {k: first.get(k) for k in ("task", "split", "split_source", "data_fingerprint", "model",
+                                       "model_fingerprint", "examples")}
+            | {"policy": "ensemble", "combine": combine, "members": str(len(members)), "config_hash": h,
+               "config": {"combine": combine, "members": [p["path"] for p in parents]},
+               "metrics": metrics or None, "parents": parents, "versions": artifacts.versions()})
+        if metrics:
+            _log(f"ensemble of {len(members)} ({combine}): " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        sys.stdout.write(f"{path}\n")
+        return
+    if sizes:
+        rows = ens.size_table(members, sizes, combine, groups)
+        cols = ["k", "combinations", "mean", "std", "min", "max"] + [f"mean_{m}" for m in task.metrics[1:]]
+        output.emit(rows, cols, fmt, title=f"{task.name} {members.split}: {task.headline} of k-member ensembles "
+                                           f"({combine}, {len(members)} members, {groups} group(s))")
+    elif metrics:
+        rows = [{"members": len(members), "combine": combine, **metrics}]
+        output.emit(rows, ["members", "combine", *task.metrics], fmt, title=f"{task.name} {members.split} ensemble")
+    elif submission is None:
+        _log("the split is unlabelled: nothing to score (use --out or --submission)")
+
+
+def diversity(paths: list[str], matrix: bool, fmt: str) -> None:
+    from ticketctl import diversity as div
+    from ticketctl.errors import UsageError
+    from ticketctl.members import load_members
+
+    members = load_members(paths, minimum=2)
+    if members.labels is None:
+        raise UsageError("diversity needs a labelled split")
+    title = f"{members.task.name} {members.split}: diversity of {len(members)} members"
+    if members.task.is_regression:
+        output.emit(div.regression_summary(members), ["metric", "value", "direction"], fmt, title)
+        return
+    correct = div.oracle(members)
+    if matrix:
+        output.emit(div.pair_rows(correct, members.names), ["a", "b", *div.DIRECTIONS], fmt, title)
+    else:
+        output.emit(div.summary(correct), ["metric", "value", "direction"], fmt, title + " (mean over pairs)")
+
+
+def iou(paths: list[str], layers: bool, plot: str | None, fmt: str) -> None:
+    from ticketctl import iou as iou_mod
+
+    arts = iou_mod.load_masks(paths)
+    labels = [iou_mod.label(a) for a in arts]
+    if len(set(labels)) != len(labels):
+        labels = [a.path.name for a in arts]
+    if layers:
+        output.emit(iou_mod.layer_rows(arts), ["parameter", "mean_iou", "sparsity"], fmt,
+                    "IoU of surviving weights per parameter (mean over pairs)")
+        return
+    m = iou_mod.iou_matrix(arts)
+    rows = [{"mask": labels[i], **{labels[j]: float(m[i, j]) for j in range(len(arts))}} for i in range(len(arts))]
+    output.emit(rows, ["mask", *labels], fmt, "IoU of surviving weights")
+    if plot:
+        task = arts[0].meta.get("task", "")
+        iou_mod.plot_heatmap(m, labels, plot, f"{task}: IoU of surviving weights")
+        _log(f"wrote {plot}")
+
+
+def stats(paths: list[str], by: str, ref: str | None, size: int | None, combine: str, plot: str | None,
+          fmt: str) -> None:
+    from ticketctl import stats as st
+
+    groups, arts = st.load_groups(paths, by)
+    ref = st.pick_ref(groups, ref)
+    rows, k = st.table(groups, ref, size, combine)
+    task = next(iter(groups.values())).task
+    cols = ["group", "members", "single_mean", "single_std", "k", "combinations", "ensemble_mean", "ensemble_gain",
+            "vs_ref", "p_value", "test", "p_single"]
+    output.emit(rows, cols, fmt, f"{task.name} {arts[0].meta.get('split')}: {task.headline} by {by} "
+                                 f"(k={k}, {combine}; t-test of k-member ensembles vs {ref})")
+    if plot:
+        curves = st.gain_curves(groups, ref, combine)
+        st.plot_gain(curves, ref, task.headline, plot, f"{task.name}: ensemble gain over {ref}")
+        _log(f"wrote {plot}")

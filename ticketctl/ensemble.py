@@ -1,0 +1,127 @@
+"""``ticketctl ensemble``: average member outputs; score every k-member combination, vectorised."""
+
+from __future__ import annotations
+
+import itertools
+from math import comb
+
+import numpy as np
+
+from ticketctl.errors import UsageError
+from ticketctl.members import Members, softmax
+from ticketctl.tasks import Task, predictions, score
+
+COMBINES = ("probs", "logits", "vote")
+CHUNK_ELEMENTS = 4_000_000  # bound on the (combinations x examples x classes) block held at once
+
+
+def member_terms(task: Task, outputs: np.ndarray, how: str) -> np.ndarray:
+    """What is summed over members: probabilities, logits, or one-hot votes (ties broken by mean probability);
+    regression members contribute their prediction. Shape (M, N, C), float32."""
+    if how not in COMBINES:
+        raise UsageError(f"--combine must be one of {', '.join(COMBINES)}")
+    if task.is_regression:
+        return outputs[..., :1].astype(np.float32)
+    if how == "logits":
+        return outputs.astype(np.float32)
+    probs = softmax(outputs)
+    if how == "probs":
+        return probs.astype(np.float32)
+    votes = np.eye(outputs.shape[-1], dtype=np.float32)[outputs.argmax(-1)]
+    return votes + 1e-4 * probs.astype(np.float32)  # adds < 1 vote for any k < 10,000: only breaks ties
+
+
+def combined_outputs(task: Task, outputs: np.ndarray, how: str) -> np.ndarray:
+    """The ensemble's own outputs (N, C): log mean probability (probs), mean logits (logits), vote share (vote),
+    mean prediction (regression). argmax (or the value) is the ensemble prediction."""
+    terms = member_terms(task, outputs, how).astype(np.float64).mean(axis=0)
+    if task.is_regression or how != "probs":
+        return terms
+    return np.log(np.clip(terms, 1e-30, None))
+
+
+def all_member_scores(members: Members, how: str = "probs") -> dict[str, float]:
+    return score(members.task, predictions(members.task, combined_outputs(members.task, members.outputs, how)),
+                 members.labels)
+
+
+def combination_scores(task: Task, terms: np.ndarray, labels: np.ndarray, k: int,
+                       subset: list[int] | None = None) -> dict[str, np.ndarray]:
+    """Every metric of every k-member combination of ``subset`` (default: all members): arrays over combinations."""
+    idx = list(range(len(terms))) if subset is None else list(subset)
+    combos = np.asarray(list(itertools.combinations(idx, k)), dtype=np.int64).reshape(-1, k)
+    per = max(1, CHUNK_ELEMENTS // max(1, terms.shape[1] * terms.shape[2]))
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in task.metrics}
+    for start in range(0, len(combos), per):
+        chunk = combos[start : start + per]
+        total = terms[chunk[:, 0]].copy()
+        for j in range(1, k):
+            total += terms[chunk[:, j]]
+        pred = total[..., 0] if task.is_regression else total.argmax(-1)
+        for m, v in score(task, pred, labels).items():
+            parts[m].append(np.atleast_1d(v))
+    return {m: np.concatenate(v) for m, v in parts.items()}
+
+
+def groups_of(n: int, groups: int) -> list[list[int]]:
+    """The paper's Appendix C protocol: members split in order into ``groups`` equal groups."""
+    if groups < 1 or n // groups < 1:
+        raise UsageError(f"--groups {groups}: cannot split {n} members into {groups} groups")
+    size = n // groups
+    return [list(range(g * size, (g + 1) * size)) for g in range(groups)]
+
+
+def size_table(members: Members, sizes: list[int], how: str, groups: int = 1) -> list[dict]:
+    """One row per ensemble size k: the headline metric's mean/std/min/max over all k-member combinations (within
+    each group, pooled over groups), and the mean of the task's other metrics."""
+    if members.labels is None:
+        raise UsageError("the members' split is unlabelled: nothing to score")
+    task = members.task
+    terms = member_terms(task, members.outputs, how)
+    parts = groups_of(len(members), groups)
+    rows = []
+    for k in sizes:
+        if k < 1 or k > len(parts[0]):
+            raise UsageError(f"--size {k}: needs between 1 and {len(parts[0])} members per group")
+        per_group = [combination_scores(task, terms, members.labels, k, g) for g in parts]
+        pooled = {m: np.concatenate([pg[m] for pg in per_group]) for m in task.metrics}
+        head = pooled[task.headline]
+        row = {"k": k, "combinations": sum(comb(len(g), k) for g in parts), "mean": float(head.mean()),
+               "std": float(head.std(ddof=1)) if len(head) > 1 else 0.0, "min": float(head.min()),
+               "max": float(head.max())}
+        for m in task.metrics[1:]:
+            row[f"mean_{m}"] = float(pooled[m].mean())
+        rows.append(row)
+    return rows
+
+
+def parse_sizes(spec: str | None, n: int) -> list[int]:
+    if spec is None:
+        return []
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part or ".." in part:
+                a, b = part.replace("..", "-").split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part == "all":
+                out.extend(range(1, n + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UsageError(f"--size {spec!r}: give k, a list 2,3,5 or a range 2-5") from None
+    return out
+
+
+def write_submission(path: str, task: Task, ids: np.ndarray, outputs: np.ndarray) -> None:
+    """GLUE's submission format: ``index<TAB>prediction`` with a header row."""
+    from pathlib import Path
+
+    from ticketctl.artifacts import atomic_write_bytes
+
+    pred = predictions(task, outputs)
+    lines = ["index\tprediction"]
+    for i, p in zip(ids.tolist(), pred.tolist()):
+        lines.append(f"{i}\t{p:.3f}" if task.is_regression else f"{i}\t{task.labels[int(p)]}")
+    atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode())

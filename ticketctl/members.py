@@ -1,0 +1,74 @@
+"""Loading logits artifacts as ensemble members, refusing what must not be mixed. numpy only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ticketctl.artifacts import Artifact, read_artifact
+from ticketctl.errors import InputError, UsageError
+from ticketctl.tasks import Task, get_task
+
+
+@dataclass
+class Members:
+    task: Task
+    split: str
+    arts: list[Artifact]
+    outputs: np.ndarray  # (M, N, C) float64
+    labels: np.ndarray | None  # (N,)
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.arts)
+
+    @property
+    def names(self) -> list[str]:
+        return [a.path.name for a in self.arts]
+
+
+def check_compatible(arts: list[Artifact], keys=("task", "split", "data_fingerprint", "model_fingerprint")) -> None:
+    first = arts[0]
+    what = {"task": "tasks", "split": "splits", "data_fingerprint": "evaluation data",
+            "model_fingerprint": "models", "examples": "example counts"}
+    for a in arts[1:]:
+        for k in keys:
+            if a.meta.get(k) != first.meta.get(k):
+                raise InputError(f"cannot mix {what.get(k, k)}: {first.path} has {k}={_short(first.meta.get(k))}, "
+                                 f"{a.path} has {_short(a.meta.get(k))}")
+
+
+def _short(v) -> str:
+    s = str(v)
+    return s[:12] if len(s) > 40 else s
+
+
+def load_members(paths: list[str], minimum: int = 1, same_model: bool = True) -> Members:
+    if len(paths) < minimum:
+        raise UsageError(f"need at least {minimum} logits artifacts, got {len(paths)}")
+    seen = set()
+    for p in paths:
+        if p in seen:
+            raise UsageError(f"{p} is given twice")
+        seen.add(p)
+    arts = [read_artifact(p, "logits") for p in paths]
+    keys = ("task", "split", "data_fingerprint") + (("model_fingerprint",) if same_model else ())
+    check_compatible(arts, keys)
+    first = arts[0]
+    for a in arts[1:]:
+        if not np.array_equal(a.tensors["ids"], first.tensors["ids"]):
+            raise InputError(f"cannot mix example ids: {a.path} and {first.path} list different examples")
+        if a.tensors["outputs"].shape != first.tensors["outputs"].shape:
+            raise InputError(f"{a.path}: outputs have shape {a.tensors['outputs'].shape}, "
+                             f"{first.path} has {first.tensors['outputs'].shape}")
+    task = get_task(first.meta["task"])
+    outputs = np.stack([a.tensors["outputs"].astype(np.float64) for a in arts])
+    labels = first.tensors.get("labels")
+    return Members(task, first.meta.get("split", "?"), arts, outputs, labels, first.tensors["ids"])
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)

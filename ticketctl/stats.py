@@ -1,0 +1,135 @@
+"""``ticketctl stats``: the paper's Table 1 from logits artifacts — groups by a metadata key, single-member and
+k-member ensemble metrics, and a t-test of each group against a reference group."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from ticketctl.artifacts import Artifact, read_artifact
+from ticketctl.ensemble import combination_scores, member_terms
+from ticketctl.errors import UsageError
+from ticketctl.members import Members, check_compatible
+from ticketctl.tasks import get_task, predictions, score
+
+REF_PREFERENCE = ("dense", "base")
+LEVENE_ALPHA = 0.05
+
+
+def group_value(art: Artifact, key: str) -> str:
+    if key in art.meta:
+        return str(art.meta[key])
+    config = art.meta.get("config") or {}
+    if key in config:
+        return str(config[key])
+    raise UsageError(f"--by {key}: {art.path} has no metadata key {key!r}")
+
+
+def load_groups(paths: list[str], by: str) -> tuple[dict[str, Members], list[Artifact]]:
+    if len(set(paths)) != len(paths):
+        raise UsageError("an artifact is given twice")
+    arts = [read_artifact(p, "logits") for p in paths]
+    check_compatible(arts, ("task", "split", "data_fingerprint", "model_fingerprint"))
+    for a in arts[1:]:
+        if not np.array_equal(a.tensors["ids"], arts[0].tensors["ids"]):
+            from ticketctl.errors import InputError
+
+            raise InputError(f"cannot mix example ids: {a.path} and {arts[0].path} list different examples")
+    if "labels" not in arts[0].tensors:
+        raise UsageError("the artifacts' split is unlabelled: nothing to score")
+    task = get_task(arts[0].meta["task"])
+    grouped: dict[str, list[Artifact]] = defaultdict(list)
+    for a in arts:
+        grouped[group_value(a, by)].append(a)
+    out = {}
+    for g, members in grouped.items():
+        members.sort(key=lambda a: (int(a.meta.get("seed", 0)) if str(a.meta.get("seed", "0")).isdigit() else 0,
+                                    a.path.name))
+        out[g] = Members(task, arts[0].meta.get("split", "?"), members,
+                         np.stack([m.tensors["outputs"].astype(np.float64) for m in members]),
+                         arts[0].tensors["labels"], arts[0].tensors["ids"])
+    return out, arts
+
+
+def single_scores(m: Members) -> np.ndarray:
+    return np.array([score(m.task, predictions(m.task, o), m.labels)[m.task.headline] for o in m.outputs])
+
+
+def ensemble_scores(m: Members, k: int, how: str) -> np.ndarray:
+    terms = member_terms(m.task, m.outputs, how)
+    return combination_scores(m.task, terms, m.labels, k)[m.task.headline]
+
+
+def ttest(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
+    """Student's t-test, or Welch's where Levene's test finds the variances differ (p < 0.05)."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
+        return float("nan"), "n/a"
+    welch = False
+    if np.var(a) > 0 and np.var(b) > 0:
+        welch = stats.levene(a, b).pvalue < LEVENE_ALPHA
+    p = stats.ttest_ind(a, b, equal_var=not welch).pvalue
+    return float(p), "welch" if welch else "student"
+
+
+def pick_ref(groups: dict[str, Members], ref: str | None) -> str:
+    if ref is not None:
+        if ref not in groups:
+            raise UsageError(f"--ref {ref}: no such group (groups: {', '.join(sorted(groups))})")
+        return ref
+    for g in REF_PREFERENCE:
+        if g in groups:
+            return g
+    return sorted(groups)[0]
+
+
+def table(groups: dict[str, Members], ref: str, k: int | None, how: str) -> tuple[list[dict], int]:
+    smallest = min(len(m) for m in groups.values())
+    if k is None:
+        k = min(5, smallest)
+    if not 1 <= k <= smallest:
+        raise UsageError(f"--size {k}: every group needs at least {k} members (smallest has {smallest})")
+    singles = {g: single_scores(m) for g, m in groups.items()}
+    ens = {g: ensemble_scores(m, k, how) for g, m in groups.items()}
+    rows = []
+    for g in sorted(groups, key=lambda x: (x != ref, x)):
+        p, test = (float("nan"), "ref") if g == ref else ttest(ens[g], ens[ref])
+        p_single, _ = (float("nan"), "") if g == ref else ttest(singles[g], singles[ref])
+        s = singles[g]
+        rows.append({
+            "group": g, "members": len(groups[g]), "single_mean": float(s.mean()),
+            "single_std": float(s.std(ddof=1)) if len(s) > 1 else 0.0, "k": k, "combinations": len(ens[g]),
+            "ensemble_mean": float(ens[g].mean()), "ensemble_gain": float(ens[g].mean() - s.mean()),
+            "vs_ref": float(ens[g].mean() - ens[ref].mean()), "p_value": p, "test": test, "p_single": p_single,
+        })
+    return rows, k
+
+
+def gain_curves(groups: dict[str, Members], ref: str, how: str) -> dict[str, list[tuple[int, float]]]:
+    """Figure 3: for each group, mean k-member ensemble metric minus the reference's, for k = 1 .. smallest group."""
+    smallest = min(len(m) for m in groups.values())
+    means = {g: [float(ensemble_scores(m, k, how).mean()) for k in range(1, smallest + 1)] for g, m in groups.items()}
+    return {g: [(k + 1, means[g][k] - means[ref][k]) for k in range(smallest)] for g in groups if g != ref}
+
+
+def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str, path: str, title: str) -> None:
+    from ticketctl.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for g, pts in sorted(curves.items()):
+        ax.plot([k for k, _ in pts], [100 * v for _, v in pts], marker="o", label=g)
+    ax.axhline(0, color="grey", linewidth=1, linestyle="--", label=f"{ref} (reference)")
+    ax.set_xlabel("ensemble members k")
+    ax.set_ylabel(f"{metric} gain over {ref} (points)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def fmt_p(p: float) -> str:
+    return "" if math.isnan(p) else f"{p:.3g}"
