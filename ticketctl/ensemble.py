@@ -50,6 +50,9 @@ def combination_scores(task: Task, terms: np.ndarray, labels: np.ndarray, k: int
     """Every metric of every k-member combination of ``subset`` (default: all members): arrays over combinations."""
     idx = list(range(len(terms))) if subset is None else list(subset)
     combos = np.asarray(list(itertools.combinations(idx, k)), dtype=np.int64).reshape(-1, k)
+    binary = not task.is_regression and terms.shape[2] == 2
+    if binary:  # argmax over two classes is the sign of the margin: half the work, no argmax
+        terms = np.ascontiguousarray(terms[..., 1] - terms[..., 0])[..., None]
     per = max(1, CHUNK_ELEMENTS // max(1, terms.shape[1] * terms.shape[2]))
     parts: dict[str, list[np.ndarray]] = {m: [] for m in task.metrics}
     for start in range(0, len(combos), per):
@@ -57,7 +60,12 @@ def combination_scores(task: Task, terms: np.ndarray, labels: np.ndarray, k: int
         total = terms[chunk[:, 0]].copy()
         for j in range(1, k):
             total += terms[chunk[:, j]]
-        pred = total[..., 0] if task.is_regression else total.argmax(-1)
+        if task.is_regression:
+            pred = total[..., 0]
+        elif binary:
+            pred = (total[..., 0] > 0).astype(np.int64)  # a tie goes to class 0, as argmax does
+        else:
+            pred = total.argmax(-1)
         for m, v in score(task, pred, labels).items():
             parts[m].append(np.atleast_1d(v))
     return {m: np.concatenate(v) for m, v in parts.items()}
