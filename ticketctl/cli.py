@@ -88,7 +88,7 @@ def finetune(
     out: Out = Path("runs"),
     force: Force = False,
     device: Device = "auto",
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     epochs: Epochs = 3.0,
     batch_size: BatchSize = 32,
     lr: LR = 1e-4,
@@ -129,7 +129,7 @@ def search(
     out: Out = Path("runs"),
     force: Force = False,
     device: Device = "auto",
-    precision: Precision = "fp32",
+    precision: Precision = "auto",
     epochs: Epochs = 3.0,
     batch_size: BatchSize = 32,
     lr: LR = 1e-4,
@@ -155,12 +155,16 @@ def search(
 def show(
     artifacts: Annotated[list[str], typer.Argument(help="Artifact files (- reads paths from stdin).")],
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per artifact, one per line.")] = False,
+    verify: Annotated[bool, typer.Option(help="Recompute the parents' content hashes; exit 3 if any changed or "
+                                              "is missing.")] = False,
 ):
     """Print an artifact's metadata and a summary (sparsity per layer for masks, metrics for logits)."""
     from ticketctl.artifacts import read_paths
+    from ticketctl.errors import InputError
     from ticketctl.show import show as run
 
-    run(read_paths(artifacts), json_output)
+    if not run(read_paths(artifacts), json_output, verify):
+        raise InputError("a parent artifact changed or is missing (see [changed] / [missing] above)")
 
 
 Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]

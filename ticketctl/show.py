@@ -21,10 +21,34 @@ def summary(art: Artifact) -> dict:
     return out
 
 
-def show(paths: list[str], as_json: bool) -> None:
+def verify(art: Artifact) -> list[dict]:
+    """Recompute each parent's content hash: ok, changed, or missing."""
+    from pathlib import Path
+
+    from ticketctl.artifacts import file_sha256
+
+    rows = []
+    for par in art.meta.get("parents") or []:
+        path = Path(par["path"])
+        if not path.is_absolute() and not path.exists():
+            path = art.path.parent / path.name  # moved together with its parents
+        if not path.is_file():
+            status = "missing"
+        else:
+            status = "ok" if file_sha256(path) == par["sha256"] else "changed"
+        rows.append({"path": par["path"], "status": status})
+    return rows
+
+
+def show(paths: list[str], as_json: bool, check: bool = False) -> bool:
+    """Print each artifact; with ``check``, verify its parents. Returns False if any parent changed or is missing."""
+    all_ok = True
     for p in paths:
         art = read_artifact(p)
         info = summary(art)
+        if check:
+            info["verify"] = verify(art)
+            all_ok &= all(r["status"] == "ok" for r in info["verify"])
         if as_json:
             sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
             continue
@@ -43,6 +67,9 @@ def show(paths: list[str], as_json: bool) -> None:
         elif art.kind == "logits":
             sys.stdout.write(f"  {'examples':12} {s['examples']} ({'labelled' if s['labelled'] else 'unlabelled'})\n")
         parents = art.meta.get("parents") or []
+        status = {r["path"]: r["status"] for r in info.get("verify", [])}
         for par in parents:
-            sys.stdout.write(f"  {'parent':12} {par['path']} ({par['sha256'][:12]})\n")
+            mark = f" [{status[par['path']]}]" if par["path"] in status else ""
+            sys.stdout.write(f"  {'parent':12} {par['path']} ({par['sha256'][:12]}){mark}\n")
     sys.stdout.flush()
+    return all_ok
