@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run fastest on one thread, and tests that start several processes must not oversubscribe the cores
+# (OpenMP threads spinning against each other made a 1 s tiny search take 100 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 MRPC_ROWS = [
     ("1", "The cat sat on the mat.", "A cat was sitting on the mat."),

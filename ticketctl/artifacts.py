@@ -227,6 +227,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def ensure_writable(folder: Path) -> None:
+    """Fail before hours of training, not after: the output folder must exist (or be creatable) and take files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise InputError(f"cannot write to {folder}: {e.strerror}") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -241,12 +241,16 @@ def stats(
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-class _Terminated(BaseException):
-    pass
+class _Signalled(BaseException):
+    """Raised by our signal handlers: unlike KeyboardInterrupt, Typer does not swallow it, so ``main`` can print
+    one line and exit with 128 + the signal number. Temporary files are removed on the way out."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
+def _raise_signalled(signum, frame):
+    raise _Signalled(signum)
 
 
 def _error(msg: str) -> None:
@@ -265,7 +269,9 @@ def _click_exceptions():
 
 def main(argv: list[str] | None = None) -> None:
     click = _click_exceptions()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _raise_signalled)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # leave an inherited "ignore" alone
+        signal.signal(signal.SIGINT, _raise_signalled)
     try:
         rv = app(args=argv, prog_name="ticketctl", standalone_mode=False)
     except TicketError as e:
@@ -277,12 +283,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         _error(e.format_message())
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         _error("interrupted")
         sys.exit(EXIT_INTERRUPTED)
-    except _Terminated:
-        _error("terminated")
-        sys.exit(143)
+    except _Signalled as e:
+        _error("interrupted" if e.signum == signal.SIGINT else "terminated")
+        sys.exit(128 + e.signum)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): exit quietly, without a second error while flushing.
         devnull = os.open(os.devnull, os.O_WRONLY)

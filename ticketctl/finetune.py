@@ -74,6 +74,7 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
     if not 0 < bagging <= 1:
         raise UsageError("--bagging must be in (0, 1]")
     cfg.validate()
+    artifacts.ensure_writable(out)
     mask_art = load_mask(ctx, mask_path) if mask_path else None
     mask = mask_art.mask() if mask_art else None
     train_split = ctx.train.subset(data.bagging_indices(len(ctx.train), bagging, seed)) if bagging < 1 else ctx.train

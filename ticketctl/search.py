@@ -108,6 +108,7 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
     if policy != "active" and prior_paths:
         raise UsageError("--prior is only used by --policy active")
     priors = [load_prior(ctx, p) for p in prior_paths]
+    artifacts.ensure_writable(out)
 
     dense_identity = training_identity(ctx, cfg, seed, ctx.train)
     identity = {**dense_identity, "policy": policy, "sparsity": sparsity, "prune_step": prune_step, "l1": l1,
