@@ -1,0 +1,1 @@
+complete --command ticketctl --no-files --arguments "(env _TICKETCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ticketctl)" --condition "env _TICKETCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ticketctl"
