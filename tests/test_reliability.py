@@ -37,6 +37,7 @@ def test_kill_at_random_points_never_leaves_a_bad_artifact_and_resumes_identical
     duration = time.monotonic() - t0
     rng = random.Random(1234)
     out = tmp_path / "killed"
+    interrupted = 0
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGINT):
         proc = subprocess.Popen(_cmd(tiny_model, glue_dir, out, "--quiet"), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env,
@@ -46,6 +47,7 @@ def test_kill_at_random_points_never_leaves_a_bad_artifact_and_resumes_identical
         stdout, stderr = proc.communicate(timeout=120)
         if stdout.strip():
             continue  # finished before the signal (it may still have landed during interpreter shutdown)
+        interrupted += 1
         expected = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[sig]
         assert proc.returncode == expected, (sig, proc.returncode, stderr[-2000:])
         if sig != signal.SIGKILL:
@@ -53,6 +55,7 @@ def test_kill_at_random_points_never_leaves_a_bad_artifact_and_resumes_identical
             assert stderr.strip().splitlines()[-1] in ("ticketctl: error: interrupted", "ticketctl: error: terminated")
         assert stdout == ""
         _all_artifacts_valid(out)
+    assert interrupted >= 2, "the signals landed after the runs finished: the test proved nothing"
     final = subprocess.run(_cmd(tiny_model, glue_dir, out, "--quiet"), capture_output=True, text=True, env=env)
     assert final.returncode == 0, final.stderr
     resumed = read_artifact(final.stdout.strip(), "mask")
