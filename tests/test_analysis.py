@@ -233,3 +233,12 @@ def test_ttest_choice():
 
     p, test = ttest(a, a + 0.01 * np.array([1, -1, 1, -1, 1, -1]))
     assert test == "student" and p == pytest.approx(stats.ttest_ind(a, a + 0.01 * np.array([1, -1, 1, -1, 1, -1])).pvalue)
+
+
+def test_stats_refuses_a_group_mixing_configurations(cli, tmp_path):
+    a = logits_file(tmp_path / "a.safetensors", onehot_logits([1] * 6), LABELS, seed="1",
+                    config={"lr": 1e-4, "epochs": 3.0, "seed": 1})
+    b = logits_file(tmp_path / "b.safetensors", onehot_logits([0] * 6), LABELS, seed="2",
+                    config={"lr": 1e-4, "epochs": 1.0, "seed": 2})
+    code, out, err = cli("stats", a, b)
+    assert code == 3 and "mixes configurations" in err and "epochs" in err

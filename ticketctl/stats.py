@@ -43,6 +43,8 @@ def load_groups(paths: list[str], by: str) -> tuple[dict[str, Members], list[Art
     grouped: dict[str, list[Artifact]] = defaultdict(list)
     for a in arts:
         grouped[group_value(a, by)].append(a)
+    for g, members in grouped.items():
+        check_same_recipe(g, members)
     out = {}
     for g, members in grouped.items():
         members.sort(key=lambda a: (int(a.meta.get("seed", 0)) if str(a.meta.get("seed", "0")).isdigit() else 0,
@@ -51,6 +53,27 @@ def load_groups(paths: list[str], by: str) -> tuple[dict[str, Members], list[Art
                          np.stack([m.tensors["outputs"].astype(np.float64) for m in members]),
                          arts[0].tensors["labels"], arts[0].tensors["ids"])
     return out, arts
+
+
+PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between members of one group
+
+
+def check_same_recipe(group: str, members: list[Artifact]) -> None:
+    """Members of a group must differ only by seed (and what the seed decides): a quick run and a full run, or two
+    learning rates, in one group would make a silently wrong table."""
+    from ticketctl.errors import InputError
+
+    def recipe(a):
+        return {k: v for k, v in (a.meta.get("config") or {}).items() if k not in PER_MEMBER_KEYS}
+
+    first = recipe(members[0])
+    for a in members[1:]:
+        other = recipe(a)
+        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+        if diff:
+            k = diff[0]
+            raise InputError(f"group {group!r} mixes configurations: {members[0].path.name} has {k}={first.get(k)}, "
+                             f"{a.path.name} has {k}={other.get(k)}")
 
 
 def single_scores(m: Members) -> np.ndarray:
