@@ -141,6 +141,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def make_adamw(groups, lr: float):
+    """AdamW, fused where torch has the kernel (CPU and CUDA): one pass over each tensor instead of several; on this
+    CPU the optimizer step is 4x faster than the per-tensor loop (benchmarks/README.md)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
 def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
           pad_id: int, keep: dict[str, torch.Tensor] | None = None, l1: L1Regularizer | None = None,
           on_step: Callable[[int, int, float | None], None] | None = None,
@@ -162,8 +171,7 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
     decay = [p for n, p in params.items() if p.ndim >= 2]
     no_decay = [p for n, p in params.items() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    foreach = device.type == "cuda" or None
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, foreach=foreach)
+    opt = make_adamw(groups, cfg.lr)
 
     n = len(enc)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
