@@ -1,0 +1,95 @@
+"""Which speed levers pay: time the real ``ticketctl.train.train`` step on MRPC with the default model, changing one
+thing at a time from ticketctl's defaults.
+
+    python benchmarks/levers.py [--steps 30] [--warmup 5]
+
+Variants: padding to 128 instead of dynamic padding; fp32 instead of bf16; masks by ``torch.nn.utils.prune`` hooks
+instead of masked gradients; the per-tensor AdamW loop instead of the fused kernel; eager attention instead of SDPA.
+Prints seconds per step and examples/s for each, as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+import ticketctl.train as T
+from ticketctl import data, modeling
+from ticketctl.tasks import get_task
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from bench_train import thirty_percent_mask  # noqa: E402
+
+
+def run(variant: str, folder, split, keep, steps: int, warmup: int) -> dict:
+    precision = "fp32" if variant == "fp32" else "bf16"
+    attn = {"attn_implementation": "eager"} if variant == "eager-attention" else {}
+    torch.manual_seed(0)
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(str(folder), num_labels=2, **attn)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config)
+    tok = modeling.load_tokenizer(folder)
+    enc = T.encode(tok, split, 128)
+    mask = {n: k.float() for n, k in keep.items()}
+    if variant == "prune-hooks":
+        from torch.nn.utils import prune
+
+        names = dict(model.named_modules())
+        for n, k in mask.items():
+            prune.custom_from_mask(names[n.rsplit(".", 1)[0]], "weight", k)
+        mask = None
+    original_collate, original_adamw = T.collate, T.make_adamw
+    if variant == "pad-128":
+        def padded(enc_, idx, pad_id, device):
+            batch = original_collate(enc_, idx, pad_id, device)
+            width = 128 - batch["input_ids"].shape[1]
+            return {k: torch.nn.functional.pad(v, (0, width), value=pad_id if k == "input_ids" else 0)
+                    for k, v in batch.items()}
+        T.collate = padded
+    if variant == "adamw-loop":
+        T.make_adamw = lambda groups, lr: torch.optim.AdamW(groups, lr=lr, foreach=False)
+    marks = {}
+
+    def on_step(step, total, loss):
+        if step == warmup:
+            marks["start"] = time.perf_counter()
+        if step == warmup + steps:
+            marks["end"] = time.perf_counter()
+
+    steps_per_epoch = int(np.ceil(len(split) / 32))
+    cfg = T.TrainConfig(epochs=(steps + warmup) / steps_per_epoch, precision=precision)
+    try:
+        T.train(model, enc, split.labels, cfg, 0, torch.device("cpu"), tok.pad_token_id or 0, keep=mask,
+                on_step=on_step)
+    finally:
+        T.collate, T.make_adamw = original_collate, original_adamw
+    seconds = (marks["end"] - marks["start"]) / steps
+    return {"variant": variant, "seconds_per_step": seconds, "examples_per_s": 32 / seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--variants", default="ticketctl,pad-128,fp32,prune-hooks,adamw-loop,eager-attention")
+    args = ap.parse_args()
+    modeling.quiet_transformers()
+    _, folder = modeling.resolve_model(None)
+    split = data.load_split(get_task("mrpc"), "train")
+    keep = thirty_percent_mask(modeling.load_model(folder, 2, 0.1))
+    rows = []
+    for v in args.variants.split(","):
+        r = run(v, folder, split, keep, args.steps, args.warmup)
+        rows.append(r)
+        print(f"{v:16} {r['seconds_per_step']:.3f} s/step  {r['examples_per_s']:.1f} ex/s", file=sys.stderr)
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
