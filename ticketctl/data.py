@@ -160,7 +160,10 @@ def _load_from_hub(task: Task, split: str) -> Split:  # pragma: no cover - needs
     hub_split = {"train": "train", "dev": "validation_matched" if task.name == "mnli" else "validation"}[split]
     try:
         import datasets
+        import huggingface_hub
 
+        datasets.logging.set_verbosity_error()
+        huggingface_hub.utils.logging.set_verbosity_error()
         ds = datasets.load_dataset("nyu-mll/glue", task.hub_name, split=hub_split)
     except Exception as e:  # offline, hub down, ...: one clear line
         raise InputError(
