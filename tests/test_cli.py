@@ -151,6 +151,7 @@ def test_stsb_regression(cli, tiny_args, tmp_path):
     (["search", "--task", "mrpc", "--policy", "active"], 2, "--prior"),
     (["finetune", "--task", "mrpc", "--mask", "nope.safetensors"], 3, "no such file"),
     (["finetune", "--task", "mrpc", "--no-such-option"], 2, "No such option"),
+    (["finetune", "--task", "mrpc", "--precision", "fp8"], 2, "--precision"),
 ])
 def test_bad_input_is_one_line_and_exit_code(cli, tiny_args, tmp_path, args, code, message):
     got, out, err = cli(*args, "--out", tmp_path, *tiny_args)
@@ -188,3 +189,26 @@ def test_show(cli, tiny_args, tmp_path):
     import json
 
     assert json.loads(js)["summary"]["sparsity"] == pytest.approx(0.3, abs=1e-3)
+
+
+def test_cuda_request_without_a_gpu_is_a_usage_error(cli, tiny_args, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = [a for a in tiny_args]
+    args[args.index("--device") + 1] = "cuda"
+    code, out, err = cli("finetune", "--task", "mrpc", "--out", tmp_path, *args)
+    assert code == 2 and "no CUDA device" in err
+
+
+def test_device_and_precision_resolution():
+    import torch
+
+    from ticketctl.train import pick_device, resolve_precision
+
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
