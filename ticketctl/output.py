@@ -11,10 +11,10 @@ from ticketctl.errors import UsageError
 FORMATS = ("table", "tsv", "json", "markdown")
 
 
-def _cell(v) -> str:
+def _cell(v, blank_nan: bool = False) -> str:
     if isinstance(v, float):
         if math.isnan(v):
-            return "nan"
+            return "" if blank_nan else "nan"
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
@@ -44,7 +44,7 @@ def emit(rows: list[dict], columns: list[str], fmt: str = "table", title: str | 
         out.write("| " + " | ".join(columns) + " |\n")
         out.write("|" + "|".join(" --- " for _ in columns) + "|\n")
         for r in rows:
-            out.write("| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |\n")
+            out.write("| " + " | ".join(_cell(r.get(c, ""), blank_nan=True) for c in columns) + " |\n")
     else:
         from rich.console import Console
         from rich.table import Table
@@ -54,6 +54,7 @@ def emit(rows: list[dict], columns: list[str], fmt: str = "table", title: str | 
             table.add_column(c, justify="left" if c in ("group", "metric", "member", "direction", "parameter",
                                                         "test", "a", "b") else "right")
         for r in rows:
-            table.add_row(*[_cell(r.get(c, "")) for c in columns])
-        Console(file=out, highlight=False, width=max(100, len(columns) * 12)).print(table)
+            table.add_row(*[_cell(r.get(c, ""), blank_nan=True) for c in columns])
+        width = max(100, len(columns) * 12, len(title or "") + 2)
+        Console(file=out, highlight=False, width=width).print(table)
     out.flush()
