@@ -49,12 +49,14 @@ def emit(rows: list[dict], columns: list[str], fmt: str = "table", title: str | 
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
+        table = Table()
         for c in columns:
             table.add_column(c, justify="left" if c in ("group", "metric", "member", "direction", "parameter",
                                                         "test", "a", "b") else "right")
         for r in rows:
             table.add_row(*[_cell(r.get(c, ""), blank_nan=True) for c in columns])
-        width = max(100, len(columns) * 12, len(title or "") + 2)
-        Console(file=out, highlight=False, width=width).print(table)
+        console = Console(file=out, highlight=False, width=max(100, len(columns) * 12, len(title or "") + 2))
+        if title:
+            console.print(title, markup=False, style="italic")
+        console.print(table)
     out.flush()
