@@ -95,8 +95,13 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
     return [batches[i] for i in perm]
 
 
+PAD_MULTIPLE = 8  # few distinct shapes: oneDNN/cuBLAS kernels and their workspaces are made once per shape
+
+
 def collate(enc: Encoded, idx: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    width = int(enc.lengths[idx].max())
+    """Pad a batch to its longest example, rounded up to a multiple of ``PAD_MULTIPLE`` (dynamic padding). Rounding
+    keeps the number of distinct shapes small: with every width allowed, memory grew by 0.6 GB over 40 steps."""
+    width = -(-int(enc.lengths[idx].max()) // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = np.full((len(idx), width), pad_id, dtype=np.int64)
     att = np.zeros((len(idx), width), dtype=np.int64)
     types = np.zeros((len(idx), width), dtype=np.int64) if enc.token_type_ids is not None else None
