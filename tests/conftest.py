@@ -85,7 +85,7 @@ def build_tiny_bert(folder: Path, seed: int = 0, hidden: int = 16, layers: int =
     tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(str(folder))
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=64)
+                        num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=128)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(str(folder))
     return folder

@@ -152,6 +152,7 @@ def test_stsb_regression(cli, tiny_args, tmp_path):
     (["finetune", "--task", "mrpc", "--mask", "nope.safetensors"], 3, "no such file"),
     (["finetune", "--task", "mrpc", "--no-such-option"], 2, "No such option"),
     (["finetune", "--task", "mrpc", "--precision", "fp8"], 2, "--precision"),
+    (["finetune", "--task", "mrpc", "--max-length", "200"], 2, "longer than the model takes (128"),
 ])
 def test_bad_input_is_one_line_and_exit_code(cli, tiny_args, tmp_path, args, code, message):
     got, out, err = cli(*args, "--out", tmp_path, *tiny_args)

@@ -130,3 +130,15 @@ def prunable_parameters(model) -> dict[str, "object"]:
     if not out:
         raise InputError("the model has no Linear layers in its encoder to prune")
     return out
+
+
+def check_max_length(max_length: int, model, tokenizer) -> None:
+    """--max-length must fit the model's position embeddings (the tokenizer knows the usable length)."""
+    from ticketctl.errors import UsageError
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if tok_limit is not None and tok_limit < 1_000_000:
+        limit = min(limit, tok_limit) if limit else tok_limit
+    if limit is not None and max_length > limit:
+        raise UsageError(f"--max-length {max_length} is longer than the model takes ({limit} tokens)")

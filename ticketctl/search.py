@@ -128,6 +128,7 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
     torch.manual_seed(seed)
     model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout).to(device)
     tokenizer = modeling.load_tokenizer(ctx.model_dir)
+    modeling.check_max_length(cfg.max_length, model, tokenizer)
     pad_id = tokenizer.pad_token_id or 0
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     prunable = modeling.prunable_parameters(model)
