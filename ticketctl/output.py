@@ -51,7 +51,7 @@ def emit(rows: list[dict], columns: list[str], fmt: str = "table", title: str | 
 
         table = Table()
         for c in columns:
-            table.add_column(c, justify="left" if c in ("group", "metric", "member", "direction", "parameter",
+            table.add_column(c, justify="left" if c in ("group", "metric", "mask", "direction", "parameter",
                                                         "test", "a", "b") else "right")
         for r in rows:
             table.add_row(*[_cell(r.get(c, ""), blank_nan=True) for c in columns])
