@@ -145,6 +145,8 @@ def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str,
     fig, ax = plt.subplots(figsize=(6, 4))
     for g, pts in sorted(curves.items()):
         ax.plot([k for k, _ in pts], [100 * v for _, v in pts], marker="o", label=g)
+    ks = sorted({k for pts in curves.values() for k, _ in pts})
+    ax.set_xticks(ks)
     ax.axhline(0, color="grey", linewidth=1, linestyle="--", label=f"{ref} (reference)")
     ax.set_xlabel("ensemble members k")
     ax.set_ylabel(f"{metric} gain over {ref} (points)")
