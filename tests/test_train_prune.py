@@ -125,3 +125,17 @@ def test_length_grouped_batches_cover_every_example_once():
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(103))
     assert max(len(b) for b in batches) == 8
+
+
+def test_magnitude_prune_matches_a_stable_sort_with_ties():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        w = {"a": torch.randint(-5, 6, (37, 11), generator=g).float() / 10, "b": torch.randn(53, generator=g)}
+        keep = {n: torch.rand(t.shape, generator=g) > 0.3 for n, t in w.items()}
+        n = int(torch.randint(0, 460, (1,), generator=g))
+        got = search.magnitude_prune(w, keep, n)
+        names = sorted(w)
+        mags = torch.cat([torch.where(keep[k], w[k].abs(), torch.tensor(-1.0)).ravel() for k in names])
+        ref = torch.ones(mags.numel(), dtype=torch.bool)
+        ref[torch.argsort(mags, stable=True)[:n]] = False
+        assert torch.equal(torch.cat([got[k].ravel() for k in names]), ref)
