@@ -83,7 +83,7 @@ def step_flops(config, batch: int, width: int) -> float:
 
 def run_ticketctl(folder, split, keep, steps, warmup, precision, batch_size, lr):
     torch.manual_seed(0)
-    model = modeling.load_model(folder, 2, 0.1)
+    model = modeling.load_model(folder, 2, 0.1, modeling.attention_for("cpu"))
     tok = modeling.load_tokenizer(folder)
     enc = encode(tok, split, 128)
     counter = ShapeCounter(model)

@@ -92,7 +92,8 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
 
     device = pick_device(device_name)
     torch.manual_seed(seed)  # the task head is drawn from the seed
-    model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout).to(device)
+    model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout,
+                                modeling.attention_for(device.type)).to(device)
     tokenizer = modeling.load_tokenizer(ctx.model_dir)
     modeling.check_max_length(cfg.max_length, model, tokenizer)
     keep = None

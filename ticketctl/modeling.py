@@ -95,14 +95,20 @@ def load_tokenizer(folder: Path):
         raise InputError(f"{folder}: cannot load a tokenizer ({type(e).__name__}: {e})") from None
 
 
-def load_model(folder: Path, num_labels: int, dropout: float | None):
+def attention_for(device_type: str) -> str:
+    """Eager attention on CPU: with a padding mask and attention dropout, SDPA takes its generic path there and a
+    training step was 14% slower (benchmarks/README.md); SDPA's fused kernels on GPUs."""
+    return "eager" if device_type == "cpu" else "sdpa"
+
+
+def load_model(folder: Path, num_labels: int, dropout: float | None, attention: str = "sdpa"):
     """A sequence classifier on the pretrained encoder; the task head is drawn from torch's global RNG, so seed it
     first."""
     quiet_transformers()
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
-        config = AutoConfig.from_pretrained(str(folder), num_labels=num_labels)
+        config = AutoConfig.from_pretrained(str(folder), num_labels=num_labels, attn_implementation=attention)
         if num_labels == 1:
             config.problem_type = "regression"
         if dropout is not None:

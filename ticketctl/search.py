@@ -132,7 +132,8 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
 
     device = pick_device(device_name)
     torch.manual_seed(seed)
-    model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout).to(device)
+    model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout,
+                                modeling.attention_for(device.type)).to(device)
     tokenizer = modeling.load_tokenizer(ctx.model_dir)
     modeling.check_max_length(cfg.max_length, model, tokenizer)
     pad_id = tokenizer.pad_token_id or 0
