@@ -40,8 +40,11 @@ for s in $SEEDS; do
 done
 
 logits=$(ls "$OUT"/"$TASK"-logits-dev-{dense,bagging,base,active,random}-s*.safetensors 2>/dev/null || true)
+n=$(echo "$SEEDS" | wc -w)
+# k-member ensembles: 5 as in the paper when there are more seeds, else n-1 so that there are several combinations
+SIZE=${SIZE:-$(( n > 5 ? 5 : (n > 2 ? n - 1 : n) ))}
 echo "## Table 1: $TASK dev"
-echo "$logits" | ticketctl stats - --by policy --format markdown --plot "$REPORT/fig3-gain.png"
+echo "$logits" | ticketctl stats - --by policy --size "$SIZE" --format markdown --plot "$REPORT/fig3-gain.png"
 for scheme in $SCHEMES; do
   members=$(ls "$OUT"/"$TASK"-logits-dev-"$scheme"-s*.safetensors 2>/dev/null || true)
   [[ $(echo "$members" | wc -w) -ge 2 ]] || continue
