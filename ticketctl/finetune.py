@@ -64,6 +64,21 @@ def write_logits(ctx: Context, split: data.Split, path: Path, outputs: np.ndarra
     return metrics
 
 
+def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows, meta: dict) -> list[dict]:
+    """Evaluate the trained model on every split of ``rows`` (from ``logits_paths``) and write its logits artifacts;
+    returns each split's metrics."""
+    from ticketctl.train import encode, predict
+
+    results = []
+    for split, path, h in rows:
+        outputs = predict(model, encode(tokenizer, split, cfg.max_length), device, tokenizer.pad_token_id or 0,
+                          cfg.precision)
+        metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h})
+        ctx.log.info(f"{split.name}: {format_metrics(metrics) or 'unlabelled'} -> {path}")
+        results.append(metrics)
+    return results
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
@@ -114,13 +129,8 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
             "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else []}
     if mask_art:
         meta["mask_seed"] = mask_art.meta.get("seed")
-    paths = []
-    for split, path, h in rows:
-        outputs = train.predict(model, encode(tokenizer, split, cfg.max_length), device,
-                                tokenizer.pad_token_id or 0, cfg.precision)
-        metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h})
-        ctx.log.info(f"{split.name}: {format_metrics(metrics) or 'unlabelled'} -> {path}")
-        paths.append(path)
+    write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
+    paths = [path for _, path, _ in rows]
     if mask is None and bagging == 1.0:
         save_dense_weights(ctx, model, identity, seed, out)
     ctx.log.info(f"trained in {train_time:.1f}s")

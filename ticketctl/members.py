@@ -39,6 +39,17 @@ def check_compatible(arts: list[Artifact], keys=("task", "split", "data_fingerpr
                                  f"{a.path} has {_short(a.meta.get(k))}")
 
 
+def check_same_examples(arts: list[Artifact]) -> None:
+    """Logits artifacts must list the same examples in the same order, with outputs of the same shape."""
+    first = arts[0]
+    for a in arts[1:]:
+        if not np.array_equal(a.tensors["ids"], first.tensors["ids"]):
+            raise InputError(f"cannot mix example ids: {a.path} and {first.path} list different examples")
+        if a.tensors["outputs"].shape != first.tensors["outputs"].shape:
+            raise InputError(f"{a.path}: outputs have shape {a.tensors['outputs'].shape}, "
+                             f"{first.path} has {first.tensors['outputs'].shape}")
+
+
 def _short(v) -> str:
     s = str(v)
     return s[:12] if len(s) > 40 else s
@@ -55,13 +66,8 @@ def load_members(paths: list[str], minimum: int = 1, same_model: bool = True) ->
     arts = [read_artifact(p, "logits") for p in paths]
     keys = ("task", "split", "data_fingerprint") + (("model_fingerprint",) if same_model else ())
     check_compatible(arts, keys)
+    check_same_examples(arts)
     first = arts[0]
-    for a in arts[1:]:
-        if not np.array_equal(a.tensors["ids"], first.tensors["ids"]):
-            raise InputError(f"cannot mix example ids: {a.path} and {first.path} list different examples")
-        if a.tensors["outputs"].shape != first.tensors["outputs"].shape:
-            raise InputError(f"{a.path}: outputs have shape {a.tensors['outputs'].shape}, "
-                             f"{first.path} has {first.tensors['outputs'].shape}")
     task = get_task(first.meta["task"])
     outputs = np.stack([a.tensors["outputs"].astype(np.float64) for a in arts])
     labels = first.tensors.get("labels")

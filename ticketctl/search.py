@@ -18,8 +18,9 @@ from ticketctl import artifacts
 from ticketctl.artifacts import Mask
 from ticketctl.context import Context
 from ticketctl.errors import InputError, UsageError
-from ticketctl.finetune import (IDENTITY_DEFAULTS, dense_weights_path, format_metrics, logits_paths, save_dense_weights,
-                                training_identity, write_logits)
+from ticketctl.finetune import (IDENTITY_DEFAULTS, dense_weights_path, format_metrics, load_mask, logits_paths,
+                                save_dense_weights, training_identity, write_outputs)
+from ticketctl.tasks import predictions, score
 from ticketctl.train import TrainConfig, derive_seed
 
 POLICIES = ("base", "active", "random")
@@ -181,18 +182,17 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
             with ctx.log.progress(f"round {r}/{rounds}", 1) as advance:
                 train.train(model, enc, ctx.train.labels, cfg, seed, device, pad_id,
                             keep={n: k.float() for n, k in keep.items()}, l1=reg, on_step=advance)
-            outputs = train.predict(model, dev_enc, device, pad_id, cfg.precision)
-            metrics = {}
-            if dev.labels is not None:
-                from ticketctl.tasks import predictions, score
-
-                metrics = score(ctx.task, predictions(ctx.task, outputs), dev.labels)
+            if reusable:  # the dense finetune of this seed: write its outputs as `finetune` would
+                metrics = share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device)
+            else:
+                metrics = {}
+                if dev.labels is not None:
+                    outputs = train.predict(model, dev_enc, device, pad_id, cfg.precision)
+                    metrics = score(ctx.task, predictions(ctx.task, outputs), dev.labels)
             sp = 1 - sum(int(k.sum()) for k in keep.values()) / total
             history.append({"round": r, "sparsity": round(sp, 6), "seconds": round(time.perf_counter() - t0, 1),
                             **{f"dev_{k}": round(v, 6) for k, v in metrics.items()}})
             ctx.log.info(f"round {r}/{rounds}: trained at sparsity {sp:.1%}: dev {format_metrics(metrics)}")
-            if reusable:
-                share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device)
             trained = {n: p.detach() for n, p in prunable.items()}
         keep = magnitude_prune(trained, keep, n_pruned)
         round_mask = Mask({n: k.numpy() for n, k in keep.items()})
@@ -206,26 +206,21 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
 
 
 def load_prior(ctx: Context, path: str) -> artifacts.Artifact:
-    from ticketctl.finetune import load_mask
-
     art = load_mask(ctx, path)
     if art.meta.get("task") != ctx.task.name:
         raise InputError(f"{path}: prior mask is for task {art.meta.get('task')}, not {ctx.task.name}")
     return art
 
 
-def share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device) -> None:
+def share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device) -> dict[str, float]:
     """Round 1 of ``base`` is the dense finetune of the same seed: write its outputs under the names ``finetune``
-    would use, so that ``finetune --seed S`` (no mask) costs nothing afterwards."""
-    from ticketctl import train
-
+    would use, so that ``finetune --seed S`` (no mask) costs nothing afterwards. Returns the dev metrics."""
     meta = {"seed": str(seed), "policy": "dense", "sparsity": "0", "bagging": "1.0", "config": dense_identity,
             "parents": [], "produced_by": "search round 1"}
-    for split, path, hh in logits_paths(ctx, dense_identity, "dense", seed, out):
-        outputs = train.predict(model, train.encode(tokenizer, split, cfg.max_length), device,
-                                tokenizer.pad_token_id or 0, cfg.precision)
-        write_logits(ctx, split, path, outputs, {**meta, "config_hash": hh})
+    rows = logits_paths(ctx, dense_identity, "dense", seed, out)
+    metrics = write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
     save_dense_weights(ctx, model, dense_identity, seed, out)
+    return metrics[0]
 
 
 def write_mask(ctx: Context, path: Path, mask: Mask, seed: int, policy: str, target: float, identity: dict, h: str,

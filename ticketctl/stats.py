@@ -10,8 +10,8 @@ import numpy as np
 
 from ticketctl.artifacts import Artifact, read_artifact
 from ticketctl.ensemble import combination_scores, member_terms
-from ticketctl.errors import UsageError
-from ticketctl.members import Members, check_compatible
+from ticketctl.errors import InputError, UsageError
+from ticketctl.members import Members, check_compatible, check_same_examples
 from ticketctl.tasks import get_task, predictions, score
 
 REF_PREFERENCE = ("dense", "base")
@@ -32,11 +32,7 @@ def load_groups(paths: list[str], by: str) -> tuple[dict[str, Members], list[Art
         raise UsageError("an artifact is given twice")
     arts = [read_artifact(p, "logits") for p in paths]
     check_compatible(arts, ("task", "split", "data_fingerprint", "model_fingerprint"))
-    for a in arts[1:]:
-        if not np.array_equal(a.tensors["ids"], arts[0].tensors["ids"]):
-            from ticketctl.errors import InputError
-
-            raise InputError(f"cannot mix example ids: {a.path} and {arts[0].path} list different examples")
+    check_same_examples(arts)
     if "labels" not in arts[0].tensors:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
     task = get_task(arts[0].meta["task"])
@@ -61,8 +57,6 @@ PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between memb
 def check_same_recipe(group: str, members: list[Artifact]) -> None:
     """Members of a group must differ only by seed (and what the seed decides): a quick run and a full run, or two
     learning rates, in one group would make a silently wrong table."""
-    from ticketctl.errors import InputError
-
     def recipe(a):
         return {k: v for k, v in (a.meta.get("config") or {}).items() if k not in PER_MEMBER_KEYS}
 
