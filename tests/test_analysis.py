@@ -242,3 +242,32 @@ def test_stats_refuses_a_group_mixing_configurations(cli, tmp_path):
                     config={"lr": 1e-4, "epochs": 1.0, "seed": 2})
     code, out, err = cli("stats", a, b)
     assert code == 3 and "mixes configurations" in err and "epochs" in err
+
+
+def test_pipeline_search_finetune_into_ensemble_and_stats(tiny_model, glue_dir, tmp_path):
+    """The Unix composition the README shows: paths from search/finetune piped into ensemble - and stats -."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    common = ["--model", str(tiny_model), "--data-dir", str(glue_dir), "--epochs", "1", "--batch-size", "8",
+              "--device", "cpu", "--quiet", "--out", str(tmp_path)]
+    tc = [sys.executable, "-m", "ticketctl"]
+    script = []
+    for s in (1, 2, 3):
+        script.append(f"{' '.join(tc)} finetune --task mrpc --seed {s} {' '.join(common)}")
+        script.append(f"{' '.join(tc)} search --task mrpc --policy random --seed {s} {' '.join(common)} | "
+                      f"xargs -I{{}} {' '.join(tc)} finetune --task mrpc --seed {s} --mask {{}} {' '.join(common)}")
+    paths = subprocess.run(" ; ".join(f"({c})" for c in script), shell=True, capture_output=True, text=True,
+                           env=env, check=True).stdout
+    assert len(paths.split()) == 6
+    ens = subprocess.run(tc + ["ensemble", "-", "--format", "json"], input=paths, capture_output=True, text=True,
+                         env=env)
+    assert ens.returncode == 0, ens.stderr
+    assert json.loads(ens.stdout)["members"] == 6
+    st = subprocess.run(tc + ["stats", "-", "--size", "2", "--format", "tsv"], input=paths, capture_output=True,
+                        text=True, env=env)
+    assert st.returncode == 0, st.stderr
+    rows = [line.split("\t") for line in st.stdout.strip().split("\n")]
+    assert rows[0][:2] == ["group", "members"] and [r[0] for r in rows[1:]] == ["dense", "random"]
