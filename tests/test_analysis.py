@@ -212,7 +212,8 @@ def test_stats_table_and_ttest(cli, tmp_path):
             pred = np.where(rng.random(200) < acc, labels, 1 - labels)
             paths.append(logits_file(tmp_path / f"{policy}{s}.safetensors", onehot_logits(pred) +
                                      rng.normal(0, 0.1, (200, 2)), labels, policy=policy, seed=str(s)))
-    code, out, err = cli("stats", *paths, "--format", "json", "--size", "3", "--plot", tmp_path / "fig3.png")
+    code, out, err = cli("stats", *paths, "--format", "json", "--size", "3", "--plot", tmp_path / "fig3.png",
+                         "--bootstrap", "200")
     assert code == 0, err
     rows = [json.loads(x) for x in out.strip().split("\n")]
     assert [r["group"] for r in rows] == ["dense", "random"]
@@ -220,6 +221,8 @@ def test_stats_table_and_ttest(cli, tmp_path):
     assert rows[1]["combinations"] == 10 and 0 <= rows[1]["p_value"] <= 1
     assert rows[1]["vs_ref"] == pytest.approx(rows[1]["ensemble_mean"] - rows[0]["ensemble_mean"])
     assert (tmp_path / "fig3.png").stat().st_size > 1000
+    for r in rows:  # the bootstrap interval brackets the ensemble mean
+        assert r["ci_low"] <= r["ensemble_mean"] <= r["ci_high"] and r["ci_high"] - r["ci_low"] < 0.2
 
 
 def test_ttest_choice():

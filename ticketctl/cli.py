@@ -228,6 +228,8 @@ def stats(
     size: Annotated[Optional[int], typer.Option(help="Ensemble size k (default: min(5, smallest group)).")] = None,
     combine: Combine = "probs",
     plot: Annotated[Optional[str], typer.Option(help="Draw ensemble gain over the reference vs k (Figure 3) to FILE.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Resample the evaluation examples N times for a 95% interval of "
+                                                "each group's ensemble mean (0: off).")] = 0,
     format: Format = "table",
 ):
     """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics, and a t-test against the
@@ -235,7 +237,7 @@ def stats(
     from ticketctl.artifacts import read_paths
     from ticketctl.commands import stats as run
 
-    run(read_paths(artifacts), by, ref, size, combine, plot, format)
+    run(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -101,15 +101,18 @@ def iou(paths: list[str], layers: bool, plot: str | None, fmt: str) -> None:
 
 
 def stats(paths: list[str], by: str, ref: str | None, size: int | None, combine: str, plot: str | None,
-          fmt: str) -> None:
+          fmt: str, bootstrap: int = 0) -> None:
     from ticketctl import stats as st
+    from ticketctl.errors import UsageError
 
+    if bootstrap < 0:
+        raise UsageError("--bootstrap must be >= 0")
     groups, arts = st.load_groups(paths, by)
     ref = st.pick_ref(groups, ref)
-    rows, k = st.table(groups, ref, size, combine)
+    rows, k = st.table(groups, ref, size, combine, bootstrap)
     task = next(iter(groups.values())).task
     cols = ["group", "members", "single_mean", "single_std", "k", "combinations", "ensemble_mean", "ensemble_gain",
-            "vs_ref", "p_value", "test", "p_single"]
+            "vs_ref", "p_value", "test", "p_single"] + (["ci_low", "ci_high"] if bootstrap else [])
     output.emit(rows, cols, fmt, f"{task.name} {arts[0].meta.get('split')}: {task.headline} by {by} "
                                  f"(k={k}, {combine}; t-test of k-member ensembles vs {ref})")
     if plot:

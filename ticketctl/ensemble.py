@@ -45,30 +45,49 @@ def all_member_scores(members: Members, how: str = "probs") -> dict[str, float]:
                  members.labels)
 
 
-def combination_scores(task: Task, terms: np.ndarray, labels: np.ndarray, k: int,
-                       subset: list[int] | None = None) -> dict[str, np.ndarray]:
-    """Every metric of every k-member combination of ``subset`` (default: all members): arrays over combinations."""
+def combination_predictions(task: Task, terms: np.ndarray, k: int, subset: list[int] | None = None):
+    """Predictions of every k-member combination of ``subset`` (default: all members), in chunks of (B, N)."""
     idx = list(range(len(terms))) if subset is None else list(subset)
     combos = np.asarray(list(itertools.combinations(idx, k)), dtype=np.int64).reshape(-1, k)
     binary = not task.is_regression and terms.shape[2] == 2
     if binary:  # argmax over two classes is the sign of the margin: half the work, no argmax
         terms = np.ascontiguousarray(terms[..., 1] - terms[..., 0])[..., None]
     per = max(1, CHUNK_ELEMENTS // max(1, terms.shape[1] * terms.shape[2]))
-    parts: dict[str, list[np.ndarray]] = {m: [] for m in task.metrics}
     for start in range(0, len(combos), per):
         chunk = combos[start : start + per]
         total = terms[chunk[:, 0]].copy()
         for j in range(1, k):
             total += terms[chunk[:, j]]
         if task.is_regression:
-            pred = total[..., 0]
+            yield total[..., 0] / k
         elif binary:
-            pred = (total[..., 0] > 0).astype(np.int64)  # a tie goes to class 0, as argmax does
+            yield (total[..., 0] > 0).astype(np.int64)  # a tie goes to class 0, as argmax does
         else:
-            pred = total.argmax(-1)
+            yield total.argmax(-1)
+
+
+def combination_scores(task: Task, terms: np.ndarray, labels: np.ndarray, k: int,
+                       subset: list[int] | None = None) -> dict[str, np.ndarray]:
+    """Every metric of every k-member combination of ``subset`` (default: all members): arrays over combinations."""
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in task.metrics}
+    for pred in combination_predictions(task, terms, k, subset):
         for m, v in score(task, pred, labels).items():
             parts[m].append(np.atleast_1d(v))
     return {m: np.concatenate(v) for m, v in parts.items()}
+
+
+def bootstrap_interval(task: Task, terms: np.ndarray, labels: np.ndarray, k: int, samples: int,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean k-member ensemble headline metric, resampling evaluation examples."""
+    pred = np.concatenate(list(combination_predictions(task, terms, k)))
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    stats = np.empty(samples)
+    for b in range(samples):
+        idx = rng.integers(0, n, n)
+        stats[b] = np.mean(score(task, pred[:, idx], labels[idx])[task.headline])
+    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def groups_of(n: int, groups: int) -> list[list[int]]:

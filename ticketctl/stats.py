@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 
 from ticketctl.artifacts import Artifact, read_artifact
-from ticketctl.ensemble import combination_scores, member_terms
+from ticketctl.ensemble import bootstrap_interval, combination_scores, member_terms
 from ticketctl.errors import InputError, UsageError
 from ticketctl.members import Members, check_compatible, check_same_examples
 from ticketctl.tasks import get_task, predictions, score
@@ -103,7 +103,8 @@ def pick_ref(groups: dict[str, Members], ref: str | None) -> str:
     return sorted(groups)[0]
 
 
-def table(groups: dict[str, Members], ref: str, k: int | None, how: str) -> tuple[list[dict], int]:
+def table(groups: dict[str, Members], ref: str, k: int | None, how: str,
+          bootstrap: int = 0) -> tuple[list[dict], int]:
     smallest = min(len(m) for m in groups.values())
     if k is None:
         k = min(5, smallest)
@@ -122,6 +123,10 @@ def table(groups: dict[str, Members], ref: str, k: int | None, how: str) -> tupl
             "ensemble_mean": float(ens[g].mean()), "ensemble_gain": float(ens[g].mean() - s.mean()),
             "vs_ref": float(ens[g].mean() - ens[ref].mean()), "p_value": p, "test": test, "p_single": p_single,
         })
+        if bootstrap:
+            m = groups[g]
+            lo, hi = bootstrap_interval(m.task, member_terms(m.task, m.outputs, how), m.labels, k, bootstrap)
+            rows[-1].update({"ci_low": lo, "ci_high": hi})
     return rows, k
 
 
