@@ -272,6 +272,8 @@ def _click_exceptions():
 def main(argv: list[str] | None = None) -> None:
     click = _click_exceptions()
     signal.signal(signal.SIGTERM, _raise_signalled)
+    if hasattr(signal, "SIGPIPE"):  # `ticketctl show ... | head`: end quietly like any Unix tool (exit 141)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # leave an inherited "ignore" alone
         signal.signal(signal.SIGINT, _raise_signalled)
     try:
