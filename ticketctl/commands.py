@@ -87,6 +87,8 @@ def iou(paths: list[str], layers: bool, plot: str | None, fmt: str) -> None:
     labels = [iou_mod.label(a) for a in arts]
     if len(set(labels)) != len(labels):
         labels = [a.path.name for a in arts]
+    if len(set(labels)) != len(labels):
+        labels = [str(a.path) for a in arts]
     if layers:
         output.emit(iou_mod.layer_rows(arts), ["parameter", "mean_iou", "sparsity"], fmt,
                     "IoU of surviving weights per parameter (mean over pairs)")
