@@ -153,6 +153,17 @@ def test_config_hash_of_a_finetune_is_pinned():
     from ticketctl.train import TrainConfig
 
     identity = {"task": "mrpc", "model": "f" * 64, "seed": 3, "train_data": "d" * 64,
-                **TrainConfig(precision="bf16").as_dict(), "mask": None, "bagging": 1.0}
+                **TrainConfig(precision="bf16").as_dict(), "mask": None, "bagging": 1.0, "computation": 1}
     assert config_hash({**identity, "eval_data": "e" * 64}, IDENTITY_DEFAULTS) == \
         "f01967a17126fc71d7f5ac923031f20f41f8b3ba3fa003e184606accc3413127"
+
+
+def test_computation_version_enters_the_hash():
+    """Artifacts of an earlier training computation (same config, other numbers) must not be reused as current."""
+    from ticketctl.artifacts import config_hash
+    from ticketctl.finetune import COMPUTATION, IDENTITY_DEFAULTS
+
+    base = {"task": "mrpc", "seed": 3}
+    assert COMPUTATION >= 2
+    assert config_hash({**base, "computation": COMPUTATION}, IDENTITY_DEFAULTS) != \
+        config_hash({**base, "computation": 1}, IDENTITY_DEFAULTS)
