@@ -23,7 +23,7 @@ def ensemble(paths: list[str], combine: str, size: str | None, groups: int, out:
     sizes = ens.parse_sizes(size, len(members))
     metrics = {}
     if members.labels is not None:
-        metrics = ens.all_member_scores(members, combine)
+        metrics = ens.all_member_scores(members, combine, combined)
     elif sizes:
         from ticketctl.errors import UsageError
 

@@ -40,9 +40,11 @@ def combined_outputs(task: Task, outputs: np.ndarray, how: str) -> np.ndarray:
     return np.log(np.clip(terms, 1e-30, None))
 
 
-def all_member_scores(members: Members, how: str = "probs") -> dict[str, float]:
-    return score(members.task, predictions(members.task, combined_outputs(members.task, members.outputs, how)),
-                 members.labels)
+def all_member_scores(members: Members, how: str = "probs", combined: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of the ensemble of all members (pass ``combined`` when its outputs are computed already)."""
+    if combined is None:
+        combined = combined_outputs(members.task, members.outputs, how)
+    return score(members.task, predictions(members.task, combined), members.labels)
 
 
 def combination_predictions(task: Task, terms: np.ndarray, k: int, subset: list[int] | None = None):

@@ -8,11 +8,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from ticketctl.artifacts import Artifact, read_artifact
+from ticketctl.artifacts import Artifact
 from ticketctl.ensemble import bootstrap_interval, combination_scores, member_terms
 from ticketctl.errors import InputError, UsageError
-from ticketctl.members import Members, check_compatible, check_same_examples
-from ticketctl.tasks import get_task, predictions, score
+from ticketctl.members import Members, load_members
+from ticketctl.tasks import predictions, score
 
 REF_PREFERENCE = ("dense", "base")
 LEVENE_ALPHA = 0.05
@@ -28,27 +28,25 @@ def group_value(art: Artifact, key: str) -> str:
 
 
 def load_groups(paths: list[str], by: str) -> tuple[dict[str, Members], list[Artifact]]:
-    if len(set(paths)) != len(paths):
-        raise UsageError("an artifact is given twice")
-    arts = [read_artifact(p, "logits") for p in paths]
-    check_compatible(arts, ("task", "split", "data_fingerprint", "model_fingerprint"))
-    check_same_examples(arts)
-    if "labels" not in arts[0].tensors:
+    members = load_members(paths)
+    if members.labels is None:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
-    task = get_task(arts[0].meta["task"])
-    grouped: dict[str, list[Artifact]] = defaultdict(list)
-    for a in arts:
-        grouped[group_value(a, by)].append(a)
-    for g, members in grouped.items():
-        check_same_recipe(g, members)
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for i, a in enumerate(members.arts):
+        grouped[group_value(a, by)].append(i)
+    for g, idx in grouped.items():
+        check_same_recipe(g, [members.arts[i] for i in idx])
     out = {}
-    for g, members in grouped.items():
-        members.sort(key=lambda a: (int(a.meta.get("seed", 0)) if str(a.meta.get("seed", "0")).isdigit() else 0,
-                                    a.path.name))
-        out[g] = Members(task, arts[0].meta.get("split", "?"), members,
-                         np.stack([m.tensors["outputs"].astype(np.float64) for m in members]),
-                         arts[0].tensors["labels"], arts[0].tensors["ids"])
-    return out, arts
+    for g, idx in grouped.items():
+        idx.sort(key=lambda i: (_seed_order(members.arts[i]), members.arts[i].path.name))
+        out[g] = Members(members.task, members.split, [members.arts[i] for i in idx], members.outputs[idx],
+                         members.labels, members.ids)
+    return out, members.arts
+
+
+def _seed_order(a: Artifact) -> int:
+    seed = str(a.meta.get("seed", "0"))
+    return int(seed) if seed.isdigit() else 0
 
 
 PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between members of one group
