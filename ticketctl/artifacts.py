@@ -26,7 +26,7 @@ from ticketctl.errors import InputError, UsageError
 FORMAT = "ticketctl"
 FORMAT_VERSION = "1"
 KINDS = ("mask", "logits", "weights")  # "weights": reusable trained weights in the cache folder
-JSON_FIELDS = ("config", "parents", "versions", "shapes", "metrics", "layer_sparsity")
+JSON_FIELDS = ("config", "parents", "versions", "shapes", "metrics", "layer_sparsity", "weights", "tasks")
 
 
 # ---------------------------------------------------------------------------------------------- names
@@ -50,6 +50,10 @@ def ensemble_name(task: str, split: str, config_hash: str) -> str:
 
 def round_mask_name(task: str, policy: str, seed: int, round_: int, config_hash: str) -> str:
     return f"{task}-round{round_}-{policy}-s{seed}-{short(config_hash)}.safetensors"
+
+
+def importance_name(task: str, seed: int, config_hash: str) -> str:
+    return f"{task}-importance-s{seed}-{short(config_hash)}.safetensors"
 
 
 def dense_weights_name(task: str, seed: int, config_hash: str) -> str:
@@ -166,8 +170,22 @@ class Artifact:
     def kind(self) -> str:
         return self.meta["kind"]
 
+    @property
+    def method(self) -> str:
+        return self.meta.get("method", "imp")
+
     def mask(self) -> Mask:
+        if self.method != "imp":
+            raise InputError(f"{self.path}: a {self.method} mask, not a weight mask")
         return Mask.unpack(self.tensors, self.meta["shapes"])
+
+    def structured(self):
+        """The head/FFN keep-vectors of a structured mask (``search --method structured``)."""
+        from ticketctl.structured import StructuredMask
+
+        if self.method != "structured":
+            raise InputError(f"{self.path}: an {self.method} weight mask, not a structured (head/FFN) mask")
+        return StructuredMask(self.tensors["heads_keep"].astype(bool), self.tensors["ffn_keep"].astype(bool))
 
     def parent_ref(self) -> dict[str, str]:
         return {"path": str(self.path), "sha256": self.sha256, "kind": self.kind}
@@ -273,8 +291,12 @@ def read_artifact(path: str | os.PathLike, kind: str | None = None) -> Artifact:
         raise InputError(f"{path}: is a {art.kind} artifact, expected a {kind} artifact")
     if art.kind == "logits":
         _check_logits(art)
-    elif art.kind == "mask" and "shapes" not in meta:
+    elif art.kind == "mask" and art.method == "imp" and "shapes" not in meta:
         raise InputError(f"{path}: mask artifact without shapes")
+    elif art.kind == "mask" and art.method == "structured":
+        if "heads_keep" not in tensors or "ffn_keep" not in tensors:
+            raise InputError(f"{path}: structured mask without heads_keep or ffn_keep")
+        art.structured()  # validates the shapes
     return art
 
 

@@ -97,6 +97,9 @@ def finetune(
     warmup: Warmup = 0.0,
     dropout: Dropout = 0.1,
     quiet: Quiet = False,
+    save_model: Annotated[Optional[Path], typer.Option(
+        help="Also save the finetuned model as a transformers folder (a structured ticket is pruned physically "
+        "first: smaller and faster).")] = None,
 ):
     """Finetune the pretrained model (dense, bagging, or a ticket) and write dev-set logits.
 
@@ -107,15 +110,23 @@ def finetune(
 
     cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
     ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet)
-    print_paths(run(ctx, cfg, seed, out, mask_path=mask, bagging=bagging, device_name=device, force=force))
+    print_paths(run(ctx, cfg, seed, out, mask_path=mask, bagging=bagging, device_name=device, force=force,
+                    save_model=save_model))
 
 
 @app.command()
 def search(
     task: Task,
     seed: Seed = 0,
-    policy: Annotated[str, typer.Option(help="base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT).")] = "base",
-    sparsity: Annotated[float, typer.Option(help="Target fraction of prunable weights to prune.")] = 0.3,
+    method: Annotated[str, typer.Option(
+        help="imp: iterative magnitude pruning of weights (Multi-Ticket Ensemble). structured: one-shot pruning of "
+        "attention heads and FFN sublayers by importance (Super Tickets).")] = "imp",
+    policy: Annotated[str, typer.Option(help="imp: base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT).")] = "base",
+    sparsity: Annotated[str, typer.Option(
+        help="Target fraction to prune: of prunable weights (imp), of heads and of FFN sublayers (structured; a "
+        "comma-separated list writes one mask per level).")] = "0.3",
+    ticket: Annotated[str, typer.Option(
+        help="structured: winning | random | losing, or a comma-separated list (one mask per kind and level).")] = "winning",
     prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per round.")] = 0.1,
     l1: Annotated[Optional[float], typer.Option(
         "--l1", help="tau of the L1 regularizer (random/active); decays with the learning rate. Default 1e-4 for "
@@ -139,15 +150,36 @@ def search(
     dropout: Dropout = 0.1,
     quiet: Quiet = False,
 ):
-    """Find a lottery ticket by iterative magnitude pruning with rewinding; prints the mask artifact path."""
+    """Find a lottery ticket: by iterative magnitude pruning with rewinding (--method imp), or a structured super
+    ticket of heads and FFN sublayers (--method structured). Prints the mask artifact path(s)."""
     from ticketctl.artifacts import read_paths
     from ticketctl.context import print_paths
+    from ticketctl.errors import UsageError
+    from ticketctl.structured import parse_levels
+
+    if method not in ("imp", "structured"):
+        raise UsageError("--method must be imp or structured")
+    levels = parse_levels(sparsity)
+    if method == "structured":
+        from ticketctl.supertickets import parse_tickets, structured_search
+
+        if policy != "base" or prior or l1 is not None:
+            raise UsageError("--policy, --prior and --l1 belong to --method imp")
+        kinds = parse_tickets(ticket)
+        cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
+        ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet)
+        print_paths(structured_search(ctx, cfg, seed, out, levels, kinds, device_name=device, force=force))
+        return
     from ticketctl.search import search as run
 
+    if len(levels) != 1:
+        raise UsageError("--method imp takes one --sparsity level")
+    if ticket != "winning":
+        raise UsageError("--ticket belongs to --method structured")
     priors = read_paths(prior) if prior else []
     cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
     ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet)
-    print_paths([run(ctx, cfg, seed, out, policy=policy, sparsity=sparsity, prune_step=prune_step, l1=l1,
+    print_paths([run(ctx, cfg, seed, out, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
                      prior_paths=priors, device_name=device, force=force)])
 
 

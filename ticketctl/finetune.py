@@ -49,8 +49,8 @@ def load_mask(ctx: Context, path: str) -> artifacts.Artifact:
         raise InputError(f"{path}: mask was made for model {art.meta.get('model')!r} "
                          f"(fingerprint {art.meta.get('model_fingerprint', '?')[:10]}), not for {ctx.model_name!r} "
                          f"({ctx.model_fp[:10]}); pass the same --model")
-    if art.meta.get("method", "imp") != "imp":
-        raise InputError(f"{path}: {art.meta.get('method')} masks are not supported by this command")
+    if art.method not in ("imp", "structured"):
+        raise InputError(f"{path}: {art.method} masks are not supported by this command")
     if art.meta.get("task") != ctx.task.name:
         ctx.log.info(f"note: mask was found on {art.meta.get('task')}, finetuning on {ctx.task.name}")
     return art
@@ -88,19 +88,23 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: str | None = None,
-             bagging: float = 1.0, device_name: str = "auto", force: bool = False) -> list[Path]:
+             bagging: float = 1.0, device_name: str = "auto", force: bool = False,
+             save_model: Path | None = None) -> list[Path]:
     """Returns the written (or reused) logits artifact paths, one per evaluation split."""
     if not 0 < bagging <= 1:
         raise UsageError("--bagging must be in (0, 1]")
     cfg.validate()
     artifacts.ensure_writable(out)
+    if save_model is not None:
+        check_model_folder(save_model)
     mask_art = load_mask(ctx, mask_path) if mask_path else None
-    mask = mask_art.mask() if mask_art else None
+    structured = mask_art is not None and mask_art.method == "structured"
+    mask = (mask_art.structured() if structured else mask_art.mask()) if mask_art else None
     train_split = ctx.train.subset(data.bagging_indices(len(ctx.train), bagging, seed)) if bagging < 1 else ctx.train
     identity = training_identity(ctx, cfg, seed, train_split, mask.digest() if mask else None, bagging)
     scheme = mask_art.meta.get("policy", "ticket") if mask_art else ("bagging" if bagging < 1 else "dense")
     rows = logits_paths(ctx, identity, scheme, seed, out)
-    if not force and all(artifacts.existing(p, "logits") for _, p, _ in rows):
+    if not force and save_model is None and all(artifacts.existing(p, "logits") for _, p, _ in rows):
         ctx.log.info("finished already (same config): reusing " + ", ".join(str(p) for _, p, _ in rows))
         return [p for _, p, _ in rows]
 
@@ -116,7 +120,15 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
     tokenizer = modeling.load_tokenizer(ctx.model_dir)
     modeling.check_max_length(cfg.max_length, model, tokenizer)
     keep = None
-    if mask is not None:
+    extra: dict = {}
+    if structured:
+        from ticketctl import structured as st
+
+        mask.check_fits(st.layout(model), mask_path)
+        keep = st.expand(model, mask)
+        extra = {"method": "structured", "ffn_sparsity": f"{mask.ffn_sparsity:.6f}",
+                 "weights_remaining": f"{st.weights_remaining(model, mask):.6f}"}
+    elif mask is not None:
         prunable = modeling.prunable_parameters(model)
         check_mask_fits(mask, prunable, mask_path)
         keep = {n: torch.from_numpy(m) for n, m in mask.keep.items()}
@@ -130,7 +142,7 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
     train_time = time.perf_counter() - start
     meta = {"seed": str(seed), "policy": scheme, "sparsity": f"{mask.sparsity:.6f}" if mask else "0",
             "bagging": str(bagging), "config": {**identity}, "train_loss": " ".join(f"{x:.5f}" for x in losses),
-            "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else []}
+            "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else [], **extra}
     if mask_art:
         meta["mask_seed"] = mask_art.meta.get("seed")
     write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
@@ -138,7 +150,59 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
     if mask is None and bagging == 1.0:
         save_dense_weights(ctx, model, identity, seed, out)
     ctx.log.info(f"trained in {train_time:.1f}s")
+    if save_model is not None:
+        save_trained(ctx, model, tokenizer, cfg, device, save_model, mask if structured else None)
     return paths
+
+
+def check_model_folder(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UsageError(f"--save-model {folder}: exists and is not an empty folder")
+    artifacts.ensure_writable(folder.parent if folder.parent != Path("") else Path("."))
+
+
+def save_trained(ctx: Context, model, tokenizer, cfg: TrainConfig, device, folder: Path, structured_mask) -> None:
+    """Save the finetuned model as a transformers folder. A structured ticket is first pruned physically; its size
+    and dev inference time are reported next to the masked model's, and its outputs are checked against them."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from ticketctl.train import encode, predict
+
+    pad = tokenizer.pad_token_id or 0
+    if structured_mask is not None:
+        from ticketctl import structured as st
+
+        dev = encode(tokenizer, ctx.evals[0], cfg.max_length)
+        before_params = sum(p.numel() for p in model.parameters())
+        t0 = time.perf_counter()
+        masked = predict(model, dev, device, pad, "fp32")
+        t_masked = time.perf_counter() - t0
+        st.prune_physically(model, structured_mask)
+        t0 = time.perf_counter()
+        pruned = predict(model, dev, device, pad, "fp32")
+        t_pruned = time.perf_counter() - t0
+        diff = float(np.abs(masked - pruned).max())
+        if diff > 1e-3:
+            raise RuntimeError(f"physically pruned model disagrees with the masked one (max |diff| {diff:.2e})")
+        after_params = sum(p.numel() for p in model.parameters())
+        ctx.log.info(f"pruned physically: {after_params:,} of {before_params:,} parameters "
+                     f"({after_params / before_params:.1%}); dev inference (fp32) {t_pruned:.2f}s vs {t_masked:.2f}s "
+                     f"masked; max |output difference| {diff:.1e}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent if str(folder.parent) else "."))
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if folder.exists():
+            folder.rmdir()
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    ctx.log.info(f"saved model ({size / 1e6:.1f} MB of weights) -> {folder}")
 
 
 def check_mask_fits(mask: Mask, prunable: dict, source: str | None) -> None:
@@ -150,10 +214,8 @@ def check_mask_fits(mask: Mask, prunable: dict, source: str | None) -> None:
 
 
 def save_dense_weights(ctx: Context, model, identity: dict, seed: int, out: Path) -> None:
-    """Keep the trained prunable weights of a dense finetune, so that the first IMP round of a ``base`` search with
-    the same seed and config need not train again."""
-    from ticketctl import modeling
-
-    weights = {n: p.detach().float().cpu().numpy() for n, p in modeling.prunable_parameters(model).items()}
+    """Keep the trained weights of a dense finetune (the whole state), so that the first IMP round of a ``base``
+    search and the importance scores of a structured search with the same seed and config need not train again."""
+    weights = {n: p.detach().float().cpu().numpy() for n, p in model.state_dict().items() if p.is_floating_point()}
     artifacts.write_artifact(dense_weights_path(ctx, identity, seed, out), "weights", weights,
                              {**ctx.base_meta(), "seed": str(seed), "config": identity})

@@ -83,6 +83,12 @@ def quiet_transformers() -> None:
         transformers.utils.logging.disable_progress_bar()
     except AttributeError:
         pass
+    try:  # "Writing model shards" etc. come from huggingface_hub's bars
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
 
 
 def load_tokenizer(folder: Path):
@@ -115,9 +121,45 @@ def load_model(folder: Path, num_labels: int, dropout: float | None, attention: 
             for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
                 if hasattr(config, key):
                     setattr(config, key, dropout)
+        from ticketctl.structured import structure_of
+
+        if structure_of(config) is not None:
+            return _load_pruned(folder, config)
         return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config)
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(f"{folder}: cannot load a sequence classification model ({type(e).__name__}: {e})") from None
+
+
+def _load_pruned(folder: Path, config):
+    """A model saved by ``finetune --save-model`` from a structured ticket: its heads and FFNs are physically
+    removed, which stock transformers cannot express in a config. Build the full model, remove the same structures,
+    then load the weights; a task head of another size (another task) stays freshly initialised."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from ticketctl.structured import prune_physically, structure_of
+
+    mask = structure_of(config)
+    model = AutoModelForSequenceClassification.from_config(config)
+    prune_physically(model, mask)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise InputError(f"{folder}: a pruned ticket folder without model.safetensors")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    head = {n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")}
+    if any(k not in head for k in mismatched):
+        raise InputError(f"{folder}: weights do not fit the recorded structure ({mismatched[0]})")
+    missing, _ = model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
+    missing = [k for k in missing if k not in head and not k.endswith("position_ids")]
+    if missing:
+        raise InputError(f"{folder}: weights missing for {missing[0]}")
+    return model
 
 
 def prunable_parameters(model) -> dict[str, "object"]:

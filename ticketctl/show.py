@@ -11,7 +11,13 @@ from ticketctl.artifacts import Artifact, read_artifact
 def summary(art: Artifact) -> dict:
     meta = {k: v for k, v in art.meta.items()}
     out = {"path": str(art.path), "sha256": art.sha256, **meta}
-    if art.kind == "mask":
+    if art.kind == "mask" and art.method == "structured":
+        m = art.structured()
+        out["summary"] = {"heads_kept": int(m.heads.sum()), "heads": int(m.heads.size), "ffn_kept": int(m.ffn.sum()),
+                          "ffn": int(m.ffn.size), "head_sparsity": m.sparsity, "ffn_sparsity": m.ffn_sparsity,
+                          "weights_remaining": float(art.meta.get("weights_remaining", "nan")),
+                          "heads_per_layer": m.heads.sum(axis=1).tolist(), "ffn_keep": m.ffn.astype(int).tolist()}
+    elif art.kind == "mask":
         mask = art.mask()
         out["summary"] = {"prunable": mask.total, "pruned": mask.pruned, "sparsity": mask.sparsity,
                           "layer_sparsity": mask.layer_sparsity()}
@@ -53,13 +59,19 @@ def show(paths: list[str], as_json: bool, check: bool = False) -> bool:
             sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
             continue
         sys.stdout.write(f"{info['path']}\n")
-        for k in ("kind", "task", "split", "policy", "seed", "sparsity", "bagging", "model", "config_hash", "sha256"):
+        for k in ("kind", "method", "task", "split", "policy", "seed", "sparsity", "bagging", "model", "config_hash", "sha256"):
             if k in info:
                 sys.stdout.write(f"  {k:12} {info[k]}\n")
         if art.meta.get("metrics"):
             sys.stdout.write(f"  {'metrics':12} {json.dumps(art.meta['metrics'], sort_keys=True)}\n")
         s = info.get("summary", {})
-        if art.kind == "mask":
+        if art.kind == "mask" and "heads_kept" in s:
+            sys.stdout.write(f"  {'heads':12} {s['heads_kept']} of {s['heads']} kept ({s['head_sparsity']:.1%} pruned)"
+                             f"; FFN sublayers {s['ffn_kept']} of {s['ffn']} kept\n")
+            sys.stdout.write(f"  {'weights':12} {s['weights_remaining']:.2%} of the encoder layers' weights remain\n")
+            for i, (h, f) in enumerate(zip(s["heads_per_layer"], s["ffn_keep"])):
+                sys.stdout.write(f"    layer {i:2}: {h:2} heads, FFN {'kept' if f else 'pruned'}\n")
+        elif art.kind == "mask":
             sys.stdout.write(f"  {'pruned':12} {s['pruned']:,} of {s['prunable']:,} prunable weights "
                              f"({s['sparsity']:.4%})\n")
             for name, sp in s["layer_sparsity"].items():
