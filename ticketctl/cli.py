@@ -184,6 +184,48 @@ def search(
 
 
 @app.command()
+def share(
+    task: Annotated[list[str], typer.Option("--task", "-t", help="A task to train on (repeat: --task rte --task mrpc).")],
+    mask: Annotated[Optional[list[str]], typer.Option(
+        help="The structured mask of each --task, in the same order (repeat). None: dense multi-task baseline.")] = None,
+    seed: Seed = 0,
+    sampling: Annotated[str, typer.Option(
+        help="proportional: tasks drawn in proportion to their training examples; equal: uniformly.")] = "proportional",
+    model: Model = None,
+    data_dir: DataDir = None,
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Use only the first N training examples of "
+                                                                  "each task.")] = None,
+    max_eval_samples: MaxEval = None,
+    out: Out = Path("runs"),
+    force: Force = False,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    epochs: Epochs = 3.0,
+    batch_size: BatchSize = 32,
+    lr: LR = 1e-4,
+    max_length: MaxLength = 128,
+    weight_decay: WeightDecay = 0.0,
+    warmup: Warmup = 0.0,
+    dropout: Dropout = 0.1,
+    quiet: Quiet = False,
+    save_model: Annotated[Optional[Path], typer.Option(
+        help="Save the shared encoder (a transformers folder usable as --model) with the task heads and masks.")] = None,
+):
+    """Multi-task ticket sharing: one encoder, a head per task, each task's batches through its structured mask.
+
+    Prints one logits artifact path per task and evaluation split.
+    """
+    from ticketctl.context import Context, DataOptions, Log, print_paths
+    from ticketctl.share import load_members, share as run
+
+    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
+    log = Log(quiet)
+    contexts = [Context.create(t, model, DataOptions(data_dir, max_train_samples, max_eval_samples), log) for t in task]
+    members = load_members(contexts, list(mask or []))
+    print_paths(run(members, cfg, seed, out, sampling, device_name=device, force=force, save_model=save_model))
+
+
+@app.command()
 def show(
     artifacts: Annotated[list[str], typer.Argument(help="Artifact files (- reads paths from stdin).")],
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per artifact, one per line.")] = False,
@@ -262,14 +304,17 @@ def stats(
     plot: Annotated[Optional[str], typer.Option(help="Draw ensemble gain over the reference vs k (Figure 3) to FILE.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Resample the evaluation examples N times for a 95% interval of "
                                                 "each group's ensemble mean (0: off).")] = 0,
+    select: Annotated[Optional[str], typer.Option(
+        help="best: with --by sparsity, print the mask path(s) of the best winning level (the super ticket).")] = None,
     format: Format = "table",
 ):
     """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics, and a t-test against the
-    reference group (Student's, or Welch's where Levene's test finds unequal variances)."""
+    reference group (Student's, or Welch's where Levene's test finds unequal variances). --by sparsity prints the
+    phase-transition table instead (metric vs sparsity per ticket kind, full model as reference)."""
     from ticketctl.artifacts import read_paths
     from ticketctl.commands import stats as run
 
-    run(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap)
+    run(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap, select)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -103,12 +103,18 @@ def iou(paths: list[str], layers: bool, plot: str | None, fmt: str) -> None:
 
 
 def stats(paths: list[str], by: str, ref: str | None, size: int | None, combine: str, plot: str | None,
-          fmt: str, bootstrap: int = 0) -> None:
+          fmt: str, bootstrap: int = 0, select: str | None = None) -> None:
     from ticketctl import stats as st
     from ticketctl.errors import UsageError
 
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
+    if select is not None and select != "best":
+        raise UsageError("--select must be best")
+    if by == "sparsity":
+        return phase(paths, plot, fmt, select)
+    if select is not None:
+        raise UsageError("--select best needs --by sparsity")
     groups, arts = st.load_groups(paths, by)
     ref = st.pick_ref(groups, ref)
     rows, k = st.table(groups, ref, size, combine, bootstrap)
@@ -120,4 +126,37 @@ def stats(paths: list[str], by: str, ref: str | None, size: int | None, combine:
     if plot:
         curves = st.gain_curves(groups, ref, combine)
         st.plot_gain(curves, ref, task.headline, plot, f"{task.name}: ensemble gain over {ref}")
+        _log(f"wrote {plot}")
+
+
+def phase(paths: list[str], plot: str | None, fmt: str, select: str | None) -> None:
+    """``stats --by sparsity``: the phase-transition table (metric vs sparsity per ticket kind); with
+    ``--select best`` only the super ticket's mask path(s)."""
+    import math
+
+    from ticketctl import stats as st
+
+    rows, kinds, members, cells = st.phase_table(paths)
+    task = members.task
+    if select:
+        best = st.best_level(rows)
+        for i in cells[("winning", best["sparsity"])]:
+            for par in members.arts[i].meta.get("parents") or []:
+                sys.stdout.write(f"{par['path']}\n")
+        _log(f"super ticket: winning at {best['sparsity']:.0%}, dev {task.headline} {best['winning']:.4f} "
+             f"(full model {best['full']:.4f})")
+        return
+    if fmt == "table" or fmt == "markdown":
+        shown = [{"sparsity": f"{r['sparsity']:.0%}",
+                  **{k: "" if math.isnan(r[k]) else f"{r[k]:.4f}" + (f" ±{r[k + '_std']:.4f}" if not math.isnan(
+                      r[k + "_std"]) else "") + f" ({r[k + '_n']})" for k in kinds},
+                  "full": "" if math.isnan(r["full"]) else f"{r['full']:.4f} ({r['full_n']})"} for r in rows]
+        output.emit(shown, ["sparsity", *kinds, "full"], fmt,
+                    f"{task.name} {members.split}: {task.headline} by sparsity (mean ±std over seeds (n)); full = "
+                    f"unpruned model")
+    else:
+        cols = ["sparsity"] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")] + ["full", "full_n"]
+        output.emit(rows, cols, fmt, f"{task.name} {members.split}: {task.headline} by sparsity")
+    if plot:
+        st.plot_phase(rows, kinds, task.headline, plot, f"{task.name}: phase transition")
         _log(f"wrote {plot}")

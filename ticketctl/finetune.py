@@ -145,6 +145,8 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
             "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else [], **extra}
     if mask_art:
         meta["mask_seed"] = mask_art.meta.get("seed")
+        if "target_sparsity" in mask_art.meta:
+            meta["target_sparsity"] = mask_art.meta["target_sparsity"]
     write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
     paths = [path for _, path, _ in rows]
     if mask is None and bagging == 1.0:

@@ -155,3 +155,79 @@ def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str,
 
 def fmt_p(p: float) -> str:
     return "" if math.isnan(p) else f"{p:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------- phase transition
+
+KIND_ORDER = ("winning", "random", "losing")
+FULL = {"dense", "share-dense"}
+
+
+def level_of(art: Artifact) -> float:
+    """The sparsity level a member was trained at: the mask's target level (IMP rounds and structured levels land
+    near it, e.g. 7 of 72 heads for 10%), else the measured sparsity."""
+    return round(float(art.meta.get("target_sparsity", art.meta.get("sparsity", 0.0))), 6)
+
+
+def phase_table(paths: list[str]) -> tuple[list[dict], list[str], Members, dict]:
+    """Metric vs sparsity, one column per ticket kind (policy), the full model as reference: the Super Tickets phase
+    transition. Returns rows, the kinds, the members, and {(kind, level): member indices}."""
+    members = load_members(paths)
+    if members.labels is None:
+        raise UsageError("the artifacts' split is unlabelled: nothing to score")
+    check_same_recipe("all", members.arts)
+    cells: dict[tuple[str, float], list[int]] = defaultdict(list)
+    full: list[int] = []
+    for i, a in enumerate(members.arts):
+        policy = str(a.meta.get("policy", "?"))
+        if policy in FULL or level_of(a) == 0:
+            full.append(i)
+        else:
+            cells[(policy, level_of(a))].append(i)
+    if not cells:
+        raise UsageError("--by sparsity: no pruned members (only full models) among the artifacts")
+    kinds = sorted({k for k, _ in cells}, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else 9, k))
+    scores = single_scores(members)
+    full_mean = float(scores[full].mean()) if full else float("nan")
+    rows = []
+    for level in sorted({lv for _, lv in cells}):
+        row: dict = {"sparsity": level}
+        for k in kinds:
+            idx = cells.get((k, level), [])
+            s = scores[idx]
+            row[k] = float(s.mean()) if len(s) else float("nan")
+            row[f"{k}_std"] = float(s.std(ddof=1)) if len(s) > 1 else float("nan")
+            row[f"{k}_n"] = len(s)
+        row["full"] = full_mean
+        row["full_n"] = len(full)
+        rows.append(row)
+    return rows, kinds, members, dict(cells)
+
+
+def best_level(rows: list[dict], kind: str = "winning") -> dict:
+    """The super ticket: the level where ``kind`` scores best (ties: the sparser one)."""
+    scored = [r for r in rows if kind in r and not math.isnan(r[kind])]
+    if not scored:
+        raise UsageError(f"--select best: no {kind} tickets among the artifacts")
+    return max(scored, key=lambda r: (r[kind], r["sparsity"]))
+
+
+def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title: str) -> None:
+    from ticketctl.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [100 * r["sparsity"] for r in rows]
+    for k in kinds:
+        ys = [100 * r[k] for r in rows]
+        err = [0 if math.isnan(r[f"{k}_std"]) else 100 * r[f"{k}_std"] for r in rows]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{k} tickets")
+    if not math.isnan(rows[0]["full"]):
+        ax.axhline(100 * rows[0]["full"], color="grey", linestyle="--", linewidth=1, label="full model")
+    ax.set_xticks(xs)
+    ax.set_xlabel("sparsity (% of heads and of FFN sublayers pruned)")
+    ax.set_ylabel(f"dev {metric} (mean over seeds)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
