@@ -90,48 +90,19 @@ def share(members: list[Member], cfg: TrainConfig, seed: int, out: Path, samplin
 
     import torch
 
-    from ticketctl import modeling, structured, train
+    from ticketctl import modeling, train
     from ticketctl.finetune import write_outputs
 
     log = members[0].ctx.log
     device = train.pick_device(device_name)
-    models = {}
-    for m in members:
-        torch.manual_seed(derive_seed(seed, f"head:{m.name}"))
-        models[m.name] = modeling.load_model(m.ctx.model_dir, m.ctx.task.num_labels, cfg.dropout,
-                                             modeling.attention_for(device.type))
-    first = models[names[0]]
-    encoder = first.base_model
-    for name in names[1:]:  # one encoder: every task's classifier runs on the first one's
-        setattr(models[name], models[name].base_model_prefix, encoder)
-    for model in models.values():
-        model.to(device)
     tokenizer = modeling.load_tokenizer(members[0].ctx.model_dir)
-    modeling.check_max_length(cfg.max_length, first, tokenizer)
-    pad = tokenizer.pad_token_id or 0
-    gates = None
-    keep: dict[str, dict[str, torch.Tensor]] = {}
-    gate_values = {}
-    if masks[names[0]] is not None:
-        lay = structured.layout(first)
-        for m in members:
-            masks[m.name].check_fits(lay, str(m.mask_art.path))
-            gate_values[m.name] = (torch.from_numpy(masks[m.name].heads).float().to(device),
-                                   torch.from_numpy(masks[m.name].ffn).float().to(device))
-            keep[m.name] = {n: k.to(device) for n, k in structured.expand(first, masks[m.name]).items() if not k.all()}
-        gates = structured.Gates(first)
+    shared = Shared.build(members, masks, cfg, seed, device)
+    modeling.check_max_length(cfg.max_length, shared.first, tokenizer)
+    if shared.gates is not None:
         report_overlap(log, masks)
-
+    pad = tokenizer.pad_token_id or 0
     encs = {m.name: train.encode(tokenizer, m.ctx.train, cfg.max_length) for m in members}
-    params: dict[int, torch.nn.Parameter] = {}
-    for model in models.values():
-        for p in model.parameters():
-            params.setdefault(id(p), p)
-    plist = list(params.values())
-    groups = [{"params": [p for p in plist if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in plist if p.ndim < 2], "weight_decay": 0.0}]
-    opt = train.make_adamw(groups, cfg.lr)
-    named = dict(first.named_parameters())
+    labels = {m.name: torch.from_numpy(m.ctx.train.labels) for m in members}
 
     torch.manual_seed(derive_seed(seed, "dropout"))
     rng = np.random.default_rng(derive_seed(seed, "data-order"))
@@ -139,12 +110,9 @@ def share(members: list[Member], cfg: TrainConfig, seed: int, out: Path, samplin
     n_batches = {n: math.ceil(len(encs[n]) / cfg.batch_size) for n in names}
     plan = task_plan(n_batches, cfg.epochs, sampling, np.random.default_rng(derive_seed(seed, "task-order")))
     total = len(plan)
-    labels = {m.name: torch.from_numpy(m.ctx.train.labels) for m in members}
-    losses = {n: [] for n in names}
     log.info(f"share {'+'.join(names)} seed={seed} ({scheme}, {sampling} sampling): {total} steps over "
              + ", ".join(f"{n} {len(encs[n])}" for n in names) + f" examples, {device.type}/{cfg.precision}")
-    for model in models.values():
-        model.train()
+    shared.train()
     start = time.perf_counter()
     with log.progress(f"share s{seed}", total) as advance:
         for step, task in enumerate(plan):
@@ -152,30 +120,12 @@ def share(members: list[Member], cfg: TrainConfig, seed: int, out: Path, samplin
             if idx is None:
                 streams[task] = iter(train.length_grouped_batches(encs[task].lengths, cfg.batch_size, rng))
                 idx = next(streams[task])
-            factor = train.lr_factor(step, total, int(cfg.warmup * total))
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * factor
-            if gates is not None:
-                gates.set(*gate_values[task])
-            batch = train.collate(encs[task], idx, pad, device)
-            target = labels[task][idx].to(device)
-            with train.autocast(device, cfg.precision):
-                logits = models[task](**batch).logits
-            loss = structured.example_losses(logits.float(), target).mean()
-            loss.backward()
-            frozen = [(named[n], ~k) for n, k in keep.get(task, {}).items()]
-            saved = [(p, f, p.detach()[f].clone(), [s[f].clone() for s in _moments(opt, p)]) for p, f in frozen]
-            opt.step()
-            with torch.no_grad():
-                for p, f, value, moments in saved:
-                    p[f] = value
-                    for s, v in zip(_moments(opt, p), moments):
-                        s[f] = v
-            opt.zero_grad(set_to_none=True)
-            losses[task].append(float(loss.detach()) if (step + 1) % 10 == 0 or step + 1 == total else None)
-            advance(step + 1, total, losses[task][-1])
+            lr = cfg.lr * train.lr_factor(step, total, int(cfg.warmup * total))
+            loss = shared.step(task, train.collate(encs[task], idx, pad, device), labels[task][idx].to(device), lr)
+            advance(step + 1, total, float(loss) if (step + 1) % 10 == 0 or step + 1 == total else None)
     train_time = time.perf_counter() - start
     log.info(f"trained in {train_time:.1f}s")
+    models, gates, gate_values, encoder = shared.models, shared.gates, shared.gate_values, shared.first.base_model
 
     paths = []
     for m in members:
@@ -190,6 +140,91 @@ def share(members: list[Member], cfg: TrainConfig, seed: int, out: Path, samplin
     if save_model is not None:
         save_shared(log, models, names, encoder, tokenizer, masks, save_model)
     return paths
+
+
+class Shared:
+    """One encoder with a classifier per task; ``step`` trains on one task's batch through that task's gates and
+    leaves every parameter (and its optimizer moments) outside the task's ticket as it was."""
+
+    def __init__(self, models, masks, cfg: TrainConfig, device):
+        import torch
+
+        from ticketctl import structured, train
+
+        self.models, self.cfg, self.device = models, cfg, device
+        self.names = list(models)
+        self.first = models[self.names[0]]
+        self.gates = None
+        self.gate_values: dict = {}
+        self.frozen: dict[str, list] = {}
+        named = dict(self.first.named_parameters())
+        if masks[self.names[0]] is not None:
+            lay = structured.layout(self.first)
+            for n in self.names:
+                masks[n].check_fits(lay, n)
+                self.gate_values[n] = (torch.from_numpy(masks[n].heads).float().to(device),
+                                       torch.from_numpy(masks[n].ffn).float().to(device))
+                keep = structured.expand(self.first, masks[n])
+                self.frozen[n] = [(named[p], (~k).to(device)) for p, k in keep.items() if not k.all()]
+            self.gates = structured.Gates(self.first)
+        params: dict[int, torch.nn.Parameter] = {}
+        for model in models.values():
+            for p in model.parameters():
+                params.setdefault(id(p), p)
+        plist = list(params.values())
+        groups = [{"params": [p for p in plist if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in plist if p.ndim < 2], "weight_decay": 0.0}]
+        self.opt = train.make_adamw(groups, cfg.lr)
+
+    @classmethod
+    def build(cls, members: list[Member], masks: dict, cfg: TrainConfig, seed: int, device) -> "Shared":
+        import torch
+
+        from ticketctl import modeling
+
+        models = {}
+        for m in members:
+            torch.manual_seed(derive_seed(seed, f"head:{m.name}"))  # each task's head from its own stream
+            models[m.name] = modeling.load_model(m.ctx.model_dir, m.ctx.task.num_labels, cfg.dropout,
+                                                 modeling.attention_for(device.type))
+        first = models[members[0].name]
+        for name in list(models)[1:]:  # one encoder: every task's classifier runs on the first one's
+            setattr(models[name], models[name].base_model_prefix, first.base_model)
+        for model in models.values():
+            model.to(device)
+        return cls(models, masks, cfg, device)
+
+    def train(self) -> None:
+        for model in self.models.values():
+            model.train()
+
+    def use(self, task: str) -> None:
+        """Route the forward pass through ``task``'s gates (no-op for the dense baseline)."""
+        if self.gates is not None:
+            self.gates.set(*self.gate_values[task])
+
+    def step(self, task: str, batch: dict, target, lr: float):
+        import torch
+
+        from ticketctl import structured, train
+
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.use(task)
+        with train.autocast(self.device, self.cfg.precision):
+            logits = self.models[task](**batch).logits
+        loss = structured.example_losses(logits.float(), target).mean()
+        loss.backward()
+        saved = [(p, f, p.detach()[f].clone(), [s[f].clone() for s in _moments(self.opt, p)])
+                 for p, f in self.frozen.get(task, [])]
+        self.opt.step()
+        with torch.no_grad():
+            for p, f, value, moments in saved:
+                p[f] = value
+                for s, v in zip(_moments(self.opt, p), moments):
+                    s[f] = v
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
 
 def _moments(opt, p):

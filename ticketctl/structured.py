@@ -183,7 +183,7 @@ def expand(model, mask: StructuredMask) -> dict[str, torch.Tensor]:
         names = unit_params(lay, layer)
         rows = torch.from_numpy(np.repeat(mask.heads[layer], d))
         for key in ("q", "k", "v"):
-            w, b = params[f"{names[key]}.weight"], params[f"{names[key]}.bias"]
+            w = params[f"{names[key]}.weight"]
             out[f"{names[key]}.weight"] = rows[:, None].expand(w.shape).clone()
             out[f"{names[key]}.bias"] = rows.clone()
         w = params[f"{names['o']}.weight"]
