@@ -100,18 +100,29 @@ def finetune(
     save_model: Annotated[Optional[Path], typer.Option(
         help="Also save the finetuned model as a transformers folder (a structured ticket is pruned physically "
         "first: smaller and faster).")] = None,
+    init: Annotated[Optional[str], typer.Option(
+        help="Start from the encoder saved in this folder (finetune/share --save-model) instead of the pretrained "
+        "one, with a fresh task head (transfer).")] = None,
+    train_fraction: Annotated[Optional[str], typer.Option(
+        help="Train on a seed-dependent fraction of the training set (nested across fractions); a comma-separated "
+        "list runs one finetune per fraction.")] = None,
 ):
     """Finetune the pretrained model (dense, bagging, or a ticket) and write dev-set logits.
 
     Prints one logits artifact path per evaluation split (dev, then each --eval-file).
     """
     from ticketctl.context import print_paths
-    from ticketctl.finetune import finetune as run
+    from ticketctl.errors import UsageError
+    from ticketctl.finetune import finetune as run, parse_fractions
 
+    fractions = parse_fractions(train_fraction)
+    if save_model is not None and len(fractions) > 1:
+        raise UsageError("--save-model takes a single --train-fraction")
     cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
     ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet)
-    print_paths(run(ctx, cfg, seed, out, mask_path=mask, bagging=bagging, device_name=device, force=force,
-                    save_model=save_model))
+    for fraction in fractions:
+        print_paths(run(ctx, cfg, seed, out, mask_path=mask, bagging=bagging, device_name=device, force=force,
+                        save_model=save_model, init=init, train_fraction=fraction))
 
 
 @app.command()
@@ -127,6 +138,8 @@ def search(
         "comma-separated list writes one mask per level).")] = "0.3",
     ticket: Annotated[str, typer.Option(
         help="structured: winning | random | losing, or a comma-separated list (one mask per kind and level).")] = "winning",
+    train_fraction: Annotated[float, typer.Option(
+        help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")] = 1.0,
     prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per round.")] = 0.1,
     l1: Annotated[Optional[float], typer.Option(
         "--l1", help="tau of the L1 regularizer (random/active); decays with the learning rate. Default 1e-4 for "
@@ -168,7 +181,8 @@ def search(
         kinds = parse_tickets(ticket)
         cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
         ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet)
-        print_paths(structured_search(ctx, cfg, seed, out, levels, kinds, device_name=device, force=force))
+        print_paths(structured_search(ctx, cfg, seed, out, levels, kinds, device_name=device, force=force,
+                                      train_fraction=train_fraction))
         return
     from ticketctl.search import search as run
 
@@ -180,7 +194,7 @@ def search(
     cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
     ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet)
     print_paths([run(ctx, cfg, seed, out, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
-                     prior_paths=priors, device_name=device, force=force)])
+                     prior_paths=priors, device_name=device, force=force, train_fraction=train_fraction)])
 
 
 @app.command()
@@ -284,14 +298,20 @@ def diversity(
 def iou(
     masks: Paths,
     layers: Annotated[bool, typer.Option(help="Per-parameter mean IoU over pairs instead of the matrix.")] = False,
-    plot: Annotated[Optional[str], typer.Option(help="Draw the IoU heatmap to FILE.png / .svg.")] = None,
+    importance: Annotated[bool, typer.Option(
+        help="Structured masks of several tasks: per head and FFN, importance averaged over tasks and each task's "
+        "share (Super Tickets' Figure 6); --plot draws it.")] = False,
+    remaining: Annotated[bool, typer.Option(
+        help="Structured masks: heads, FFNs and fraction of encoder weights each keeps (Super Tickets' Figure 3).")] = False,
+    plot: Annotated[Optional[str], typer.Option(help="Draw the IoU heatmap (or --importance bars) to FILE.png / .svg.")] = None,
     format: Format = "table",
 ):
-    """Intersection over union of the surviving weights of masks, pairwise (the paper's Figure 4)."""
+    """Intersection over union of the surviving weights of masks, pairwise (the paper's Figure 4); of kept heads and
+    FFN sublayers for structured masks."""
     from ticketctl.artifacts import read_paths
     from ticketctl.commands import iou as run
 
-    run(read_paths(masks), layers, plot, format)
+    run(read_paths(masks), layers, plot, format, importance, remaining)
 
 
 @app.command()

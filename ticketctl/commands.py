@@ -80,10 +80,34 @@ def diversity(paths: list[str], matrix: bool, fmt: str) -> None:
         output.emit(div.summary(correct), ["metric", "value", "direction"], fmt, title + " (mean over pairs)")
 
 
-def iou(paths: list[str], layers: bool, plot: str | None, fmt: str) -> None:
+def iou(paths: list[str], layers: bool, plot: str | None, fmt: str, importance: bool = False,
+        remaining: bool = False) -> None:
     from ticketctl import iou as iou_mod
+    from ticketctl.errors import UsageError
 
-    arts = iou_mod.load_masks(paths)
+    if layers + importance + remaining > 1:
+        raise UsageError("--layers, --importance and --remaining are different views: pick one")
+    arts = iou_mod.load_masks(paths, minimum=1 if remaining else 2)
+    structured = arts[0].method == "structured"
+    if (importance or remaining) and not structured:
+        raise UsageError("--importance and --remaining read structured masks (search --method structured)")
+    if layers and structured:
+        raise UsageError("--layers compares weight masks; structured masks are compared per head/FFN already")
+    if remaining:
+        output.emit(iou_mod.remaining_rows(arts), ["mask", "task", "ticket", "seed", "sparsity", "heads_kept",
+                                                   "ffn_kept", "weights_remaining"], fmt,
+                    "weights remaining in the encoder layers per structured ticket")
+        return
+    if importance:
+        rows = iou_mod.importance_rows(arts)
+        tasks = sorted({str(a.meta.get("task")) for a in arts})
+        output.emit(rows, ["unit", "mean_importance", *[f"share_{t}" for t in tasks], "dominated_by"], fmt,
+                    "importance of heads and FFN sublayers: mean over tasks (each task normalised to sum 1 over "
+                    "heads and over FFNs) and each task's share")
+        if plot:
+            iou_mod.plot_importance(rows, tasks, plot, "importance across tasks")
+            _log(f"wrote {plot}")
+        return
     labels = [iou_mod.label(a) for a in arts]
     if len(set(labels)) != len(labels):
         labels = [a.path.name for a in arts]
@@ -95,10 +119,11 @@ def iou(paths: list[str], layers: bool, plot: str | None, fmt: str) -> None:
         return
     m = iou_mod.iou_matrix(arts)
     rows = [{"mask": labels[i], **{labels[j]: float(m[i, j]) for j in range(len(arts))}} for i in range(len(arts))]
-    output.emit(rows, ["mask", *labels], fmt, "IoU of surviving weights")
+    what = "kept heads and FFN sublayers" if structured else "surviving weights"
+    output.emit(rows, ["mask", *labels], fmt, f"IoU of {what}")
     if plot:
         task = arts[0].meta.get("task", "")
-        iou_mod.plot_heatmap(m, labels, plot, f"{task}: IoU of surviving weights")
+        iou_mod.plot_heatmap(m, labels, plot, f"{task}: IoU of {what}")
         _log(f"wrote {plot}")
 
 
@@ -111,8 +136,10 @@ def stats(paths: list[str], by: str, ref: str | None, size: int | None, combine:
         raise UsageError("--bootstrap must be >= 0")
     if select is not None and select != "best":
         raise UsageError("--select must be best")
-    if by == "sparsity":
-        return phase(paths, plot, fmt, select)
+    if by in ("sparsity", "train_fraction"):
+        if select is not None and by != "sparsity":
+            raise UsageError("--select best needs --by sparsity")
+        return phase(paths, plot, fmt, select, by)
     if select is not None:
         raise UsageError("--select best needs --by sparsity")
     groups, arts = st.load_groups(paths, by)
@@ -129,14 +156,15 @@ def stats(paths: list[str], by: str, ref: str | None, size: int | None, combine:
         _log(f"wrote {plot}")
 
 
-def phase(paths: list[str], plot: str | None, fmt: str, select: str | None) -> None:
+def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: str = "sparsity") -> None:
     """``stats --by sparsity``: the phase-transition table (metric vs sparsity per ticket kind); with
-    ``--select best`` only the super ticket's mask path(s)."""
+    ``--select best`` only the super ticket's mask path(s). ``--by train_fraction``: metric vs training data per
+    scheme (transfer)."""
     import math
 
     from ticketctl import stats as st
 
-    rows, kinds, members, cells = st.phase_table(paths)
+    rows, kinds, members, cells = st.phase_table(paths, by)
     task = members.task
     if select:
         best = st.best_level(rows)
@@ -146,17 +174,20 @@ def phase(paths: list[str], plot: str | None, fmt: str, select: str | None) -> N
         _log(f"super ticket: winning at {best['sparsity']:.0%}, dev {task.headline} {best['winning']:.4f} "
              f"(full model {best['full']:.4f})")
         return
+    full = ["full"] if by == "sparsity" else []
     if fmt == "table" or fmt == "markdown":
-        shown = [{"sparsity": f"{r['sparsity']:.0%}",
+        shown = [{by: f"{r[by]:.0%}" if by == "sparsity" else f"{r[by]:g}",
                   **{k: "" if math.isnan(r[k]) else f"{r[k]:.4f}" + (f" ±{r[k + '_std']:.4f}" if not math.isnan(
                       r[k + "_std"]) else "") + f" ({r[k + '_n']})" for k in kinds},
-                  "full": "" if math.isnan(r["full"]) else f"{r['full']:.4f} ({r['full_n']})"} for r in rows]
-        output.emit(shown, ["sparsity", *kinds, "full"], fmt,
-                    f"{task.name} {members.split}: {task.headline} by sparsity (mean ±std over seeds (n)); full = "
-                    f"unpruned model")
+                  **({"full": "" if math.isnan(r["full"]) else f"{r['full']:.4f} ({r['full_n']})"} if full else {})}
+                 for r in rows]
+        output.emit(shown, [by, *kinds, *full], fmt,
+                    f"{task.name} {members.split}: {task.headline} by {by} (mean ±std over seeds (n))"
+                    + ("; full = unpruned model" if full else ""))
     else:
-        cols = ["sparsity"] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")] + ["full", "full_n"]
-        output.emit(rows, cols, fmt, f"{task.name} {members.split}: {task.headline} by sparsity")
+        cols = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")] + ([f"full", "full_n"] if full else [])
+        output.emit(rows, cols, fmt, f"{task.name} {members.split}: {task.headline} by {by}")
     if plot:
-        st.plot_phase(rows, kinds, task.headline, plot, f"{task.name}: phase transition")
+        st.plot_phase(rows, kinds, task.headline, plot,
+                      f"{task.name}: {'phase transition' if full else 'metric vs training data'}", by)
         _log(f"wrote {plot}")

@@ -188,3 +188,14 @@ def bagging_indices(n: int, fraction: float, seed: int) -> np.ndarray:
     k = max(1, int(round(fraction * n)))
     rng = np.random.default_rng([seed, 0xBA6])
     return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def fraction_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A seed-dependent subset of max(1, round(fraction * n)) training examples, in file order. Nested: for one seed,
+    a smaller fraction's examples are a subset of a larger one's (prefixes of one permutation), so a few-shot curve
+    moves by adding data, not by redrawing it."""
+    if fraction >= 1.0:
+        return np.arange(n)
+    k = max(1, int(round(fraction * n)))
+    rng = np.random.default_rng([seed, 0xF4AC])
+    return np.sort(rng.permutation(n)[:k])

@@ -19,7 +19,8 @@ from ticketctl.train import TRAIN_DEFAULTS, TrainConfig
 # implementation, padding, ...): artifacts of the old computation are then not reused as if they were current.
 # 1: first release; 2: fused AdamW, eager attention on CPU, padding to multiples of 8 (masks moved: IoU 0.978).
 COMPUTATION = 2
-IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "mask": None, "bagging": 1.0, "computation": 1}
+IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "mask": None, "bagging": 1.0, "computation": 1, "train_fraction": 1.0,
+                     "init": None}
 
 
 def training_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split: data.Split,
@@ -28,6 +29,17 @@ def training_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split: da
     ``base`` search share it, so either can reuse the other's work."""
     return {"task": ctx.task.name, "model": ctx.model_fp, "seed": seed, "train_data": train_split.fingerprint,
             **cfg.as_dict(), "mask": mask_digest, "bagging": bagging, "computation": COMPUTATION}
+
+
+def with_fraction(ctx: Context, fraction: float, seed: int) -> Context:
+    """The context with its training split cut to ``fraction`` (``--train-fraction`` of search)."""
+    if not 0 < fraction <= 1:
+        raise UsageError("--train-fraction must be in (0, 1]")
+    if fraction == 1.0:
+        return ctx
+    import dataclasses
+
+    return dataclasses.replace(ctx, train=ctx.train.subset(data.fraction_indices(len(ctx.train), fraction, seed)))
 
 
 def logits_paths(ctx: Context, identity: dict, scheme: str, seed: int, out: Path) -> list[tuple[data.Split, Path, str]]:
@@ -87,22 +99,47 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
+def parse_fractions(text: str | None) -> list[float]:
+    if text is None:
+        return [1.0]
+    try:
+        fractions = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--train-fraction {text!r}: expected a number or a comma-separated list") from None
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise UsageError("--train-fraction values must be in (0, 1]")
+    if len(set(fractions)) != len(fractions):
+        raise UsageError(f"--train-fraction {text!r}: a value is given twice")
+    return fractions
+
+
 def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: str | None = None,
              bagging: float = 1.0, device_name: str = "auto", force: bool = False,
-             save_model: Path | None = None) -> list[Path]:
+             save_model: Path | None = None, init: str | None = None, train_fraction: float = 1.0) -> list[Path]:
     """Returns the written (or reused) logits artifact paths, one per evaluation split."""
     if not 0 < bagging <= 1:
         raise UsageError("--bagging must be in (0, 1]")
+    if not 0 < train_fraction <= 1:
+        raise UsageError("--train-fraction values must be in (0, 1]")
+    if bagging < 1 and train_fraction < 1:
+        raise UsageError("--bagging and --train-fraction both subsample the training set: use one")
     cfg.validate()
     artifacts.ensure_writable(out)
     if save_model is not None:
         check_model_folder(save_model)
+    init_dir, init_fp = resolve_init(init) if init else (None, None)
     mask_art = load_mask(ctx, mask_path) if mask_path else None
     structured = mask_art is not None and mask_art.method == "structured"
     mask = (mask_art.structured() if structured else mask_art.mask()) if mask_art else None
-    train_split = ctx.train.subset(data.bagging_indices(len(ctx.train), bagging, seed)) if bagging < 1 else ctx.train
-    identity = training_identity(ctx, cfg, seed, train_split, mask.digest() if mask else None, bagging)
-    scheme = mask_art.meta.get("policy", "ticket") if mask_art else ("bagging" if bagging < 1 else "dense")
+    train_split = ctx.train
+    if bagging < 1:
+        train_split = ctx.train.subset(data.bagging_indices(len(ctx.train), bagging, seed))
+    elif train_fraction < 1:
+        train_split = ctx.train.subset(data.fraction_indices(len(ctx.train), train_fraction, seed))
+    identity = {**training_identity(ctx, cfg, seed, train_split, mask.digest() if mask else None, bagging),
+                "train_fraction": train_fraction, "init": init_fp}
+    scheme = mask_art.meta.get("policy", "ticket") if mask_art else (
+        "bagging" if bagging < 1 else "init" if init else "dense")
     rows = logits_paths(ctx, identity, scheme, seed, out)
     if not force and save_model is None and all(artifacts.existing(p, "logits") for _, p, _ in rows):
         ctx.log.info("finished already (same config): reusing " + ", ".join(str(p) for _, p, _ in rows))
@@ -116,18 +153,24 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
     device = pick_device(device_name)
     torch.manual_seed(seed)  # the task head is drawn from the seed
     model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout,
-                                modeling.attention_for(device.type)).to(device)
+                                modeling.attention_for(device.type))
+    if init_dir is not None:
+        modeling.load_encoder(model, init_dir)
+        if mask is not None and getattr(model.config, "ticketctl_structure", None):
+            raise UsageError(f"--init {init}: a physically pruned model takes no --mask (it is the ticket already)")
+    model.to(device)
     tokenizer = modeling.load_tokenizer(ctx.model_dir)
     modeling.check_max_length(cfg.max_length, model, tokenizer)
     keep = None
-    extra: dict = {}
+    extra: dict = {"init_model": str(init) if init else "pretrained", "train_fraction": str(train_fraction),
+                   "train_examples": str(len(train_split))}
     if structured:
         from ticketctl import structured as st
 
         mask.check_fits(st.layout(model), mask_path)
         keep = st.expand(model, mask)
-        extra = {"method": "structured", "ffn_sparsity": f"{mask.ffn_sparsity:.6f}",
-                 "weights_remaining": f"{st.weights_remaining(model, mask):.6f}"}
+        extra.update({"method": "structured", "ffn_sparsity": f"{mask.ffn_sparsity:.6f}",
+                      "weights_remaining": f"{st.weights_remaining(model, mask):.6f}"})
     elif mask is not None:
         prunable = modeling.prunable_parameters(model)
         check_mask_fits(mask, prunable, mask_path)
@@ -149,12 +192,24 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
             meta["target_sparsity"] = mask_art.meta["target_sparsity"]
     write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
     paths = [path for _, path, _ in rows]
-    if mask is None and bagging == 1.0:
+    if mask is None and bagging == 1.0 and init is None:
         save_dense_weights(ctx, model, identity, seed, out)
     ctx.log.info(f"trained in {train_time:.1f}s")
     if save_model is not None:
         save_trained(ctx, model, tokenizer, cfg, device, save_model, mask if structured else None)
     return paths
+
+
+def resolve_init(init: str) -> tuple[Path, str]:
+    """A saved model folder (``finetune --save-model`` or ``share --save-model``) and its content fingerprint."""
+    from ticketctl import modeling
+
+    path = Path(init).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputError(f"--init {init}: not a model folder (config.json missing); save one with --save-model")
+    if not list(path.glob("*.safetensors")):
+        raise InputError(f"--init {init}: folder has no .safetensors weights")
+    return path, modeling.model_fingerprint(path)
 
 
 def check_model_folder(folder: Path) -> None:

@@ -25,6 +25,12 @@ def load_masks(paths: list[str], minimum: int = 2) -> list[Artifact]:
     arts = [read_artifact(p, "mask") for p in paths]
     check_compatible(arts, ("model_fingerprint",))
     first = arts[0]
+    methods = {a.method for a in arts}
+    if len(methods) > 1:
+        raise InputError(f"cannot compare weight masks with structured (head/FFN) masks: {first.path} is "
+                         f"{first.method}, {next(a for a in arts if a.method != first.method).path} is not")
+    if first.method == "structured":
+        return arts
     for a in arts[1:]:
         if a.meta["shapes"] != first.meta["shapes"]:
             raise InputError(f"cannot compare masks of different shapes: {first.path} and {a.path}")
@@ -32,6 +38,10 @@ def load_masks(paths: list[str], minimum: int = 2) -> list[Artifact]:
 
 
 def pair_iou(a: Artifact, b: Artifact, names: list[str] | None = None) -> float:
+    if a.method == "structured":  # kept heads and FFN sublayers as one set of units
+        x, y = _units(a), _units(b)
+        union = int((x | y).sum())
+        return int((x & y).sum()) / union if union else 1.0
     inter = union = 0
     for n in names or a.meta["shapes"]:
         x, y = a.tensors[n], b.tensors[n]
@@ -61,6 +71,9 @@ def layer_rows(arts: list[Artifact]) -> list[dict]:
 
 
 def label(a: Artifact) -> str:
+    if a.method == "structured":
+        level = round(100 * float(a.meta.get("target_sparsity", a.meta.get("sparsity", 0))))
+        return f"{a.meta.get('task', '?')}-{a.meta.get('policy', '?')}-{level}pct-s{a.meta.get('seed', '?')}"
     return f"{a.meta.get('policy', '?')}-s{a.meta.get('seed', '?')}"
 
 
@@ -80,4 +93,85 @@ def plot_heatmap(matrix: np.ndarray, labels: list[str], path: str, title: str) -
                         color="white" if matrix[i, j] < (matrix.min() + 1) / 2 else "black")
     fig.colorbar(im, ax=ax, label="IoU of surviving weights")
     ax.set_title(title)
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- structured masks
+
+
+def _units(a: Artifact) -> np.ndarray:
+    m = a.structured()
+    return np.concatenate([m.heads.ravel(), m.ffn])
+
+
+def remaining_rows(arts: list[Artifact]) -> list[dict]:
+    """Per structured mask: what it keeps (the paper's Figure 3 tabulates the weights remaining per task)."""
+    rows = []
+    for a in arts:
+        m = a.structured()
+        rows.append({"mask": a.path.name, "task": a.meta.get("task"), "ticket": a.meta.get("policy"),
+                     "seed": a.meta.get("seed"), "sparsity": float(a.meta.get("target_sparsity", m.sparsity)),
+                     "heads_kept": int(m.heads.sum()), "ffn_kept": int(m.ffn.sum()),
+                     "weights_remaining": float(a.meta.get("weights_remaining", "nan"))})
+    return rows
+
+
+def task_importance(arts: list[Artifact]) -> tuple[list[str], np.ndarray, list[str]]:
+    """Each task's importance of every head and FFN sublayer, normalised so that a task's head scores sum to 1
+    and its FFN scores sum to 1 (tasks' losses have different scales), averaged over that task's masks (seeds).
+    Returns the tasks, a (tasks, units) array, and the unit names (L0.H3, L0.FFN, ...)."""
+    by_task: dict[str, list[np.ndarray]] = {}
+    shape = None
+    for a in arts:
+        if "head_scores" not in a.tensors or "ffn_scores" not in a.tensors:
+            raise InputError(f"{a.path}: structured mask without importance scores")
+        heads = a.tensors["head_scores"].astype(np.float64)
+        ffn = a.tensors["ffn_scores"].astype(np.float64)
+        if shape is None:
+            shape = heads.shape
+        elif heads.shape != shape:
+            raise InputError(f"{a.path}: {heads.shape[0]} layers x {heads.shape[1]} heads, others have {shape}")
+        units = np.concatenate([(heads / max(heads.sum(), 1e-30)).ravel(), ffn / max(ffn.sum(), 1e-30)])
+        by_task.setdefault(str(a.meta.get("task")), []).append(units)
+    tasks = sorted(by_task)
+    scores = np.stack([np.mean(by_task[t], axis=0) for t in tasks])
+    layers, heads = shape
+    names = [f"L{i}.H{h}" for i in range(layers) for h in range(heads)] + [f"L{i}.FFN" for i in range(layers)]
+    return tasks, scores, names
+
+
+def importance_rows(arts: list[Artifact], dominance: float = 0.5) -> list[dict]:
+    """The paper's Figure 6: per head and FFN, the importance averaged over tasks and each task's share of it;
+    ``dominated_by`` names a task whose share is at least ``dominance``."""
+    tasks, scores, names = task_importance(arts)
+    if len(tasks) < 2:
+        raise UsageError("--importance compares tasks: give structured masks of at least two tasks")
+    total = scores.sum(axis=0)
+    shares = scores / np.where(total > 0, total, 1.0)
+    rows = []
+    for u, name in enumerate(names):
+        top = int(np.argmax(shares[:, u]))
+        rows.append({"unit": name, "mean_importance": float(scores[:, u].mean()),
+                     **{f"share_{t}": float(shares[i, u]) for i, t in enumerate(tasks)},
+                     "dominated_by": tasks[top] if shares[top, u] >= dominance else ""})
+    return rows
+
+
+def plot_importance(rows: list[dict], tasks: list[str], path: str, title: str) -> None:
+    """Stacked bars: each unit's mean importance split into the tasks' shares."""
+    from ticketctl.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(rows) + 2), 4))
+    x = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for t in tasks:
+        part = np.array([r["mean_importance"] * r[f"share_{t}"] for r in rows])
+        ax.bar(x, part, bottom=bottom, label=t, width=0.85)
+        bottom += part
+    step = max(1, len(rows) // 24)
+    ax.set_xticks(x[::step], [r["unit"] for r in rows][::step], rotation=70, fontsize=7)
+    ax.set_ylabel("importance (mean over tasks, normalised per task)")
+    ax.set_title(title)
+    ax.legend()
     save_figure(fig, path)

@@ -162,6 +162,42 @@ def _load_pruned(folder: Path, config):
     return model
 
 
+def load_encoder(model, folder: Path) -> None:
+    """Replace ``model``'s encoder weights by those saved in ``folder`` (a classifier saved by ``finetune
+    --save-model``, possibly physically pruned, or the encoder saved by ``share --save-model``); the task head stays
+    as initialised. The encoder's shape must match (same architecture and vocabulary)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from ticketctl.structured import StructuredMask, prune_physically
+
+    config = json.loads((folder / "config.json").read_text())
+    ours = model.config
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        if key in config and config[key] != getattr(ours, key, None):
+            raise InputError(f"--init {folder}: {key}={config[key]}, but --model has {getattr(ours, key, None)}")
+    spec = config.get("ticketctl_structure")
+    if spec:
+        import numpy as np
+
+        prune_physically(model, StructuredMask(np.asarray(spec["heads"], bool), np.asarray(spec["ffn"], bool)))
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        if f.name != "task_heads.safetensors":
+            state.update(load_file(str(f)))
+    prefix = model.base_model_prefix + "."
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = model.base_model.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k, v in own.items() if k not in state and v.is_floating_point()]
+    if bad or missing:
+        raise InputError(f"--init {folder}: encoder weights do not fit the model "
+                         f"({(bad or missing)[0]} {'has another shape' if bad else 'is missing'})")
+    model.base_model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
 def prunable_parameters(model) -> dict[str, "object"]:
     """Weight matrices of every Linear layer inside the pretrained encoder (attention, FFN and pooler), named as in
     ``model.named_parameters()``; embeddings, LayerNorms, biases and the task head are not prunable (Chen et al.,

@@ -19,7 +19,7 @@ from ticketctl.artifacts import Mask
 from ticketctl.context import Context
 from ticketctl.errors import InputError, UsageError
 from ticketctl.finetune import (IDENTITY_DEFAULTS, dense_weights_path, format_metrics, load_mask, logits_paths,
-                                save_dense_weights, training_identity, write_outputs)
+                                save_dense_weights, training_identity, with_fraction, write_outputs)
 from ticketctl.tasks import predictions, score
 from ticketctl.train import TrainConfig, derive_seed
 
@@ -98,8 +98,9 @@ def active_coefficients(priors: list[artifacts.Artifact]):
 
 def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "base", sparsity: float = 0.3,
            prune_step: float = 0.1, l1: float | None = None, prior_paths: list[str] | None = None,
-           device_name: str = "auto", force: bool = False) -> Path:
+           device_name: str = "auto", force: bool = False, train_fraction: float = 1.0) -> Path:
     cfg.validate()
+    ctx = with_fraction(ctx, train_fraction, seed)
     if policy not in POLICIES:
         raise UsageError(f"--policy must be one of {', '.join(POLICIES)}")
     rounds = plan_rounds(sparsity, prune_step)
@@ -117,7 +118,7 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
     priors = [load_prior(ctx, p) for p in prior_paths]
     artifacts.ensure_writable(out)
 
-    dense_identity = training_identity(ctx, cfg, seed, ctx.train)
+    dense_identity = {**training_identity(ctx, cfg, seed, ctx.train), "train_fraction": train_fraction}
     identity = {**dense_identity, "policy": policy, "sparsity": sparsity, "prune_step": prune_step, "l1": l1,
                 "priors": sorted(p.mask().digest() for p in priors)}
     h = artifacts.config_hash(identity, SEARCH_DEFAULTS)
@@ -216,6 +217,8 @@ def share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, dev
     """Round 1 of ``base`` is the dense finetune of the same seed: write its outputs under the names ``finetune``
     would use, so that ``finetune --seed S`` (no mask) costs nothing afterwards. Returns the dev metrics."""
     meta = {"seed": str(seed), "policy": "dense", "sparsity": "0", "bagging": "1.0", "config": dense_identity,
+            "init_model": "pretrained", "train_fraction": str(dense_identity.get("train_fraction", 1.0)),
+            "train_examples": str(len(ctx.train)),
             "parents": [], "produced_by": "search round 1"}
     rows = logits_paths(ctx, dense_identity, "dense", seed, out)
     metrics = write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)

@@ -52,11 +52,14 @@ def _seed_order(a: Artifact) -> int:
 PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between members of one group
 
 
-def check_same_recipe(group: str, members: list[Artifact]) -> None:
+def check_same_recipe(group: str, members: list[Artifact], ignore: set[str] = frozenset()) -> None:
     """Members of a group must differ only by seed (and what the seed decides): a quick run and a full run, or two
-    learning rates, in one group would make a silently wrong table."""
+    learning rates, in one group would make a silently wrong table. ``ignore``: further keys that may differ (the
+    ones a pivot table lays out)."""
+    skip = PER_MEMBER_KEYS | set(ignore)
+
     def recipe(a):
-        return {k: v for k, v in (a.meta.get("config") or {}).items() if k not in PER_MEMBER_KEYS}
+        return {k: v for k, v in (a.meta.get("config") or {}).items() if k not in skip}
 
     first = recipe(members[0])
     for a in members[1:]:
@@ -169,21 +172,42 @@ def level_of(art: Artifact) -> float:
     return round(float(art.meta.get("target_sparsity", art.meta.get("sparsity", 0.0))), 6)
 
 
-def phase_table(paths: list[str]) -> tuple[list[dict], list[str], Members, dict]:
-    """Metric vs sparsity, one column per ticket kind (policy), the full model as reference: the Super Tickets phase
-    transition. Returns rows, the kinds, the members, and {(kind, level): member indices}."""
+PIVOTS = ("sparsity", "train_fraction")  # --by keys that print metric vs the key, one column per scheme
+
+
+def column_label(art: Artifact) -> str:
+    """A member's scheme for pivot tables: its policy, and the model it started from when not the pretrained one."""
+    policy = str(art.meta.get("policy", "?"))
+    init = str(art.meta.get("init_model", "pretrained"))
+    return policy if init == "pretrained" else f"{policy} from {init.rstrip('/').split('/')[-1]}"
+
+
+def row_value(art: Artifact, by: str) -> float:
+    if by == "sparsity":
+        return level_of(art)
+    try:
+        return float(group_value(art, by))
+    except ValueError:
+        raise UsageError(f"--by {by}: {art.path} has a non-numeric value") from None
+
+
+def phase_table(paths: list[str], by: str = "sparsity") -> tuple[list[dict], list[str], Members, dict]:
+    """Metric vs ``by`` (rows), one column per scheme. ``--by sparsity`` is the Super Tickets phase transition:
+    columns are the ticket kinds and the full (unpruned) model is the reference column. ``--by train_fraction`` is
+    the transfer table (paper's Table 4): columns are the schemes and the models they started from. Returns rows,
+    the columns, the members, and {(column, row value): member indices}."""
     members = load_members(paths)
     if members.labels is None:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
-    check_same_recipe("all", members.arts)
+    check_same_recipe("all", members.arts, ignore={"init", "train_fraction", "mask", "method"})
     cells: dict[tuple[str, float], list[int]] = defaultdict(list)
     full: list[int] = []
     for i, a in enumerate(members.arts):
-        policy = str(a.meta.get("policy", "?"))
-        if policy in FULL or level_of(a) == 0:
+        label = column_label(a)
+        if by == "sparsity" and (label in FULL or level_of(a) == 0):
             full.append(i)
         else:
-            cells[(policy, level_of(a))].append(i)
+            cells[(label, row_value(a, by))].append(i)
     if not cells:
         raise UsageError("--by sparsity: no pruned members (only full models) among the artifacts")
     kinds = sorted({k for k, _ in cells}, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else 9, k))
@@ -191,15 +215,16 @@ def phase_table(paths: list[str]) -> tuple[list[dict], list[str], Members, dict]
     full_mean = float(scores[full].mean()) if full else float("nan")
     rows = []
     for level in sorted({lv for _, lv in cells}):
-        row: dict = {"sparsity": level}
+        row: dict = {by: level}
         for k in kinds:
             idx = cells.get((k, level), [])
             s = scores[idx]
             row[k] = float(s.mean()) if len(s) else float("nan")
             row[f"{k}_std"] = float(s.std(ddof=1)) if len(s) > 1 else float("nan")
             row[f"{k}_n"] = len(s)
-        row["full"] = full_mean
-        row["full_n"] = len(full)
+        if by == "sparsity":
+            row["full"] = full_mean
+            row["full_n"] = len(full)
         rows.append(row)
     return rows, kinds, members, dict(cells)
 
@@ -212,20 +237,24 @@ def best_level(rows: list[dict], kind: str = "winning") -> dict:
     return max(scored, key=lambda r: (r[kind], r["sparsity"]))
 
 
-def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title: str) -> None:
+def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title: str, by: str = "sparsity") -> None:
     from ticketctl.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [100 * r["sparsity"] for r in rows]
+    xs = [100 * r[by] for r in rows]
     for k in kinds:
         ys = [100 * r[k] for r in rows]
         err = [0 if math.isnan(r[f"{k}_std"]) else 100 * r[f"{k}_std"] for r in rows]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{k} tickets")
-    if not math.isnan(rows[0]["full"]):
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{k} tickets" if k in KIND_ORDER else k)
+    if by == "sparsity" and not math.isnan(rows[0]["full"]):
         ax.axhline(100 * rows[0]["full"], color="grey", linestyle="--", linewidth=1, label="full model")
-    ax.set_xticks(xs)
-    ax.set_xlabel("sparsity (% of heads and of FFN sublayers pruned)")
+    if by == "train_fraction":
+        ax.set_xscale("log")
+        ax.set_xlabel("training data used (%)")
+    else:
+        ax.set_xticks(xs)
+        ax.set_xlabel("sparsity (% pruned)")
     ax.set_ylabel(f"dev {metric} (mean over seeds)")
     ax.set_title(title)
     ax.legend()

@@ -16,7 +16,7 @@ import numpy as np
 from ticketctl import artifacts
 from ticketctl.context import Context
 from ticketctl.errors import UsageError
-from ticketctl.finetune import IDENTITY_DEFAULTS, dense_weights_path, training_identity
+from ticketctl.finetune import IDENTITY_DEFAULTS, dense_weights_path, training_identity, with_fraction
 from ticketctl.structured import TICKETS, StructuredMask, normalize_heads, ticket
 from ticketctl.train import TrainConfig, derive_seed
 
@@ -36,10 +36,11 @@ def parse_tickets(text: str) -> list[str]:
 
 
 def structured_search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, levels: list[float], kinds: list[str],
-                      device_name: str = "auto", force: bool = False) -> list[Path]:
+                      device_name: str = "auto", force: bool = False, train_fraction: float = 1.0) -> list[Path]:
     cfg.validate()
+    ctx = with_fraction(ctx, train_fraction, seed)
     artifacts.ensure_writable(out)
-    dense_identity = training_identity(ctx, cfg, seed, ctx.train)
+    dense_identity = {**training_identity(ctx, cfg, seed, ctx.train), "train_fraction": train_fraction}
     score_identity = {**dense_identity, "method": "structured", "importance": IMPORTANCE_VERSION}
     targets = []
     for kind in kinds:

@@ -1,0 +1,91 @@
+"""Super-ticket analyses: training fractions, --init transfer, importance across tasks, weights remaining."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ticketctl import artifacts, data
+
+
+def test_fractions_are_nested_and_reproducible():
+    a = data.fraction_indices(1000, 0.01, 3)
+    b = data.fraction_indices(1000, 0.1, 3)
+    c = data.fraction_indices(1000, 0.1, 3)
+    assert len(a) == 10 and len(b) == 100 and set(a) <= set(b) and np.array_equal(b, c)
+    assert not np.array_equal(b, data.fraction_indices(1000, 0.1, 4))  # another seed, another subset
+    assert len(data.fraction_indices(1000, 0.0001, 1)) == 1 and len(data.fraction_indices(7, 1.0, 1)) == 7
+
+
+@pytest.fixture()
+def args(tiny_model, glue_dir, tmp_path):
+    return ["--model", str(tiny_model), "--data-dir", str(glue_dir), "--epochs", "1", "--batch-size", "8", "-q",
+            "--device", "cpu", "--out", str(tmp_path / "runs")]
+
+
+def test_init_starts_from_the_saved_encoder_with_a_fresh_head(cli, args, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from ticketctl.modeling import load_encoder, load_model
+
+    saved = tmp_path / "mrpc-model"
+    code, _, err = cli("finetune", "--task", "mrpc", "--seed", "1", "--save-model", str(saved), *args)
+    assert code == 0, err
+    state = load_file(str(saved / "model.safetensors"))
+    torch.manual_seed(5)
+    model = load_model(tiny_model, 1, 0.1)  # another task (regression head)
+    fresh_head = {n: p.detach().clone() for n, p in model.named_parameters() if "classifier" in n}
+    load_encoder(model, saved)
+    for n, p in model.named_parameters():
+        if n.startswith("bert."):
+            assert torch.equal(p.detach(), state[n]), n
+        else:
+            assert torch.equal(p.detach(), fresh_head[n])  # the head stays as drawn from the seed
+    code, out, err = cli("finetune", "--task", "stsb", "--seed", "1", "--init", str(saved), "--train-fraction",
+                         "0.5,1", *args)
+    assert code == 0, err
+    paths = out.split()
+    assert len(paths) == 2 and all("-init-s1-" in p for p in paths)
+    metas = [artifacts.read_artifact(p).meta for p in paths]
+    assert [m["train_fraction"] for m in metas] == ["0.5", "1.0"] and metas[0]["init_model"] == str(saved)
+    assert [int(m["train_examples"]) for m in metas] == [12, 24]
+    code, out2, err = cli("finetune", "--task", "stsb", "--seed", "1", "--train-fraction", "0.5,1", *args)
+    code, table, err = cli("stats", "--by", "train_fraction", "--format", "json", *paths, *out2.split())
+    assert code == 0, err
+    rows = [json.loads(line) for line in table.splitlines()]
+    assert [r["train_fraction"] for r in rows] == [0.5, 1.0]
+    assert set(rows[0]) >= {"dense", "init from mrpc-model"}
+
+
+def test_init_refuses_another_architecture(cli, args, tmp_path):
+    from conftest import build_tiny_bert
+
+    other = build_tiny_bert(tmp_path / "wide", hidden=32, heads=2)
+    code, out, err = cli("finetune", "--task", "mrpc", "--init", str(other), *args)
+    assert code == 3 and "hidden_size=32" in err and out == ""
+    code, out, err = cli("finetune", "--task", "mrpc", "--train-fraction", "0", *args)
+    assert code == 2 and "--train-fraction" in err
+
+
+def test_importance_shares_sum_to_one_and_remaining(cli, args):
+    masks = []
+    for task in ("mrpc", "rte", "stsb"):
+        code, out, err = cli("search", "--method", "structured", "--task", task, "--sparsity", "0.5", *args)
+        assert code == 0, err
+        masks.append(out.strip())
+    code, out, err = cli("iou", "--importance", "--format", "json", *masks)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 2 * 2 + 2  # tiny model: 2 layers x 2 heads, 2 FFNs
+    for r in rows:
+        assert r["share_mrpc"] + r["share_rte"] + r["share_stsb"] == pytest.approx(1.0)
+        top = max(("mrpc", "rte", "stsb"), key=lambda t: r[f"share_{t}"])
+        assert r["dominated_by"] == (top if r[f"share_{top}"] >= 0.5 else "")
+    code, out, err = cli("iou", "--remaining", "--format", "json", masks[0])
+    row = json.loads(out)
+    assert code == 0 and row["heads_kept"] == 2 and 0 < row["weights_remaining"] < 1
+    code, out, err = cli("iou", "--importance", masks[0], masks[0].replace("mrpc", "mrpc"))
+    assert code == 2  # the same file twice / one task only
