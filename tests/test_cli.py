@@ -213,3 +213,17 @@ def test_device_and_precision_resolution():
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
     assert resolve_precision("auto", torch.device("mps")) == "fp32"
+
+
+def test_active_first_member_with_prior_none(cli, tiny_args, tmp_path):
+    code, out, err = cli("search", "--task", "mrpc", "--seed", "1", "--policy", "active", "--prior", "none",
+                         "--sparsity", "0.2", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    art = read_artifact(out.strip())
+    assert art.meta["policy"] == "active" and art.meta["parents"] == []
+    code, out2, err = cli("search", "--task", "mrpc", "--seed", "1", "--policy", "base", "--sparsity", "0.2",
+                          "--out", tmp_path, *tiny_args)
+    assert (read_artifact(out2.strip()).mask().flat() == art.mask().flat()).all()  # plain IMP: base's mask
+    code, out, err = cli("search", "--task", "mrpc", "--policy", "active", "--prior", "none", "--prior",
+                         out2.strip(), "--out", tmp_path, *tiny_args)
+    assert code == 2 and "stands alone" in err

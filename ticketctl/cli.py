@@ -145,7 +145,8 @@ def search(
         "--l1", help="tau of the L1 regularizer (random/active); decays with the learning rate. Default 1e-4 for "
         "random/active, 0 for base.")] = None,
     prior: Annotated[Optional[list[str]], typer.Option(
-        "--prior", help="Earlier members' masks for --policy active (repeatable; - reads paths from stdin).")] = None,
+        "--prior", help="Earlier members' masks for --policy active (repeatable; - reads paths from stdin; none for the "
+        "first member, which is plain IMP recorded as active).")] = None,
     model: Model = None,
     data_dir: DataDir = None,
     max_train_samples: MaxTrain = None,
@@ -190,7 +191,7 @@ def search(
         raise UsageError("--method imp takes one --sparsity level")
     if ticket != "winning":
         raise UsageError("--ticket belongs to --method structured")
-    priors = read_paths(prior) if prior else []
+    priors = ["none"] if prior == ["none"] else read_paths(prior) if prior else []
     cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
     ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet)
     print_paths([run(ctx, cfg, seed, out, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,

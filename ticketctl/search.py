@@ -112,10 +112,14 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
     if policy == "base" and l1 > 0:
         raise UsageError("--policy base has no regularizer; use --policy random or active with --l1")
     if policy == "active" and not prior_paths:
-        raise UsageError("--policy active needs the earlier members' masks: --prior MASK ... (or - for stdin)")
+        raise UsageError("--policy active needs the earlier members' masks: --prior MASK ... (or - for stdin), or "
+                         "--prior none for the first member of the sequence")
     if policy != "active" and prior_paths:
         raise UsageError("--prior is only used by --policy active")
-    priors = [load_prior(ctx, p) for p in prior_paths]
+    first = prior_paths == ["none"]  # ACTIVE-LT's first member: nothing to push away from, plain IMP
+    if "none" in prior_paths and not first:
+        raise UsageError("--prior none stands alone (the first member of an active sequence)")
+    priors = [] if first else [load_prior(ctx, p) for p in prior_paths]
     artifacts.ensure_writable(out)
 
     dense_identity = {**training_identity(ctx, cfg, seed, ctx.train), "train_fraction": train_fraction}
@@ -146,7 +150,7 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
     coef = None
     if policy == "random":
         coef = random_coefficients(shapes, sparsity, seed)
-    elif policy == "active":
+    elif policy == "active" and priors:
         coef = active_coefficients(priors)
         if set(coef) != set(shapes) or any(tuple(coef[n].shape) != shapes[n] for n in shapes):
             raise InputError("prior masks do not fit this model's prunable weights")
