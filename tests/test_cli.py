@@ -227,3 +227,13 @@ def test_active_first_member_with_prior_none(cli, tiny_args, tmp_path):
     code, out, err = cli("search", "--task", "mrpc", "--policy", "active", "--prior", "none", "--prior",
                          out2.strip(), "--out", tmp_path, *tiny_args)
     assert code == 2 and "stands alone" in err
+
+
+def test_verbose_logs_on_stderr_only(cli, tiny_model, glue_dir, tmp_path):
+    args = ["--model", str(tiny_model), "--data-dir", str(glue_dir), "--epochs", "1", "--device", "cpu",
+            "--out", tmp_path, "--task", "mrpc"]
+    code, out, err = cli("finetune", "-v", *args)
+    assert code == 0 and "config: {" in err and "train loss per epoch" in err
+    assert out.strip().endswith(".safetensors") and "config" not in out
+    code, out, err = cli("finetune", "-v", "-q", "--force", *args)
+    assert code == 0 and err == ""

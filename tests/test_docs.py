@@ -32,3 +32,10 @@ def test_completion_answers_for_commands():
 
     out = subprocess.run([sys.executable, "-m", "ticketctl"], env={**os.environ, **env}, capture_output=True, text=True)
     assert "search" in out.stdout
+
+
+def test_cli_reference_is_current():
+    from ticketctl.clidoc import render
+
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), "regenerate with: python -m ticketctl.clidoc"
+    assert "docs/cli.md" in (ROOT / "README.md").read_text()

@@ -50,6 +50,8 @@ WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not on bia
 Warmup = Annotated[float, typer.Option(help="Fraction of the steps used for linear warm-up.")]
 Dropout = Annotated[float, typer.Option(help="Dropout probability of the encoder.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More logs on stderr: resolved configuration, data "
+                                                             "sources, per-epoch losses, timings.")]
 
 
 def _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device):
@@ -64,11 +66,15 @@ def _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, drop
                        warmup=warmup, dropout=dropout, precision=precision)
 
 
-def _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet):
+def _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet, verbose=False, log=None):
     from ticketctl.context import Context, DataOptions, Log
 
     opts = DataOptions(data_dir, max_train_samples, max_eval_samples, list(eval_file or []))
-    return Context.create(task, model, opts, Log(quiet))
+    ctx = Context.create(task, model, opts, log or Log(quiet, verbose))
+    ctx.log.debug(f"{ctx.task.name}: model {ctx.model_name} ({ctx.model_dir}, fingerprint {ctx.model_fp[:10]}); "
+                  f"train {ctx.train.source} ({len(ctx.train)} examples); "
+                  + "; ".join(f"{s.name} {s.source} ({len(s)})" for s in ctx.evals))
+    return ctx
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -97,6 +103,7 @@ def finetune(
     warmup: Warmup = 0.0,
     dropout: Dropout = 0.1,
     quiet: Quiet = False,
+    verbose: Verbose = False,
     save_model: Annotated[Optional[Path], typer.Option(
         help="Also save the finetuned model as a transformers folder (a structured ticket is pruned physically "
         "first: smaller and faster).")] = None,
@@ -119,7 +126,8 @@ def finetune(
     if save_model is not None and len(fractions) > 1:
         raise UsageError("--save-model takes a single --train-fraction")
     cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
-    ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet)
+    ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet, verbose)
+    ctx.log.debug(f"config: {cfg.as_dict()}")
     for fraction in fractions:
         print_paths(run(ctx, cfg, seed, out, mask_path=mask, bagging=bagging, device_name=device, force=force,
                         save_model=save_model, init=init, train_fraction=fraction))
@@ -163,6 +171,7 @@ def search(
     warmup: Warmup = 0.0,
     dropout: Dropout = 0.1,
     quiet: Quiet = False,
+    verbose: Verbose = False,
 ):
     """Find a lottery ticket: by iterative magnitude pruning with rewinding (--method imp), or a structured super
     ticket of heads and FFN sublayers (--method structured). Prints the mask artifact path(s)."""
@@ -181,7 +190,8 @@ def search(
             raise UsageError("--policy, --prior and --l1 belong to --method imp")
         kinds = parse_tickets(ticket)
         cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
-        ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet)
+        ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet, verbose)
+        ctx.log.debug(f"config: {cfg.as_dict()}")
         print_paths(structured_search(ctx, cfg, seed, out, levels, kinds, device_name=device, force=force,
                                       train_fraction=train_fraction))
         return
@@ -193,7 +203,8 @@ def search(
         raise UsageError("--ticket belongs to --method structured")
     priors = ["none"] if prior == ["none"] else read_paths(prior) if prior else []
     cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
-    ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet)
+    ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet, verbose)
+    ctx.log.debug(f"config: {cfg.as_dict()}")
     print_paths([run(ctx, cfg, seed, out, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
                      prior_paths=priors, device_name=device, force=force, train_fraction=train_fraction)])
 
@@ -223,6 +234,7 @@ def share(
     warmup: Warmup = 0.0,
     dropout: Dropout = 0.1,
     quiet: Quiet = False,
+    verbose: Verbose = False,
     save_model: Annotated[Optional[Path], typer.Option(
         help="Save the shared encoder (a transformers folder usable as --model) with the task heads and masks.")] = None,
 ):
@@ -230,12 +242,13 @@ def share(
 
     Prints one logits artifact path per task and evaluation split.
     """
-    from ticketctl.context import Context, DataOptions, Log, print_paths
+    from ticketctl.context import Log, print_paths
     from ticketctl.share import load_members, share as run
 
     cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
-    log = Log(quiet)
-    contexts = [Context.create(t, model, DataOptions(data_dir, max_train_samples, max_eval_samples), log) for t in task]
+    log = Log(quiet, verbose)
+    contexts = [_context(t, model, data_dir, max_train_samples, max_eval_samples, None, quiet, log=log) for t in task]
+    log.debug(f"config: {cfg.as_dict()}")
     members = load_members(contexts, list(mask or []))
     print_paths(run(members, cfg, seed, out, sampling, device_name=device, force=force, save_model=save_model))
 

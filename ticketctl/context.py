@@ -30,15 +30,21 @@ class DataOptions:
 class Log:
     """Progress and messages on stderr only; stdout is for results."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, verbose: bool = False):
         from rich.console import Console
 
         self.quiet = quiet
+        self.verbose = verbose and not quiet
         self.console = Console(stderr=True, highlight=False)
 
     def info(self, msg: str) -> None:
         if not self.quiet:
             self.console.print(msg, markup=False, soft_wrap=True)
+
+    def debug(self, msg: str) -> None:
+        """Details for --verbose: resolved configuration, data sources, per-epoch losses, timings."""
+        if self.verbose:
+            self.console.print(msg, markup=False, soft_wrap=True, style="dim")
 
     def progress(self, description: str, total: int):
         """A context manager yielding ``advance(step, total, loss)``; a no-op when quiet or not a terminal."""

@@ -183,6 +183,8 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
         losses = train.train(model, enc, train_split.labels, cfg, seed, device, tokenizer.pad_token_id or 0,
                              keep=keep, on_step=advance)
     train_time = time.perf_counter() - start
+    ctx.log.debug("train loss per epoch: " + " ".join(f"{x:.4f}" for x in losses)
+                  + f"; {len(enc) * cfg.epochs / train_time:.1f} examples/s")
     meta = {"seed": str(seed), "policy": scheme, "sparsity": f"{mask.sparsity:.6f}" if mask else "0",
             "bagging": str(bagging), "config": {**identity}, "train_loss": " ".join(f"{x:.5f}" for x in losses),
             "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else [], **extra}
