@@ -237,3 +237,14 @@ def test_verbose_logs_on_stderr_only(cli, tiny_model, glue_dir, tmp_path):
     assert out.strip().endswith(".safetensors") and "config" not in out
     code, out, err = cli("finetune", "-v", "-q", "--force", *args)
     assert code == 0 and err == ""
+
+
+def test_training_curve_plot(cli, tiny_model, glue_dir, tmp_path):
+    args = ["--model", str(tiny_model), "--data-dir", str(glue_dir), "--epochs", "3", "--batch-size", "4",
+            "--device", "cpu", "--out", tmp_path, "--task", "mrpc", "-q"]
+    code, out, err = cli("finetune", *args)
+    assert code == 0, err
+    curve = read_artifact(out.strip()).meta["loss_curve"]
+    assert [s for s, _ in curve] == [10, 18]  # 24 examples / 4 = 6 steps per epoch: every 10th and the last
+    code, _, err = cli("show", "--plot", tmp_path / "curves.svg", out.strip())
+    assert code == 0 and (tmp_path / "curves.svg").read_text().startswith("<?xml") and "1 training curves" in err

@@ -26,7 +26,8 @@ from ticketctl.errors import InputError, UsageError
 FORMAT = "ticketctl"
 FORMAT_VERSION = "1"
 KINDS = ("mask", "logits", "weights")  # "weights": reusable trained weights in the cache folder
-JSON_FIELDS = ("config", "parents", "versions", "shapes", "metrics", "layer_sparsity", "weights", "tasks")
+JSON_FIELDS = ("config", "parents", "versions", "shapes", "metrics", "layer_sparsity", "weights", "tasks",
+               "loss_curve")
 
 
 # ---------------------------------------------------------------------------------------------- names

@@ -259,12 +259,20 @@ def show(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per artifact, one per line.")] = False,
     verify: Annotated[bool, typer.Option(help="Recompute the parents' content hashes; exit 3 if any changed or "
                                               "is missing.")] = False,
+    plot: Annotated[Optional[str], typer.Option(
+        help="Draw the training curves (loss every 10 steps) of the logits artifacts to FILE.png / .svg.")] = None,
 ):
     """Print an artifact's metadata and a summary (sparsity per layer for masks, metrics for logits)."""
     from ticketctl.artifacts import read_paths
     from ticketctl.errors import InputError
     from ticketctl.show import show as run
 
+    if plot:
+        from ticketctl.show import plot_curves
+
+        n = plot_curves(read_paths(artifacts), plot)
+        sys.stderr.write(f"wrote {plot} ({n} training curves)\n")
+        return
     if not run(read_paths(artifacts), json_output, verify):
         raise InputError("a parent artifact changed or is missing (see [changed] / [missing] above)")
 

@@ -179,15 +179,22 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
     ctx.log.info(f"finetune {ctx.task.name} seed={seed} scheme={scheme} on {len(train_split)} examples, "
                  f"{ctx.model_name}, {device.type}/{cfg.precision}")
     start = time.perf_counter()
+    curve: list[list[float]] = []
     with ctx.log.progress(f"finetune s{seed}", 1) as advance:
+        def on_step(step, total, loss):
+            advance(step, total, loss)
+            if loss is not None:
+                curve.append([step, round(loss, 5)])
+
         losses = train.train(model, enc, train_split.labels, cfg, seed, device, tokenizer.pad_token_id or 0,
-                             keep=keep, on_step=advance)
+                             keep=keep, on_step=on_step)
     train_time = time.perf_counter() - start
     ctx.log.debug("train loss per epoch: " + " ".join(f"{x:.4f}" for x in losses)
                   + f"; {len(enc) * cfg.epochs / train_time:.1f} examples/s")
     meta = {"seed": str(seed), "policy": scheme, "sparsity": f"{mask.sparsity:.6f}" if mask else "0",
             "bagging": str(bagging), "config": {**identity}, "train_loss": " ".join(f"{x:.5f}" for x in losses),
-            "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else [], **extra}
+            "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else [],
+            "loss_curve": curve, **extra}
     if mask_art:
         meta["mask_seed"] = mask_art.meta.get("seed")
         if "target_sparsity" in mask_art.meta:

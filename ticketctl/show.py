@@ -85,3 +85,29 @@ def show(paths: list[str], as_json: bool, check: bool = False) -> bool:
             sys.stdout.write(f"  {'parent':12} {par['path']} ({par['sha256'][:12]}){mark}\n")
     sys.stdout.flush()
     return all_ok
+
+
+def plot_curves(paths: list[str], out: str) -> int:
+    """Training curves (loss every 10 steps) of logits artifacts, one line each; returns how many were drawn."""
+    from ticketctl.errors import UsageError
+    from ticketctl.plots import pyplot, save_figure
+
+    arts = [read_artifact(p, "logits") for p in paths]
+    curves = [(a, a.meta.get("loss_curve") or []) for a in arts]
+    curves = [(a, c) for a, c in curves if c]
+    if not curves:
+        raise UsageError("--plot: none of the artifacts has a logged training curve (made by an older ticketctl, or "
+                         "an ensemble)")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for a, c in curves:
+        label = f"{a.meta.get('task')} {a.meta.get('policy')} s{a.meta.get('seed')}"
+        ax.plot([x for x, _ in c], [y for _, y in c], label=label, linewidth=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (batch, every 10 steps)")
+    ax.set_title("training curves")
+    if len(curves) <= 12:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, out)
+    return len(curves)
