@@ -218,6 +218,8 @@ def write_artifact(path: str | os.PathLike, kind: str, tensors: dict[str, np.nda
 
     assert kind in KINDS
     path = Path(path)
+    if os.environ.get("RANK", "0") != "0":  # data-parallel run (torchrun): process 0 writes, the others agree
+        return path
     full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, **meta}
     data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=_encode_meta(full_meta))
     atomic_write_bytes(path, data)

@@ -33,8 +33,10 @@ class Log:
     def __init__(self, quiet: bool = False, verbose: bool = False):
         from rich.console import Console
 
-        self.quiet = quiet
-        self.verbose = verbose and not quiet
+        import os
+
+        self.quiet = quiet or os.environ.get("RANK", "0") != "0"
+        self.verbose = verbose and not self.quiet
         self.console = Console(stderr=True, highlight=False)
 
     def info(self, msg: str) -> None:
@@ -116,6 +118,10 @@ class Context:
 
 
 def print_paths(paths: list[Path]) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # data-parallel run: process 0 speaks for all
+        return
     for p in paths:
         sys.stdout.write(f"{p}\n")
     sys.stdout.flush()

@@ -85,8 +85,13 @@ def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows
     returns each split's metrics."""
     from ticketctl.train import encode, predict
 
+    from ticketctl import distributed
+
     results = []
     for split, path, h in rows:
+        if not distributed.is_main():  # process 0 evaluates and writes; the others hold the same weights
+            results.append({})
+            continue
         outputs = predict(model, encode(tokenizer, split, cfg.max_length), device, tokenizer.pad_token_id or 0,
                           cfg.precision)
         metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h})
@@ -150,7 +155,9 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
     from ticketctl import modeling, train
     from ticketctl.train import encode, pick_device
 
-    device = pick_device(device_name)
+    from ticketctl import distributed
+
+    device = pick_device(distributed.setup(device_name))
     torch.manual_seed(seed)  # the task head is drawn from the seed
     model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout,
                                 modeling.attention_for(device.type))

@@ -136,7 +136,9 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
     from ticketctl import modeling, train
     from ticketctl.train import L1Regularizer, encode, pick_device
 
-    device = pick_device(device_name)
+    from ticketctl import distributed
+
+    device = pick_device(distributed.setup(device_name))
     torch.manual_seed(seed)
     model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout,
                                 modeling.attention_for(device.type)).to(device)

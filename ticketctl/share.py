@@ -94,6 +94,10 @@ def share(members: list[Member], cfg: TrainConfig, seed: int, out: Path, samplin
     from ticketctl.finetune import write_outputs
 
     log = members[0].ctx.log
+    from ticketctl import distributed
+
+    if distributed.world_size() > 1:
+        raise UsageError("share does not run data-parallel (torchrun) yet; run it as one process")
     device = train.pick_device(device_name)
     tokenizer = modeling.load_tokenizer(members[0].ctx.model_dir)
     shared = Shared.build(members, masks, cfg, seed, device)

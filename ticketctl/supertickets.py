@@ -106,7 +106,9 @@ def compute_scores(ctx: Context, cfg: TrainConfig, seed: int, out: Path, dense_i
     from ticketctl import modeling, structured, train
     from ticketctl.search import share_dense_round
 
-    device = train.pick_device(device_name)
+    from ticketctl import distributed
+
+    device = train.pick_device(distributed.setup(device_name))
     torch.manual_seed(seed)
     model = modeling.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout,
                                 modeling.attention_for(device.type)).to(device)

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ticketctl import distributed
 from ticketctl.data import Split
 from ticketctl.errors import UsageError
 
@@ -190,6 +191,8 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
     epoch_losses: list[float] = []
     step = 0
     mask_grads = [m for _, m in masked]
+    parallel = distributed.active()
+    trainable = [p for p in params.values() if p.requires_grad]
     while step < total:
         batches = length_grouped_batches(enc.lengths, cfg.batch_size, rng)
         running = torch.zeros((), device=device)
@@ -203,16 +206,21 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
             tau_t = l1.tau * factor if l1 else 0.0  # tau decays with the learning rate
             if schedule_log is not None:
                 schedule_log.append((cfg.lr * factor, tau_t))
-            batch = collate(enc, idx, pad_id, device)
-            target = y[idx].to(device)
+            local = distributed.shard(idx) if parallel else idx
+            batch = collate(enc, local, pad_id, device)
+            target = y[local].to(device)
             with autocast(device, cfg.precision):
                 logits = model(**batch).logits
             logits = logits.float()
             if regression:
-                loss = torch.nn.functional.mse_loss(logits.view(-1), target.view(-1))
+                loss = torch.nn.functional.mse_loss(logits.view(-1), target.view(-1), reduction="sum")
             else:
-                loss = torch.nn.functional.cross_entropy(logits, target)
+                loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+            loss = loss / len(idx)  # the global batch's mean, whichever share of it this process holds
             loss.backward()
+            if parallel:
+                loss = loss.detach().clone()
+                distributed.all_reduce_grads(trainable, [loss.view(1)])
             if reg and tau_t > 0:
                 with torch.no_grad():
                     for p, c in reg:
