@@ -168,8 +168,27 @@ FULL = {"dense", "share-dense"}
 
 def level_of(art: Artifact) -> float:
     """The sparsity level a member was trained at: the mask's target level (IMP rounds and structured levels land
-    near it, e.g. 7 of 72 heads for 10%), else the measured sparsity."""
-    return round(float(art.meta.get("target_sparsity", art.meta.get("sparsity", 0.0))), 6)
+    near it, e.g. 7 of 72 heads for 10%), read from the member or, for artifacts that predate the field, from its
+    parent mask's header; else the measured sparsity."""
+    if "target_sparsity" in art.meta:
+        return round(float(art.meta["target_sparsity"]), 6)
+    for par in art.meta.get("parents") or []:
+        if par.get("kind") == "mask":
+            target = _parent_target(par["path"])
+            if target is not None:
+                return round(target, 6)
+    return round(float(art.meta.get("sparsity", 0.0)), 6)
+
+
+def _parent_target(path: str) -> float | None:
+    from ticketctl.artifacts import read_artifact
+    from ticketctl.errors import InputError
+
+    try:
+        value = read_artifact(path, "mask").meta.get("target_sparsity")
+    except InputError:
+        return None
+    return float(value) if value is not None else None
 
 
 PIVOTS = ("sparsity", "train_fraction")  # --by keys that print metric vs the key, one column per scheme
