@@ -89,3 +89,23 @@ def test_importance_shares_sum_to_one_and_remaining(cli, args):
     assert code == 0 and row["heads_kept"] == 2 and 0 < row["weights_remaining"] < 1
     code, out, err = cli("iou", "--importance", masks[0], masks[0].replace("mrpc", "mrpc"))
     assert code == 2  # the same file twice / one task only
+
+
+def test_init_from_a_shared_encoder(cli, args, tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from ticketctl.modeling import load_encoder, load_model
+
+    shared = tmp_path / "shared"
+    code, out, err = cli("share", "--task", "mrpc", "--task", "rte", "--seed", "2", "--save-model", str(shared), *args)
+    assert code == 0, err
+    assert set(json.loads((shared / "ticketctl_share.json").read_text())["tasks"]) == {"mrpc", "rte"}
+    heads = load_file(str(shared / "task_heads.safetensors"))
+    assert any(k.startswith("rte.classifier") for k in heads) and any(k.startswith("mrpc.classifier") for k in heads)
+    state = load_file(str(shared / "model.safetensors"))  # the encoder alone, BertModel names
+    model = load_model(tiny_model, 1, 0.1)
+    load_encoder(model, shared)
+    for n, p in model.base_model.named_parameters():
+        assert torch.equal(p.detach(), state[n]), n
+    code, out, err = cli("finetune", "--task", "stsb", "--init", str(shared), "--train-fraction", "0.5", *args)
+    assert code == 0 and "-init-" in out, err
