@@ -158,20 +158,26 @@ def importance_rows(arts: list[Artifact], dominance: float = 0.5) -> list[dict]:
 
 
 def plot_importance(rows: list[dict], tasks: list[str], path: str, title: str) -> None:
-    """Stacked bars: each unit's mean importance split into the tasks' shares."""
+    """Stacked bars: each unit's mean importance split into the tasks' shares; heads and FFN sublayers in separate
+    panels (each task's scores are normalised per kind, so the two scales differ)."""
     from ticketctl.plots import pyplot, save_figure
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(rows) + 2), 4))
-    x = np.arange(len(rows))
-    bottom = np.zeros(len(rows))
-    for t in tasks:
-        part = np.array([r["mean_importance"] * r[f"share_{t}"] for r in rows])
-        ax.bar(x, part, bottom=bottom, label=t, width=0.85)
-        bottom += part
-    step = max(1, len(rows) // 24)
-    ax.set_xticks(x[::step], [r["unit"] for r in rows][::step], rotation=70, fontsize=7)
-    ax.set_ylabel("importance (mean over tasks, normalised per task)")
-    ax.set_title(title)
-    ax.legend()
+    heads = [r for r in rows if not r["unit"].endswith("FFN")]
+    ffn = [r for r in rows if r["unit"].endswith("FFN")]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 0.12 * len(heads) + 4), 4),
+                             gridspec_kw={"width_ratios": [max(1, len(heads)), max(4, 3 * len(ffn))]})
+    for ax, part, what in ((axes[0], heads, "heads"), (axes[1], ffn, "FFN sublayers")):
+        x = np.arange(len(part))
+        bottom = np.zeros(len(part))
+        for t in tasks:
+            height = np.array([r["mean_importance"] * r[f"share_{t}"] for r in part])
+            ax.bar(x, height, bottom=bottom, label=t, width=0.85)
+            bottom += height
+        step = max(1, len(part) // 24)
+        ax.set_xticks(x[::step], [r["unit"] for r in part][::step], rotation=70, fontsize=7)
+        ax.set_title(what)
+    axes[0].set_ylabel("importance (mean over tasks)")
+    axes[0].legend()
+    fig.suptitle(title)
     save_figure(fig, path)
