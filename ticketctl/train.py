@@ -207,6 +207,9 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
             if schedule_log is not None:
                 schedule_log.append((cfg.lr * factor, tau_t))
             local = distributed.shard(idx) if parallel else idx
+            weight = 1.0
+            if len(local) == 0:  # a last batch smaller than the number of processes: join the reduction with 0
+                local, weight = idx[:1], 0.0
             batch = collate(enc, local, pad_id, device)
             target = y[local].to(device)
             with autocast(device, cfg.precision):
@@ -217,6 +220,8 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
             else:
                 loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
             loss = loss / len(idx)  # the global batch's mean, whichever share of it this process holds
+            if weight == 0.0:
+                loss = loss * 0.0
             loss.backward()
             if parallel:
                 loss = loss.detach().clone()
