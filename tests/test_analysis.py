@@ -274,3 +274,27 @@ def test_pipeline_search_finetune_into_ensemble_and_stats(tiny_model, glue_dir, 
     assert st.returncode == 0, st.stderr
     rows = [line.split("\t") for line in st.stdout.strip().split("\n")]
     assert rows[0][:2] == ["group", "members"] and [r[0] for r in rows[1:]] == ["dense", "random"]
+
+
+def test_recipe_check_fills_fields_added_later():
+    from pathlib import Path
+
+    from ticketctl.artifacts import Artifact
+    from ticketctl.stats import check_same_recipe
+
+    def art(name, config):
+        return Artifact(Path(name), {"config": config}, {}, "0" * 64)
+
+    old = art("old", {"lr": 1e-4, "computation": 2, "seed": 1})
+    new = art("new", {"lr": 1e-4, "computation": 2, "train_fraction": 1.0, "init": None, "seed": 2})
+    check_same_recipe("g", [old, new])  # the same recipe, written before and after the fields existed
+    small = art("small", {"lr": 1e-4, "computation": 2, "train_fraction": 0.1, "seed": 3})
+    v1 = art("v1", {"lr": 1e-4, "seed": 4})
+    import pytest
+
+    from ticketctl.errors import InputError
+
+    with pytest.raises(InputError, match="train_fraction"):
+        check_same_recipe("g", [old, small])
+    with pytest.raises(InputError, match="computation"):
+        check_same_recipe("g", [old, v1])

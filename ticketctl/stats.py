@@ -49,7 +49,9 @@ def _seed_order(a: Artifact) -> int:
     return int(seed) if seed.isdigit() else 0
 
 
-PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between members of one group
+PER_MEMBER_KEYS = {"seed", "mask", "train_data"}
+# Config fields added after the first release, at the value that older artifacts (which lack them) were made with.
+ADDED_LATER = {"computation": 1, "train_fraction": 1.0, "init": None}  # what may differ between members of one group
 
 
 def check_same_recipe(group: str, members: list[Artifact], ignore: set[str] = frozenset()) -> None:
@@ -59,7 +61,8 @@ def check_same_recipe(group: str, members: list[Artifact], ignore: set[str] = fr
     skip = PER_MEMBER_KEYS | set(ignore)
 
     def recipe(a):
-        return {k: v for k, v in (a.meta.get("config") or {}).items() if k not in skip}
+        config = {**ADDED_LATER, **(a.meta.get("config") or {})}
+        return {k: v for k, v in config.items() if k not in skip}
 
     first = recipe(members[0])
     for a in members[1:]:
