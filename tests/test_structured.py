@@ -292,3 +292,16 @@ def test_share_refuses_mismatched_masks(cli, tiny4, tiny_args, glue_dir, tmp_pat
     imp = out.strip()
     code, out, err = cli("share", "--task", "mrpc", "--mask", imp, "--task", "rte", "--mask", mrpc, *args)
     assert code == 3 and "structured masks" in err
+
+
+def test_stats_refuses_a_group_mixing_levels(cli, tiny4, glue_dir, tmp_path):
+    args = ["--model", str(tiny4), "--data-dir", str(glue_dir), "--epochs", "1", "--batch-size", "8", "--quiet",
+            "--device", "cpu", "--out", str(tmp_path)]
+    logits = []
+    for seed, level in ((1, "0.25"), (2, "0.5")):
+        code, out, err = cli("search", "--method", "structured", "--task", "mrpc", "--seed", seed, "--sparsity",
+                             level, *args)
+        code, out, err = cli("finetune", "--task", "mrpc", "--seed", seed, "--mask", out.strip(), *args)
+        logits.append(out.strip())
+    code, out, err = cli("stats", "--by", "policy", "--size", "1", *logits)
+    assert code == 3 and "mixes sparsity levels" in err

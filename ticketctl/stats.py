@@ -36,6 +36,8 @@ def load_groups(paths: list[str], by: str) -> tuple[dict[str, Members], list[Art
         grouped[group_value(a, by)].append(i)
     for g, idx in grouped.items():
         check_same_recipe(g, [members.arts[i] for i in idx])
+        if by != "sparsity":
+            check_same_level(g, [members.arts[i] for i in idx])
     out = {}
     for g, idx in grouped.items():
         idx.sort(key=lambda i: (_seed_order(members.arts[i]), members.arts[i].path.name))
@@ -72,6 +74,15 @@ def check_same_recipe(group: str, members: list[Artifact], ignore: set[str] = fr
             k = diff[0]
             raise InputError(f"group {group!r} mixes configurations: {members[0].path.name} has {k}={first.get(k)}, "
                              f"{a.path.name} has {k}={other.get(k)}")
+
+
+def check_same_level(group: str, members: list[Artifact]) -> None:
+    """A mask's digest differs per member, so the config cannot tell a 10% ticket from a 50% one: compare levels."""
+    levels = {level_of(a): a for a in members}
+    if len(levels) > 1:
+        (l1, a1), (l2, a2) = sorted(levels.items())[:2]
+        raise InputError(f"group {group!r} mixes sparsity levels: {a1.path.name} is at {l1:.0%}, {a2.path.name} at "
+                         f"{l2:.0%} (group --by sparsity, or pass one level)")
 
 
 def single_scores(m: Members) -> np.ndarray:
