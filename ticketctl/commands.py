@@ -185,7 +185,7 @@ def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: 
                     f"{task.name} {members.split}: {task.headline} by {by} (mean ±std over seeds (n))"
                     + ("; full = unpruned model" if full else ""))
     else:
-        cols = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")] + ([f"full", "full_n"] if full else [])
+        cols = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")] + (["full", "full_n"] if full else [])
         output.emit(rows, cols, fmt, f"{task.name} {members.split}: {task.headline} by {by}")
     if plot:
         st.plot_phase(rows, kinds, task.headline, plot,
