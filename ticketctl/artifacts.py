@@ -10,6 +10,7 @@ leaves a file under a final name. numpy only: no torch import here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -245,6 +246,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path):
+    """Fill a temporary sibling folder, then rename it to ``folder`` (which must be absent or empty): a killed
+    process never leaves a half-written model folder under the final name."""
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=str(folder.parent)))
+    try:
+        yield tmp
+        if folder.exists():
+            folder.rmdir()
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -237,9 +237,6 @@ def check_model_folder(folder: Path) -> None:
 def save_trained(ctx: Context, model, tokenizer, cfg: TrainConfig, device, folder: Path, structured_mask) -> None:
     """Save the finetuned model as a transformers folder. A structured ticket is first pruned physically; its size
     and dev inference time are reported next to the masked model's, and its outputs are checked against them."""
-    import shutil
-    import tempfile
-
     import numpy as np
 
     from ticketctl.train import encode, predict
@@ -264,16 +261,9 @@ def save_trained(ctx: Context, model, tokenizer, cfg: TrainConfig, device, folde
         ctx.log.info(f"pruned physically: {after_params:,} of {before_params:,} parameters "
                      f"({after_params / before_params:.1%}); dev inference (fp32) {t_pruned:.2f}s vs {t_masked:.2f}s "
                      f"masked; max |output difference| {diff:.1e}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent if str(folder.parent) else "."))
-    try:
+    with artifacts.atomic_folder(folder) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        if folder.exists():
-            folder.rmdir()
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     ctx.log.info(f"saved model ({size / 1e6:.1f} MB of weights) -> {folder}")
 

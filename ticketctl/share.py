@@ -248,13 +248,9 @@ def report_overlap(log, masks) -> None:
 def save_shared(log, models, names, encoder, tokenizer, masks, folder: Path) -> None:
     """The shared encoder as a transformers folder (usable as ``--model``), each task's head in
     ``task_heads.safetensors`` and the tasks' masks in ``ticketctl_share.json``."""
-    import shutil
-    import tempfile
-
     from safetensors.torch import save_file
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=str(folder.parent)))
-    try:
+    with artifacts.atomic_folder(folder) as tmp:
         encoder.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         heads = {}
@@ -267,12 +263,6 @@ def save_shared(log, models, names, encoder, tokenizer, masks, folder: Path) -> 
         spec = {n: None if masks[n] is None else {"heads": masks[n].heads.astype(int).tolist(),
                                                   "ffn": masks[n].ffn.astype(int).tolist()} for n in names}
         (tmp / "ticketctl_share.json").write_text(json.dumps({"tasks": names, "masks": spec}, indent=1) + "\n")
-        if folder.exists():
-            folder.rmdir()
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info(f"saved the shared model -> {folder}")
 
 
