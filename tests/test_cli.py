@@ -248,3 +248,12 @@ def test_training_curve_plot(cli, tiny_model, glue_dir, tmp_path):
     assert [s for s, _ in curve] == [10, 18]  # 24 examples / 4 = 6 steps per epoch: every 10th and the last
     code, _, err = cli("show", "--plot", tmp_path / "curves.svg", out.strip())
     assert code == 0 and (tmp_path / "curves.svg").read_text().startswith("<?xml") and "1 training curves" in err
+
+
+def test_dense_round_of_search_logs_its_training_curve(cli, tiny_model, glue_dir, tmp_path):
+    args = ["--model", str(tiny_model), "--data-dir", str(glue_dir), "--epochs", "4", "--batch-size", "8",
+            "--device", "cpu", "--out", tmp_path, "--task", "mrpc", "-q"]
+    code, out, err = cli("search", "--sparsity", "0.1", *args)
+    assert code == 0, err
+    (dense,) = tmp_path.glob("mrpc-logits-dev-dense-s0-*.safetensors")
+    assert [s for s, _ in read_artifact(dense).meta["loss_curve"]] == [10, 12]

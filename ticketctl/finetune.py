@@ -188,13 +188,8 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
     start = time.perf_counter()
     curve: list[list[float]] = []
     with ctx.log.progress(f"finetune s{seed}", 1) as advance:
-        def on_step(step, total, loss):
-            advance(step, total, loss)
-            if loss is not None:
-                curve.append([step, round(loss, 5)])
-
         losses = train.train(model, enc, train_split.labels, cfg, seed, device, tokenizer.pad_token_id or 0,
-                             keep=keep, on_step=on_step)
+                             keep=keep, on_step=recording(advance, curve))
     train_time = time.perf_counter() - start
     ctx.log.debug("train loss per epoch: " + " ".join(f"{x:.4f}" for x in losses)
                   + f"; {len(enc) * cfg.epochs / train_time:.1f} examples/s")
@@ -226,6 +221,16 @@ def resolve_init(init: str) -> tuple[Path, str]:
     if not list(path.glob("*.safetensors")):
         raise InputError(f"--init {init}: folder has no .safetensors weights")
     return path, modeling.model_fingerprint(path)
+
+
+def recording(advance, curve: list):
+    """A training callback that also keeps the logged losses ([step, loss] every 10 steps) for ``loss_curve``."""
+    def on_step(step, total, loss):
+        advance(step, total, loss)
+        if loss is not None:
+            curve.append([step, round(loss, 5)])
+
+    return on_step
 
 
 def check_model_folder(folder: Path) -> None:

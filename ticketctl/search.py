@@ -19,7 +19,7 @@ from ticketctl.artifacts import Mask
 from ticketctl.context import Context
 from ticketctl.errors import InputError, UsageError
 from ticketctl.finetune import (IDENTITY_DEFAULTS, dense_weights_path, format_metrics, load_mask, logits_paths,
-                                save_dense_weights, training_identity, with_fraction, write_outputs)
+                                recording, save_dense_weights, training_identity, with_fraction, write_outputs)
 from ticketctl.tasks import predictions, score
 from ticketctl.train import TrainConfig, derive_seed
 
@@ -186,11 +186,12 @@ def search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "
         if trained is None:
             model.load_state_dict(initial)  # rewind
             t0 = time.perf_counter()
+            curve: list = []
             with ctx.log.progress(f"round {r}/{rounds}", 1) as advance:
                 train.train(model, enc, ctx.train.labels, cfg, seed, device, pad_id,
-                            keep={n: k.float() for n, k in keep.items()}, l1=reg, on_step=advance)
+                            keep={n: k.float() for n, k in keep.items()}, l1=reg, on_step=recording(advance, curve))
             if reusable:  # the dense finetune of this seed: write its outputs as `finetune` would
-                metrics = share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device)
+                metrics = share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device, curve)
             else:
                 metrics = {}
                 if dev.labels is not None:
@@ -219,13 +220,14 @@ def load_prior(ctx: Context, path: str) -> artifacts.Artifact:
     return art
 
 
-def share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device) -> dict[str, float]:
+def share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device,
+                      curve: list | None = None) -> dict[str, float]:
     """Round 1 of ``base`` is the dense finetune of the same seed: write its outputs under the names ``finetune``
     would use, so that ``finetune --seed S`` (no mask) costs nothing afterwards. Returns the dev metrics."""
     meta = {"seed": str(seed), "policy": "dense", "sparsity": "0", "bagging": "1.0", "config": dense_identity,
             "init_model": "pretrained", "train_fraction": str(dense_identity.get("train_fraction", 1.0)),
             "train_examples": str(len(ctx.train)),
-            "parents": [], "produced_by": "search round 1"}
+            "parents": [], "produced_by": "search round 1", "loss_curve": curve or None}
     rows = logits_paths(ctx, dense_identity, "dense", seed, out)
     metrics = write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
     save_dense_weights(ctx, model, dense_identity, seed, out)

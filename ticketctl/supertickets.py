@@ -16,7 +16,7 @@ import numpy as np
 from ticketctl import artifacts
 from ticketctl.context import Context
 from ticketctl.errors import UsageError
-from ticketctl.finetune import IDENTITY_DEFAULTS, dense_weights_path, training_identity, with_fraction
+from ticketctl.finetune import IDENTITY_DEFAULTS, dense_weights_path, recording, training_identity, with_fraction
 from ticketctl.structured import TICKETS, StructuredMask, normalize_heads, ticket
 from ticketctl.train import TrainConfig, derive_seed
 
@@ -127,10 +127,11 @@ def compute_scores(ctx: Context, cfg: TrainConfig, seed: int, out: Path, dense_i
         ctx.log.info(f"structured search {ctx.task.name} seed={seed}: dense finetune on {len(ctx.train)} examples, "
                      f"{ctx.model_name}, {device.type}/{cfg.precision}")
         t0 = time.perf_counter()
+        curve: list = []
         with ctx.log.progress(f"dense s{seed}", 1) as advance:
-            train.train(model, enc, ctx.train.labels, cfg, seed, device, pad, on_step=advance)
+            train.train(model, enc, ctx.train.labels, cfg, seed, device, pad, on_step=recording(advance, curve))
         ctx.log.info(f"dense finetune in {time.perf_counter() - t0:.1f}s")
-        share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device)
+        share_dense_round(ctx, model, tokenizer, cfg, seed, out, dense_identity, device, curve)
     t0 = time.perf_counter()
     with ctx.log.progress("importance", 1) as advance:
         head_raw, ffn = structured.importance(model, enc, ctx.train.labels, device, pad, cfg.precision,
