@@ -305,3 +305,15 @@ def test_stats_refuses_a_group_mixing_levels(cli, tiny4, glue_dir, tmp_path):
         logits.append(out.strip())
     code, out, err = cli("stats", "--by", "policy", "--size", "1", *logits)
     assert code == 3 and "mixes sparsity levels" in err
+
+
+def test_weights_remaining_counts_the_kept_parameters(tiny4):
+    model = _model(tiny4)
+    lay = structured.layout(model)
+    keep = structured.expand(model, MASK)
+    total = kept = 0
+    for name, p in model.named_parameters():
+        if name.startswith(lay.prefix + "."):
+            total += p.numel()
+            kept += int(keep[name].sum()) if name in keep else p.numel()
+    assert structured.weights_remaining(MASK, structured.unit_sizes(model)) == pytest.approx(kept / total, abs=1e-12)

@@ -177,7 +177,7 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
         mask.check_fits(st.layout(model), mask_path)
         keep = st.expand(model, mask)
         extra.update({"method": "structured", "ffn_sparsity": f"{mask.ffn_sparsity:.6f}",
-                      "weights_remaining": f"{st.weights_remaining(model, mask):.6f}"})
+                      "weights_remaining": f"{st.weights_remaining(mask, st.unit_sizes(model)):.6f}"})
     elif mask is not None:
         prunable = modeling.prunable_parameters(model)
         check_mask_fits(mask, prunable, mask_path)

@@ -197,16 +197,31 @@ def expand(model, mask: StructuredMask) -> dict[str, torch.Tensor]:
     return out
 
 
-def weights_remaining(model, mask: StructuredMask) -> float:
-    """Fraction of the encoder layers' weights (all parameters of encoder.layer) a structured ticket keeps."""
+def unit_sizes(model) -> dict[str, int]:
+    """Parameters owned by one head, by one FFN, and by the rest of a layer (LayerNorms, output-projection bias):
+    recorded with the importance scores, so masks can report their size without a model."""
     lay = layout(model)
-    keep = expand(model, mask)
-    total = kept = 0
-    for name, p in model.named_parameters():
-        if name.startswith(lay.prefix + "."):
-            total += p.numel()
-            kept += int(keep[name].sum()) if name in keep else p.numel()
-    return kept / total
+    params = dict(model.named_parameters())
+    names = unit_params(lay, 0)
+
+    def size(n):
+        return params[f"{n}.weight"].numel() + (params[f"{n}.bias"].numel() if f"{n}.bias" in params else 0)
+
+    d = lay.head_size
+    hidden = params[f"{names['o']}.weight"].shape[0]
+    per_head = 3 * (hidden * d + d) + hidden * d
+    per_ffn = size(names["i"]) + size(names["f"])
+    layer_total = sum(p.numel() for n, p in params.items() if n.startswith(f"{lay.prefix}.0."))
+    return {"per_head": per_head, "per_ffn": per_ffn, "per_layer_rest": layer_total - per_head * lay.num_heads - per_ffn}
+
+
+def weights_remaining(mask: StructuredMask, sizes: dict[str, int]) -> float:
+    """Fraction of the encoder layers' parameters a structured ticket keeps, from ``unit_sizes``."""
+    per_head, per_ffn, per_layer_rest = sizes["per_head"], sizes["per_ffn"], sizes["per_layer_rest"]
+    layers = mask.heads.shape[0]
+    total = layers * (mask.heads.shape[1] * per_head + per_ffn + per_layer_rest)
+    kept = mask.heads.sum() * per_head + mask.ffn.sum() * per_ffn + layers * per_layer_rest
+    return float(kept / total)
 
 
 # ---------------------------------------------------------------------------------------------- gates

@@ -17,7 +17,7 @@ from ticketctl import artifacts
 from ticketctl.context import Context
 from ticketctl.errors import UsageError
 from ticketctl.finetune import IDENTITY_DEFAULTS, dense_weights_path, recording, training_identity, with_fraction
-from ticketctl.structured import TICKETS, StructuredMask, normalize_heads, ticket
+from ticketctl.structured import TICKETS, normalize_heads, ticket, weights_remaining
 from ticketctl.train import TrainConfig, derive_seed
 
 # Bump when the importance computation changes its numbers.
@@ -89,24 +89,12 @@ def structured_search(ctx: Context, cfg: TrainConfig, seed: int, out: Path, leve
     return paths
 
 
-def weights_remaining(mask: StructuredMask, info: dict) -> float:
-    """Fraction of the encoder layers' parameters kept, from the per-unit sizes recorded with the scores (numpy
-    only: no model needed to write a mask)."""
-    per_head, per_ffn, per_layer_rest = info["per_head"], info["per_ffn"], info["per_layer_rest"]
-    layers = mask.heads.shape[0]
-    total = layers * (mask.heads.shape[1] * per_head + per_ffn + per_layer_rest)
-    kept = mask.heads.sum() * per_head + mask.ffn.sum() * per_ffn + layers * per_layer_rest
-    return float(kept / total)
-
-
 def compute_scores(ctx: Context, cfg: TrainConfig, seed: int, out: Path, dense_identity: dict, device_name: str,
                    force: bool):
     import torch
 
-    from ticketctl import modeling, structured, train
+    from ticketctl import distributed, modeling, structured, train
     from ticketctl.search import share_dense_round
-
-    from ticketctl import distributed
 
     device = train.pick_device(distributed.setup(device_name))
     torch.manual_seed(seed)
@@ -138,20 +126,5 @@ def compute_scores(ctx: Context, cfg: TrainConfig, seed: int, out: Path, dense_i
                                               on_step=advance)
     ctx.log.info(f"importance of {lay.num_layers * lay.num_heads} heads and {lay.num_layers} FFNs over "
                  f"{len(ctx.train)} training examples in {time.perf_counter() - t0:.1f}s")
-    info = {"weights": unit_sizes(model, lay), "importance_examples": str(len(ctx.train))}
+    info = {"weights": structured.unit_sizes(model), "importance_examples": str(len(ctx.train))}
     return head_raw, ffn, info
-
-
-def unit_sizes(model, lay) -> dict[str, int]:
-    """Parameters owned by one head, by one FFN, and by the rest of a layer (LayerNorms, output-projection bias)."""
-    from ticketctl.structured import unit_params
-
-    params = dict(model.named_parameters())
-    names = unit_params(lay, 0)
-    size = lambda n: params[f"{n}.weight"].numel() + (params[f"{n}.bias"].numel() if f"{n}.bias" in params else 0)
-    d = lay.head_size
-    hidden = params[f"{names['o']}.weight"].shape[0]
-    per_head = 3 * (hidden * d + d) + hidden * d
-    per_ffn = size(names["i"]) + size(names["f"])
-    layer_total = sum(p.numel() for n, p in params.items() if n.startswith(f"{lay.prefix}.0."))
-    return {"per_head": per_head, "per_ffn": per_ffn, "per_layer_rest": layer_total - per_head * lay.num_heads - per_ffn}
