@@ -92,6 +92,7 @@ def share(members: list[Member], cfg: TrainConfig, seed: int, out: Path, samplin
 
     from ticketctl import modeling, train
     from ticketctl.finetune import write_outputs
+    from ticketctl.fastcpu import training_fastpath
 
     log = members[0].ctx.log
     from ticketctl import distributed
@@ -118,15 +119,16 @@ def share(members: list[Member], cfg: TrainConfig, seed: int, out: Path, samplin
              + ", ".join(f"{n} {len(encs[n])}" for n in names) + f" examples, {device.type}/{cfg.precision}")
     shared.train()
     start = time.perf_counter()
-    with log.progress(f"share s{seed}", total) as advance:
-        for step, task in enumerate(plan):
-            idx = next(streams[task], None)
-            if idx is None:
-                streams[task] = iter(train.length_grouped_batches(encs[task].lengths, cfg.batch_size, rng))
-                idx = next(streams[task])
-            lr = cfg.lr * train.lr_factor(step, total, int(cfg.warmup * total))
-            loss = shared.step(task, train.collate(encs[task], idx, pad, device), labels[task][idx].to(device), lr)
-            advance(step + 1, total, float(loss) if (step + 1) % 10 == 0 or step + 1 == total else None)
+    with training_fastpath(list(shared.models.values()), derive_seed(seed, "dropout"), device):
+        with log.progress(f"share s{seed}", total) as advance:
+            for step, task in enumerate(plan):
+                idx = next(streams[task], None)
+                if idx is None:
+                    streams[task] = iter(train.length_grouped_batches(encs[task].lengths, cfg.batch_size, rng))
+                    idx = next(streams[task])
+                lr = cfg.lr * train.lr_factor(step, total, int(cfg.warmup * total))
+                loss = shared.step(task, train.collate(encs[task], idx, pad, device), labels[task][idx].to(device), lr)
+                advance(step + 1, total, float(loss) if (step + 1) % 10 == 0 or step + 1 == total else None)
     train_time = time.perf_counter() - start
     log.info(f"trained in {train_time:.1f}s")
     models, gates, gate_values, encoder = shared.models, shared.gates, shared.gate_values, shared.first.base_model

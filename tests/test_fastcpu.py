@@ -1,0 +1,126 @@
+"""CPU fast paths of the training step (ticketctl.fastcpu): same mathematics as torch's dropout and embedding
+backward, seeded, and nothing left behind."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ticketctl import fastcpu, modeling
+
+
+def test_mask_drops_at_the_quantised_rate_and_preserves_the_mean():
+    keep = fastcpu.Stream(1).keep(torch.Size([1000, 1000]), 0.1, torch.float32)
+    q = round(0.1 * 65536) / 65536
+    scale = 1 / (1 - q)
+    values = torch.unique(keep).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(scale, rel=1e-7)
+    dropped = float((keep == 0).float().mean())
+    sigma = (q * (1 - q) / keep.numel()) ** 0.5
+    assert abs(dropped - q) < 5 * sigma
+    assert abs(float(keep.double().mean()) - 1) < 5 * sigma * scale
+    assert abs(q - 0.1) <= 2**-17
+
+
+def test_masks_are_seeded_and_in_the_activation_dtype():
+    a = fastcpu.Stream(7).keep(torch.Size([64, 33]), 0.3, torch.bfloat16)
+    b = fastcpu.Stream(7).keep(torch.Size([64, 33]), 0.3, torch.bfloat16)
+    c = fastcpu.Stream(8).keep(torch.Size([64, 33]), 0.3, torch.bfloat16)
+    assert a.dtype == torch.bfloat16 and a.shape == (64, 33)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    s = fastcpu.Stream(7)
+    assert not torch.equal(s.keep(torch.Size([64, 33]), 0.3, torch.float32),
+                           s.keep(torch.Size([64, 33]), 0.3, torch.float32))  # the stream moves on
+
+
+def test_dropout_backward_uses_the_forward_mask():
+    x = (torch.rand(50, 40) + 0.5).requires_grad_()
+    y = fastcpu.Dropout(0.25, fastcpu.Stream(3)).train()(x)
+    y.sum().backward()
+    assert torch.allclose(x.grad * x.detach(), y.detach())
+    assert 0 < float((y == 0).float().mean()) < 0.5
+    drop = fastcpu.Dropout(0.25, fastcpu.Stream(3)).eval()
+    assert torch.equal(drop(x), x)
+
+
+def _model(tiny_model, dropout):
+    torch.manual_seed(0)
+    return modeling.load_model(tiny_model, 2, dropout, "eager")
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 40, (4, 9), generator=g)
+    att = torch.ones_like(ids)
+    ids[2, 6:], att[2, 6:] = 0, 0  # padding
+    ids[0, 3] = ids[1, 3]  # a repeated token: gradients must add up
+    return {"input_ids": ids, "attention_mask": att, "token_type_ids": torch.zeros_like(ids)}
+
+
+def _grads(model, batch, passes=1):
+    for _ in range(passes):
+        model(**batch).logits.square().sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradients_match_torch_and_accumulate(tiny_model):
+    batch = _batch()
+    model = _model(tiny_model, 0.0).train()
+    stock = _grads(model, batch, passes=2)
+    model.zero_grad(set_to_none=True)
+    with fastcpu.training_fastpath(model, 1, torch.device("cpu")):
+        fast = _grads(model, batch, passes=2)  # accumulation over two backwards
+        model.zero_grad(set_to_none=True)
+        again = _grads(model, batch)  # the reused buffer starts from zero
+    assert stock.keys() == fast.keys()
+    for name in stock:
+        assert torch.allclose(stock[name], fast[name], rtol=1e-5, atol=1e-6), name
+        assert torch.allclose(stock[name] / 2, again[name], rtol=1e-5, atol=1e-6), name
+    words = fast["bert.embeddings.word_embeddings.weight"]
+    assert words.abs().sum() > 0 and torch.equal(words[0], torch.zeros_like(words[0]))  # [PAD] row: no gradient
+
+
+def test_dropout_is_seeded_covers_attention_and_eval_is_untouched(tiny_model):
+    batch = _batch()
+    model = _model(tiny_model, 0.1)
+    model.eval()
+    plain = model(**batch).logits
+
+    def train_logits(seed):
+        with fastcpu.training_fastpath(model, seed, torch.device("cpu")):
+            model.train()
+            out = model(**batch).logits
+            model.eval()
+            assert torch.equal(model(**batch).logits, plain)
+        return out
+
+    a, b, c = train_logits(1), train_logits(1), train_logits(2)
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.allclose(a, plain)
+    model.config.hidden_dropout_prob = 0.0
+    for m in model.modules():  # only attention-probability dropout left
+        if isinstance(m, nn.Dropout) and m is not model.bert.encoder.layer[0].attention.self.dropout:
+            m.p = 0.0
+    assert not torch.equal(train_logits(1), train_logits(2))
+
+
+def test_everything_is_restored_and_other_devices_are_left_alone(tiny_model):
+    model = _model(tiny_model, 0.1)
+    before = {n: type(m) for n, m in model.named_modules()}
+    keys = list(model.state_dict())
+    with fastcpu.training_fastpath(model, 1, torch.device("cpu")) as stream:
+        assert isinstance(stream, fastcpu.Stream)
+        assert model.config._attn_implementation == fastcpu.ATTENTION
+        assert any(isinstance(m, fastcpu.Dropout) for m in model.modules())
+        assert list(model.state_dict()) == keys
+    assert {n: type(m) for n, m in model.named_modules()} == before
+    assert model.config._attn_implementation == "eager"
+    assert "forward" not in vars(model.bert.embeddings.word_embeddings)
+    with fastcpu.training_fastpath(model, 1, torch.device("cuda")) as stream:  # never touches the device
+        assert stream is None
+        assert {n: type(m) for n, m in model.named_modules()} == before
+
+
+def test_allocator_tuning_is_idempotent():
+    first = fastcpu.tune_allocator()
+    assert fastcpu.tune_allocator() == first
+    assert isinstance(np.int64(first), np.integer)
