@@ -81,23 +81,34 @@ def step_flops(config, batch: int, width: int) -> float:
     return 3 * (linear + attention + pooler)
 
 
-def run_ticketctl(folder, split, keep, steps, warmup, precision, batch_size, lr):
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def run_ticketctl(folder, split, keep, steps, warmup, precision, batch_size, lr, profile_steps=10):
+    """Time ``steps`` training steps after ``warmup``; then profile ``profile_steps`` more with torch's profiler to
+    see how much of a step its matmuls take and how fast they run at the shapes this model and data give."""
+    from torch.profiler import ProfilerActivity, profile
+
     torch.manual_seed(0)
     model = modeling.load_model(folder, 2, 0.1, modeling.attention_for("cpu"))
     tok = modeling.load_tokenizer(folder)
     enc = encode(tok, split, 128)
     counter = ShapeCounter(model)
     steps_per_epoch = int(np.ceil(len(split) / batch_size))
-    cfg = TrainConfig(epochs=(steps + warmup) / steps_per_epoch, batch_size=batch_size, lr=lr, precision=precision)
+    cfg = TrainConfig(epochs=(steps + warmup + profile_steps) / steps_per_epoch, batch_size=batch_size, lr=lr,
+                      precision=precision)
     marks = {}
-    flops = [0.0]
+    flops = {"timed": 0.0, "profiled": 0.0}
     widths = []
+    window = [None]
+    prof = profile(activities=[ProfilerActivity.CPU])
 
     def hook(module, args, kwargs):
-        if counter.active and module.training:
+        if window[0] is not None and module.training:
             ids = kwargs["input_ids"]
-            flops[0] += step_flops(model.config, ids.shape[0], ids.shape[1])
-            widths.append(ids.shape[1])
+            flops[window[0]] += step_flops(model.config, ids.shape[0], ids.shape[1])
+            if window[0] == "timed":
+                widths.append(ids.shape[1])
 
     model.register_forward_pre_hook(hook, with_kwargs=True)
 
@@ -105,17 +116,38 @@ def run_ticketctl(folder, split, keep, steps, warmup, precision, batch_size, lr)
         if step == warmup:
             marks["start"] = time.perf_counter()
             counter.active = True
+            window[0] = "timed"
         if step == warmup + steps:
             marks["end"] = time.perf_counter()
             counter.active = False
+            if profile_steps:
+                window[0] = "profiled"
+                prof.start()
+                marks["profile_start"] = time.perf_counter()
+            else:
+                window[0] = None
+        if profile_steps and step == warmup + steps + profile_steps:
+            marks["profile_end"] = time.perf_counter()
+            prof.stop()
+            window[0] = None
 
     train(model, enc, split.labels, cfg, 0, torch.device("cpu"), tok.pad_token_id or 0,
           keep={n: k.float() for n, k in keep.items()}, on_step=on_step)
     # The counters run from the forward of step warmup+1 to the one of step warmup+steps; the marks enclose
     # steps warmup+1 .. warmup+steps.
     seconds = marks["end"] - marks["start"]
-    return {"seconds": seconds, "steps": steps, "examples": counter.examples, "real_tokens": counter.real,
-            "padded_tokens": counter.padded, "flops": flops[0], "mean_width": float(np.mean(widths))}
+    res = {"seconds": seconds, "steps": steps, "examples": counter.examples, "real_tokens": counter.real,
+           "padded_tokens": counter.padded, "flops": flops["timed"], "mean_width": float(np.mean(widths))}
+    if profile_steps:
+        events = prof.key_averages()
+        matmul_us = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+        wall = marks["profile_end"] - marks["profile_start"]
+        res["profile"] = {"steps": profile_steps, "wall_seconds": wall, "matmul_seconds": matmul_us / 1e6,
+                          "matmul_share": matmul_us / 1e6 / wall, "flops": flops["profiled"],
+                          "matmul_flops_per_s": flops["profiled"] / (matmul_us / 1e6),
+                          "top": [(e.key, e.self_cpu_time_total / 1e6) for e in
+                                  sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]]}
+    return res
 
 
 def run_reference(folder, split, keep, steps, warmup, batch_size, lr):
@@ -196,6 +228,7 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--profile-steps", type=int, default=10, help="steps profiled after the timed ones (0: none)")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--json", help="also write the results to this file")
@@ -220,7 +253,8 @@ def main() -> None:
     print(f"matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in res["matmul_peak_flops"].items()),
           file=sys.stderr)
 
-    tc = run_ticketctl(folder, split, keep, args.steps, args.warmup, args.precision, args.batch_size, args.lr)
+    tc = run_ticketctl(folder, split, keep, args.steps, args.warmup, args.precision, args.batch_size, args.lr,
+                       args.profile_steps)
     tc["examples_per_s"] = tc["examples"] / tc["seconds"]
     tc["tokens_per_s"] = tc["real_tokens"] / tc["seconds"]
     tc["flops_per_s"] = tc["flops"] / tc["seconds"]
@@ -229,6 +263,12 @@ def main() -> None:
     print(f"ticketctl ({args.precision}): {tc['examples_per_s']:.1f} ex/s, {tc['tokens_per_s']:.0f} tok/s, "
           f"{tc['flops_per_s'] / 1e9:.0f} GFLOP/s = {tc['fraction_of_peak']:.0%} of {args.precision} matmul peak",
           file=sys.stderr)
+    if "profile" in tc:
+        pr = tc["profile"]
+        pr["matmul_fraction_of_peak"] = pr["matmul_flops_per_s"] / res["matmul_peak_flops"][args.precision]
+        print(f"  profiled {pr['steps']} steps: matmuls {pr['matmul_share']:.0%} of the step, running at "
+              f"{pr['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s = {pr['matmul_fraction_of_peak']:.0%} of peak "
+              f"(the ceiling of a step that did nothing else)", file=sys.stderr)
     if not args.skip_reference:
         ref = run_reference(folder, split, keep, args.steps, args.warmup, args.batch_size, args.lr)
         ref["examples_per_s"] = ref["examples"] / ref["seconds"]

@@ -1,17 +1,23 @@
 """Which speed levers pay: time the real ``ticketctl.train.train`` step on MRPC with the default model, changing one
 thing at a time from ticketctl's defaults.
 
-    python benchmarks/levers.py [--steps 30] [--warmup 5]
+    python benchmarks/levers.py [--steps 30] [--warmup 5] [--variants ticketctl,torch-dropout,...]
 
 Variants: padding to 128 instead of dynamic padding; fp32 instead of bf16; masks by ``torch.nn.utils.prune`` hooks
-instead of masked gradients; the per-tensor AdamW loop instead of the fused kernel; SDPA attention instead of eager (ticketctl's CPU choice).
+instead of masked gradients; the per-tensor AdamW loop instead of the fused kernel; SDPA attention instead of eager
+(ticketctl's CPU choice); torch's dropout (``bernoulli_``) instead of ticketctl.fastcpu's masks; torch's embedding
+backward (a fresh gradient tensor per step) instead of the persistent buffer; glibc's default allocator settings;
+none of the three fastcpu paths; and (only when asked for, it compiles for about a minute) ``torch.compile``
+(dynamic shapes, torch's dropout). Each variant runs in its own process (the allocator setting is per process).
 Prints seconds per step and examples/s for each, as JSON on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import subprocess
 import sys
 import time
 
@@ -54,7 +60,20 @@ def run(variant: str, folder, split, keep, steps: int, warmup: int) -> dict:
         T.collate = padded
     if variant == "adamw-loop":
         T.make_adamw = lambda groups, lr: torch.optim.AdamW(groups, lr=lr, foreach=False)
-    marks = {}
+    from ticketctl import fastcpu
+
+    if variant in ("torch-dropout", "compile"):
+        fastcpu.Stream.apply = lambda self, x, p: torch.nn.functional.dropout(x, p, True)
+    if variant == "torch-embedding-grad":
+        fastcpu._plain_embedding = lambda module: False
+    if variant == "glibc-defaults":
+        fastcpu.tune_allocator = lambda: False
+    if variant == "no-fastcpu":
+        T.training_fastpath = lambda *a: contextlib.nullcontext()
+    if variant == "compile":  # the fast path's numpy masks would break the graph: torch's dropout, compiled
+        T.training_fastpath = lambda *a: contextlib.nullcontext()
+        model.compile(dynamic=True)  # in place: train() calls the module as usual
+    marks = {"begin": time.perf_counter()}
 
     def on_step(step, total, loss):
         if step == warmup:
@@ -70,24 +89,33 @@ def run(variant: str, folder, split, keep, steps: int, warmup: int) -> dict:
     finally:
         T.collate, T.make_adamw = original_collate, original_adamw
     seconds = (marks["end"] - marks["start"]) / steps
-    return {"variant": variant, "seconds_per_step": seconds, "examples_per_s": 32 / seconds}
+    return {"variant": variant, "seconds_per_step": seconds, "examples_per_s": 32 / seconds,
+            "warmup_seconds": marks["start"] - marks["begin"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--variants", default="ticketctl,pad-128,fp32,prune-hooks,adamw-loop,sdpa-attention")
+    ap.add_argument("--variants", default="ticketctl,pad-128,fp32,prune-hooks,adamw-loop,sdpa-attention,"
+                    "torch-dropout,torch-embedding-grad,glibc-defaults,no-fastcpu")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # run one variant in this process, print its JSON
     args = ap.parse_args()
-    modeling.quiet_transformers()
-    _, folder = modeling.resolve_model(None)
-    split = data.load_split(get_task("mrpc"), "train")
-    keep = thirty_percent_mask(modeling.load_model(folder, 2, 0.1))
+    if args.one:
+        modeling.quiet_transformers()
+        _, folder = modeling.resolve_model(None)
+        split = data.load_split(get_task("mrpc"), "train")
+        keep = thirty_percent_mask(modeling.load_model(folder, 2, 0.1))
+        print(json.dumps(run(args.one, folder, split, keep, args.steps, args.warmup)))
+        return
     rows = []
     for v in args.variants.split(","):
-        r = run(v, folder, split, keep, args.steps, args.warmup)
+        out = subprocess.run([sys.executable, __file__, "--one", v, "--steps", str(args.steps),
+                              "--warmup", str(args.warmup)], check=True, stdout=subprocess.PIPE, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
         rows.append(r)
-        print(f"{v:16} {r['seconds_per_step']:.3f} s/step  {r['examples_per_s']:.1f} ex/s", file=sys.stderr)
+        print(f"{v:20} {r['seconds_per_step']:.3f} s/step  {r['examples_per_s']:.1f} ex/s  "
+              f"(warm-up {r['warmup_seconds']:.0f} s)", file=sys.stderr)
     print(json.dumps(rows, indent=2))
 
 
