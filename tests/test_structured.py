@@ -143,6 +143,29 @@ def test_physical_pruning_matches_masking_and_reloads(tiny4, glue_dir, tmp_path)
     torch.testing.assert_close(again, pruned.float().double(), atol=1e-5, rtol=1e-5)
 
 
+def test_training_pruned_equals_training_masked(tiny4, glue_dir):
+    """finetune trains a structured ticket physically pruned: same training trajectory as the masked model (no
+    dropout, so no random draws differ), pruned structures included (they stay zero in the masked one)."""
+    from ticketctl.modeling import load_tokenizer
+    from ticketctl.train import TrainConfig, predict, train
+
+    enc, labels, batch = _batch(tiny4, glue_dir)
+    cfg = TrainConfig(epochs=2, batch_size=4, dropout=0.0, lr=1e-3)
+    pad = load_tokenizer(tiny4).pad_token_id
+    masked, pruned = _model(tiny4).float(), _model(tiny4).float()
+    keep = structured.expand(masked, MASK)
+    structured.prune_physically(pruned, MASK)
+    cpu = torch.device("cpu")
+    train(masked, enc, labels, cfg, 3, cpu, pad, keep=keep)
+    train(pruned, enc, labels, cfg, 3, cpu, pad)
+    a, b = predict(masked, enc, cpu, pad, "fp32"), predict(pruned, enc, cpu, pad, "fp32")
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    structured.prune_physically(masked, MASK)  # the trained masked model, pruned, has the same weights
+    for (n, p), q in zip(masked.named_parameters(), pruned.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+
+
 def test_ticket_selection():
     scores = np.array([[0.9, 0.1, 0.5, 0.2], [0.05, 0.02, 0.03, 0.04], [0.8, 0.7, 0.6, 0.3]])
     ffn = np.array([0.3, 0.1, 0.2])

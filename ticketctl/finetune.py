@@ -176,9 +176,11 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
         from ticketctl import structured as st
 
         mask.check_fits(st.layout(model), mask_path)
-        keep = st.expand(model, mask)
         extra.update({"method": "structured", "ffn_sparsity": f"{mask.ffn_sparsity:.6f}",
                       "weights_remaining": f"{st.weights_remaining(mask, st.unit_sizes(model)):.6f}"})
+        # Train the ticket physically pruned: the same function as the masked model (its pruned heads and FFNs
+        # contribute exactly zero and get zero updates), at the compute of the structures it keeps.
+        st.prune_physically(model, mask)
     elif mask is not None:
         prunable = modeling.prunable_parameters(model)
         check_mask_fits(mask, prunable, mask_path)
@@ -208,7 +210,7 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
         save_dense_weights(ctx, model, identity, seed, out)
     ctx.log.info(f"trained in {train_time:.1f}s")
     if save_model is not None:
-        save_trained(ctx, model, tokenizer, cfg, device, save_model, mask if structured else None)
+        save_trained(ctx, model, tokenizer, save_model)
     return paths
 
 
@@ -240,33 +242,13 @@ def check_model_folder(folder: Path) -> None:
     artifacts.ensure_writable(folder.parent if folder.parent != Path("") else Path("."))
 
 
-def save_trained(ctx: Context, model, tokenizer, cfg: TrainConfig, device, folder: Path, structured_mask) -> None:
-    """Save the finetuned model as a transformers folder. A structured ticket is first pruned physically; its size
-    and dev inference time are reported next to the masked model's, and its outputs are checked against them."""
-    import numpy as np
-
-    from ticketctl.train import encode, predict
-
-    pad = tokenizer.pad_token_id or 0
-    if structured_mask is not None:
-        from ticketctl import structured as st
-
-        dev = encode(tokenizer, ctx.evals[0], cfg.max_length)
-        before_params = sum(p.numel() for p in model.parameters())
-        t0 = time.perf_counter()
-        masked = predict(model, dev, device, pad, "fp32")
-        t_masked = time.perf_counter() - t0
-        st.prune_physically(model, structured_mask)
-        t0 = time.perf_counter()
-        pruned = predict(model, dev, device, pad, "fp32")
-        t_pruned = time.perf_counter() - t0
-        diff = float(np.abs(masked - pruned).max())
-        if diff > 1e-3:
-            raise RuntimeError(f"physically pruned model disagrees with the masked one (max |diff| {diff:.2e})")
-        after_params = sum(p.numel() for p in model.parameters())
-        ctx.log.info(f"pruned physically: {after_params:,} of {before_params:,} parameters "
-                     f"({after_params / before_params:.1%}); dev inference (fp32) {t_pruned:.2f}s vs {t_masked:.2f}s "
-                     f"masked; max |output difference| {diff:.1e}")
+def save_trained(ctx: Context, model, tokenizer, folder: Path) -> None:
+    """Save the finetuned model as a transformers folder. A structured ticket was trained physically pruned, so it
+    is saved that way: its config records the structure for reloading (``--model`` / ``--init``)."""
+    structure = getattr(model.config, "ticketctl_structure", None)
+    if structure is not None:
+        ctx.log.info(f"saving the ticket physically pruned: {sum(p.numel() for p in model.parameters()):,} "
+                     f"parameters")
     with artifacts.atomic_folder(folder) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
