@@ -11,6 +11,10 @@ as a fraction of the matmul peak measured here for the dtype used, and the time 
 ``rounds x`` the matching ``finetune`` (pruning machinery overhead).
 
     python benchmarks/bench_train.py [--steps 60] [--warmup 10] [--precision bf16|fp32] [--skip-reference]
+                                     [--profile-steps 10] [--shape default|bert-base]
+
+``--shape bert-base`` runs the same measurement on a BERT-base-shaped model with random weights (speed depends on
+the shapes, not on the weights), to see how the fraction of peak moves with the model's width.
 
 Needs ``accelerate`` for the reference's Trainer: ``pip install accelerate``.
 """
@@ -43,6 +47,23 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     for _ in range(reps):
         a @ b
     return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def bert_base_shaped(default_folder: Path, scratch: Path) -> Path:
+    """A BERT-base-shaped model (12 layers, 768 wide, 3072 FFN) with random weights and the default model's
+    tokenizer: speed depends on shapes, not on weight values, and no model hub is reachable here."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=3072)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(scratch))
+    for f in default_folder.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(f, scratch / f.name)
+    return scratch
 
 
 def thirty_percent_mask(model) -> dict[str, torch.Tensor]:
@@ -229,6 +250,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--profile-steps", type=int, default=10, help="steps profiled after the timed ones (0: none)")
+    ap.add_argument("--shape", default="default", choices=["default", "bert-base"],
+                    help="bert-base: a randomly initialised BERT-base-shaped model instead of the default model")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--json", help="also write the results to this file")
@@ -237,6 +260,10 @@ def main() -> None:
     torch.use_deterministic_algorithms(False)
 
     _, folder = modeling.resolve_model(None)
+    scratch = None
+    if args.shape == "bert-base":
+        scratch = tempfile.TemporaryDirectory()
+        folder = bert_base_shaped(folder, Path(scratch.name))
     task = get_task("mrpc")
     split = data.load_split(task, "train")
     model = modeling.load_model(folder, 2, 0.1)
@@ -245,7 +272,7 @@ def main() -> None:
 
     res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
-           "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size}
+           "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "shape": args.shape}
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     res["matmul_peak_flops"] = {"fp32": matmul_peak(torch.float32)}
     if dtype is torch.bfloat16:
