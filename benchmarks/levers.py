@@ -5,10 +5,9 @@ thing at a time from ticketctl's defaults.
 
 Variants: padding to 128 instead of dynamic padding; fp32 instead of bf16; masks by ``torch.nn.utils.prune`` hooks
 instead of masked gradients; the per-tensor AdamW loop instead of the fused kernel; SDPA attention instead of eager
-(ticketctl's CPU choice); torch's dropout (``bernoulli_``) instead of ticketctl.fastcpu's masks; torch's embedding
-backward (a fresh gradient tensor per step) instead of the persistent buffer; glibc's default allocator settings;
-none of the three fastcpu paths; and (only when asked for, it compiles for about a minute) ``torch.compile``
-(dynamic shapes, torch's dropout). Each variant runs in its own process (the allocator setting is per process).
+(ticketctl's CPU choice); torch's dropout (``bernoulli_``) instead of ticketctl.fastcpu's masks; and (only when
+asked for: it compiles for a minute or more) ``torch.compile`` (dynamic shapes, torch's dropout). Each variant runs
+in its own process, so none inherits another's memory state or compiled kernels.
 Prints seconds per step and examples/s for each, as JSON on stdout.
 """
 
@@ -64,12 +63,6 @@ def run(variant: str, folder, split, keep, steps: int, warmup: int) -> dict:
 
     if variant in ("torch-dropout", "compile"):
         fastcpu.Stream.apply = lambda self, x, p: torch.nn.functional.dropout(x, p, True)
-    if variant == "torch-embedding-grad":
-        fastcpu._plain_embedding = lambda module: False
-    if variant == "glibc-defaults":
-        fastcpu.tune_allocator = lambda: False
-    if variant == "no-fastcpu":
-        T.training_fastpath = lambda *a: contextlib.nullcontext()
     if variant == "compile":  # the fast path's numpy masks would break the graph: torch's dropout, compiled
         T.training_fastpath = lambda *a: contextlib.nullcontext()
         model.compile(dynamic=True)  # in place: train() calls the module as usual
@@ -98,7 +91,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--variants", default="ticketctl,pad-128,fp32,prune-hooks,adamw-loop,sdpa-attention,"
-                    "torch-dropout,torch-embedding-grad,glibc-defaults,no-fastcpu")
+                    "torch-dropout")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # run one variant in this process, print its JSON
     args = ap.parse_args()
     if args.one:

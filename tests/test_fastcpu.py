@@ -1,7 +1,6 @@
-"""CPU fast paths of the training step (ticketctl.fastcpu): same mathematics as torch's dropout and embedding
-backward, seeded, and nothing left behind."""
+"""The CPU fast path of the training step (ticketctl.fastcpu): dropout with torch's mathematics, seeded, the
+attention computation and padding mask unchanged, and nothing left behind."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -63,21 +62,18 @@ def _grads(model, batch, passes=1):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_gradients_match_torch_and_accumulate(tiny_model):
+def test_without_dropout_training_is_torchs(tiny_model):
+    """With dropout off, the fast path's model (its attention function, its padding mask) computes exactly what
+    transformers' eager model computes, gradients included."""
     batch = _batch()
     model = _model(tiny_model, 0.0).train()
-    stock = _grads(model, batch, passes=2)
+    stock = _grads(model, batch)
     model.zero_grad(set_to_none=True)
     with fastcpu.training_fastpath(model, 1, torch.device("cpu")):
-        fast = _grads(model, batch, passes=2)  # accumulation over two backwards
-        model.zero_grad(set_to_none=True)
-        again = _grads(model, batch)  # the reused buffer starts from zero
+        fast = _grads(model, batch)
     assert stock.keys() == fast.keys()
     for name in stock:
-        assert torch.allclose(stock[name], fast[name], rtol=1e-5, atol=1e-6), name
-        assert torch.allclose(stock[name] / 2, again[name], rtol=1e-5, atol=1e-6), name
-    words = fast["bert.embeddings.word_embeddings.weight"]
-    assert words.abs().sum() > 0 and torch.equal(words[0], torch.zeros_like(words[0]))  # [PAD] row: no gradient
+        assert torch.equal(stock[name], fast[name]), name
 
 
 def test_dropout_is_seeded_covers_attention_and_eval_is_untouched(tiny_model):
@@ -114,13 +110,6 @@ def test_everything_is_restored_and_other_devices_are_left_alone(tiny_model):
         assert list(model.state_dict()) == keys
     assert {n: type(m) for n, m in model.named_modules()} == before
     assert model.config._attn_implementation == "eager"
-    assert "forward" not in vars(model.bert.embeddings.word_embeddings)
     with fastcpu.training_fastpath(model, 1, torch.device("cuda")) as stream:  # never touches the device
         assert stream is None
         assert {n: type(m) for n, m in model.named_modules()} == before
-
-
-def test_allocator_tuning_is_idempotent():
-    first = fastcpu.tune_allocator()
-    assert fastcpu.tune_allocator() == first
-    assert isinstance(np.int64(first), np.integer)

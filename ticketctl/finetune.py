@@ -18,7 +18,7 @@ from ticketctl.train import TRAIN_DEFAULTS, TrainConfig
 # Bump when the training computation changes its numbers for the same configuration (optimizer kernel, attention
 # implementation, padding, ...): artifacts of the old computation are then not reused as if they were current.
 # 1: first release; 2: fused AdamW, eager attention on CPU, padding to multiples of 8 (masks moved: IoU 0.978);
-# 3: on CPU, dropout masks from ticketctl.fastcpu and the word-embedding gradient accumulated by index_add_.
+# 3: on CPU, dropout masks from ticketctl.fastcpu; structured tickets trained physically pruned.
 COMPUTATION = 3
 IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "mask": None, "bagging": 1.0, "computation": 1, "train_fraction": 1.0,
                      "init": None}

@@ -194,7 +194,7 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
     mask_grads = [m for _, m in masked]
     parallel = distributed.active()
     trainable = [p for p in params.values() if p.requires_grad]
-    # On CPU: dropout masks from ticketctl.fastcpu (3x faster than torch's) and a persistent embedding gradient.
+    # On CPU, dropout masks come from ticketctl.fastcpu (3x faster than torch's bernoulli_).
     with training_fastpath(model, derive_seed(seed, "dropout"), device):
         while step < total:
             batches = length_grouped_batches(enc.lengths, cfg.batch_size, rng)
