@@ -277,7 +277,7 @@ def main() -> None:
     res["matmul_peak_flops"] = {"fp32": matmul_peak(torch.float32)}
     if dtype is torch.bfloat16:
         res["matmul_peak_flops"]["bf16"] = matmul_peak(torch.bfloat16)
-    print(f"matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in res["matmul_peak_flops"].items()),
+    print("matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in res["matmul_peak_flops"].items()),
           file=sys.stderr)
 
     tc = run_ticketctl(folder, split, keep, args.steps, args.warmup, args.precision, args.batch_size, args.lr,
