@@ -113,3 +113,37 @@ def test_everything_is_restored_and_other_devices_are_left_alone(tiny_model):
     with fastcpu.training_fastpath(model, 1, torch.device("cuda")) as stream:  # never touches the device
         assert stream is None
         assert {n: type(m) for n, m in model.named_modules()} == before
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "electra", "albert"])
+def test_other_architectures_train_as_with_torch(arch):
+    """--model takes any Hugging Face encoder: with dropout off, the fast path changes nothing in what they compute
+    (attention function, padding mask), and it restores them."""
+    from transformers import (AlbertConfig, AutoModelForSequenceClassification, BertConfig, DistilBertConfig,
+                              ElectraConfig, RobertaConfig)
+
+    small = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    config = {"bert": lambda: BertConfig(**small),
+              "roberta": lambda: RobertaConfig(**small, pad_token_id=1),
+              "distilbert": lambda: DistilBertConfig(vocab_size=60, dim=16, n_layers=2, n_heads=2, hidden_dim=32),
+              "electra": lambda: ElectraConfig(**small, embedding_size=16),
+              "albert": lambda: AlbertConfig(**small, embedding_size=16)}[arch]()
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "classifier_dropout_prob", "seq_classif_dropout"):
+        if hasattr(config, key):
+            setattr(config, key, 0.0)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").train()
+    ids = torch.randint(3, 60, (3, 7), generator=torch.Generator().manual_seed(1))
+    att = torch.ones_like(ids)
+    att[1, 5:] = 0
+    batch = {"input_ids": ids, "attention_mask": att}
+    stock = _grads(model, batch)
+    model.zero_grad(set_to_none=True)
+    with fastcpu.training_fastpath(model, 1, torch.device("cpu")):
+        assert model.config._attn_implementation == fastcpu.ATTENTION
+        fast = _grads(model, batch)
+    assert model.config._attn_implementation == "eager"
+    assert stock.keys() == fast.keys()
+    for name in stock:
+        assert torch.equal(stock[name], fast[name]), name
