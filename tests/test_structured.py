@@ -185,7 +185,7 @@ def test_ticket_selection():
 
 def test_share_updates_exactly_the_kept_structures(tiny4, glue_dir):
     from ticketctl.context import Context, DataOptions, Log
-    from ticketctl.share import Member, Shared
+    from ticketctl.share import Member, Shared, _moments
     from ticketctl.train import TrainConfig, collate, encode
     from ticketctl.modeling import load_tokenizer
 
@@ -205,6 +205,7 @@ def test_share_updates_exactly_the_kept_structures(tiny4, glue_dir):
         enc = encode(tok, split, 64)
         idx = np.arange(8)
         before = {n: p.detach().clone() for n, p in named.items()}
+        moments = {n: [m.clone() for m in _moments(shared.opt, named[n])] for n in keep[task]}
         shared.step(task, collate(enc, idx, tok.pad_token_id, torch.device("cpu")),
                     torch.from_numpy(split.labels[idx]), cfg.lr)
         changed_inside = 0
@@ -212,6 +213,8 @@ def test_share_updates_exactly_the_kept_structures(tiny4, glue_dir):
             p = named[n].detach()
             assert torch.equal(p[~k], before[n][~k]), f"{task} step moved {n} outside its ticket"
             changed_inside += int((p[k] != before[n][k]).sum())
+            for old, new in zip(moments[n], _moments(shared.opt, named[n])):  # AdamW's moments too
+                assert torch.equal(new[~k], old[~k]), f"{task} step moved {n}'s optimizer state outside its ticket"
         assert changed_inside > 0
     for n, k in none_kept.items():
         assert torch.equal(named[n].detach()[k], start[n][k]), f"{n}: a structure no task keeps changed"

@@ -171,7 +171,10 @@ class Shared:
                 self.gate_values[n] = (torch.from_numpy(masks[n].heads).float().to(device),
                                        torch.from_numpy(masks[n].ffn).float().to(device))
                 keep = structured.expand(self.first, masks[n])
-                self.frozen[n] = [(named[p], (~k).to(device)) for p, k in keep.items() if not k.all()]
+                # flat positions outside the ticket, found once: gathering and scattering them by index costs
+                # 7.6 ms a step for a 10% MiniLM ticket, boolean-mask indexing 62-73 ms (a nonzero() per tensor)
+                self.frozen[n] = [(named[p], (~k).reshape(-1).nonzero().squeeze(1).to(device))
+                                  for p, k in keep.items() if not k.all()]
             self.gates = structured.Gates(self.first)
         params: dict[int, torch.nn.Parameter] = {}
         for model in models.values():
@@ -221,14 +224,15 @@ class Shared:
             logits = self.models[task](**batch).logits
         loss = structured.example_losses(logits.float(), target).mean()
         loss.backward()
-        saved = [(p, f, p.detach()[f].clone(), [s[f].clone() for s in _moments(self.opt, p)])
-                 for p, f in self.frozen.get(task, [])]
+        saved = [(p, i, p.detach().view(-1).index_select(0, i), [s.view(-1).index_select(0, i)
+                                                                  for s in _moments(self.opt, p)])
+                 for p, i in self.frozen.get(task, [])]
         self.opt.step()
         with torch.no_grad():
-            for p, f, value, moments in saved:
-                p[f] = value
+            for p, i, value, moments in saved:
+                p.view(-1).index_copy_(0, i, value)
                 for s, v in zip(_moments(self.opt, p), moments):
-                    s[f] = v
+                    s.view(-1).index_copy_(0, i, v)
         self.opt.zero_grad(set_to_none=True)
         return loss.detach()
 
