@@ -134,6 +134,19 @@ def test_eval_file_and_bagging(cli, tiny_args, tmp_path, glue_dir):
     assert read_artifact(dev).meta["bagging"] == "0.5"
 
 
+def test_threads_sets_torchs_thread_count(cli, tiny_args, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code, out, err = cli("finetune", "--task", "mrpc", "--seed", "1", "--threads", "2", "--out", tmp_path,
+                             *tiny_args)
+        assert code == 0, err
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_stsb_regression(cli, tiny_args, tmp_path):
     code, out, err = cli("finetune", "--task", "stsb", "--seed", "1", "--out", tmp_path, *tiny_args)
     assert code == 0, err
@@ -152,6 +165,7 @@ def test_stsb_regression(cli, tiny_args, tmp_path):
     (["finetune", "--task", "mrpc", "--mask", "nope.safetensors"], 3, "no such file"),
     (["finetune", "--task", "mrpc", "--no-such-option"], 2, "No such option"),
     (["finetune", "--task", "mrpc", "--precision", "fp8"], 2, "--precision"),
+    (["search", "--task", "mrpc", "--threads", "0"], 2, "--threads must be >= 1"),
     (["finetune", "--task", "mrpc", "--max-length", "200"], 2, "longer than the model takes (128"),
 ])
 def test_bad_input_is_one_line_and_exit_code(cli, tiny_args, tmp_path, args, code, message):

@@ -49,18 +49,26 @@ MaxLength = Annotated[int, typer.Option(help="Maximum tokens per example (trunca
 WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not on biases and LayerNorm).")]
 Warmup = Annotated[float, typer.Option(help="Fraction of the steps used for linear warm-up.")]
 Dropout = Annotated[float, typer.Option(help="Dropout probability of the encoder.")]
+Threads = Annotated[Optional[int], typer.Option(
+    help="CPU threads for torch (default: one per core). Running several jobs on one machine, keep jobs x threads "
+    "<= cores: oversubscribed cores make training many times slower.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More logs on stderr: resolved configuration, data "
                                                              "sources, per-epoch losses, timings.")]
 
 
-def _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device):
+def _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads):
+    from ticketctl.errors import UsageError
     from ticketctl.train import TrainConfig, pick_device, resolve_precision
 
     if precision not in ("fp32", "bf16", "auto"):
-        from ticketctl.errors import UsageError
-
         raise UsageError("--precision must be fp32, bf16 or auto")
+    if threads is not None:
+        if threads < 1:
+            raise UsageError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(threads)
     precision = resolve_precision(precision, pick_device(device))
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, weight_decay=weight_decay,
                        warmup=warmup, dropout=dropout, precision=precision)
@@ -94,6 +102,7 @@ def finetune(
     out: Out = Path("runs"),
     force: Force = False,
     device: Device = "auto",
+    threads: Threads = None,
     precision: Precision = "auto",
     epochs: Epochs = 3.0,
     batch_size: BatchSize = 32,
@@ -105,8 +114,8 @@ def finetune(
     quiet: Quiet = False,
     verbose: Verbose = False,
     save_model: Annotated[Optional[Path], typer.Option(
-        help="Also save the finetuned model as a transformers folder (a structured ticket is pruned physically "
-        "first: smaller and faster).")] = None,
+        help="Also save the finetuned model as a transformers folder (a structured ticket as it was trained: "
+        "physically pruned, smaller and faster).")] = None,
     init: Annotated[Optional[str], typer.Option(
         help="Start from the encoder saved in this folder (finetune/share --save-model) instead of the pretrained "
         "one, with a fresh task head (transfer).")] = None,
@@ -125,7 +134,7 @@ def finetune(
     fractions = parse_fractions(train_fraction)
     if save_model is not None and len(fractions) > 1:
         raise UsageError("--save-model takes a single --train-fraction")
-    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
+    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads)
     ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet, verbose)
     ctx.log.debug(f"config: {cfg.as_dict()}")
     for fraction in fractions:
@@ -162,6 +171,7 @@ def search(
     out: Out = Path("runs"),
     force: Force = False,
     device: Device = "auto",
+    threads: Threads = None,
     precision: Precision = "auto",
     epochs: Epochs = 3.0,
     batch_size: BatchSize = 32,
@@ -189,7 +199,7 @@ def search(
         if policy != "base" or prior or l1 is not None:
             raise UsageError("--policy, --prior and --l1 belong to --method imp")
         kinds = parse_tickets(ticket)
-        cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
+        cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads)
         ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet, verbose)
         ctx.log.debug(f"config: {cfg.as_dict()}")
         print_paths(structured_search(ctx, cfg, seed, out, levels, kinds, device_name=device, force=force,
@@ -202,7 +212,7 @@ def search(
     if ticket != "winning":
         raise UsageError("--ticket belongs to --method structured")
     priors = ["none"] if prior == ["none"] else read_paths(prior) if prior else []
-    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
+    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads)
     ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet, verbose)
     ctx.log.debug(f"config: {cfg.as_dict()}")
     print_paths([run(ctx, cfg, seed, out, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
@@ -225,6 +235,7 @@ def share(
     out: Out = Path("runs"),
     force: Force = False,
     device: Device = "auto",
+    threads: Threads = None,
     precision: Precision = "auto",
     epochs: Epochs = 3.0,
     batch_size: BatchSize = 32,
@@ -245,7 +256,7 @@ def share(
     from ticketctl.context import Log, print_paths
     from ticketctl.share import load_members, share as run
 
-    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device)
+    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads)
     log = Log(quiet, verbose)
     contexts = [_context(t, model, data_dir, max_train_samples, max_eval_samples, None, quiet, log=log) for t in task]
     log.debug(f"config: {cfg.as_dict()}")
