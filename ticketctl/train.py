@@ -194,55 +194,58 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
     mask_grads = [m for _, m in masked]
     parallel = distributed.active()
     trainable = [p for p in params.values() if p.requires_grad]
+    def one_step(idx: np.ndarray, factor: float) -> torch.Tensor:
+        """One optimizer step on the global batch ``idx`` (this process's shard of it); the detached loss."""
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * factor
+        tau_t = l1.tau * factor if l1 else 0.0  # tau decays with the learning rate
+        if schedule_log is not None:
+            schedule_log.append((cfg.lr * factor, tau_t))
+        local = distributed.shard(idx) if parallel else idx
+        weight = 1.0
+        if len(local) == 0:  # a last batch smaller than the number of processes: join the reduction with 0
+            local, weight = idx[:1], 0.0
+        batch = collate(enc, local, pad_id, device)
+        target = y[local].to(device)
+        with autocast(device, cfg.precision):
+            logits = model(**batch).logits
+        logits = logits.float()
+        if regression:
+            loss = torch.nn.functional.mse_loss(logits.view(-1), target.view(-1), reduction="sum")
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+        loss = loss / len(idx)  # the global batch's mean, whichever share of it this process holds
+        if weight == 0.0:
+            loss = loss * 0.0
+        loss.backward()
+        if parallel:
+            loss = loss.detach().clone()
+            distributed.all_reduce_grads(trainable, [loss.view(1)])
+        if reg and tau_t > 0:
+            with torch.no_grad():
+                for p, c in reg:
+                    p.grad.addcmul_(torch.sign(p), c, value=tau_t)
+        if masked:
+            with torch.no_grad():
+                torch._foreach_mul_([p.grad for p, _ in masked], mask_grads)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
     # On CPU, dropout masks come from ticketctl.fastcpu (3x faster than torch's bernoulli_).
     with training_fastpath(model, derive_seed(seed, "dropout"), device):
         while step < total:
-            batches = length_grouped_batches(enc.lengths, cfg.batch_size, rng)
             running = torch.zeros((), device=device)
             count = 0
-            for idx in batches:
+            for idx in length_grouped_batches(enc.lengths, cfg.batch_size, rng):
                 if step >= total:
                     break
-                factor = lr_factor(step, total, warmup_steps)
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * factor
-                tau_t = l1.tau * factor if l1 else 0.0  # tau decays with the learning rate
-                if schedule_log is not None:
-                    schedule_log.append((cfg.lr * factor, tau_t))
-                local = distributed.shard(idx) if parallel else idx
-                weight = 1.0
-                if len(local) == 0:  # a last batch smaller than the number of processes: join the reduction with 0
-                    local, weight = idx[:1], 0.0
-                batch = collate(enc, local, pad_id, device)
-                target = y[local].to(device)
-                with autocast(device, cfg.precision):
-                    logits = model(**batch).logits
-                logits = logits.float()
-                if regression:
-                    loss = torch.nn.functional.mse_loss(logits.view(-1), target.view(-1), reduction="sum")
-                else:
-                    loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-                loss = loss / len(idx)  # the global batch's mean, whichever share of it this process holds
-                if weight == 0.0:
-                    loss = loss * 0.0
-                loss.backward()
-                if parallel:
-                    loss = loss.detach().clone()
-                    distributed.all_reduce_grads(trainable, [loss.view(1)])
-                if reg and tau_t > 0:
-                    with torch.no_grad():
-                        for p, c in reg:
-                            p.grad.addcmul_(torch.sign(p), c, value=tau_t)
-                if masked:
-                    with torch.no_grad():
-                        torch._foreach_mul_([p.grad for p, _ in masked], mask_grads)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                running += loss.detach()
+                loss = one_step(idx, lr_factor(step, total, warmup_steps))
+                running += loss
                 count += 1
                 step += 1
                 if on_step is not None:
-                    on_step(step, total, float(loss.detach()) if step % 10 == 0 or step == total else None)
+                    on_step(step, total, float(loss) if step % 10 == 0 or step == total else None)
             epoch_losses.append(float(running) / max(1, count))
     model.eval()
     return epoch_losses
