@@ -3,8 +3,9 @@
 Dropout masks: torch's CPU dropout draws its mask with ``bernoulli_`` at ~5 ns per element, 27% of a training step
 here (benchmarks/README.md). Here the mask comes from numpy's PCG64DXSM bit generator, 16 random bits per element
 compared against a threshold: an element is dropped with probability ``q = round(p * 2**16) / 2**16``
-(|q - p| <= 2**-17) and kept ones are scaled by ``1 / (1 - q)``, so the expectation is exactly preserved. The mask
-is built in the activation's dtype in one pass, as torch's is, and reused by the backward. Hidden dropout goes
+(|q - p| <= 2**-17) and kept ones are scaled by ``1 / (1 - q)``. The mask is built in the activation's dtype in one
+pass and reused by the backward, as torch's is; like torch's, a bf16 mask rounds the scale (1/0.9 becomes 1.109375,
+so the mean of a bf16 activation is kept at 0.9984 of itself; fp32 activations keep it exactly). Hidden dropout goes
 through the model's ``nn.Dropout`` modules (swapped for :class:`Dropout`), attention-probability dropout through an
 attention function registered with transformers (:func:`attention`, transformers' eager computation otherwise).
 
