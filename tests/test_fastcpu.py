@@ -32,6 +32,15 @@ def test_masks_are_seeded_and_in_the_activation_dtype():
                            s.keep(torch.Size([64, 33]), 0.3, torch.float32))  # the stream moves on
 
 
+def test_kept_values_equal_torchs_in_each_dtype():
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.ones(20000, dtype=dtype)
+        ours = fastcpu.Stream(5).apply(x, 0.1)
+        theirs = torch.nn.functional.dropout(x, 0.1, True)
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours[ours > 0].unique(), theirs[theirs > 0].unique(), rtol=1e-4, atol=0)
+
+
 def test_dropout_backward_uses_the_forward_mask():
     x = (torch.rand(50, 40) + 0.5).requires_grad_()
     y = fastcpu.Dropout(0.25, fastcpu.Stream(3)).train()(x)
