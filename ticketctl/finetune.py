@@ -153,10 +153,9 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
 
     import torch
 
-    from ticketctl import modeling, train
+    from ticketctl import distributed, modeling, train
+    from ticketctl.structured import structure_of
     from ticketctl.train import encode, pick_device
-
-    from ticketctl import distributed
 
     device = pick_device(distributed.setup(device_name))
     torch.manual_seed(seed)  # the task head is drawn from the seed
@@ -164,7 +163,7 @@ def finetune(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: st
                                 modeling.attention_for(device.type))
     if init_dir is not None:
         modeling.load_encoder(model, init_dir)
-        if mask is not None and getattr(model.config, "ticketctl_structure", None):
+        if mask is not None and structure_of(model.config) is not None:
             raise UsageError(f"--init {init}: a physically pruned model takes no --mask (it is the ticket already)")
     model.to(device)
     tokenizer = modeling.load_tokenizer(ctx.model_dir)
@@ -245,8 +244,9 @@ def check_model_folder(folder: Path) -> None:
 def save_trained(ctx: Context, model, tokenizer, folder: Path) -> None:
     """Save the finetuned model as a transformers folder. A structured ticket was trained physically pruned, so it
     is saved that way: its config records the structure for reloading (``--model`` / ``--init``)."""
-    structure = getattr(model.config, "ticketctl_structure", None)
-    if structure is not None:
+    from ticketctl.structured import structure_of
+
+    if structure_of(model.config) is not None:
         ctx.log.info(f"saving the ticket physically pruned: {sum(p.numel() for p in model.parameters()):,} "
                      f"parameters")
     with artifacts.atomic_folder(folder) as tmp:
