@@ -33,9 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ticketctl import data, modeling, search
-from ticketctl.tasks import get_task
-from ticketctl.train import TrainConfig, encode, train
+from ticketctl.data import files
+from ticketctl.data.batching import encode
+from ticketctl.data.tasks import get_task
+from ticketctl.hparams import TrainConfig
+from ticketctl.masks import weights
+from ticketctl.model import loading, units
+from ticketctl.train.loop import train
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
@@ -68,10 +72,10 @@ def bert_base_shaped(default_folder: Path, scratch: Path) -> Path:
 
 def thirty_percent_mask(model) -> dict[str, torch.Tensor]:
     """A real 30% ticket shape: one-shot global magnitude pruning of the pretrained weights."""
-    prunable = modeling.prunable_parameters(model)
+    prunable = units.prunable_parameters(model)
     keep = {n: torch.ones(p.shape, dtype=torch.bool) for n, p in prunable.items()}
     total = sum(p.numel() for p in prunable.values())
-    return search.magnitude_prune({n: p.detach() for n, p in prunable.items()}, keep, round(0.3 * total))
+    return weights.magnitude_prune({n: p.detach() for n, p in prunable.items()}, keep, round(0.3 * total))
 
 
 class ShapeCounter:
@@ -111,8 +115,8 @@ def run_ticketctl(folder, split, keep, steps, warmup, precision, batch_size, lr,
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    model = modeling.load_model(folder, 2, 0.1, modeling.attention_for("cpu"))
-    tok = modeling.load_tokenizer(folder)
+    model = loading.load_model(folder, 2, 0.1, loading.attention_for("cpu"))
+    tok = loading.load_tokenizer(folder)
     enc = encode(tok, split, 128)
     counter = ShapeCounter(model)
     steps_per_epoch = int(np.ceil(len(split) / batch_size))
@@ -177,8 +181,8 @@ def run_reference(folder, split, keep, steps, warmup, batch_size, lr):
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     torch.manual_seed(0)
-    model = modeling.load_model(folder, 2, 0.1)
-    tok = modeling.load_tokenizer(folder)
+    model = loading.load_model(folder, 2, 0.1)
+    tok = loading.load_tokenizer(folder)
     names = dict(model.named_modules())
     for pname, k in keep.items():
         prune.custom_from_mask(names[pname.rsplit(".", 1)[0]], "weight", k.float())
@@ -219,25 +223,25 @@ def run_reference(folder, split, keep, steps, warmup, batch_size, lr):
 
 def time_search_vs_finetunes(folder, split, precision):
     """A 3-round search on a small subset against 3 x the same training, with the same process set-up."""
-    from ticketctl.context import Context, Log
+    from ticketctl.stages.finetune import finetune_context
+    from ticketctl.stages.imp import search_context
+    from ticketctl.stages.setup import Context, Log
 
     task = split.task
     sub = split.subset(np.arange(256))
-    dev = data.load_split(task, "dev").subset(np.arange(64))
-    name, _ = modeling.resolve_model(None)
-    ctx = Context(task, name, folder, modeling.model_fingerprint(folder), sub, [dev], Log(quiet=True))
+    dev = files.load_split(task, "dev").subset(np.arange(64))
+    name, _ = loading.resolve_model(None)
+    ctx = Context(task, name, folder, loading.model_fingerprint(folder), sub, [dev], Log(quiet=True))
     cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-4, precision=precision)
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        search.search(ctx, cfg, 0, Path(out), policy="random", sparsity=0.3, prune_step=0.1, device_name="cpu")
+        search_context(ctx, cfg, torch.device("cpu"), 0, Path(out), policy="random", sparsity=0.3, prune_step=0.1)
         search_s = time.perf_counter() - t
-    from ticketctl.finetune import finetune
-
     ft = []
     for seed in range(3):
         with tempfile.TemporaryDirectory() as out:
             t = time.perf_counter()
-            finetune(ctx, cfg, seed, Path(out), device_name="cpu")
+            finetune_context(ctx, cfg, torch.device("cpu"), seed, Path(out))
             ft.append(time.perf_counter() - t)
     return {"search_seconds": search_s, "finetune_seconds": ft, "rounds": 3}
 
@@ -256,17 +260,17 @@ def main() -> None:
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
-    modeling.quiet_transformers()
+    loading.quiet_transformers()
     torch.use_deterministic_algorithms(False)
 
-    _, folder = modeling.resolve_model(None)
+    _, folder = loading.resolve_model(None)
     scratch = None
     if args.shape == "bert-base":
         scratch = tempfile.TemporaryDirectory()
         folder = bert_base_shaped(folder, Path(scratch.name))
     task = get_task("mrpc")
-    split = data.load_split(task, "train")
-    model = modeling.load_model(folder, 2, 0.1)
+    split = files.load_split(task, "train")
+    model = loading.load_model(folder, 2, 0.1)
     keep = thirty_percent_mask(model)
     del model
 

@@ -23,9 +23,11 @@ import time
 import numpy as np
 import torch
 
-import ticketctl.train as T
-from ticketctl import data, modeling
-from ticketctl.tasks import get_task
+import ticketctl.train.loop as T
+from ticketctl.data import files
+from ticketctl.data.batching import encode
+from ticketctl.data.tasks import get_task
+from ticketctl.model import loading
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from bench_train import thirty_percent_mask  # noqa: E402
@@ -33,14 +35,14 @@ from bench_train import thirty_percent_mask  # noqa: E402
 
 def run(variant: str, folder, split, keep, steps: int, warmup: int) -> dict:
     precision = "fp32" if variant == "fp32" else "bf16"
-    attn = {"attn_implementation": "sdpa" if variant == "sdpa-attention" else modeling.attention_for("cpu")}
+    attn = {"attn_implementation": "sdpa" if variant == "sdpa-attention" else loading.attention_for("cpu")}
     torch.manual_seed(0)
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(str(folder), num_labels=2, **attn)
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config)
-    tok = modeling.load_tokenizer(folder)
-    enc = T.encode(tok, split, 128)
+    tok = loading.load_tokenizer(folder)
+    enc = encode(tok, split, 128)
     mask = {n: k.float() for n, k in keep.items()}
     if variant == "prune-hooks":
         from torch.nn.utils import prune
@@ -59,7 +61,7 @@ def run(variant: str, folder, split, keep, steps: int, warmup: int) -> dict:
         T.collate = padded
     if variant == "adamw-loop":
         T.make_adamw = lambda groups, lr: torch.optim.AdamW(groups, lr=lr, foreach=False)
-    from ticketctl import fastcpu
+    from ticketctl.train import fastcpu
 
     if variant in ("torch-dropout", "compile"):
         fastcpu.Stream.apply = lambda self, x, p: torch.nn.functional.dropout(x, p, True)
@@ -95,10 +97,10 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)  # run one variant in this process, print its JSON
     args = ap.parse_args()
     if args.one:
-        modeling.quiet_transformers()
-        _, folder = modeling.resolve_model(None)
-        split = data.load_split(get_task("mrpc"), "train")
-        keep = thirty_percent_mask(modeling.load_model(folder, 2, 0.1))
+        loading.quiet_transformers()
+        _, folder = loading.resolve_model(None)
+        split = files.load_split(get_task("mrpc"), "train")
+        keep = thirty_percent_mask(loading.load_model(folder, 2, 0.1))
         print(json.dumps(run(args.one, folder, split, keep, args.steps, args.warmup)))
         return
     rows = []

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from ticketctl import diversity as div
-from ticketctl import ensemble as ens
-from ticketctl.artifacts import Mask, read_artifact, write_artifact
-from ticketctl.members import load_members
-from ticketctl.tasks import get_task
+from ticketctl.analysis import diversity as div
+from ticketctl.analysis import combine
+from ticketctl.analysis import ensemble as ens
+from ticketctl.masks.weights import Mask
+from ticketctl.store.artifacts import read_artifact, write_artifact
+from ticketctl.analysis.members import load_members
+from ticketctl.data.tasks import get_task
 
 
 def logits_file(path, outputs, labels=None, ids=None, **meta):
@@ -60,8 +62,8 @@ def test_combinations_match_brute_force():
     task = get_task("mrpc")
     outputs = rng.normal(size=(7, 50, 2))
     labels = rng.integers(0, 2, 50)
-    terms = ens.member_terms(task, outputs, "probs")
-    got = ens.combination_scores(task, terms, labels, 3)
+    terms = combine.member_terms(task, outputs, "probs")
+    got = combine.combination_scores(task, terms, labels, 3)
     want = []
     for c in itertools.combinations(range(7), 3):
         p = np.exp(outputs[list(c)]) / np.exp(outputs[list(c)]).sum(-1, keepdims=True)
@@ -71,15 +73,15 @@ def test_combinations_match_brute_force():
 
 
 def test_groups_protocol():
-    assert ens.groups_of(10, 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert combine.groups_of(10, 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     rng = np.random.default_rng(1)
     task = get_task("mrpc")
     outputs = rng.normal(size=(4, 30, 2))
     labels = rng.integers(0, 2, 30)
-    terms = ens.member_terms(task, outputs, "probs")
-    a = ens.combination_scores(task, terms, labels, 2, [0, 1])["accuracy"]
-    b = ens.combination_scores(task, terms, labels, 2, [2, 3])["accuracy"]
-    from ticketctl.members import Members
+    terms = combine.member_terms(task, outputs, "probs")
+    a = combine.combination_scores(task, terms, labels, 2, [0, 1])["accuracy"]
+    b = combine.combination_scores(task, terms, labels, 2, [2, 3])["accuracy"]
+    from ticketctl.analysis.members import Members
 
     m = Members(task, "dev", [None] * 4, outputs, labels, np.arange(30))
     row = ens.size_table(m, [2], "probs", groups=2)[0]
@@ -91,7 +93,7 @@ def test_ensemble_speed_20_members_2000_examples(tmp_path):
     task = get_task("mrpc")
     outputs = rng.normal(size=(20, 2000, 2))
     labels = rng.integers(0, 2, 2000)
-    from ticketctl.members import Members
+    from ticketctl.analysis.members import Members
 
     m = Members(task, "dev", [None] * 20, outputs, labels, np.arange(2000))
     rows = ens.size_table(m, [2, 3, 4, 5], "probs")
@@ -149,7 +151,7 @@ def test_iou_hand_computed(tmp_path):
         return str(write_artifact(tmp_path / name, "mask", t, {"shapes": s, "model_fingerprint": "m1",
                                                                 "policy": "base", "seed": name[0]}))
 
-    from ticketctl import iou
+    from ticketctl.analysis import iou
 
     a = mask_file("1.safetensors", [1, 1, 0, 0, 1, 1, 1, 1, 1, 0])
     b = mask_file("2.safetensors", [1, 0, 1, 0, 1, 1, 1, 1, 1, 1])
@@ -217,7 +219,25 @@ def test_stats_table_and_ttest(cli, tmp_path):
     rows = [json.loads(x) for x in out.strip().split("\n")]
     assert [r["group"] for r in rows] == ["dense", "random"]
     assert rows[0]["test"] == "ref" and rows[1]["test"] in ("student", "welch")
-    assert rows[1]["combinations"] == 10 and 0 <= rows[1]["p_value"] <= 1
+    assert rows[1]["combinations"] == 10
+    # the p-value is the t-test over the groups' 3-member ensembles, recomputed here by brute force
+    from itertools import combinations
+
+    from scipy import stats as sps
+
+    def ensemble_accuracies(group):
+        probs = [np.exp(o) / np.exp(o).sum(1, keepdims=True) for o in group]
+        return np.array([np.mean(np.mean([probs[i] for i in c], 0).argmax(1) == labels)
+                         for c in combinations(range(5), 3)])
+
+    from ticketctl.store.artifacts import read_artifact
+
+    outputs = [read_artifact(p).tensors["outputs"].astype(np.float64) for p in paths]
+    dense, random_ = ensemble_accuracies(outputs[:5]), ensemble_accuracies(outputs[5:])
+    welch = sps.levene(random_, dense).pvalue < 0.05
+    assert rows[1]["test"] == ("welch" if welch else "student")
+    assert rows[1]["p_value"] == pytest.approx(sps.ttest_ind(random_, dense, equal_var=not welch).pvalue, rel=1e-9)
+    assert rows[1]["ensemble_mean"] == pytest.approx(random_.mean())
     assert rows[1]["vs_ref"] == pytest.approx(rows[1]["ensemble_mean"] - rows[0]["ensemble_mean"])
     assert (tmp_path / "fig3.png").stat().st_size > 1000
     for r in rows:  # the bootstrap interval brackets the ensemble mean
@@ -225,7 +245,7 @@ def test_stats_table_and_ttest(cli, tmp_path):
 
 
 def test_ttest_choice():
-    from ticketctl.stats import ttest
+    from ticketctl.analysis.stats import ttest
 
     a = np.array([0.80, 0.81, 0.79, 0.80, 0.82, 0.78])
     b = np.array([0.70, 0.90, 0.60, 1.00, 0.65, 0.95])
@@ -246,6 +266,7 @@ def test_stats_refuses_a_group_mixing_configurations(cli, tmp_path):
     assert code == 3 and "mixes configurations" in err and "epochs" in err
 
 
+@pytest.mark.slow
 def test_pipeline_search_finetune_into_ensemble_and_stats(tiny_model, glue_dir, tmp_path):
     """The Unix composition the README shows: paths from search/finetune piped into ensemble - and stats -."""
     import os
@@ -278,8 +299,8 @@ def test_pipeline_search_finetune_into_ensemble_and_stats(tiny_model, glue_dir, 
 def test_recipe_check_fills_fields_added_later():
     from pathlib import Path
 
-    from ticketctl.artifacts import Artifact
-    from ticketctl.stats import check_same_recipe
+    from ticketctl.store.artifacts import Artifact
+    from ticketctl.analysis.stats import check_same_recipe
 
     def art(name, config):
         return Artifact(Path(name), {"config": config}, {}, "0" * 64)

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from ticketctl import artifacts
-from ticketctl.artifacts import Mask, config_hash, read_artifact, write_artifact
+from ticketctl.store import artifacts, provenance
+from ticketctl.masks.weights import Mask
+from ticketctl.store.artifacts import read_artifact, write_artifact
+from ticketctl.store.provenance import config_hash
 from ticketctl.errors import InputError
 
 
@@ -34,7 +36,7 @@ def test_write_read_roundtrip_and_metadata(tmp_path):
                        {"task": "mrpc", "seed": "3", "shapes": shapes, "config": {"lr": 1e-4}})
     art = read_artifact(p, "mask")
     assert art.meta["kind"] == "mask" and art.meta["task"] == "mrpc" and art.meta["config"] == {"lr": 1e-4}
-    assert art.sha256 == artifacts.file_sha256(p)
+    assert art.sha256 == provenance.file_sha256(p)
     assert [f.name for f in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left behind
     assert oct(p.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
 

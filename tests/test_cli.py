@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from ticketctl.artifacts import read_artifact
+from ticketctl.store.artifacts import read_artifact
 
 
 def test_help_lists_commands_and_does_not_import_torch():
@@ -220,7 +220,7 @@ def test_cuda_request_without_a_gpu_is_a_usage_error(cli, tiny_args, tmp_path):
 def test_device_and_precision_resolution():
     import torch
 
-    from ticketctl.train import pick_device, resolve_precision
+    from ticketctl.train.device import pick_device, resolve_precision
 
     assert pick_device("cpu").type == "cpu"
     assert pick_device("auto").type in ("cpu", "cuda", "mps")

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ticketctl import data
+from ticketctl.data import files, sampling
 from ticketctl.errors import InputError, UsageError
-from ticketctl.tasks import TASKS, get_task, score
+from ticketctl.data.tasks import TASKS, get_task, score
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -23,8 +23,8 @@ def _rows_in(raw: bytes, header: bool) -> int:
 @pytest.mark.parametrize("split", ["train", "dev"])
 def test_embedded_row_counts_match_files(task, split):
     t = get_task(task)
-    raw = gzip.decompress((data.EMBEDDED_DIR / t.folder / f"{split}.tsv.gz").read_bytes())
-    s = data.load_split(t, split)
+    raw = gzip.decompress((files.EMBEDDED_DIR / t.folder / f"{split}.tsv.gz").read_bytes())
+    s = files.load_split(t, split)
     assert len(s) == _rows_in(raw, header=True)
     assert s.labels is not None and len(s.labels) == len(s)
     assert s.source.startswith("embedded:")
@@ -32,10 +32,10 @@ def test_embedded_row_counts_match_files(task, split):
 
 def test_embedded_known_sizes():
     # GLUE's published sizes for these splits.
-    assert len(data.load_split(get_task("mrpc"), "train")) == 3668
-    assert len(data.load_split(get_task("mrpc"), "dev")) == 408
-    assert len(data.load_split(get_task("rte"), "dev")) == 277
-    assert len(data.load_split(get_task("stsb"), "dev")) == 1500
+    assert len(files.load_split(get_task("mrpc"), "train")) == 3668
+    assert len(files.load_split(get_task("mrpc"), "dev")) == 408
+    assert len(files.load_split(get_task("rte"), "dev")) == 277
+    assert len(files.load_split(get_task("stsb"), "dev")) == 1500
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="no shared GLUE folder beside the checkout")
@@ -44,24 +44,24 @@ def test_shared_glue_row_counts(task):
     t = get_task(task)
     for split in ("train", "dev"):
         raw = (SHARED / t.folder / f"{split}.tsv").read_bytes()
-        s = data.load_split(t, split, str(SHARED))
+        s = files.load_split(t, split, str(SHARED))
         assert len(s) == _rows_in(raw, header=t.headerless is None), (task, split)
 
 
 def test_quotes_inside_sentences_survive(glue_dir):
-    s = data.load_split(get_task("mrpc"), "train", str(glue_dir))
+    s = files.load_split(get_task("mrpc"), "train", str(glue_dir))
     assert s.texts[1][0] == 'He said "no" to the offer.'
     assert s.labels[:4].tolist() == [1, 0, 1, 0]
 
 
 def test_last_line_without_newline(glue_dir):
-    s = data.load_split(get_task("mrpc"), "dev", str(glue_dir))
+    s = files.load_split(get_task("mrpc"), "dev", str(glue_dir))
     assert len(s) == 8
     assert s.texts[-1][1] == "The river is long."
 
 
 def test_rte_string_labels_and_index(glue_dir):
-    s = data.load_split(get_task("rte"), "dev", str(glue_dir))
+    s = files.load_split(get_task("rte"), "dev", str(glue_dir))
     assert s.labels[:2].tolist() == [0, 1]  # entailment = 0
     assert s.ids.tolist() == list(range(8))
 
@@ -70,11 +70,11 @@ def test_cola_headerless_and_test_file_with_header(tmp_path):
     t = get_task("cola")
     (tmp_path / "CoLA").mkdir()
     (tmp_path / "CoLA" / "train.tsv").write_text('gj04\t1\t\tThe "sailors" rode.\ngj04\t0\t*\tRode the.\n')
-    s = data.load_split(t, "train", str(tmp_path))
+    s = files.load_split(t, "train", str(tmp_path))
     assert s.texts == [('The "sailors" rode.',), ("Rode the.",)] and s.labels.tolist() == [1, 0]
     test = tmp_path / "test.tsv"
     test.write_text("index\tsentence\n7\tA sentence.\n8\tAnother.\n")
-    s = data.read_tsv(t, test)
+    s = files.read_tsv(t, test)
     assert s.labels is None and s.ids.tolist() == [7, 8] and s.name == "test"
 
 
@@ -83,20 +83,20 @@ def test_malformed_rows_are_refused_with_line_number(tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tonly one sentence\n")
     with pytest.raises(InputError, match=r"bad.tsv:2: expected 5"):
-        data.read_tsv(t, bad)
+        files.read_tsv(t, bad)
     wrong = tmp_path / "wrong.tsv"
     wrong.write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
     with pytest.raises(InputError, match="no column"):
-        data.read_tsv(t, wrong)
+        files.read_tsv(t, wrong)
     label = tmp_path / "label.tsv"
     label.write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n7\t1\t2\ta\tb\n")
     with pytest.raises(InputError, match="label '7'"):
-        data.read_tsv(t, label)
+        files.read_tsv(t, label)
 
 
 def test_missing_data_dir_file(tmp_path):
     with pytest.raises(InputError, match="no such file"):
-        data.load_split(get_task("mrpc"), "train", str(tmp_path))
+        files.load_split(get_task("mrpc"), "train", str(tmp_path))
 
 
 def test_unknown_task():
@@ -106,13 +106,13 @@ def test_unknown_task():
 
 
 def test_bagging_subsets_differ_by_seed_and_reproduce():
-    a = data.bagging_indices(1000, 0.9, seed=1)
-    b = data.bagging_indices(1000, 0.9, seed=2)
+    a = sampling.bagging_indices(1000, 0.9, seed=1)
+    b = sampling.bagging_indices(1000, 0.9, seed=2)
     assert len(a) == len(b) == 900
     assert len(np.unique(a)) == 900
     assert not np.array_equal(a, b)
-    assert np.array_equal(a, data.bagging_indices(1000, 0.9, seed=1))
-    assert np.array_equal(data.bagging_indices(10, 1.0, seed=1), np.arange(10))
+    assert np.array_equal(a, sampling.bagging_indices(1000, 0.9, seed=1))
+    assert np.array_equal(sampling.bagging_indices(10, 1.0, seed=1), np.arange(10))
 
 
 def test_metrics_hand_computed():

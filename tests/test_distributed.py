@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ticketctl.artifacts import read_artifact
+from ticketctl.store.artifacts import read_artifact
 
 
 def _run(args, env_extra=None, parallel=False):
@@ -19,6 +19,7 @@ def _run(args, env_extra=None, parallel=False):
     return subprocess.run(prefix + ["-m", "ticketctl", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, batch", [("finetune", "8"), ("search", "8"), ("finetune", "23")])
 def test_two_processes_match_one(tiny_model, glue_dir, tmp_path, command, batch):
     # Dropout off: each process draws its own dropout masks, so only then is the computation the same.

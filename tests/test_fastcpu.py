@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ticketctl import fastcpu, modeling
+from ticketctl.model import loading
+from ticketctl.train import fastcpu
 
 
 def test_mask_drops_at_the_quantised_rate_and_preserves_the_mean():
@@ -53,7 +54,7 @@ def test_dropout_backward_uses_the_forward_mask():
 
 def _model(tiny_model, dropout):
     torch.manual_seed(0)
-    return modeling.load_model(tiny_model, 2, dropout, "eager")
+    return loading.load_model(tiny_model, 2, dropout, "eager")
 
 
 def _batch():

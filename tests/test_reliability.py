@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from ticketctl.artifacts import read_artifact
+from ticketctl.store.artifacts import read_artifact
 
 
 def _cmd(tiny_model, glue_dir, out, *extra):
@@ -26,6 +26,7 @@ def _all_artifacts_valid(out):
     return files
 
 
+@pytest.mark.slow
 def test_kill_at_random_points_never_leaves_a_bad_artifact_and_resumes_identically(tiny_model, glue_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     ref = subprocess.run(_cmd(tiny_model, glue_dir, tmp_path / "ref", "--quiet"), capture_output=True, text=True,
@@ -63,6 +64,7 @@ def test_kill_at_random_points_never_leaves_a_bad_artifact_and_resumes_identical
         assert np.array_equal(reference.tensors[k], resumed.tensors[k]), k
 
 
+@pytest.mark.slow
 def test_two_processes_same_out_do_not_clobber(tiny_model, glue_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "ticketctl", "finetune", "--task", "mrpc", "--seed", "1", "--model", str(tiny_model),
@@ -148,9 +150,9 @@ def test_sparsity_outside_open_interval(cli, tiny_args, tmp_path, value):
 
 def test_config_hash_of_a_finetune_is_pinned():
     """The name of a finetune's artifacts must not change between versions unless the computation does."""
-    from ticketctl.artifacts import config_hash
-    from ticketctl.finetune import IDENTITY_DEFAULTS
-    from ticketctl.train import TrainConfig
+    from ticketctl.store.provenance import config_hash
+    from ticketctl.store.provenance import IDENTITY_DEFAULTS
+    from ticketctl.hparams import TrainConfig
 
     identity = {"task": "mrpc", "model": "f" * 64, "seed": 3, "train_data": "d" * 64,
                 **TrainConfig(precision="bf16").as_dict(), "mask": None, "bagging": 1.0, "computation": 1}
@@ -160,8 +162,8 @@ def test_config_hash_of_a_finetune_is_pinned():
 
 def test_computation_version_enters_the_hash():
     """Artifacts of an earlier training computation (same config, other numbers) must not be reused as current."""
-    from ticketctl.artifacts import config_hash
-    from ticketctl.finetune import COMPUTATION, IDENTITY_DEFAULTS
+    from ticketctl.store.provenance import config_hash
+    from ticketctl.store.provenance import COMPUTATION, IDENTITY_DEFAULTS
 
     base = {"task": "mrpc", "seed": 3}
     assert COMPUTATION >= 2

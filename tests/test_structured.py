@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from ticketctl import artifacts, structured
-from ticketctl.structured import Gates, StructuredMask
+from ticketctl.masks import structured as mstructured
+from ticketctl.model import units
+from ticketctl.store import artifacts
+from ticketctl.train import importance
+from ticketctl.masks.structured import StructuredMask
+from ticketctl.model.gates import Gates
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +26,7 @@ def tiny4(tmp_path_factory) -> Path:
 
 
 def _model(folder: Path, num_labels: int = 2, seed: int = 0):
-    from ticketctl.modeling import load_model
+    from ticketctl.model.loading import load_model
 
     torch.manual_seed(seed)
     model = load_model(folder, num_labels, 0.0, "eager").double()
@@ -31,12 +35,12 @@ def _model(folder: Path, num_labels: int = 2, seed: int = 0):
 
 
 def _batch(folder: Path, glue_dir: Path, task: str = "mrpc"):
-    from ticketctl import data
-    from ticketctl.modeling import load_tokenizer
-    from ticketctl.tasks import get_task
-    from ticketctl.train import collate, encode
+    from ticketctl.data import files
+    from ticketctl.model.loading import load_tokenizer
+    from ticketctl.data.tasks import get_task
+    from ticketctl.data.batching import collate, encode
 
-    split = data.load_split(get_task(task), "train", str(glue_dir))
+    split = files.load_split(get_task(task), "train", str(glue_dir))
     tok = load_tokenizer(folder)
     enc = encode(tok, split, 64)
     idx = np.arange(len(enc))
@@ -47,7 +51,7 @@ MASK = StructuredMask(np.array([[1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]], bool)
 
 
 def _apply(model, mask):
-    keep = structured.expand(model, mask)
+    keep = units.expand(model, mask)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, k in keep.items():
@@ -58,7 +62,7 @@ def _apply(model, mask):
 def test_importance_matches_finite_differences(tiny4, glue_dir):
     model = _model(tiny4)
     enc, labels, batch = _batch(tiny4, glue_dir)
-    heads, ffn = structured.importance(model, enc, labels, torch.device("cpu"), 0, "fp32", batch_size=7)
+    heads, ffn = importance.importance(model, enc, labels, torch.device("cpu"), 0, "fp32", batch_size=7)
     assert heads.shape == (3, 4) and ffn.shape == (3,) and (heads > 0).all() and (ffn > 0).all()
     y = torch.from_numpy(labels)
     gates = Gates(model)
@@ -67,7 +71,7 @@ def test_importance_matches_finite_differences(tiny4, glue_dir):
     def losses(h, f):
         gates.set(h, f)
         with torch.no_grad():
-            return structured.example_losses(model(**batch).logits, y)
+            return importance.example_losses(model(**batch).logits, y)
 
     ones_h, ones_f = torch.ones(3, 4, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     for layer, head in [(0, 0), (1, 3), (2, 2)]:
@@ -100,7 +104,7 @@ def test_masked_structures_are_silent_and_gates_agree(tiny4, glue_dir):
         masked = model(**batch).logits
     torch.testing.assert_close(masked, gated)
     # Outputs do not depend on the pruned structures' own weights: scramble them.
-    lay = structured.layout(model)
+    lay = units.layout(model)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for layer in range(3):
@@ -118,7 +122,7 @@ def test_masked_structures_are_silent_and_gates_agree(tiny4, glue_dir):
 
 
 def test_physical_pruning_matches_masking_and_reloads(tiny4, glue_dir, tmp_path):
-    from ticketctl.modeling import load_model
+    from ticketctl.model.loading import load_model
 
     _, _, batch = _batch(tiny4, glue_dir)
     model = _model(tiny4)
@@ -126,12 +130,12 @@ def test_physical_pruning_matches_masking_and_reloads(tiny4, glue_dir, tmp_path)
     before = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         masked = model(**batch).logits
-    structured.prune_physically(model, MASK)
+    units.prune_physically(model, MASK)
     with torch.no_grad():
         pruned = model(**batch).logits
     torch.testing.assert_close(pruned, masked)
     after = sum(p.numel() for p in model.parameters())
-    lay = structured.layout(model)
+    lay = units.layout(model)
     # 5 heads x (3 x (16x4 + 4) + 16x4) and one FFN (16x32 + 32 + 32x16 + 16) are gone
     assert before - after == 5 * (3 * 68 + 64) + (16 * 32 + 32 + 32 * 16 + 16)
     assert lay.layers[1].attention.self.query.out_features == 4
@@ -146,22 +150,23 @@ def test_physical_pruning_matches_masking_and_reloads(tiny4, glue_dir, tmp_path)
 def test_training_pruned_equals_training_masked(tiny4, glue_dir):
     """finetune trains a structured ticket physically pruned: same training trajectory as the masked model (no
     dropout, so no random draws differ), pruned structures included (they stay zero in the masked one)."""
-    from ticketctl.modeling import load_tokenizer
-    from ticketctl.train import TrainConfig, predict, train
+    from ticketctl.model.loading import load_tokenizer
+    from ticketctl.hparams import TrainConfig
+    from ticketctl.train.loop import predict, train
 
     enc, labels, batch = _batch(tiny4, glue_dir)
     cfg = TrainConfig(epochs=2, batch_size=4, dropout=0.0, lr=1e-3)
     pad = load_tokenizer(tiny4).pad_token_id
     masked, pruned = _model(tiny4).float(), _model(tiny4).float()
-    keep = structured.expand(masked, MASK)
-    structured.prune_physically(pruned, MASK)
+    keep = units.expand(masked, MASK)
+    units.prune_physically(pruned, MASK)
     cpu = torch.device("cpu")
     train(masked, enc, labels, cfg, 3, cpu, pad, keep=keep)
     train(pruned, enc, labels, cfg, 3, cpu, pad)
     a, b = predict(masked, enc, cpu, pad, "fp32"), predict(pruned, enc, cpu, pad, "fp32")
     assert np.abs(a).max() > 0
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    structured.prune_physically(masked, MASK)  # the trained masked model, pruned, has the same weights
+    units.prune_physically(masked, MASK)  # the trained masked model, pruned, has the same weights
     for (n, p), q in zip(masked.named_parameters(), pruned.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
 
@@ -169,61 +174,64 @@ def test_training_pruned_equals_training_masked(tiny4, glue_dir):
 def test_ticket_selection():
     scores = np.array([[0.9, 0.1, 0.5, 0.2], [0.05, 0.02, 0.03, 0.04], [0.8, 0.7, 0.6, 0.3]])
     ffn = np.array([0.3, 0.1, 0.2])
-    win = structured.ticket(scores, ffn, 0.5, "winning")
+    win = mstructured.ticket(scores, ffn, 0.5, "winning")
     assert win.heads.sum() == 6 and win.heads.any(axis=1).all()  # one head per layer survives
     assert win.heads[1].tolist() == [True, False, False, False]  # layer 1's best head is kept despite low scores
     assert win.ffn.tolist() == [True, False, False]  # round(1.5) = 2 of 3 FFNs pruned, the least important
-    lose = structured.ticket(scores, ffn, 0.5, "losing")
+    lose = mstructured.ticket(scores, ffn, 0.5, "losing")
     assert lose.heads.astype(int).tolist() == [[0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1]]
     assert lose.ffn.tolist() == [False, True, False]
-    r1 = structured.ticket(scores, ffn, 0.5, "random", np.random.default_rng(1))
-    r2 = structured.ticket(scores, ffn, 0.5, "random", np.random.default_rng(1))
+    r1 = mstructured.ticket(scores, ffn, 0.5, "random", np.random.default_rng(1))
+    r2 = mstructured.ticket(scores, ffn, 0.5, "random", np.random.default_rng(1))
     assert (r1.heads == r2.heads).all() and r1.heads.sum() == 6 and r1.heads.any(axis=1).all()
     with pytest.raises(Exception, match="at most 9 of 12 heads"):
-        structured.ticket(scores, ffn, 0.8, "winning")
+        mstructured.ticket(scores, ffn, 0.8, "winning")
 
 
 def test_share_updates_exactly_the_kept_structures(tiny4, glue_dir):
-    from ticketctl.context import Context, DataOptions, Log
-    from ticketctl.share import Member, Shared, _moments
-    from ticketctl.train import TrainConfig, collate, encode
-    from ticketctl.modeling import load_tokenizer
+    """One step of the training loop on a task's batch, through share's ticket hooks, moves exactly that task's
+    ticket (weights and AdamW moments) and the task's own head."""
+    from ticketctl.data.batching import encode
+    from ticketctl.hparams import DataOptions, TrainConfig
+    from ticketctl.model.loading import load_tokenizer
+    from ticketctl.stages.setup import Context, Log
+    from ticketctl.stages.share import Member, TicketHooks, build_models, mean_example_loss, moments
+    from ticketctl.train.loop import Loop
 
     masks = {"mrpc": MASK,
              "rte": StructuredMask(np.array([[1, 1, 0, 0], [0, 1, 0, 1], [0, 0, 1, 1]], bool), np.array([0, 0, 1], bool))}
     contexts = {t: Context.create(t, str(tiny4), DataOptions(data_dir=str(glue_dir)), Log(True)) for t in masks}
     members = [Member(contexts[t], None) for t in masks]
     cfg = TrainConfig(lr=1e-2, dropout=0.0)
-    shared = Shared.build(members, masks, cfg, 1, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    models = build_models(members, cfg, 1, cpu)
+    first = models["mrpc"]
     tok = load_tokenizer(tiny4)
-    keep = {t: structured.expand(shared.first, m) for t, m in masks.items()}
-    named = dict(shared.first.named_parameters())
+    data = {t: (encode(tok, contexts[t].train, 64), contexts[t].train.labels) for t in masks}
+    loop = Loop(models, data, cfg, 1, cpu, tok.pad_token_id, hooks=TicketHooks(first, masks, cpu),
+                loss=mean_example_loss)
+    keep = {t: units.expand(first, m) for t, m in masks.items()}
+    named = dict(first.named_parameters())
     none_kept = {n: ~(keep["mrpc"][n] | keep["rte"][n]) for n in keep["mrpc"]}
     start = {n: p.detach().clone() for n, p in named.items()}
     for task in ["mrpc", "rte", "mrpc", "rte", "mrpc"]:
-        split = contexts[task].train
-        enc = encode(tok, split, 64)
-        idx = np.arange(8)
         before = {n: p.detach().clone() for n, p in named.items()}
-        moments = {n: [m.clone() for m in _moments(shared.opt, named[n])] for n in keep[task]}
-        shared.step(task, collate(enc, idx, tok.pad_token_id, torch.device("cpu")),
-                    torch.from_numpy(split.labels[idx]), cfg.lr)
+        saved_moments = {n: [m.clone() for m in moments(loop.opt, named[n])] for n in keep[task]}
+        loop.step(task, np.arange(8), 1.0)
         changed_inside = 0
         for n, k in keep[task].items():
             p = named[n].detach()
             assert torch.equal(p[~k], before[n][~k]), f"{task} step moved {n} outside its ticket"
             changed_inside += int((p[k] != before[n][k]).sum())
-            for old, new in zip(moments[n], _moments(shared.opt, named[n])):  # AdamW's moments too
+            for old, new in zip(saved_moments[n], moments(loop.opt, named[n])):  # AdamW's moments too
                 assert torch.equal(new[~k], old[~k]), f"{task} step moved {n}'s optimizer state outside its ticket"
         assert changed_inside > 0
     for n, k in none_kept.items():
         assert torch.equal(named[n].detach()[k], start[n][k]), f"{n}: a structure no task keeps changed"
     # the other task's head is untouched by a step on this task
-    rte_head = {n: p.detach().clone() for n, p in shared.models["rte"].named_parameters() if "classifier" in n}
-    enc = encode(tok, contexts["mrpc"].train, 64)
-    shared.step("mrpc", collate(enc, np.arange(8), tok.pad_token_id, torch.device("cpu")),
-                torch.from_numpy(contexts["mrpc"].train.labels[:8]), cfg.lr)
-    for n, p in shared.models["rte"].named_parameters():
+    rte_head = {n: p.detach().clone() for n, p in models["rte"].named_parameters() if "classifier" in n}
+    loop.step("mrpc", np.arange(8), 1.0)
+    for n, p in models["rte"].named_parameters():
         if "classifier" in n:
             assert torch.equal(p.detach(), rte_head[n])
 
@@ -335,11 +343,11 @@ def test_stats_refuses_a_group_mixing_levels(cli, tiny4, glue_dir, tmp_path):
 
 def test_weights_remaining_counts_the_kept_parameters(tiny4):
     model = _model(tiny4)
-    lay = structured.layout(model)
-    keep = structured.expand(model, MASK)
+    lay = units.layout(model)
+    keep = units.expand(model, MASK)
     total = kept = 0
     for name, p in model.named_parameters():
         if name.startswith(lay.prefix + "."):
             total += p.numel()
             kept += int(keep[name].sum()) if name in keep else p.numel()
-    assert structured.weights_remaining(MASK, structured.unit_sizes(model)) == pytest.approx(kept / total, abs=1e-12)
+    assert mstructured.weights_remaining(MASK, units.unit_sizes(model)) == pytest.approx(kept / total, abs=1e-12)

@@ -4,24 +4,29 @@ import numpy as np
 import pytest
 import torch
 
-from ticketctl import data, modeling, search
-from ticketctl.tasks import get_task
-from ticketctl.train import L1Regularizer, TrainConfig, encode, length_grouped_batches, lr_factor, train
+from ticketctl.data import files
+from ticketctl.masks import weights
+from ticketctl.model import loading, units
+from ticketctl.stages import imp
+from ticketctl.data.tasks import get_task
+from ticketctl.data.batching import encode, length_grouped_batches
+from ticketctl.hparams import TrainConfig
+from ticketctl.train.loop import L1Regularizer, lr_factor, train
 
 
 @pytest.fixture()
 def setup(tiny_model, glue_dir):
     task = get_task("mrpc")
-    split = data.load_split(task, "train", str(glue_dir))
+    split = files.load_split(task, "train", str(glue_dir))
     torch.manual_seed(0)
-    model = modeling.load_model(tiny_model, 2, 0.1)
-    tok = modeling.load_tokenizer(tiny_model)
+    model = loading.load_model(tiny_model, 2, 0.1)
+    tok = loading.load_tokenizer(tiny_model)
     return model, tok, encode(tok, split, 64), split
 
 
 def test_prunable_parameters_are_encoder_and_pooler_linears(setup):
     model = setup[0]
-    names = set(modeling.prunable_parameters(model))
+    names = set(units.prunable_parameters(model))
     assert "bert.encoder.layer.0.attention.self.query.weight" in names
     assert "bert.encoder.layer.1.output.dense.weight" in names
     assert "bert.pooler.dense.weight" in names
@@ -32,31 +37,31 @@ def test_prunable_parameters_are_encoder_and_pooler_linears(setup):
 def test_magnitude_prune_exact_and_global():
     w = {"a": torch.tensor([[0.1, -0.5], [0.3, 0.05]]), "b": torch.tensor([0.2, -0.01, 0.9])}
     keep = {n: torch.ones_like(t, dtype=torch.bool) for n, t in w.items()}
-    k1 = search.magnitude_prune(w, keep, 2)
+    k1 = weights.magnitude_prune(w, keep, 2)
     assert k1["a"].tolist() == [[True, True], [True, False]] and k1["b"].tolist() == [True, False, True]
     # A later round counts already-pruned weights first, whatever their trained value.
     w2 = {"a": torch.tensor([[0.1, -0.5], [0.3, 9.0]]), "b": torch.tensor([0.2, 5.0, 0.9])}
-    k2 = search.magnitude_prune(w2, k1, 3)
+    k2 = weights.magnitude_prune(w2, k1, 3)
     assert k2["a"].tolist() == [[False, True], [True, False]] and k2["b"].tolist() == [True, False, True]
 
 
 def test_rounds_plan_and_exact_counts():
-    assert search.plan_rounds(0.3, 0.1) == 3
+    assert weights.plan_rounds(0.3, 0.1) == 3
     with pytest.raises(Exception, match="not reachable"):
-        search.plan_rounds(0.35, 0.1)
+        weights.plan_rounds(0.35, 0.1)
     with pytest.raises(Exception, match="sparsity must be in"):
-        search.plan_rounds(1.2, 0.1)
+        weights.plan_rounds(1.2, 0.1)
     with pytest.raises(Exception, match="prune-step"):
-        search.plan_rounds(0.3, 0.0)
+        weights.plan_rounds(0.3, 0.0)
     total = 1_000_003
-    assert [search.pruned_count(total, r, 3, 0.3, 0.1) for r in (1, 2, 3)] == [100000, 200001, 300001]
+    assert [weights.pruned_count(total, r, 3, 0.3, 0.1) for r in (1, 2, 3)] == [100000, 200001, 300001]
 
 
 def test_lr_reaches_zero_and_tau_follows(setup):
     model, tok, enc, split = setup
     log = []
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3)
-    coef = {n: torch.ones(p.shape) for n, p in modeling.prunable_parameters(model).items()}
+    coef = {n: torch.ones(p.shape) for n, p in units.prunable_parameters(model).items()}
     train(model, enc, split.labels, cfg, 0, torch.device("cpu"), 0, l1=L1Regularizer(0.5, coef), schedule_log=log)
     steps = 2 * int(np.ceil(len(split) / 8))
     lrs = [lr for lr, _ in log]
@@ -85,7 +90,7 @@ def test_l1_pushes_penalised_weights_towards_zero(setup):
 
 def test_pruned_weights_stay_zero_and_survivors_train(setup):
     model, tok, enc, split = setup
-    prunable = modeling.prunable_parameters(model)
+    prunable = units.prunable_parameters(model)
     g = torch.Generator().manual_seed(1)
     keep = {n: (torch.rand(p.shape, generator=g) > 0.4).float() for n, p in prunable.items()}
     before = {n: p.detach().clone() for n, p in prunable.items()}
@@ -99,23 +104,24 @@ def test_pruned_weights_stay_zero_and_survivors_train(setup):
 
 def test_random_policy_coefficients():
     shapes = {"a": (200, 100), "b": (300,)}
-    c1 = search.random_coefficients(shapes, 0.3, seed=1)
-    c2 = search.random_coefficients(shapes, 0.3, seed=2)
+    c1 = imp.random_coefficients(shapes, 0.3, seed=1)
+    c2 = imp.random_coefficients(shapes, 0.3, seed=2)
     flat = torch.cat([c.ravel() for c in c1.values()])
     assert set(flat.unique().tolist()) == {0.0, 1.0}
     assert (flat == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)  # P(0) = target sparsity
     assert not torch.equal(c1["a"], c2["a"])
-    assert torch.equal(c1["a"], search.random_coefficients(shapes, 0.3, seed=1)["a"])
+    assert torch.equal(c1["a"], imp.random_coefficients(shapes, 0.3, seed=1)["a"])
 
 
 def test_active_policy_coefficients_are_mean_of_priors(tmp_path):
-    from ticketctl.artifacts import Mask, read_artifact, write_artifact
+    from ticketctl.masks.weights import Mask
+    from ticketctl.store.artifacts import read_artifact, write_artifact
 
     arts = []
     for i, bits in enumerate([[1, 0, 1, 1], [1, 1, 0, 1]]):
         t, s = Mask({"w": np.array(bits, dtype=bool)}).pack()
         arts.append(read_artifact(write_artifact(tmp_path / f"{i}.safetensors", "mask", t, {"shapes": s})))
-    coef = search.active_coefficients(arts)
+    coef = imp.active_coefficients(arts)
     assert coef["w"].tolist() == [1.0, 0.5, 0.5, 1.0]
 
 
@@ -133,7 +139,7 @@ def test_magnitude_prune_matches_a_stable_sort_with_ties():
         w = {"a": torch.randint(-5, 6, (37, 11), generator=g).float() / 10, "b": torch.randn(53, generator=g)}
         keep = {n: torch.rand(t.shape, generator=g) > 0.3 for n, t in w.items()}
         n = int(torch.randint(0, 460, (1,), generator=g))
-        got = search.magnitude_prune(w, keep, n)
+        got = weights.magnitude_prune(w, keep, n)
         names = sorted(w)
         mags = torch.cat([torch.where(keep[k], w[k].abs(), torch.tensor(-1.0)).ravel() for k in names])
         ref = torch.ones(mags.numel(), dtype=torch.bool)

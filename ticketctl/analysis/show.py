@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
-from ticketctl.artifacts import Artifact, read_artifact
+from ticketctl.analysis.tables import note
+from ticketctl.errors import InputError
+from ticketctl.store.artifacts import Artifact, read_artifact
 
 
 def summary(art: Artifact) -> dict:
@@ -31,7 +33,7 @@ def verify(art: Artifact) -> list[dict]:
     """Recompute each parent's content hash: ok, changed, or missing."""
     from pathlib import Path
 
-    from ticketctl.artifacts import file_sha256
+    from ticketctl.store.provenance import file_sha256
 
     rows = []
     for par in art.meta.get("parents") or []:
@@ -46,8 +48,13 @@ def verify(art: Artifact) -> list[dict]:
     return rows
 
 
-def show(paths: list[str], as_json: bool, check: bool = False) -> bool:
-    """Print each artifact; with ``check``, verify its parents. Returns False if any parent changed or is missing."""
+def show(paths: list[str], as_json: bool = False, check: bool = False, plot: str | None = None) -> None:
+    """Print each artifact; with ``check``, verify its parents (an InputError if any changed or is missing); with
+    ``plot``, draw the logits artifacts' training curves to that file instead."""
+    if plot:
+        n = plot_curves(paths, plot)
+        note(f"wrote {plot} ({n} training curves)")
+        return
     all_ok = True
     for p in paths:
         art = read_artifact(p)
@@ -84,13 +91,14 @@ def show(paths: list[str], as_json: bool, check: bool = False) -> bool:
             mark = f" [{status[par['path']]}]" if par["path"] in status else ""
             sys.stdout.write(f"  {'parent':12} {par['path']} ({par['sha256'][:12]}){mark}\n")
     sys.stdout.flush()
-    return all_ok
+    if not all_ok:
+        raise InputError("a parent artifact changed or is missing (see [changed] / [missing] above)")
 
 
 def plot_curves(paths: list[str], out: str) -> int:
     """Training curves (loss every 10 steps) of logits artifacts, one line each; returns how many were drawn."""
+    from ticketctl.analysis.plots import pyplot, save_figure
     from ticketctl.errors import UsageError
-    from ticketctl.plots import pyplot, save_figure
 
     arts = [read_artifact(p, "logits") for p in paths]
     curves = [(a, a.meta.get("loss_curve") or []) for a in arts]

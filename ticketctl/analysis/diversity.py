@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticketctl.members import Members
-from ticketctl.tasks import predictions
+from ticketctl.analysis import tables
+from ticketctl.analysis.members import Members, load_members
+from ticketctl.data.tasks import predictions
+from ticketctl.errors import UsageError
 
 DIRECTIONS = {"q_statistic": "lower = more diverse", "correlation": "lower = more diverse",
               "disagreement": "higher = more diverse", "negative_double_fault": "higher = more diverse",
@@ -110,3 +112,19 @@ def regression_summary(members: Members) -> list[dict]:
         {"metric": "mean_member_squared_error", "value": member_err, "direction": ""},
         {"metric": "mean_ambiguity", "value": ambiguity, "direction": "higher = more diverse"},
     ]
+
+
+def diversity(paths: list[str], matrix: bool = False, fmt: str = "table") -> None:
+    """Print the mean pairwise diversity of the members (every pair with ``matrix``)."""
+    members = load_members(paths, minimum=2)
+    if members.labels is None:
+        raise UsageError("diversity needs a labelled split")
+    title = f"{members.task.name} {members.split}: diversity of {len(members)} members"
+    if members.task.is_regression:
+        tables.emit(regression_summary(members), ["metric", "value", "direction"], fmt, title)
+        return
+    correct = oracle(members)
+    if matrix:
+        tables.emit(pair_rows(correct, members.names), ["a", "b", *DIRECTIONS], fmt, title)
+    else:
+        tables.emit(summary(correct), ["metric", "value", "direction"], fmt, title + " (mean over pairs)")

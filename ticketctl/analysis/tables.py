@@ -1,4 +1,4 @@
-"""Tables on stdout: a rich table for people, ``tsv``/``json``/``markdown`` for scripts and papers."""
+"""Tables on stdout: a rich table for people, ``tsv``/``json``/``markdown`` for scripts and papers; notes on stderr."""
 
 from __future__ import annotations
 
@@ -60,3 +60,8 @@ def emit(rows: list[dict], columns: list[str], fmt: str = "table", title: str | 
             console.print(title, markup=False, style="italic")
         console.print(table)
     out.flush()
+
+
+def note(msg: str) -> None:
+    """A line for people (files written, what a selection chose) on stderr, away from the results."""
+    sys.stderr.write(msg + "\n")

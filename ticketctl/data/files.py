@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ticketctl.data.tasks import Task
 from ticketctl.errors import InputError
-from ticketctl.tasks import Task
 
-EMBEDDED_DIR = Path(__file__).parent / "data" / "glue"
+EMBEDDED_DIR = Path(__file__).parent / "glue"
 
 
 @dataclass
@@ -179,23 +179,3 @@ def _load_from_hub(task: Task, split: str) -> Split:  # pragma: no cover - needs
     if not task.is_regression and (labels < 0).all():
         labels = None  # the hub marks unlabelled rows with -1
     return Split(task, split, texts, labels, np.asarray(ds["idx"], dtype=np.int64), f"hub:nyu-mll/glue/{task.hub_name}")
-
-
-def bagging_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """A seed-dependent subset of round(fraction * n) training examples, drawn without replacement, in file order."""
-    if fraction >= 1.0:
-        return np.arange(n)
-    k = max(1, int(round(fraction * n)))
-    rng = np.random.default_rng([seed, 0xBA6])
-    return np.sort(rng.choice(n, size=k, replace=False))
-
-
-def fraction_indices(n: int, fraction: float, seed: int) -> np.ndarray:
-    """A seed-dependent subset of max(1, round(fraction * n)) training examples, in file order. Nested: for one seed,
-    a smaller fraction's examples are a subset of a larger one's (prefixes of one permutation), so a few-shot curve
-    moves by adding data, not by redrawing it."""
-    if fraction >= 1.0:
-        return np.arange(n)
-    k = max(1, int(round(fraction * n)))
-    rng = np.random.default_rng([seed, 0xF4AC])
-    return np.sort(rng.permutation(n)[:k])

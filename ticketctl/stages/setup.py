@@ -1,0 +1,351 @@
+"""What every training stage shares. Each stage (finetune, imp search, structured search, share) is
+
+    identity -> finished already? -> setup -> loop -> write
+
+and every step but the loop is here: the resolved task, model and data (:class:`Context`), the run's device and
+precision (:func:`start`), the identity that names its artifacts (:func:`training_identity`), the reuse check
+(:func:`finished`), loading the seeded model (:func:`load_model`), and writing logits, dense weights and saved
+models with their provenance.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ticketctl.data import files as data_files
+from ticketctl.data.batching import encode
+from ticketctl.data.tasks import Task, get_task, predictions, score
+from ticketctl.errors import InputError, UsageError
+from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.model import loading
+from ticketctl.model.units import structure_of
+from ticketctl.store import atomic, paths
+from ticketctl.store.artifacts import Artifact, existing, read_artifact, write_artifact
+from ticketctl.store.provenance import COMPUTATION, IDENTITY_DEFAULTS, config_hash, provenance
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+class Log:
+    """Progress and messages on stderr only; stdout is for results."""
+
+    def __init__(self, quiet: bool = False, verbose: bool = False):
+        from rich.console import Console
+
+        self.quiet = quiet or os.environ.get("RANK", "0") != "0"
+        self.verbose = verbose and not self.quiet
+        self.console = Console(stderr=True, highlight=False)
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            self.console.print(msg, markup=False, soft_wrap=True)
+
+    def debug(self, msg: str) -> None:
+        """Details for --verbose: resolved configuration, data sources, per-epoch losses, timings."""
+        if self.verbose:
+            self.console.print(msg, markup=False, soft_wrap=True, style="dim")
+
+    def progress(self, description: str, total: int):
+        """A context manager yielding ``advance(step, total, loss)``; a no-op when quiet or not a terminal."""
+        return _Progress(self, description, total)
+
+
+class _Progress:
+    def __init__(self, log: Log, description: str, total: int):
+        self.log, self.description, self.total = log, description, total
+        self.bar = None
+
+    def __enter__(self):
+        if not self.log.quiet and self.log.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                console=self.log.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=self.total, loss="-")
+        return self.advance
+
+    def advance(self, step: int, total: int, loss: float | None) -> None:
+        if self.bar is not None:
+            fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
+            self.bar.update(self.task, completed=step, total=total, **fields)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def recording(advance, curve: list):
+    """A training callback that also keeps the logged losses ([step, loss] every 10 steps) for ``loss_curve``."""
+    def on_step(step, total, loss):
+        advance(step, total, loss)
+        if loss is not None:
+            curve.append([step, round(loss, 5)])
+
+    return on_step
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+# ---------------------------------------------------------------------------------------------- task, model, data
+
+
+@dataclass
+class Context:
+    """A task with its model and data resolved: what a training stage's results depend on besides its config."""
+
+    task: Task
+    model_name: str
+    model_dir: Path
+    model_fp: str
+    train: data_files.Split
+    evals: list[data_files.Split]
+    log: Log
+
+    @classmethod
+    def create(cls, task_name: str, model: str | None, opts: DataOptions, log: Log) -> "Context":
+        task = get_task(task_name)
+        opts.validate()
+        model_name, model_dir = loading.resolve_model(model)
+        model_fp = loading.model_fingerprint(model_dir)
+        train = data_files.load_split(task, "train", opts.data_dir)
+        if train.labels is None:
+            raise InputError(f"{train.source}: the training split has no labels")
+        if opts.max_train_samples is not None:
+            train = train.subset(np.arange(min(opts.max_train_samples, len(train))))
+        evals = [data_files.load_split(task, "dev", opts.data_dir)]
+        for f in opts.eval_files:
+            evals.append(data_files.read_tsv(task, f))
+        names = [s.name for s in evals]
+        if len(set(names)) != len(names):
+            raise UsageError(f"two evaluation splits are both named {sorted(n for n in names if names.count(n) > 1)[0]!r}"
+                             f" (rename an --eval-file)")
+        if opts.max_eval_samples is not None:
+            evals = [s.subset(np.arange(min(opts.max_eval_samples, len(s)))) for s in evals]
+        log.debug(f"{task.name}: model {model_name} ({model_dir}, fingerprint {model_fp[:10]}); train {train.source} "
+                  f"({len(train)} examples); " + "; ".join(f"{s.name} {s.source} ({len(s)})" for s in evals))
+        return cls(task, model_name, model_dir, model_fp, train, evals, log)
+
+    def with_train(self, split: data_files.Split) -> "Context":
+        return replace(self, train=split)
+
+    def meta(self, **fields) -> dict:
+        """This context's provenance (task, model, fingerprint, versions) plus an artifact's own fields."""
+        return provenance(self.task.name, self.model_name, self.model_fp, **fields)
+
+
+def start(task: str | list[str], train: TrainConfig, data: DataOptions, run: RunOptions,
+          data_parallel: bool = True):
+    """Setup of a training command, before any training: the device and precision (once), the task(s) with model
+    and data, and the resolved, validated training config. Returns (context or contexts, config, device)."""
+    from ticketctl.train.device import runtime
+
+    device, precision = runtime(run.device, train.precision, run.threads, data_parallel)
+    cfg = replace(train, precision=precision)
+    log = Log(run.quiet, run.verbose)
+    tasks = [task] if isinstance(task, str) else list(task)
+    contexts = [Context.create(t, run.model, data, log) for t in tasks]
+    log.debug(f"config: {cfg.as_dict()}")
+    cfg.validate()
+    atomic.ensure_writable(run.out)
+    return (contexts[0] if isinstance(task, str) else contexts), cfg, device
+
+
+# ---------------------------------------------------------------------------------------------- identity and reuse
+
+
+def training_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split: data_files.Split,
+                      mask_digest: str | None = None, bagging: float = 1.0, **extra) -> dict:
+    """Everything a finetune's result depends on. The dense finetune of ``finetune`` and the first round of a
+    ``base`` search share it, so either can reuse the other's work."""
+    return {"task": ctx.task.name, "model": ctx.model_fp, "seed": seed, "train_data": train_split.fingerprint,
+            **cfg.as_dict(), "mask": mask_digest, "bagging": bagging, "computation": COMPUTATION, **extra}
+
+
+def identity_hash(identity: dict, defaults: dict | None = None) -> str:
+    return config_hash(identity, IDENTITY_DEFAULTS if defaults is None else defaults)
+
+
+def logits_paths(ctx: Context, identity: dict, scheme: str, seed: int, out: Path) -> list[tuple[data_files.Split, Path, str]]:
+    rows = []
+    for split in ctx.evals:
+        h = identity_hash({**identity, "eval_data": split.fingerprint})
+        rows.append((split, out / paths.logits_name(ctx.task.name, split.name, scheme, seed, h), h))
+    return rows
+
+
+def dense_weights_path(ctx: Context, identity: dict, seed: int, out: Path) -> Path:
+    return out / paths.CACHE_DIR / paths.dense_weights_name(ctx.task.name, seed, identity_hash(identity))
+
+
+def finished(log: Log, targets: list[Path], kind: str, force: bool) -> bool:
+    """The stage's "finished already?" step: every target exists as a readable artifact of ``kind``."""
+    if force or not all(existing(p, kind) for p in targets):
+        return False
+    log.info("finished already (same config): reusing " + ", ".join(str(p) for p in targets))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def load_mask(ctx: Context, path: str) -> Artifact:
+    art = read_artifact(path, "mask")
+    if art.meta.get("model_fingerprint") != ctx.model_fp:
+        raise InputError(f"{path}: mask was made for model {art.meta.get('model')!r} "
+                         f"(fingerprint {art.meta.get('model_fingerprint', '?')[:10]}), not for {ctx.model_name!r} "
+                         f"({ctx.model_fp[:10]}); pass the same --model")
+    if art.method not in ("imp", "structured"):
+        raise InputError(f"{path}: {art.method} masks are not supported by this command")
+    if art.meta.get("task") != ctx.task.name:
+        ctx.log.info(f"note: mask was found on {art.meta.get('task')}, finetuning on {ctx.task.name}")
+    return art
+
+
+def check_mask_fits(mask, prunable: dict, source: str | None) -> None:
+    if set(mask.keep) != set(prunable):
+        raise InputError(f"{source}: mask parameters do not match the model's prunable weights")
+    for n, p in prunable.items():
+        if tuple(mask.keep[n].shape) != tuple(p.shape):
+            raise InputError(f"{source}: mask for {n} has shape {mask.keep[n].shape}, the model's is {tuple(p.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def load_model(ctx: Context, cfg: TrainConfig, seed: int, device, head_seed: int | None = None, move: bool = True):
+    """The pretrained classifier for ``ctx``'s task; its task head drawn from ``head_seed`` (default: the seed)."""
+    import torch
+
+    torch.manual_seed(seed if head_seed is None else head_seed)
+    model = loading.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout, loading.attention_for(device.type))
+    return model.to(device) if move else model
+
+
+def load_tokenizer(ctx: Context, cfg: TrainConfig, model):
+    """The model's tokenizer; ``--max-length`` must fit the model."""
+    tokenizer = loading.load_tokenizer(ctx.model_dir)
+    loading.check_max_length(cfg.max_length, model, tokenizer)
+    return tokenizer
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id or 0
+
+
+def dense_train(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, description: str,
+                keep=None, l1=None, enc=None) -> tuple[list[float], list, float]:
+    """Run the training loop on ``ctx``'s training set with progress on stderr; returns (epoch losses, loss curve,
+    seconds)."""
+    from ticketctl.train.loop import train
+
+    enc = encode(tokenizer, ctx.train, cfg.max_length) if enc is None else enc
+    curve: list = []
+    start_time = time.perf_counter()
+    with ctx.log.progress(description, 1) as advance:
+        losses = train(model, enc, ctx.train.labels, cfg, seed, device, pad_id(tokenizer), keep=keep, l1=l1,
+                       on_step=recording(advance, curve))
+    return losses, curve, time.perf_counter() - start_time
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def write_logits(ctx: Context, split: data_files.Split, path: Path, outputs: np.ndarray, meta: dict) -> dict[str, float]:
+    tensors = {"outputs": outputs.astype(np.float32), "ids": split.ids}
+    metrics = {}
+    if split.labels is not None:
+        tensors["labels"] = split.labels
+        metrics = score(ctx.task, predictions(ctx.task, outputs), split.labels)
+    write_artifact(path, "logits", tensors, ctx.meta(
+        split=split.name, split_source=split.source, data_fingerprint=split.fingerprint, examples=str(len(split)),
+        metrics=metrics or None, **meta))
+    return metrics
+
+
+def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows, meta: dict) -> list[dict]:
+    """Evaluate the trained model on every split of ``rows`` (from ``logits_paths``) and write its logits artifacts;
+    returns each split's metrics."""
+    from ticketctl.train import distributed
+    from ticketctl.train.loop import predict
+
+    results = []
+    for split, path, h in rows:
+        if not distributed.is_main():  # process 0 evaluates and writes; the others hold the same weights
+            results.append({})
+            continue
+        outputs = predict(model, encode(tokenizer, split, cfg.max_length), device, pad_id(tokenizer), cfg.precision)
+        metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h})
+        ctx.log.info(f"{split.name}: {format_metrics(metrics) or 'unlabelled'} -> {path}")
+        results.append(metrics)
+    return results
+
+
+def save_dense_weights(ctx: Context, model, identity: dict, seed: int, out: Path) -> None:
+    """Keep the trained weights of a dense finetune (the whole state), so that the first IMP round of a ``base``
+    search and the importance scores of a structured search with the same seed and config need not train again."""
+    weights = {n: p.detach().float().cpu().numpy() for n, p in model.state_dict().items() if p.is_floating_point()}
+    write_artifact(dense_weights_path(ctx, identity, seed, out), "weights", weights,
+                   ctx.meta(seed=str(seed), config=identity))
+
+
+def write_dense_finetune(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, out: Path, identity: dict,
+                         device, meta: dict) -> list[dict]:
+    """The outputs of a dense finetune, under the names ``finetune`` gives them, and its weights for reuse: written
+    by ``finetune`` and by the dense rounds of ``search`` (IMP round 1 of ``base``, a structured search's
+    finetune), so that whichever runs second costs nothing."""
+    metrics = write_outputs(ctx, model, tokenizer, cfg, device, logits_paths(ctx, identity, "dense", seed, out), meta)
+    save_dense_weights(ctx, model, identity, seed, out)
+    return metrics
+
+
+def dense_round_meta(ctx: Context, seed: int, dense_identity: dict, curve: list | None) -> dict:
+    """Provenance of a dense finetune that a search ran as its first step (written under ``finetune``'s names)."""
+    return {"seed": str(seed), "policy": "dense", "sparsity": "0", "bagging": "1.0", "config": dense_identity,
+            "init_model": "pretrained", "train_fraction": str(dense_identity.get("train_fraction", 1.0)),
+            "train_examples": str(len(ctx.train)),
+            "parents": [], "produced_by": "search round 1", "loss_curve": curve or None}
+
+
+def reuse_dense_weights(ctx: Context, identity: dict, seed: int, out: Path, force: bool, names) -> Artifact | None:
+    """The finished dense finetune with this identity (its weights artifact), if it holds all of ``names``."""
+    if force:
+        return None
+    cached = existing(dense_weights_path(ctx, identity, seed, out), "weights")
+    if cached is None or not all(n in cached.tensors for n in names):
+        return None
+    return cached
+
+
+def check_model_folder(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UsageError(f"--save-model {folder}: exists and is not an empty folder")
+    atomic.ensure_writable(folder.parent if folder.parent != Path("") else Path("."))
+
+
+def save_trained(ctx: Context, model, tokenizer, folder: Path) -> None:
+    """Save the finetuned model as a transformers folder. A structured ticket was trained physically pruned, so it
+    is saved that way: its config records the structure for reloading (``--model`` / ``--init``)."""
+    if structure_of(model.config) is not None:
+        ctx.log.info(f"saving the ticket physically pruned: {sum(p.numel() for p in model.parameters()):,} "
+                     f"parameters")
+    with atomic.atomic_folder(folder) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    ctx.log.info(f"saved model ({size / 1e6:.1f} MB of weights) -> {folder}")

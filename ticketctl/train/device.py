@@ -1,0 +1,66 @@
+"""Where a run computes: the device (``--device``), its precision (``--precision auto``) and CPU threads."""
+
+from __future__ import annotations
+
+from ticketctl.errors import UsageError
+from ticketctl.train import distributed
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def pick_device(device: str):
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: no MPS device is available")
+    if device not in ("cpu", "cuda", "mps"):
+        raise UsageError("--device must be auto, cpu, cuda or mps")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``auto``: bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX-512 BF16 / AMX), else fp32."""
+    if precision not in PRECISIONS:
+        raise UsageError("--precision must be fp32, bf16 or auto")
+    if precision != "auto":
+        return precision
+    import torch
+
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        try:
+            flags = open("/proc/cpuinfo").read()
+        except OSError:
+            return "fp32"
+        return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+    return "fp32"
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError("--threads must be >= 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def runtime(device: str, precision: str, threads: int | None, data_parallel: bool = True):
+    """The one place a run's device is decided: CPU threads, the process group under torchrun (when the command runs
+    data-parallel), the device, and the precision ``auto`` resolves to on it. Returns (device, precision)."""
+    if precision not in PRECISIONS:
+        raise UsageError("--precision must be fp32, bf16 or auto")
+    set_threads(threads)
+    dev = pick_device(distributed.setup(device) if data_parallel else device)
+    return dev, resolve_precision(precision, dev)

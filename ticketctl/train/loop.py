@@ -1,0 +1,241 @@
+"""The one training loop: ``finetune``, every IMP round of ``search``, the dense finetune of a structured search and
+the multi-task ``share`` all run :class:`Loop`. AdamW with linear decay to zero, masks applied to gradients,
+optional L1 regularizer, bf16 autocast, data parallelism under torchrun, and on CPU ticketctl's fast dropout.
+
+A run trains one model on one training set (``train``), or several task models that share an encoder on several
+training sets (``share``): then every batch names its task, and :class:`StepHooks` route the forward pass through
+that task's gates and put back what the task's ticket does not own after each optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ticketctl.data.batching import Encoded, collate, length_grouped_batches
+from ticketctl.hparams import TrainConfig
+from ticketctl.train import distributed
+from ticketctl.train.fastcpu import training_fastpath
+from ticketctl.train.seeds import derive_seed
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, total: int, warmup_steps: int) -> float:
+    """Multiplier of the peak learning rate used for optimizer step ``step`` (0-based): linear warm-up, then linear
+    decay that reaches exactly zero after the last step (``lr_factor(total, ...) == 0``)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total - step) / max(1, total - warmup_steps))
+
+
+def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+    return max(1, int(round(cfg.epochs * math.ceil(n_examples / cfg.batch_size))))
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                  total: int) -> Iterator[tuple[None, np.ndarray, bool]]:
+    """``total`` steps of length-grouped batches, reshuffled every epoch: (task None, batch, last of its epoch)."""
+    step = 0
+    while step < total:
+        batches = length_grouped_batches(lengths, batch_size, rng)
+        for j, idx in enumerate(batches):
+            if step >= total:
+                break
+            step += 1
+            yield None, idx, j == len(batches) - 1 or step == total
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+@dataclass
+class L1Regularizer:
+    """tau * ||theta ⊙ l_s||_1 over the prunable weights; tau decays with the learning rate. Its gradient is added
+    directly (tau_t * l_s * sign(theta)), which is the gradient of the term added to the loss."""
+
+    tau: float
+    coef: dict[str, torch.Tensor]  # parameter name -> l_s (float, parameter's shape)
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def make_adamw(groups, lr: float):
+    """AdamW, fused where torch has the kernel (CPU and CUDA): one pass over each tensor instead of several; on this
+    CPU the optimizer step is 4x faster than the per-tensor loop (benchmarks/README.md)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def param_groups(models: Iterable, weight_decay: float) -> list[dict]:
+    """Every parameter of the models once (a shared encoder counts once), in order: weight decay on matrices only."""
+    params: dict[int, torch.nn.Parameter] = {}
+    for model in models:
+        for p in model.parameters():
+            params.setdefault(id(p), p)
+    plist = list(params.values())
+    return [{"params": [p for p in plist if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in plist if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def batch_mean_loss(logits: torch.Tensor, target: torch.Tensor, global_batch: int) -> torch.Tensor:
+    """Cross-entropy (classification) or squared error (regression), summed over this process's examples and divided
+    by the global batch size: the global batch's mean, whichever share of it this process holds."""
+    if target.dtype.is_floating_point:
+        loss = torch.nn.functional.mse_loss(logits.view(-1), target.view(-1), reduction="sum")
+    else:
+        loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    return loss / global_batch
+
+
+class StepHooks:
+    """What a multi-task run adds to a step; the defaults do nothing (single-task training)."""
+
+    def before_forward(self, task) -> None:
+        """Route the forward pass (e.g. through the task's gates)."""
+
+    def before_update(self, task, opt) -> object:
+        """Called after the gradients are final, before ``opt.step()``; returns what ``after_update`` needs."""
+        return None
+
+    def after_update(self, task, opt, saved) -> None:
+        """Called after ``opt.step()`` (e.g. put back the parameters outside the task's ticket)."""
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+class Loop:
+    """Training state of one run: the models (one per task, or ``{None: model}``), each task's encoded training set
+    and labels, the optimizer, masks and regularizer. ``step`` is one optimizer step; ``run`` the whole schedule.
+
+    ``keep``: parameter name -> 0/1 float tensor; those weights are zeroed first and their gradients masked, so
+    with AdamW they stay exactly zero (zero gradient -> zero moments -> zero update; decay of 0 is 0).
+    ``loss``: (logits, target, global batch size) -> the loss to minimise (default :func:`batch_mean_loss`).
+    """
+
+    def __init__(self, models: dict, data: dict[object, tuple[Encoded, np.ndarray]], cfg: TrainConfig, seed: int,
+                 device: torch.device, pad_id: int, keep: dict[str, torch.Tensor] | None = None,
+                 l1: L1Regularizer | None = None, hooks: StepHooks | None = None,
+                 loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = batch_mean_loss):
+        torch.manual_seed(derive_seed(seed, "dropout"))  # same stream whatever ran before (resume, reuse)
+        self.models, self.cfg, self.seed, self.device, self.pad_id = models, cfg, seed, device, pad_id
+        self.encoded = {task: enc for task, (enc, _) in data.items()}
+        self.labels = {task: torch.from_numpy(y) for task, (_, y) in data.items()}
+        self.hooks = hooks or StepHooks()
+        self.loss = loss
+        first = next(iter(models.values()))
+        params = dict(first.named_parameters())
+        self.masked = [(params[n], m.to(device=device, dtype=params[n].dtype)) for n, m in (keep or {}).items()]
+        with torch.no_grad():
+            for p, m in self.masked:
+                p.mul_(m)
+        self.mask_grads = [m for _, m in self.masked]
+        self.l1 = l1
+        self.reg = [(params[n], c.to(device=device, dtype=params[n].dtype)) for n, c in l1.coef.items()] if l1 else []
+        self.opt = make_adamw(param_groups(models.values(), cfg.weight_decay), cfg.lr)
+        self.parallel = distributed.active()
+        self.trainable = [p for p in params.values() if p.requires_grad]
+        self.schedule_log: list[tuple[float, float]] | None = None
+
+    def step(self, task, idx: np.ndarray, factor: float) -> torch.Tensor:
+        """One optimizer step on the global batch ``idx`` of ``task`` (this process's shard of it) at learning rate
+        ``cfg.lr * factor``; returns the detached loss."""
+        cfg, device = self.cfg, self.device
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * factor
+        tau_t = self.l1.tau * factor if self.l1 else 0.0  # tau decays with the learning rate
+        if self.schedule_log is not None:
+            self.schedule_log.append((cfg.lr * factor, tau_t))
+        local = distributed.shard(idx) if self.parallel else idx
+        weight = 1.0
+        if len(local) == 0:  # a last batch smaller than the number of processes: join the reduction with 0
+            local, weight = idx[:1], 0.0
+        batch = collate(self.encoded[task], local, self.pad_id, device)
+        target = self.labels[task][local].to(device)
+        self.hooks.before_forward(task)
+        with autocast(device, cfg.precision):
+            logits = self.models[task](**batch).logits
+        loss = self.loss(logits.float(), target, len(idx))
+        if weight == 0.0:
+            loss = loss * 0.0
+        loss.backward()
+        if self.parallel:
+            loss = loss.detach().clone()
+            distributed.all_reduce_grads(self.trainable, [loss.view(1)])
+        if self.reg and tau_t > 0:
+            with torch.no_grad():
+                for p, c in self.reg:
+                    p.grad.addcmul_(torch.sign(p), c, value=tau_t)
+        if self.masked:
+            with torch.no_grad():
+                torch._foreach_mul_([p.grad for p, _ in self.masked], self.mask_grads)
+        saved = self.hooks.before_update(task, self.opt)
+        self.opt.step()
+        self.hooks.after_update(task, self.opt, saved)
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def run(self, batches: Iterable[tuple[object, np.ndarray, bool]], total: int,
+            on_step: Callable[[int, int, float | None], None] | None = None) -> list[float]:
+        """Train on ``batches`` ((task, batch, last of its epoch) for each of ``total`` steps); returns the mean
+        training loss of each epoch."""
+        warmup_steps = int(self.cfg.warmup * total)
+        for model in self.models.values():
+            model.train()
+        epoch_losses: list[float] = []
+        running = torch.zeros((), device=self.device)
+        count = 0
+        # On CPU, dropout masks come from ticketctl.train.fastcpu (3x faster than torch's bernoulli_).
+        with training_fastpath(list(self.models.values()), derive_seed(self.seed, "dropout"), self.device):
+            for step, (task, idx, epoch_end) in enumerate(batches):
+                loss = self.step(task, idx, lr_factor(step, total, warmup_steps))
+                running += loss
+                count += 1
+                if on_step is not None:
+                    on_step(step + 1, total, float(loss) if (step + 1) % 10 == 0 or step + 1 == total else None)
+                if epoch_end:
+                    epoch_losses.append(float(running) / max(1, count))
+                    running = torch.zeros((), device=self.device)
+                    count = 0
+        for model in self.models.values():
+            model.eval()
+        return epoch_losses
+
+
+def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
+          pad_id: int, keep: dict[str, torch.Tensor] | None = None, l1: L1Regularizer | None = None,
+          on_step: Callable[[int, int, float | None], None] | None = None,
+          schedule_log: list[tuple[float, float]] | None = None) -> list[float]:
+    """Finetune ``model`` in place on one training set; returns the mean training loss of each epoch."""
+    loop = Loop({None: model}, {None: (enc, labels)}, cfg, seed, device, pad_id, keep=keep, l1=l1)
+    loop.schedule_log = schedule_log
+    total = total_steps(len(enc), cfg)
+    rng = np.random.default_rng(derive_seed(seed, "data-order"))
+    return loop.run(epoch_batches(enc.lengths, cfg.batch_size, rng, total), total, on_step)
+
+
+@torch.inference_mode()
+def predict(model, enc: Encoded, device: torch.device, pad_id: int, precision: str,
+            batch_size: int = 128) -> np.ndarray:
+    """Model outputs (n, num_labels) as float32 in the split's order; batches sorted by length."""
+    model.eval()
+    order = np.argsort(-enc.lengths, kind="stable")
+    out = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        with autocast(device, precision):
+            logits = model(**collate(enc, idx, pad_id, device)).logits
+        logits = logits.float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(order), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    return out

@@ -1,0 +1,10 @@
+"""Seeded streams: one seed gives independent, reproducible random streams per purpose."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """Independent, reproducible streams per purpose (data order, dropout, random masks, ...)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:8], "little") & (2**63 - 1)
