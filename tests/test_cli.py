@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,39 @@ def test_dense_round_of_search_logs_its_training_curve(cli, tiny_model, glue_dir
     assert code == 0, err
     (dense,) = tmp_path.glob("mrpc-logits-dev-dense-s0-*.safetensors")
     assert [s for s, _ in read_artifact(dense).meta["loss_curve"]] == [10, 12]
+
+
+def test_python_api_matches_the_cli(cli, tiny_model, glue_dir, tmp_path, capsys):
+    """README "From Python": the library functions the commands wrap give the CLI's artifacts (same names, same
+    outputs), and the analysis function prints the CLI's table."""
+    import numpy as np
+
+    from ticketctl.analysis.ensemble import ensemble
+    from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+    from ticketctl.stages.finetune import finetune
+    from ticketctl.stages.imp import search
+
+    train = TrainConfig(epochs=1, batch_size=8)
+    data = DataOptions(data_dir=str(glue_dir))
+    members = []
+    for seed in (1, 2):
+        run = RunOptions(model=str(tiny_model), out=str(tmp_path / "py"), device="cpu", quiet=True)
+        mask = search("mrpc", seed, policy="random", sparsity=0.2, train=train, data=data, run=run)
+        members += finetune("mrpc", seed, mask=str(mask), train=train, data=data, run=run)
+    args = ["--model", tiny_model, "--data-dir", glue_dir, "--epochs", "1", "--batch-size", "8", "--quiet",
+            "--device", "cpu", "--out", tmp_path / "cli"]
+    cli_members = []
+    for seed in (1, 2):
+        code, mask, err = cli("search", "--task", "mrpc", "--seed", seed, "--policy", "random", "--sparsity", "0.2",
+                              *args)
+        assert code == 0, err
+        code, out, err = cli("finetune", "--task", "mrpc", "--seed", seed, "--mask", mask.strip(), *args)
+        cli_members += out.split()
+    assert [p.name for p in members] == [Path(p).name for p in cli_members]
+    for a, b in zip(members, cli_members):
+        assert np.array_equal(read_artifact(a).tensors["outputs"], read_artifact(b).tensors["outputs"])
+    capsys.readouterr()
+    ensemble([str(p) for p in members], size="1-2", fmt="tsv")
+    py_table = capsys.readouterr().out
+    code, out, err = cli("ensemble", "--size", "1-2", "--format", "tsv", *cli_members)
+    assert code == 0 and py_table == out and out.startswith("k\tcombinations")

@@ -38,7 +38,7 @@ app = typer.Typer(
 
 def options(**groups: type):
     """Give a command the fields of the option dataclasses as Typer options: ``@options(train=TrainConfig)`` adds
-    one option per field of ``TrainConfig`` (its flag, help and command-line default from the field) and passes
+    one option per field of ``TrainConfig`` (its flag, help and default from the field) and passes
     the command a ``train`` argument built from them. A group given as ``(cls, {"field", ...})`` leaves those
     fields out."""
 
@@ -58,7 +58,8 @@ def options(**groups: type):
                 decls = []  # Typer's own flag from the name (a bool gets --x / --no-x) unless the field names one
                 if meta.get("flag") or meta.get("short"):
                     decls = [meta.get("flag") or "--" + f.name.replace("_", "-")] + [meta["short"]] * bool(meta["short"])
-                params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=meta["cli_default"],
+                default = None if f.default is dataclasses.MISSING else f.default
+                params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                                 annotation=Annotated[types[f.name], typer.Option(*decls,
                                                                                                  help=meta["help"])]))
                 names.append(f.name)

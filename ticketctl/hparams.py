@@ -1,9 +1,10 @@
-"""Hyperparameters and options as dataclasses: each field carries its help text, its command-line flag and, where
-the command line's default differs from the library's, that default. ``ticketctl.cli`` turns the fields into Typer
-options once, so every training command offers the same options with the same help (and docs/cli.md lists them).
+"""Hyperparameters and options as dataclasses: each field carries its default, its help text and its command-line
+flag. ``ticketctl.cli`` turns the fields into Typer options once, so every training command offers the same options
+with the same help and defaults as the library (and docs/cli.md lists them).
 
-``TrainConfig`` is part of every training artifact's identity: its fields and their defaults enter the config hash
-(``ticketctl.store.provenance.IDENTITY_DEFAULTS``). A new field must default to a no-op, or old artifact names change.
+``TrainConfig`` is part of every training artifact's identity: its fields enter the config hash, and a field at its
+default is left out (``ticketctl.store.provenance.IDENTITY_DEFAULTS``). A new field must default to a no-op, or old
+artifact names change.
 """
 
 from __future__ import annotations
@@ -14,15 +15,10 @@ from typing import Optional
 
 from ticketctl.errors import UsageError
 
-_NO_CLI_DEFAULT = object()
-
-
-def option(default=None, help: str = "", *, flag: str | None = None, short: str | None = None,
-           cli_default=_NO_CLI_DEFAULT, factory=None):
-    """A dataclass field with its command-line form: ``help`` text, ``flag`` (default ``--field-name``), ``short``
-    alias, and ``cli_default`` where the command line's default differs from the library's."""
-    meta = {"help": help, "flag": flag, "short": short,
-            "cli_default": default if cli_default is _NO_CLI_DEFAULT else cli_default}
+def option(default=None, help: str = "", *, flag: str | None = None, short: str | None = None, factory=None):
+    """A dataclass field with its command-line form: ``help`` text, ``flag`` (default ``--field-name``) and ``short``
+    alias. A list field takes ``factory`` (the command line's default is then None: no value given)."""
+    meta = {"help": help, "flag": flag, "short": short}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,9 +35,15 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay (not on biases and LayerNorm).")
     warmup: float = option(0.0, "Fraction of the steps used for linear warm-up.")
     dropout: float = option(0.1, "Dropout probability of the encoder.")
-    # The library's default is fp32 (the value every config hash was made with); the command line's is auto.
-    precision: str = option("fp32", "fp32 | bf16 | auto. bf16 is autocast with fp32 master weights; auto picks bf16 "
-                            "where the hardware has it.", cli_default="auto")
+    # auto is resolved to fp32 or bf16 before a run (ticketctl.train.device.runtime); identities hold the result.
+    precision: str = option("auto", "fp32 | bf16 | auto. bf16 is autocast with fp32 master weights; auto picks bf16 "
+                            "where the hardware has it.")
+
+    def __post_init__(self) -> None:
+        # The config hash is over JSON: epochs=1 and epochs=1.0 are one configuration and must hash alike.
+        for name, kind in (("epochs", float), ("batch_size", int), ("lr", float), ("max_length", int),
+                           ("weight_decay", float), ("warmup", float), ("dropout", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
     def validate(self) -> None:
         if self.epochs <= 0:

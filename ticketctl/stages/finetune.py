@@ -20,13 +20,13 @@ def finetune(task: str, seed: int = 0, *, mask: str | None = None, bagging: floa
     """Finetune on ``task`` (dense; a random ``bagging`` fraction; the ticket in the ``mask`` artifact; from the
     encoder saved in ``init``) once per training fraction; returns the logits artifact paths, one per evaluation
     split and fraction. Finished runs with the same config are reused."""
-    fractions = [train_fraction] if isinstance(train_fraction, (int, float)) else list(train_fraction)
+    fractions = [float(f) for f in ([train_fraction] if isinstance(train_fraction, (int, float)) else train_fraction)]
     if save_model is not None and len(fractions) > 1:
         raise UsageError("--save-model takes a single --train-fraction")
     run = run or RunOptions()
     ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
     return [p for f in fractions for p in finetune_context(
-        ctx, cfg, device, seed, run.out, mask_path=mask, bagging=bagging, force=run.force, save_model=save_model,
+        ctx, cfg, device, seed, run.out, mask_path=mask, bagging=float(bagging), force=run.force, save_model=save_model,
         init=init, train_fraction=f)]
 
 

@@ -37,8 +37,9 @@ def search(task: str, seed: int = 0, *, policy: str = "base", sparsity: float = 
     """An IMP ticket of ``task``'s model for ``seed``; returns the mask artifact path (reused when finished)."""
     run = run or RunOptions()
     ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
-    return search_context(ctx, cfg, device, seed, run.out, policy=policy, sparsity=sparsity, prune_step=prune_step,
-                          l1=l1, prior_paths=priors, force=run.force, train_fraction=train_fraction)
+    return search_context(ctx, cfg, device, seed, run.out, policy=policy, sparsity=float(sparsity),
+                          prune_step=float(prune_step), l1=None if l1 is None else float(l1), prior_paths=priors,
+                          force=run.force, train_fraction=float(train_fraction))
 
 
 def random_coefficients(shapes: dict[str, tuple[int, ...]], sparsity: float, seed: int):

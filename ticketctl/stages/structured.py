@@ -49,8 +49,8 @@ def structured_search(task: str, seed: int = 0, *, levels: list[float], kinds: l
     """Structured tickets of ``task``'s model for ``seed``, one mask per kind and level; returns their paths."""
     run = run or RunOptions()
     ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
-    return structured_context(ctx, cfg, device, seed, run.out, list(levels), list(kinds), force=run.force,
-                              train_fraction=train_fraction)
+    return structured_context(ctx, cfg, device, seed, run.out, [float(x) for x in levels], list(kinds),
+                              force=run.force, train_fraction=float(train_fraction))
 
 
 def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, levels: list[float],

@@ -20,8 +20,10 @@ from ticketctl.hparams import TRAIN_DEFAULTS
 COMPUTATION = 3
 # Identity fields at these values are left out of the config hash, so that a field added later (at the value older
 # artifacts were made with) keeps every earlier name valid.
-IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "mask": None, "bagging": 1.0, "computation": 1, "train_fraction": 1.0,
-                     "init": None}
+# precision: identities hold the resolved value (fp32 or bf16), never auto; fp32 is the value the first release's
+# hashes were made with.
+IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "precision": "fp32", "mask": None, "bagging": 1.0, "computation": 1,
+                     "train_fraction": 1.0, "init": None}
 
 
 def config_hash(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
