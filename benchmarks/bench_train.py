@@ -2,7 +2,7 @@
 
 (a) reference: the way public lottery-ticket code trains BERT — transformers ``Trainer``, every batch padded to
     max length 128, the mask applied by ``torch.nn.utils.prune`` forward hooks, fp32;
-(b) ticketctl: ``ticketctl.train.train`` with the same 30% mask, dynamic padding and length-grouped batches, masked
+(b) ticketctl: ``ticketctl.train.loop.train`` with the same 30% mask, dynamic padding and length-grouped batches, masked
     gradients, in the chosen precision.
 
 Same machine, model (the default all-MiniLM-L6-v2), task data (MRPC train), batch size, learning rate and number of

@@ -1,11 +1,11 @@
-"""Which speed levers pay: time the real ``ticketctl.train.train`` step on MRPC with the default model, changing one
+"""Which speed levers pay: time the real ``ticketctl.train.loop.train`` step on MRPC with the default model, changing one
 thing at a time from ticketctl's defaults.
 
     python benchmarks/levers.py [--steps 30] [--warmup 5] [--variants ticketctl,torch-dropout,...]
 
 Variants: padding to 128 instead of dynamic padding; fp32 instead of bf16; masks by ``torch.nn.utils.prune`` hooks
 instead of masked gradients; the per-tensor AdamW loop instead of the fused kernel; SDPA attention instead of eager
-(ticketctl's CPU choice); torch's dropout (``bernoulli_``) instead of ticketctl.fastcpu's masks; and (only when
+(ticketctl's CPU choice); torch's dropout (``bernoulli_``) instead of ticketctl.train.fastcpu's masks; and (only when
 asked for: it compiles for a minute or more) ``torch.compile`` (dynamic shapes, torch's dropout). Each variant runs
 in its own process, so none inherits another's memory state or compiled kernels.
 Prints seconds per step and examples/s for each, as JSON on stdout.
