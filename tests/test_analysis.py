@@ -9,6 +9,7 @@ import pytest
 from ticketctl.analysis import diversity as div
 from ticketctl.analysis import combine
 from ticketctl.analysis import ensemble as ens
+from ticketctl.analysis.significance import split_groups
 from ticketctl.masks.weights import Mask
 from ticketctl.store.artifacts import read_artifact, write_artifact
 from ticketctl.analysis.members import load_members
@@ -73,7 +74,7 @@ def test_combinations_match_brute_force():
 
 
 def test_groups_protocol():
-    assert combine.groups_of(10, 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert split_groups(10, 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     rng = np.random.default_rng(1)
     task = get_task("mrpc")
     outputs = rng.normal(size=(4, 30, 2))
@@ -204,7 +205,7 @@ def test_cli_refusals(cli, tmp_path, three):
         (["ensemble", paths[0], other_split], 3, "cannot mix splits"),
         (["diversity", paths[0]], 2, "at least 2"),
         (["ensemble", "-"], 2, "no artifacts"),
-        (["ensemble", paths[0], paths[0]], 2, "given twice"),
+        (["ensemble", paths[0], paths[0]], 2, "same file"),
         (["ensemble", paths[0], "--size", "5"], 2, "--size 5"),
         (["iou", paths[0], paths[1]], 3, "expected a mask"),
         (["stats", paths[0], "--by", "nosuchkey"], 2, "no metadata key"),
@@ -214,6 +215,40 @@ def test_cli_refusals(cli, tmp_path, three):
         got, out, err = cli(*args, stdin="" if "-" in args else None)
         assert got == code, (args, err)
         assert msg in err and err.count("\n") == 1 and out == "", (args, err)
+
+
+def test_the_same_member_twice_however_spelled_and_labels_that_disagree_are_refused(cli, tmp_path, three, monkeypatch):
+    import os
+    import shutil
+
+    paths, _ = three
+    monkeypatch.chdir(tmp_path)
+    os.symlink(paths[0], tmp_path / "link.safetensors")
+    shutil.copy(paths[0], tmp_path / "copy.safetensors")
+    dotted = "./" + os.path.relpath(paths[0], tmp_path)
+    other_labels = logits_file(tmp_path / "lab.safetensors", onehot_logits([1] * 6), [0, 0, 1, 1, 0, 1], seed="7")
+    unlabelled = logits_file(tmp_path / "unl.safetensors", onehot_logits([1] * 6), None, seed="8")
+    bad_class = logits_file(tmp_path / "bad.safetensors", onehot_logits([1] * 6), [1, 0, 2, 1, 0, 1], seed="9")
+    for command in ("ensemble", "diversity", "stats"):
+        for twin, message in ((dotted, "same file"), ("link.safetensors", "same file"),
+                              ("copy.safetensors", "same content")):
+            code, out, err = cli(command, paths[0], paths[1], twin)
+            assert code == 2 and message in err and out == "", (command, twin, err)
+        code, out, err = cli(command, paths[0], paths[1], other_labels)
+        assert code == 3 and "different labels" in err, (command, err)
+        code, out, err = cli(command, paths[0], paths[1], unlabelled)
+        assert code == 3 and "labelled and unlabelled" in err, (command, err)
+    code, out, err = cli("ensemble", bad_class)
+    assert code == 3 and "not class indices" in err
+    masks = []
+    for i in range(2):
+        keep = {"w": np.random.default_rng(i).random((4, 4)) > 0.3}
+        tensors, shapes = Mask(keep).pack()
+        masks.append(str(write_artifact(tmp_path / f"mask{i}.safetensors", "mask", tensors,
+                                        {"shapes": shapes, "model_fingerprint": "m1", "method": "imp"})))
+    shutil.copy(masks[0], tmp_path / "maskcopy.safetensors")
+    code, out, err = cli("iou", masks[0], masks[1], "maskcopy.safetensors")
+    assert code == 2 and "same content" in err
 
 
 def test_stats_table_and_ttest(cli, tmp_path):
@@ -230,43 +265,51 @@ def test_stats_table_and_ttest(cli, tmp_path):
     assert code == 0, err
     rows = [json.loads(x) for x in out.strip().split("\n")]
     assert [r["group"] for r in rows] == ["dense", "random"]
-    assert rows[0]["test"] == "ref" and rows[1]["test"] in ("student", "welch")
+    assert rows[0]["test"] == "ref"
     assert rows[1]["combinations"] == 10
-    # the p-value is the t-test over the groups' 3-member ensembles, recomputed here by brute force
-    from itertools import combinations
+    # recomputed here by brute force: the 3-member ensembles of each scheme, the paper's t-test over them, and the
+    # exact paired permutation p-value (all 2^5 exchanges of a seed's dense and random member)
+    from itertools import combinations, product
 
     from scipy import stats as sps
 
-    def ensemble_accuracies(group):
-        probs = [np.exp(o) / np.exp(o).sum(1, keepdims=True) for o in group]
-        return np.array([np.mean(np.mean([probs[i] for i in c], 0).argmax(1) == labels)
-                         for c in combinations(range(5), 3)])
-
     from ticketctl.store.artifacts import read_artifact
 
-    outputs = [read_artifact(p).tensors["outputs"].astype(np.float64) for p in paths]
-    dense, random_ = ensemble_accuracies(outputs[:5]), ensemble_accuracies(outputs[5:])
-    welch = sps.levene(random_, dense).pvalue < 0.05
-    assert rows[1]["test"] == ("welch" if welch else "student")
-    assert rows[1]["p_value"] == pytest.approx(sps.ttest_ind(random_, dense, equal_var=not welch).pvalue, rel=1e-9)
+    outputs = np.array([read_artifact(p).tensors["outputs"].astype(np.float64) for p in paths])
+    probs = np.exp(outputs) / np.exp(outputs).sum(-1, keepdims=True)
+
+    def ensemble_accuracies(group):
+        return np.array([np.mean(probs[[group[i] for i in c]].mean(0).argmax(1) == labels)
+                         for c in combinations(range(5), 3)])
+
+    dense, random_ = ensemble_accuracies(list(range(5))), ensemble_accuracies(list(range(5, 10)))
     assert rows[1]["ensemble_mean"] == pytest.approx(random_.mean())
+    assert rows[1]["p_paper"] == pytest.approx(sps.ttest_ind(random_, dense).pvalue, rel=1e-9)
+    observed = random_.mean() - dense.mean()
+    null = []
+    for swap in product([0, 1], repeat=5):
+        a = [s + 5 * (1 - w) for s, w in enumerate(swap)]  # the random member of seed s unless swapped
+        b = [s + 5 * w for s, w in enumerate(swap)]
+        null.append(ensemble_accuracies(a).mean() - ensemble_accuracies(b).mean())
+    exact = np.mean(np.abs(null) >= abs(observed) - 1e-12)
+    assert rows[1]["test"] == "paired permutation (seeds)"
+    assert abs(rows[1]["p_value"] - exact) < 0.03, (rows[1]["p_value"], exact)
+    assert rows[1]["diff_low"] < rows[1]["vs_ref"] < rows[1]["diff_high"]
     assert rows[1]["vs_ref"] == pytest.approx(rows[1]["ensemble_mean"] - rows[0]["ensemble_mean"])
     assert (tmp_path / "fig3.png").stat().st_size > 1000
     for r in rows:  # the bootstrap interval brackets the ensemble mean
         assert r["ci_low"] <= r["ensemble_mean"] <= r["ci_high"] and r["ci_high"] - r["ci_low"] < 0.2
 
 
-def test_ttest_choice():
-    from ticketctl.analysis.stats import ttest
+def test_paper_test_is_students_over_combinations():
+    from scipy import stats
+
+    from ticketctl.analysis.significance import paper_ttest
 
     a = np.array([0.80, 0.81, 0.79, 0.80, 0.82, 0.78])
     b = np.array([0.70, 0.90, 0.60, 1.00, 0.65, 0.95])
-    _, test = ttest(a, b)
-    assert test == "welch"
-    from scipy import stats
-
-    p, test = ttest(a, a + 0.01 * np.array([1, -1, 1, -1, 1, -1]))
-    assert test == "student" and p == pytest.approx(stats.ttest_ind(a, a + 0.01 * np.array([1, -1, 1, -1, 1, -1])).pvalue)
+    assert paper_ttest(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=True).pvalue)
+    assert np.isnan(paper_ttest(a[:1], b))
 
 
 def test_stats_refuses_a_group_mixing_configurations(cli, tmp_path):

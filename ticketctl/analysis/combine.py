@@ -88,30 +88,3 @@ def bootstrap_interval(task: Task, terms: np.ndarray, labels: np.ndarray, k: int
         stats[b] = np.mean(score(task, pred[:, idx], labels[idx])[task.headline])
     lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
-
-
-def groups_of(n: int, groups: int) -> list[list[int]]:
-    """The paper's Appendix C protocol: members split in order into ``groups`` equal groups."""
-    if groups < 1 or n // groups < 1:
-        raise UsageError(f"--groups {groups}: cannot split {n} members into {groups} groups")
-    size = n // groups
-    return [list(range(g * size, (g + 1) * size)) for g in range(groups)]
-
-
-def parse_sizes(spec: str | None, n: int) -> list[int]:
-    if spec is None:
-        return []
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            if "-" in part or ".." in part:
-                a, b = part.replace("..", "-").split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part == "all":
-                out.extend(range(1, n + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise UsageError(f"--size {spec!r}: give k, a list 2,3,5 or a range 2-5") from None
-    return out

@@ -9,13 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ticketctl.analysis import tables
-from ticketctl.analysis.combine import (
-    combination_scores,
-    combined_outputs,
-    groups_of,
-    member_terms,
-    parse_sizes,
-)
+from ticketctl.analysis.combine import combination_scores, combined_outputs, member_terms
+from ticketctl.analysis.significance import parse_k, split_groups
 from ticketctl.analysis.members import Members, load_members
 from ticketctl.data.tasks import Task, predictions, score
 from ticketctl.errors import UsageError
@@ -28,7 +23,7 @@ def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, 
     members = load_members(paths)
     task = members.task
     combined = combined_outputs(task, members.outputs, combine)
-    sizes = parse_sizes(size, len(members))
+    sizes = parse_k(size.replace("all", f"1-{len(members)}") if size else None)
     metrics = {}
     if members.labels is not None:
         metrics = all_member_scores(members, combine, combined)
@@ -89,7 +84,7 @@ def size_table(members: Members, sizes: list[int], how: str, groups: int = 1) ->
         raise UsageError("the members' split is unlabelled: nothing to score")
     task = members.task
     terms = member_terms(task, members.outputs, how)
-    parts = groups_of(len(members), groups)
+    parts = split_groups(len(members), groups)
     rows = []
     for k in sizes:
         if k < 1 or k > len(parts[0]):

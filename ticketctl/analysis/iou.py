@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ticketctl.analysis import tables
-from ticketctl.analysis.members import check_compatible
+from ticketctl.analysis.members import check_compatible, check_distinct
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact, read_artifact
 
@@ -24,6 +24,7 @@ def load_masks(paths: list[str], minimum: int = 2) -> list[Artifact]:
     if len(paths) < minimum:
         raise UsageError(f"need at least {minimum} masks, got {len(paths)}")
     arts = [read_artifact(p, "mask") for p in paths]
+    check_distinct(arts)
     check_compatible(arts, ("model_fingerprint",))
     first = arts[0]
     methods = {a.method for a in arts}

@@ -55,20 +55,53 @@ def _short(v) -> str:
     return s[:12] if len(s) > 40 else s
 
 
+def check_distinct(arts: list[Artifact]) -> None:
+    """The same artifact must not count twice, however it is spelled: ``./x``, a symlink or a byte-identical copy
+    (same resolved path, or same content hash)."""
+    by_path: dict = {}
+    by_hash: dict = {}
+    for a in arts:
+        real = a.path.resolve()
+        if real in by_path:
+            raise UsageError(f"{a.path} and {by_path[real].path} are the same file: a member counts once")
+        if a.sha256 in by_hash:
+            raise UsageError(f"{a.path} and {by_hash[a.sha256].path} have the same content: a member counts once")
+        by_path[real], by_hash[a.sha256] = a, a
+
+
+def check_labels(task: Task, arts: list[Artifact]) -> np.ndarray | None:
+    """Every member of a comparison carries the same labels (or none does), and they are valid for the task:
+    class indices in range, finite regression scores."""
+    first = arts[0]
+    labels = first.tensors.get("labels")
+    for a in arts[1:]:
+        other = a.tensors.get("labels")
+        if (labels is None) != (other is None):
+            lab, unlab = (first, a) if other is None else (a, first)
+            raise InputError(f"cannot mix labelled and unlabelled members: {lab.path} has labels, {unlab.path} has "
+                             f"none")
+        if labels is not None and not np.array_equal(labels, other):
+            raise InputError(f"{a.path} and {first.path} carry different labels for the same examples")
+    if labels is None:
+        return None
+    if task.is_regression:
+        if not np.isfinite(labels).all():
+            raise InputError(f"{first.path}: labels contain NaN or inf")
+    elif labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= task.num_labels:
+        raise InputError(f"{first.path}: labels are not class indices 0..{task.num_labels - 1} of {task.name}")
+    return labels
+
+
 def load_members(paths: list[str], minimum: int = 1, same_model: bool = True) -> Members:
     if len(paths) < minimum:
         raise UsageError(f"need at least {minimum} logits artifacts, got {len(paths)}")
-    seen = set()
-    for p in paths:
-        if p in seen:
-            raise UsageError(f"{p} is given twice")
-        seen.add(p)
     arts = [read_artifact(p, "logits") for p in paths]
+    check_distinct(arts)
     keys = ("task", "split", "data_fingerprint") + (("model_fingerprint",) if same_model else ())
     check_compatible(arts, keys)
     check_same_examples(arts)
     first = arts[0]
     task = get_task(first.meta["task"])
+    labels = check_labels(task, arts)
     outputs = np.stack([a.tensors["outputs"].astype(np.float64) for a in arts])
-    labels = first.tensors.get("labels")
     return Members(task, first.meta.get("split", "?"), arts, outputs, labels, first.tensors["ids"])

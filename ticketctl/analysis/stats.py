@@ -10,11 +10,9 @@ from collections import defaultdict
 import numpy as np
 
 from ticketctl.analysis import tables
-from ticketctl.analysis.combine import (
-    bootstrap_interval,
-    combination_scores,
-    member_terms,
-)
+from ticketctl.analysis.combine import member_terms
+from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, pairing, paper_ttest, protocol_combinations,
+                                             protocol_scores, split_groups)
 from ticketctl.analysis.members import Members, load_members
 from ticketctl.data.tasks import predictions, score
 from ticketctl.errors import InputError, UsageError
@@ -22,7 +20,6 @@ from ticketctl.store.artifacts import Artifact
 from ticketctl.store.provenance import IDENTITY_DEFAULTS
 
 REF_PREFERENCE = ("dense", "base")
-LEVENE_ALPHA = 0.05
 
 
 def group_value(art: Artifact, key: str) -> str:
@@ -34,7 +31,8 @@ def group_value(art: Artifact, key: str) -> str:
     raise UsageError(f"--by {key}: {art.path} has no metadata key {key!r}")
 
 
-def load_groups(paths: list[str], by: str) -> tuple[dict[str, Members], list[Artifact]]:
+def load_groups(paths: list[str], by: str) -> tuple[Members, dict[str, list[int]]]:
+    """All members, and each group's member indices in seed order."""
     members = load_members(paths)
     if members.labels is None:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
@@ -45,12 +43,12 @@ def load_groups(paths: list[str], by: str) -> tuple[dict[str, Members], list[Art
         check_same_recipe(g, [members.arts[i] for i in idx])
         if by != "sparsity":
             check_same_level(g, [members.arts[i] for i in idx])
-    out = {}
-    for g, idx in grouped.items():
         idx.sort(key=lambda i: (_seed_order(members.arts[i]), members.arts[i].path.name))
-        out[g] = Members(members.task, members.split, [members.arts[i] for i in idx], members.outputs[idx],
-                         members.labels, members.ids)
-    return out, members.arts
+    return members, dict(grouped)
+
+
+def seeds_of(members: Members, idx: list[int]) -> list[str]:
+    return [str(members.arts[i].meta.get("seed", "?")) for i in idx]
 
 
 def _seed_order(a: Artifact) -> int:
@@ -96,25 +94,7 @@ def single_scores(m: Members) -> np.ndarray:
     return np.array([score(m.task, predictions(m.task, o), m.labels)[m.task.headline] for o in m.outputs])
 
 
-def ensemble_scores(m: Members, k: int, how: str) -> np.ndarray:
-    terms = member_terms(m.task, m.outputs, how)
-    return combination_scores(m.task, terms, m.labels, k)[m.task.headline]
-
-
-def ttest(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
-    """Student's t-test, or Welch's where Levene's test finds the variances differ (p < 0.05)."""
-    from scipy import stats
-
-    if len(a) < 2 or len(b) < 2 or (np.var(a) == 0 and np.var(b) == 0):
-        return float("nan"), "n/a"
-    welch = False
-    if np.var(a) > 0 and np.var(b) > 0:
-        welch = stats.levene(a, b).pvalue < LEVENE_ALPHA
-    p = stats.ttest_ind(a, b, equal_var=not welch).pvalue
-    return float(p), "welch" if welch else "student"
-
-
-def pick_ref(groups: dict[str, Members], ref: str | None) -> str:
+def pick_ref(groups: dict, ref: str | None) -> str:
     if ref is not None:
         if ref not in groups:
             raise UsageError(f"--ref {ref}: no such group (groups: {', '.join(sorted(groups))})")
@@ -125,37 +105,84 @@ def pick_ref(groups: dict[str, Members], ref: str | None) -> str:
     return sorted(groups)[0]
 
 
-def table(groups: dict[str, Members], ref: str, k: int | None, how: str,
-          bootstrap: int = 0) -> tuple[list[dict], int]:
-    smallest = min(len(m) for m in groups.values())
+TESTS = ("permutation", "paper")
+
+
+def table(members: Members, groups: dict[str, list[int]], ref: str, k: int | None, how: str, n_groups: int = 1,
+          test: str = "permutation", resamples: int = RESAMPLES, bootstrap: int = 0) -> tuple[list[dict], int]:
+    """Table 1 by the paper's protocol: per group, the single members' mean (over all seeds) and the mean of its
+    k-member ensembles (all combinations within each of ``n_groups`` seed-order groups, averaged within groups,
+    then over groups); against the reference group, the difference with a 95% interval and a p-value (the
+    calibrated permutation test over seeds, or the paper's t-test over combinations), for ensembles and single
+    members."""
+    if test not in TESTS:
+        raise UsageError(f"--test must be one of {', '.join(TESTS)}")
+    if resamples < 99:
+        raise UsageError("--resamples must be >= 99")
+    per_group = {g: len(idx) // n_groups for g, idx in groups.items()}
+    for g, idx in groups.items():
+        split_groups(len(idx), n_groups)  # refuses members that do not split evenly
+    smallest = min(per_group.values())
     if k is None:
         k = min(5, smallest)
     if not 1 <= k <= smallest:
-        raise UsageError(f"--size {k}: every group needs at least {k} members (smallest has {smallest})")
-    singles = {g: single_scores(m) for g, m in groups.items()}
-    ens = {g: ensemble_scores(m, k, how) for g, m in groups.items()}
+        raise UsageError(f"--size {k}: every group needs at least {k} members per protocol group "
+                         f"(smallest has {smallest} with --groups {n_groups})")
+    scorer = Scorer(members.task, member_terms(members.task, members.outputs, how), members.labels)
+    ens = {g: protocol_scores(scorer, idx, k, n_groups) for g, idx in groups.items()}
+    singles = {g: scorer.scores(np.eye(len(scorer))[idx]) for g, idx in groups.items()}
     rows = []
     for g in sorted(groups, key=lambda x: (x != ref, x)):
-        p, test = (float("nan"), "ref") if g == ref else ttest(ens[g], ens[ref])
-        p_single, _ = (float("nan"), "") if g == ref else ttest(singles[g], singles[ref])
         s = singles[g]
-        rows.append({
-            "group": g, "members": len(groups[g]), "single_mean": float(s.mean()),
-            "single_std": float(s.std(ddof=1)) if len(s) > 1 else 0.0, "k": k, "combinations": len(ens[g]),
-            "ensemble_mean": float(ens[g].mean()), "ensemble_gain": float(ens[g].mean() - s.mean()),
-            "vs_ref": float(ens[g].mean() - ens[ref].mean()), "p_value": p, "test": test, "p_single": p_single,
-        })
+        row = {"group": g, "members": len(groups[g]), "single_mean": float(s.mean()),
+               "single_std": float(s.std(ddof=1)) if len(s) > 1 else 0.0, "k": k, "combinations": len(ens[g]),
+               "ensemble_mean": float(ens[g].mean()), "ensemble_gain": float(ens[g].mean() - s.mean()),
+               "vs_ref": float(ens[g].mean() - ens[ref].mean())}
+        nan = float("nan")
+        row.update({"diff_low": nan, "diff_high": nan, "p_value": nan, "test": "ref", "p_single": nan})
+        if g != ref:
+            paired = pairing(seeds_of(members, groups[g]), seeds_of(members, groups[ref]))
+            if test == "paper":
+                row.update({"p_value": paper_ttest(ens[g], ens[ref]), "test": "paper t-test (optimistic)",
+                            "p_single": paper_ttest(singles[g], singles[ref])})
+                c = compare(scorer, groups[g], groups[ref], k, n_groups, paired, resamples=0)
+                row.update({"diff_low": c.low, "diff_high": c.high})
+            elif len(groups[g]) < 2 or len(groups[ref]) < 2:
+                row["test"] = "n/a (one seed)"
+            else:
+                c = compare(scorer, groups[g], groups[ref], k, n_groups, paired, resamples)
+                c1 = compare(scorer, groups[g], groups[ref], 1, 1, paired, resamples)
+                row.update({"diff_low": c.low, "diff_high": c.high, "p_value": c.p, "test": c.test,
+                            "p_single": c1.p, "p_paper": paper_ttest(ens[g], ens[ref])})
         if bootstrap:
-            m = groups[g]
-            lo, hi = bootstrap_interval(m.task, member_terms(m.task, m.outputs, how), m.labels, k, bootstrap)
-            rows[-1].update({"ci_low": lo, "ci_high": hi})
+            row.update(dict(zip(("ci_low", "ci_high"), example_interval(scorer, groups[g], k, n_groups, bootstrap))))
+        rows.append(row)
     return rows, k
 
 
-def gain_curves(groups: dict[str, Members], ref: str, how: str) -> dict[str, list[tuple[int, float]]]:
-    """Figure 3: for each group, mean k-member ensemble metric minus the reference's, for k = 1 .. smallest group."""
-    smallest = min(len(m) for m in groups.values())
-    means = {g: [float(ensemble_scores(m, k, how).mean()) for k in range(1, smallest + 1)] for g, m in groups.items()}
+def example_interval(scorer: Scorer, idx: list[int], k: int, n_groups: int, samples: int,
+                     level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of a group's protocol mean over resamples of the evaluation examples (seeds fixed)."""
+    k_matrix = protocol_combinations(len(idx), k, n_groups)
+    weights = np.zeros((len(k_matrix), len(scorer)))
+    weights[:, idx] = k_matrix
+    sub = scorer.subset(idx)
+    weights = weights[:, idx]
+    rng = np.random.default_rng(0)
+    n = len(scorer.labels)
+    stats_ = np.array([sub.scores(weights, rng.integers(0, n, n)).mean() for _ in range(samples)])
+    lo, hi = np.quantile(stats_, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def gain_curves(members: Members, groups: dict[str, list[int]], ref: str, how: str,
+                n_groups: int = 1) -> dict[str, list[tuple[int, float]]]:
+    """Figure 3: for each group, its protocol mean of k-member ensembles minus the reference's, k = 1 .. the
+    smallest protocol group."""
+    smallest = min(len(idx) for idx in groups.values()) // n_groups
+    scorer = Scorer(members.task, member_terms(members.task, members.outputs, how), members.labels)
+    means = {g: [float(protocol_scores(scorer, idx, k, n_groups).mean()) for k in range(1, smallest + 1)]
+             for g, idx in groups.items()}
     return {g: [(k + 1, means[g][k] - means[ref][k]) for k in range(smallest)] for g in groups if g != ref}
 
 
@@ -306,33 +333,43 @@ def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title
 
 def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
           combine: str = "probs", plot: str | None = None, fmt: str = "table", bootstrap: int = 0,
-          select: str | None = None) -> None:
+          select: str | None = None, groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES) -> None:
     """Print the paper's Table 1 (groups by ``by``), or with ``by="sparsity"`` the phase-transition table."""
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
+    if size is not None and size < 1:
+        raise UsageError(f"--size {size}: an ensemble has at least one member")
     if select is not None and select != "best":
         raise UsageError("--select must be best")
     if by in ("sparsity", "train_fraction"):
         if select is not None and by != "sparsity":
             raise UsageError("--select best needs --by sparsity")
-        return phase(paths, plot, fmt, select, by)
+        return phase(paths, plot, fmt, select, by, resamples)
     if select is not None:
         raise UsageError("--select best needs --by sparsity")
-    groups, arts = load_groups(paths, by)
-    ref = pick_ref(groups, ref)
-    rows, k = table(groups, ref, size, combine, bootstrap)
-    task = next(iter(groups.values())).task
+    members, grouped = load_groups(paths, by)
+    ref = pick_ref(grouped, ref)
+    rows, k = table(members, grouped, ref, size, combine, groups, test, resamples, bootstrap)
+    task = members.task
     cols = ["group", "members", "single_mean", "single_std", "k", "combinations", "ensemble_mean", "ensemble_gain",
-            "vs_ref", "p_value", "test", "p_single"] + (["ci_low", "ci_high"] if bootstrap else [])
-    tables.emit(rows, cols, fmt, f"{task.name} {arts[0].meta.get('split')}: {task.headline} by {by} "
-                                 f"(k={k}, {combine}; t-test of k-member ensembles vs {ref})")
+            "vs_ref", "diff_low", "diff_high", "p_value", "test", "p_single"]
+    cols += ["p_paper"] if test == "permutation" else []
+    cols += ["ci_low", "ci_high"] if bootstrap else []
+    what = ("permutation test over seeds" if test == "permutation" else
+            "the paper's t-test over combinations, optimistic: combinations share members")
+    tables.emit(rows, cols, fmt, f"{task.name} {members.split}: {task.headline} by {by} (k={k}, {combine}, "
+                                 f"{groups} seed group(s); vs {ref}: difference, 95% interval, {what})")
+    if test == "paper":
+        tables.note("note: --test paper is the t-test of Kobayashi et al. over k-member combinations; combinations "
+                    "share members, so its p-values are optimistic, too small (README: Statistics)")
     if plot:
-        curves = gain_curves(groups, ref, combine)
+        curves = gain_curves(members, grouped, ref, combine, groups)
         plot_gain(curves, ref, task.headline, plot, f"{task.name}: ensemble gain over {ref}")
         tables.note(f"wrote {plot}")
 
 
-def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: str = "sparsity") -> None:
+def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: str = "sparsity",
+          resamples: int = RESAMPLES) -> None:
     """``stats --by sparsity``: the phase-transition table (metric vs sparsity per ticket kind); with
     ``--select best`` only the super ticket's mask path(s). ``--by train_fraction``: metric vs training data per
     scheme (transfer)."""

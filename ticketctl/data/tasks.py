@@ -127,20 +127,24 @@ def _spearman(x, y):
     return _pearson(_rank(x), _rank(y))
 
 
+def metric(name: str, pred: np.ndarray, gold: np.ndarray):
+    """One metric of predictions against gold labels; leading axes of ``pred`` give an array of values."""
+    if name == "accuracy":
+        return np.mean(pred == gold, axis=-1)
+    if name == "f1":
+        return _f1(pred, gold)
+    if name == "matthews":
+        return _matthews(pred, gold)
+    if name == "pearson":
+        return _pearson(pred, gold)
+    return _spearman(pred, gold)
+
+
 def score(task: Task, pred: np.ndarray, gold: np.ndarray) -> dict:
     """All of the task's metrics for predictions (class indices or scores) against gold labels. ``pred`` may have
     leading axes (e.g. one row per ensemble combination): the metrics then are arrays over those axes."""
     out = {}
     for m in task.metrics:
-        if m == "accuracy":
-            v = np.mean(pred == gold, axis=-1)
-        elif m == "f1":
-            v = _f1(pred, gold)
-        elif m == "matthews":
-            v = _matthews(pred, gold)
-        elif m == "pearson":
-            v = _pearson(pred, gold)
-        else:
-            v = _spearman(pred, gold)
+        v = metric(m, pred, gold)
         out[m] = float(v) if np.ndim(v) == 0 else v
     return out

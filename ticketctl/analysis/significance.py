@@ -1,0 +1,285 @@
+"""The paper's evaluation protocol, and significance tests that treat the seed as the unit of replication.
+
+Protocol (Kobayashi et al., 2022, Appendix "The Combinations of Ensembles"): a scheme's members, in seed order, are
+split into G equal groups; every k-member ensemble inside a group is scored; scores are averaged within groups,
+then over groups. With G = 1 every k-member combination of all members is scored.
+
+Why not a t-test over those combinations: combinations share members, so their scores are far from independent and
+a t-test over them is optimistic (README "Statistics" measures its false-positive rate). The default test here is a
+permutation test over seeds: under the null hypothesis that the two schemes' members come from one distribution,
+exchanging scheme A's and scheme B's member of a seed (paired: they share the seed's head, data order and dropout)
+or, without pairing, reassigning members to schemes at random, leaves the distribution of the statistic unchanged.
+The statistic is the difference of the protocol means; its p-value is exact up to Monte Carlo error, whichever
+combinations enter it. The interval for the difference is a percentile bootstrap that resamples seeds (paired) and,
+within each resample, the evaluation examples.
+
+Everything is vectorised: an ensemble's summed outputs are a product of a membership matrix with the members'
+outputs, so thousands of ensembles (and resamples of them) are a few matrix products. numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from math import comb
+
+import numpy as np
+
+from ticketctl.data.tasks import Task, metric
+from ticketctl.errors import InputError, UsageError
+
+RESAMPLES = 1000  # permutations and bootstrap resamples
+TEST_COMBINATIONS = 50  # combinations per group in the permutation and bootstrap statistics (all when fewer)
+BLOCK_ELEMENTS = 8_000_000  # ensembles x examples scored at once
+
+
+class Scorer:
+    """The task's headline metric for ensembles given as membership weights over members.
+
+    ``terms``: (M, N, C) what each member contributes (``combine.member_terms``). ``weights`` (B, M): ensemble b sums
+    ``weights[b, m]`` times member m (0/1 membership; counts for bootstrap resamples)."""
+
+    def __init__(self, task: Task, terms: np.ndarray, labels: np.ndarray):
+        self.task, self.labels = task, labels
+        self.binary = not task.is_regression and terms.shape[2] == 2
+        if self.binary:  # argmax of two classes is the sign of the margin
+            self.x = np.ascontiguousarray(terms[..., 1] - terms[..., 0], dtype=np.float32)
+        elif task.is_regression:
+            self.x = np.ascontiguousarray(terms[..., 0], dtype=np.float32)
+        else:
+            self.x = np.ascontiguousarray(terms, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def subset(self, members) -> "Scorer":
+        """A scorer over these members only (cheaper products when a comparison involves a few of many)."""
+        sub = object.__new__(Scorer)
+        sub.task, sub.labels, sub.binary = self.task, self.labels, self.binary
+        sub.x = self.x[np.asarray(members)]
+        return sub
+
+    def scores(self, weights: np.ndarray, examples: np.ndarray | None = None) -> np.ndarray:
+        """Headline metric of each ensemble (row of ``weights``), on ``examples`` (indices; default all)."""
+        weights = np.asarray(weights, dtype=np.float32)
+        x = self.x if examples is None else self.x[:, examples]
+        labels = self.labels if examples is None else self.labels[examples]
+        positive = labels == 1
+        name = self.task.headline
+        n = x.shape[1] * (x.shape[2] if x.ndim == 3 else 1)
+        per = max(1, BLOCK_ELEMENTS // max(1, n))
+        out = []
+        for start in range(0, len(weights), per):
+            w = weights[start : start + per]
+            if x.ndim == 3:
+                value = metric(name, np.einsum("bm,mnc->bnc", w, x).argmax(-1), labels)
+            elif self.task.is_regression:
+                value = metric(name, (w @ x) / w.sum(axis=1, keepdims=True), labels)
+            elif name == "accuracy":  # class 1 where the summed margin is > 0 (a tie goes to class 0, as argmax)
+                value = np.mean((w @ x > 0) == positive, axis=-1)
+            else:
+                value = metric(name, (w @ x > 0).astype(np.int64), labels)
+            out.append(np.atleast_1d(value))
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+# ---------------------------------------------------------------------------------------------- the protocol
+
+
+def parse_k(spec: str | int | None, default: int | None = None) -> list[int]:
+    """Ensemble sizes: ``5``, ``2,3,5``, ``2-5``; a range must ascend and every k be >= 1."""
+    if spec is None:
+        return [] if default is None else [default]
+    out: list[int] = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        try:
+            if "-" in part or ".." in part:
+                a, b = (int(x) for x in part.replace("..", "-").split("-"))
+                if a > b:
+                    raise UsageError(f"--size {spec!r}: a range goes up (2-5, not 5-2)")
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UsageError(f"--size {spec!r}: give k, a list 2,3,5 or a range 2-5") from None
+    if any(k < 1 for k in out):
+        raise UsageError(f"--size {spec!r}: an ensemble has at least one member")
+    return out
+
+
+def split_groups(n: int, groups: int) -> list[list[int]]:
+    """Positions 0..n-1 (members in seed order) split into ``groups`` equal consecutive groups."""
+    if groups < 1:
+        raise UsageError(f"--groups {groups}: must be >= 1")
+    if n % groups:
+        raise InputError(f"--groups {groups}: {n} members do not split into {groups} equal groups (give a multiple "
+                         f"of {groups} seeds per scheme)")
+    size = n // groups
+    return [list(range(g * size, (g + 1) * size)) for g in range(groups)]
+
+
+def protocol_combinations(n: int, k: int, groups: int, limit: int | None = None,
+                          rng: np.random.Generator | None = None) -> np.ndarray:
+    """Membership matrix (combinations, n) of every k-member combination inside each group, groups concatenated
+    in equal numbers (so the mean over rows is the mean over groups of the means within groups). With ``limit``,
+    at most that many combinations per group, drawn without replacement (seeded)."""
+    parts = split_groups(n, groups)
+    if k > len(parts[0]):
+        raise UsageError(f"--size {k}: a group has {len(parts[0])} members (n={n}, --groups {groups})")
+    total = comb(len(parts[0]), k)
+    rows = []
+    for part in parts:
+        if limit is not None and total > limit:
+            chosen = _sample_combinations(len(part), k, limit, rng)
+        else:
+            chosen = np.asarray(list(combinations(range(len(part)), k)), dtype=np.int64).reshape(-1, k)
+        m = np.zeros((len(chosen), n))
+        np.put_along_axis(m, np.asarray(part)[chosen], 1.0, axis=1)
+        rows.append(m)
+    return np.concatenate(rows)
+
+
+def _sample_combinations(n: int, k: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    while len(out) < count:
+        c = tuple(sorted(rng.choice(n, size=k, replace=False).tolist()))
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return np.asarray(out, dtype=np.int64)
+
+
+def protocol_scores(scorer: Scorer, members: list[int], k: int, groups: int) -> np.ndarray:
+    """Scores of every k-member combination within each group of ``members`` (indices into the scorer, seed
+    order), groups concatenated."""
+    k_matrix = protocol_combinations(len(members), k, groups)
+    weights = np.zeros((len(k_matrix), len(scorer)))
+    weights[:, members] = k_matrix
+    return scorer.scores(weights)
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+
+@dataclass
+class Comparison:
+    """Scheme A against scheme B at ensemble size k."""
+
+    diff: float  # protocol mean of A minus that of B
+    low: float  # 95% interval of the difference
+    high: float
+    p: float
+    test: str
+
+
+def pairing(seeds_a: list[str], seeds_b: list[str]) -> bool:
+    """Members pair by seed when both schemes have the same seeds (in the same order)."""
+    return len(seeds_a) == len(seeds_b) and list(seeds_a) == list(seeds_b) and len(set(seeds_a)) == len(seeds_a)
+
+
+def compare(scorer: Scorer, a: list[int], b: list[int], k: int, groups: int, paired: bool,
+            resamples: int = RESAMPLES, seed: int = 0, limit: int = TEST_COMBINATIONS) -> Comparison:
+    """Permutation test over seeds and seed x example bootstrap interval for A's protocol mean minus B's.
+
+    ``a``, ``b``: member indices into ``scorer`` in seed order. Paired: the member of one seed is exchanged between
+    the schemes (each seed independently, with probability 1/2); unpaired: the pooled members are reassigned to the
+    schemes at random. The statistic uses at most ``limit`` combinations per group (the same ones throughout), so a
+    test costs the same at 20 seeds as at 5; the permutation p-value is exact for it up to Monte Carlo error."""
+    if paired and len(a) != len(b):
+        raise UsageError("a paired comparison needs the same seeds in both schemes")
+    rng = np.random.default_rng([seed, k, groups, len(a), len(b)])
+    na, nb = len(a), len(b)
+    sub = scorer.subset(list(a) + list(b))  # columns: A's members, then B's
+    ka = protocol_combinations(na, k, groups, limit, rng)
+    kb = ka if nb == na else protocol_combinations(nb, k, groups, limit, rng)
+
+    def statistic(wa: np.ndarray, wb: np.ndarray, examples=None) -> np.ndarray:
+        """Mean score of A's ensembles minus B's, for a stack of R relabellings: wa (R, Ca, na+nb), wb (R, Cb, ...)."""
+        r = len(wa)
+        sa = sub.scores(wa.reshape(-1, na + nb), examples).reshape(r, -1).mean(1)
+        sb = sub.scores(wb.reshape(-1, na + nb), examples).reshape(r, -1).mean(1)
+        return sa - sb
+
+    def place(k_matrix: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """(R, C, na+nb): combination rows over positions, position i standing for column columns[r, i]."""
+        onehot = np.zeros((len(columns), columns.shape[1], na + nb))
+        np.put_along_axis(onehot, columns[:, :, None], 1.0, axis=2)
+        return np.einsum("ci,rij->rcj", k_matrix, onehot)
+
+    a_cols, b_cols = np.arange(na)[None], np.arange(na, na + nb)[None]
+    observed = float(statistic(place(ka, a_cols), place(kb, b_cols))[0])
+
+    chunk = max(1, BLOCK_ELEMENTS // max(1, (len(ka) + len(kb)) * len(sub.labels)))
+    extreme, done = 0, 0
+    while done < resamples:
+        r = min(chunk, resamples - done)
+        if paired:
+            swap = rng.random((r, na)) < 0.5
+            pa = np.where(swap, b_cols, a_cols)
+            pb = np.where(swap, a_cols, b_cols)
+        else:
+            pool = np.argsort(rng.random((r, na + nb)), axis=1)
+            pa, pb = pool[:, :na], pool[:, na:]
+        t = statistic(place(ka, pa), place(kb, pb))
+        extreme += int(np.sum(np.abs(t) >= abs(observed) - 1e-12))
+        done += r
+    p = (1 + extreme) / (1 + resamples)
+
+    low, high = jackknife_interval(sub, ka, kb, na, nb, groups, paired)
+    name = "paired permutation (seeds)" if paired else "permutation (seeds)"
+    return Comparison(observed, low, high, float(p), name)
+
+
+def jackknife_interval(sub: Scorer, ka: np.ndarray, kb: np.ndarray, na: int, nb: int, groups: int,
+                       paired: bool, level: float = 0.95) -> tuple[float, float]:
+    """Interval for the difference of protocol means from its leave-one-seed-out jackknife standard error and
+    Student's t with (seeds - 1) degrees of freedom. Leaving a seed out drops the combinations that contain it
+    (every ensemble keeps distinct members, unlike a bootstrap that draws seeds with replacement), and the scores
+    are those already computed: no ensemble is scored again. Conditional on the evaluation examples, as the
+    permutation test is."""
+    from scipy import stats
+
+    pad = np.zeros((len(ka), nb))
+    sa = sub.scores(np.hstack([ka, pad]))
+    sb = sub.scores(np.hstack([np.zeros((len(kb), na)), kb]))
+    group_a, group_b = _group_of(ka, na, groups), _group_of(kb, nb, groups)
+
+    def mean_without(scores, k_matrix, group, seed):
+        keep = k_matrix[:, seed] == 0 if seed is not None else np.ones(len(k_matrix), bool)
+        return np.mean([scores[keep & (group == g)].mean() for g in range(groups) if (keep & (group == g)).any()])
+
+    def pseudo(n, fn):
+        full = fn(None)
+        leave = np.array([fn(s) for s in range(n)])
+        return full, leave
+
+    if paired:
+        d = sa - sb  # the same combinations of the same seeds
+        full, leave = pseudo(na, lambda s: mean_without(d, ka, group_a, s))
+        var, dof = (na - 1) / na * np.sum((leave - leave.mean()) ** 2), na - 1
+    else:
+        fa, la = pseudo(na, lambda s: mean_without(sa, ka, group_a, s))
+        fb, lb = pseudo(nb, lambda s: mean_without(sb, kb, group_b, s))
+        full = fa - fb
+        var = (na - 1) / na * np.sum((la - la.mean()) ** 2) + (nb - 1) / nb * np.sum((lb - lb.mean()) ** 2)
+        dof = min(na, nb) - 1
+    half = stats.t.ppf((1 + level) / 2, max(1, dof)) * np.sqrt(var)
+    return float(full - half), float(full + half)
+
+
+def _group_of(k_matrix: np.ndarray, n: int, groups: int) -> np.ndarray:
+    """The group of each combination row (members of a combination are in one group)."""
+    first = k_matrix.argmax(axis=1)
+    return first // (n // groups)
+
+
+def paper_ttest(a_scores: np.ndarray, b_scores: np.ndarray) -> float:
+    """The paper's test: Student's t-test over the two schemes' within-group combination scores. Optimistic:
+    combinations share members, so they are not independent samples."""
+    from scipy import stats
+
+    if len(a_scores) < 2 or len(b_scores) < 2 or (np.var(a_scores) == 0 and np.var(b_scores) == 0):
+        return float("nan")
+    return float(stats.ttest_ind(a_scores, b_scores, equal_var=True).pvalue)
