@@ -16,6 +16,7 @@ import pytest
 from ticketctl.analysis.significance import Scorer, compare, paper_ttest, parse_k, protocol_scores, split_groups
 from ticketctl.data.tasks import get_task
 from ticketctl.errors import InputError, UsageError
+from ticketctl.store.artifacts import read_artifact
 
 TASK = get_task("mrpc")
 
@@ -127,3 +128,54 @@ def test_stats_cli_protocol_and_tests(cli, tmp_path):
     assert code == 2 and "goes up" in err
     code, out, err = cli("ensemble", *paths[:3], "--size", "1", "--groups", "2")
     assert code == 3 and "equal groups" in err
+
+
+def test_phase_table_realised_fractions_winning_vs_full_and_held_out_selection(cli, tmp_path):
+    from test_analysis import logits_file
+
+    rng = np.random.default_rng(7)
+    n_ex = 200
+    labels = rng.integers(0, 2, n_ex)
+    sign = 2 * labels - 1
+    paths = []
+
+    def member(policy, seed, strength, level=None, heads=None, ffn=None):
+        m = sign * strength + rng.normal(0, 1.0, n_ex)
+        meta = {"policy": policy, "seed": str(seed)}
+        if level is not None:
+            meta.update({"target_sparsity": f"{level:.6f}", "sparsity": f"{heads:.6f}", "ffn_sparsity": f"{ffn:.6f}",
+                         "parents": [{"path": f"mask-{policy}-{level}-s{seed}", "sha256": "0", "kind": "mask"}]})
+        else:
+            meta["sparsity"] = "0"
+        paths.append(logits_file(tmp_path / f"{policy}-{level}-{seed}.safetensors", np.stack([np.zeros(n_ex), m], -1),
+                                 labels, **meta))
+
+    for s in range(4):
+        member("dense", s, 1.5)
+        member("winning", s, 1.4, 0.3, 0.2917, 0.3333)  # 21 of 72 heads, 2 of 6 FFNs
+        member("winning", s, 0.2, 0.5, 0.5, 0.5)
+    code, out, err = cli("stats", "--by", "sparsity", "--format", "json", *paths)
+    assert code == 0, err
+    rows = {r["sparsity"]: r for r in map(json.loads, out.splitlines())}
+    assert rows[0.3]["heads_pruned"] == pytest.approx(0.2917) and rows[0.3]["ffn_pruned"] == pytest.approx(1 / 3,
+                                                                                                           abs=1e-3)
+    assert rows[0.5]["vs_full"] < -0.2 and rows[0.5]["p_vs_full"] < 0.2  # 4 paired seeds: smallest p is 2/16
+    assert rows[0.3]["p_vs_full"] > rows[0.5]["p_vs_full"]
+    # --select best: chosen on a seeded half of the examples, reported on the other half
+    code, out, err = cli("stats", "--by", "sparsity", "--select", "best", *paths)
+    assert code == 0 and out.split() == [f"mask-winning-0.3-s{s}" for s in range(4)]
+    order = np.random.default_rng(0).permutation(n_ex)
+    report = np.sort(order[100:])
+    outputs = [read_artifact(p).tensors["outputs"] for p in paths]
+    held = np.mean([np.mean(outputs[3 * s + 1][report].argmax(1) == labels[report]) for s in range(4)])
+    assert "chosen on 100 of 200 dev examples" in err and f"on the other 100: dev accuracy {held:.4f}" in err
+
+
+def test_structured_search_refuses_levels_that_make_the_same_ticket(cli, tiny_model, glue_dir, tmp_path):
+    """The tiny model has 2 layers x 2 heads: 40% and 45% both prune round(1.6) = round(1.8) = 2 heads and
+    round(0.8) = round(0.9) = 1 FFN sublayer."""
+    code, out, err = cli("search", "--method", "structured", "--task", "mrpc", "--sparsity", "0.4,0.45",
+                         "--model", tiny_model, "--data-dir", glue_dir, "--device", "cpu", "--quiet",
+                         "--out", tmp_path)
+    assert code == 2 and "the same ticket" in err and out == ""
+    assert not list(tmp_path.glob("*.safetensors")) and not (tmp_path / "cache").exists()

@@ -300,7 +300,10 @@ def stats(
     bootstrap: Annotated[int, typer.Option(help="Resample the evaluation examples N times for a 95% interval of "
                                                 "each group's ensemble mean (0: off).")] = 0,
     select: Annotated[Optional[str], typer.Option(
-        help="best: with --by sparsity, print the mask path(s) of the best winning level (the super ticket).")] = None,
+        help="best: with --by sparsity, print the mask path(s) of the best winning level (the super ticket), chosen "
+        "on a seeded part of the evaluation examples and reported on the rest.")] = None,
+    select_fraction: Annotated[float, typer.Option(help="With --select best: the fraction of the evaluation "
+                                                        "examples the level is chosen on.")] = 0.5,
     format: Format = "table",
 ):
     """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics (the paper's protocol with
@@ -310,7 +313,8 @@ def stats(
     from ticketctl.analysis.stats import stats as run_stats
     from ticketctl.store.artifacts import read_paths
 
-    run_stats(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap, select, groups, test, resamples)
+    run_stats(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap, select, groups, test,
+              resamples, select_fraction)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

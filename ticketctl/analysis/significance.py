@@ -52,6 +52,13 @@ class Scorer:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def on_examples(self, examples: np.ndarray) -> "Scorer":
+        """A scorer over these evaluation examples only."""
+        sub = object.__new__(Scorer)
+        sub.task, sub.binary = self.task, self.binary
+        sub.labels, sub.x = self.labels[examples], self.x[:, examples]
+        return sub
+
     def subset(self, members) -> "Scorer":
         """A scorer over these members only (cheaper products when a comparison involves a few of many)."""
         sub = object.__new__(Scorer)
@@ -66,6 +73,8 @@ class Scorer:
         labels = self.labels if examples is None else self.labels[examples]
         positive = labels == 1
         name = self.task.headline
+        if name == "pearson":
+            return self._pearson(weights, x, labels)
         n = x.shape[1] * (x.shape[2] if x.ndim == 3 else 1)
         per = max(1, BLOCK_ELEMENTS // max(1, n))
         out = []
@@ -81,6 +90,23 @@ class Scorer:
                 value = metric(name, (w @ x > 0).astype(np.int64), labels)
             out.append(np.atleast_1d(value))
         return np.concatenate(out) if out else np.zeros(0)
+
+
+    @staticmethod
+    def _pearson(weights: np.ndarray, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Pearson's r of each ensemble's mean prediction with the labels, from the members' Gram matrix: with
+        P = w x / k, sum(P * yc) = w (x yc) / k and sum(P^2) = w G w / k^2 (G = x x^T), so no ensemble's
+        predictions are formed (members x members work instead of ensembles x examples)."""
+        w = weights.astype(np.float64)
+        x = x.astype(np.float64)
+        y = labels.astype(np.float64)
+        yc = y - y.mean()
+        k = w.sum(axis=1)
+        cross = (w @ (x @ yc)) / k
+        square = np.einsum("bm,mn,bn->b", w, x @ x.T, w) / k**2
+        mean = (w @ x.mean(axis=1)) / k
+        spread = np.sqrt(np.maximum(square - len(y) * mean**2, 0.0)) * np.sqrt(yc @ yc)
+        return np.where(spread > 0, cross / np.where(spread > 0, spread, 1.0), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------- the protocol

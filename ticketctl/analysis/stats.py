@@ -257,11 +257,14 @@ def row_value(art: Artifact, by: str) -> float:
         raise UsageError(f"--by {by}: {art.path} has a non-numeric value") from None
 
 
-def phase_table(paths: list[str], by: str = "sparsity") -> tuple[list[dict], list[str], Members, dict]:
+def phase_table(paths: list[str], by: str = "sparsity", examples: np.ndarray | None = None,
+                resamples: int = 0) -> tuple[list[dict], list[str], Members, dict]:
     """Metric vs ``by`` (rows), one column per scheme. ``--by sparsity`` is the Super Tickets phase transition:
-    columns are the ticket kinds and the full (unpruned) model is the reference column. ``--by train_fraction`` is
-    the transfer table (paper's Table 4): columns are the schemes and the models they started from. Returns rows,
-    the columns, the members, and {(column, row value): member indices}."""
+    columns are the ticket kinds, the full (unpruned) model is the reference column, each row gives the head and FFN
+    fractions its tickets really prune and (with ``resamples``) the winning tickets' difference to the full model
+    with the calibrated test over seeds. ``--by train_fraction`` is the transfer table (paper's Table 4): columns
+    are the schemes and the models they started from. Scores on ``examples`` (default all). Returns rows, the
+    columns, the members, and {(column, row value): member indices}."""
     members = load_members(paths)
     if members.labels is None:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
@@ -277,7 +280,12 @@ def phase_table(paths: list[str], by: str = "sparsity") -> tuple[list[dict], lis
     if not cells:
         raise UsageError("--by sparsity: no pruned members (only full models) among the artifacts")
     kinds = sorted({k for k, _ in cells}, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else 9, k))
-    scores = single_scores(members)
+    scorer = Scorer(members.task, member_terms(members.task, members.outputs, "probs"), members.labels)
+    if examples is not None:
+        scorer = scorer.on_examples(examples)
+    for idx in [*cells.values(), full]:
+        idx.sort(key=lambda i: (_seed_order(members.arts[i]), members.arts[i].path.name))
+    scores = scorer.scores(np.eye(len(scorer)))
     full_mean = float(scores[full].mean()) if full else float("nan")
     rows = []
     for level in sorted({lv for _, lv in cells}):
@@ -291,6 +299,15 @@ def phase_table(paths: list[str], by: str = "sparsity") -> tuple[list[dict], lis
         if by == "sparsity":
             row["full"] = full_mean
             row["full_n"] = len(full)
+            some = members.arts[next(i for k in kinds for i in cells.get((k, level), []))]
+            row["heads_pruned"] = float(some.meta.get("sparsity", "nan"))
+            row["ffn_pruned"] = float(some.meta.get("ffn_sparsity", "nan"))
+            win = cells.get(("winning", level), [])
+            row["vs_full"] = row.get("winning", float("nan")) - full_mean
+            row["p_vs_full"] = float("nan")
+            if resamples and len(win) >= 2 and len(full) >= 2:
+                paired = pairing(seeds_of(members, win), seeds_of(members, full))
+                row["p_vs_full"] = compare(scorer, win, full, 1, 1, paired, resamples).p
         rows.append(row)
     return rows, kinds, members, dict(cells)
 
@@ -333,7 +350,8 @@ def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title
 
 def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
           combine: str = "probs", plot: str | None = None, fmt: str = "table", bootstrap: int = 0,
-          select: str | None = None, groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES) -> None:
+          select: str | None = None, groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
+          select_fraction: float = 0.5) -> None:
     """Print the paper's Table 1 (groups by ``by``), or with ``by="sparsity"`` the phase-transition table."""
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
@@ -344,7 +362,7 @@ def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: in
     if by in ("sparsity", "train_fraction"):
         if select is not None and by != "sparsity":
             raise UsageError("--select best needs --by sparsity")
-        return phase(paths, plot, fmt, select, by, resamples)
+        return phase(paths, plot, fmt, select, by, resamples, select_fraction)
     if select is not None:
         raise UsageError("--select best needs --by sparsity")
     members, grouped = load_groups(paths, by)
@@ -369,34 +387,57 @@ def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: in
 
 
 def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: str = "sparsity",
-          resamples: int = RESAMPLES) -> None:
+          resamples: int = RESAMPLES, select_fraction: float = 0.5) -> None:
     """``stats --by sparsity``: the phase-transition table (metric vs sparsity per ticket kind); with
-    ``--select best`` only the super ticket's mask path(s). ``--by train_fraction``: metric vs training data per
-    scheme (transfer)."""
-    rows, kinds, members, cells = phase_table(paths, by)
-    task = members.task
+    ``--select best`` only the super ticket's mask path(s), chosen on a seeded ``select_fraction`` of the
+    evaluation examples and reported on the rest. ``--by train_fraction``: metric vs training data per scheme
+    (transfer)."""
     if select:
+        if not 0 < select_fraction < 1:
+            raise UsageError("--select-fraction must be in (0, 1)")
+        members = load_members(paths)
+        n = len(members.ids)
+        order = np.random.default_rng(SELECT_SEED).permutation(n)
+        cut = max(1, min(n - 1, int(round(select_fraction * n))))
+        choose, report = np.sort(order[:cut]), np.sort(order[cut:])
+        rows, _, members, cells = phase_table(paths, by, choose)
         best = best_level(rows)
+        shown, _, _, _ = phase_table(paths, by, report)
+        held = next(r for r in shown if r["sparsity"] == best["sparsity"])
         for i in cells[("winning", best["sparsity"])]:
             for par in members.arts[i].meta.get("parents") or []:
                 sys.stdout.write(f"{par['path']}\n")
-        tables.note(f"super ticket: winning at {best['sparsity']:.0%}, dev {task.headline} {best['winning']:.4f} "
-                    f"(full model {best['full']:.4f})")
+        tables.note(f"super ticket: winning at {best['sparsity']:.0%}, chosen on {len(choose)} of {n} "
+                    f"{members.split} examples (a seeded {select_fraction:g} of them); on the other {len(report)}: "
+                    f"{task_name(members)} {held['winning']:.4f} (full model {held['full']:.4f})")
         return
+    rows, kinds, members, cells = phase_table(paths, by, resamples=resamples)
+    task = members.task
     full = ["full"] if by == "sparsity" else []
+    extra = ["heads_pruned", "ffn_pruned", "vs_full", "p_vs_full"] if by == "sparsity" else []
     if fmt == "table" or fmt == "markdown":
         shown = [{by: f"{r[by]:.0%}" if by == "sparsity" else f"{r[by]:g}",
                   **{k: "" if math.isnan(r[k]) else f"{r[k]:.4f}" + (f" ±{r[k + '_std']:.4f}" if not math.isnan(
                       r[k + "_std"]) else "") + f" ({r[k + '_n']})" for k in kinds},
-                  **({"full": "" if math.isnan(r["full"]) else f"{r['full']:.4f} ({r['full_n']})"} if full else {})}
+                  **({"full": "" if math.isnan(r["full"]) else f"{r['full']:.4f} ({r['full_n']})"} if full else {}),
+                  **({"heads/FFN pruned": f"{r['heads_pruned']:.1%} / {r['ffn_pruned']:.1%}",
+                      "winning vs full (p)": "" if math.isnan(r["vs_full"]) else f"{r['vs_full']:+.4f}"
+                      + ("" if math.isnan(r["p_vs_full"]) else f" ({r['p_vs_full']:.3g})")} if full else {})}
                  for r in rows]
-        tables.emit(shown, [by, *kinds, *full], fmt,
+        tables.emit(shown, [by, *kinds, *full] + (["heads/FFN pruned", "winning vs full (p)"] if full else []), fmt,
                     f"{task.name} {members.split}: {task.headline} by {by} (mean ±std over seeds (n))"
-                    + ("; full = unpruned model" if full else ""))
+                    + ("; full = unpruned model; p: permutation test over seeds" if full else ""))
     else:
         cols = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")] + (["full", "full_n"] if full else [])
-        tables.emit(rows, cols, fmt, f"{task.name} {members.split}: {task.headline} by {by}")
+        tables.emit(rows, cols + extra, fmt, f"{task.name} {members.split}: {task.headline} by {by}")
     if plot:
         plot_phase(rows, kinds, task.headline, plot,
                    f"{task.name}: {'phase transition' if full else 'metric vs training data'}", by)
         tables.note(f"wrote {plot}")
+
+
+SELECT_SEED = 0  # the split of the evaluation examples into selection and report halves for --select best
+
+
+def task_name(members: Members) -> str:
+    return f"{members.split} {members.task.headline}"

@@ -74,8 +74,7 @@ def ticket(head_scores: np.ndarray, ffn_scores: np.ndarray, sparsity: float, kin
     if kind not in TICKETS:
         raise UsageError(f"--ticket must be one of {', '.join(TICKETS)}")
     layers, heads = head_scores.shape
-    n_heads = int(round(sparsity * layers * heads))
-    n_ffn = int(round(sparsity * layers))
+    n_heads, n_ffn = level_counts(sparsity, layers, heads)
     if n_heads > layers * (heads - 1):
         raise UsageError(f"--sparsity {sparsity}: at most {layers * (heads - 1)} of {layers * heads} heads can go "
                          f"(one is kept per layer)")
@@ -86,6 +85,24 @@ def ticket(head_scores: np.ndarray, ffn_scores: np.ndarray, sparsity: float, kin
         sign = 1.0 if kind == "winning" else -1.0
         hs, fs = sign * head_scores, sign * ffn_scores
     return StructuredMask(select(hs, n_heads, 1), select(fs[:, None], n_ffn, 0).ravel())
+
+
+def level_counts(sparsity: float, layers: int, heads: int) -> tuple[int, int]:
+    """Heads and FFN sublayers a level prunes: ``round(level x layers x heads)`` and ``round(level x layers)``,
+    to the nearest count (Python's round: a tie goes to the even count). Liang et al.'s code truncates
+    (``int(total * percent / 100)``), so e.g. 10% of 6 FFN sublayers prunes one here and none there."""
+    return int(round(sparsity * layers * heads)), int(round(sparsity * layers))
+
+
+def check_distinct_levels(levels: list[float], layers: int, heads: int) -> None:
+    """Two levels that prune the same numbers of heads and FFNs give the same tickets: refuse the second."""
+    seen: dict[tuple[int, int], float] = {}
+    for level in levels:
+        counts = level_counts(level, layers, heads)
+        if counts in seen:
+            raise UsageError(f"--sparsity {seen[counts]:g} and {level:g} both prune {counts[0]} of {layers * heads} "
+                             f"heads and {counts[1]} of {layers} FFN sublayers: the same ticket; give one of them")
+        seen[counts] = level
 
 
 def parse_levels(text: str) -> list[float]:

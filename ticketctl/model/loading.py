@@ -207,6 +207,14 @@ def check_max_length(max_length: int, model, tokenizer) -> None:
         raise UsageError(f"--max-length {max_length} is longer than the model takes ({limit} tokens)")
 
 
+def encoder_shape(folder: Path) -> tuple[int, int]:
+    """(layers, attention heads per layer) from a model folder's config.json, without loading the model."""
+    import json
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return int(config.get("num_hidden_layers", 0)), int(config.get("num_attention_heads", 0))
+
+
 def resolve_init(init: str) -> tuple[Path, str]:
     """A saved model folder (``finetune --save-model`` or ``share --save-model``) and its content fingerprint."""
     path = Path(init).expanduser()

@@ -16,12 +16,7 @@ import numpy as np
 from ticketctl.data.sampling import training_subset
 from ticketctl.errors import UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
-from ticketctl.masks.structured import (
-    TICKETS,
-    normalize_heads,
-    ticket,
-    weights_remaining,
-)
+from ticketctl.masks.structured import TICKETS, check_distinct_levels, normalize_heads, ticket, weights_remaining
 from ticketctl.stages import setup
 from ticketctl.stages.setup import Context
 from ticketctl.store import paths
@@ -55,7 +50,10 @@ def structured_search(task: str, seed: int = 0, *, levels: list[float], kinds: l
 
 def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, levels: list[float],
                        kinds: list[str], force: bool = False, train_fraction: float = 1.0) -> list[Path]:
+    from ticketctl.model.loading import encoder_shape
+
     ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction))
+    check_distinct_levels(levels, *encoder_shape(ctx.model_dir))  # before any training
 
     # identity -> finished already?
     dense_identity = setup.training_identity(ctx, cfg, seed, ctx.train, train_fraction=train_fraction)
