@@ -149,15 +149,23 @@ def test_sparsity_outside_open_interval(cli, tiny_args, tmp_path, value):
 
 
 def test_config_hash_of_a_finetune_is_pinned():
-    """The name of a finetune's artifacts must not change between versions unless the computation does."""
-    from ticketctl.store.provenance import config_hash
-    from ticketctl.store.provenance import IDENTITY_DEFAULTS
+    """The name of a finetune's artifacts must not change between versions unless the computation does: the identity
+    an artifact of the first release recorded (no max_grad_norm field) still hashes to its name, and today's
+    default identity (clipping at 1.0, computation 4) is pinned too."""
     from ticketctl.hparams import TrainConfig
+    from ticketctl.store.provenance import COMPUTATION, IDENTITY_DEFAULTS, config_hash
 
-    identity = {"task": "mrpc", "model": "f" * 64, "seed": 3, "train_data": "d" * 64,
-                **TrainConfig(precision="bf16").as_dict(), "mask": None, "bagging": 1.0, "computation": 1}
-    assert config_hash({**identity, "eval_data": "e" * 64}, IDENTITY_DEFAULTS) == \
+    first_release = {"task": "mrpc", "model": "f" * 64, "seed": 3, "train_data": "d" * 64,
+                     **TrainConfig(precision="bf16").as_dict(), "mask": None, "bagging": 1.0, "computation": 1}
+    del first_release["max_grad_norm"]  # added in computation 4; absent means no clipping
+    assert config_hash({**first_release, "eval_data": "e" * 64}, IDENTITY_DEFAULTS) == \
         "f01967a17126fc71d7f5ac923031f20f41f8b3ba3fa003e184606accc3413127"
+    today = {**first_release, **TrainConfig(precision="bf16").as_dict(), "computation": COMPUTATION}
+    assert COMPUTATION == 4 and config_hash({**today, "eval_data": "e" * 64}, IDENTITY_DEFAULTS) == \
+        "ed31a64564cec70086aa1ac47db2af75351134361c593954eabdccb95502987c"
+    # no clipping is the value older artifacts were made with: it hashes as if the field were absent
+    assert config_hash({**today, "max_grad_norm": 0.0}, IDENTITY_DEFAULTS) == \
+        config_hash({k: v for k, v in today.items() if k != "max_grad_norm"}, IDENTITY_DEFAULTS)
 
 
 def test_computation_version_enters_the_hash():

@@ -145,3 +145,53 @@ def test_magnitude_prune_matches_a_stable_sort_with_ties():
         ref = torch.ones(mags.numel(), dtype=torch.bool)
         ref[torch.argsort(mags, stable=True)[:n]] = False
         assert torch.equal(torch.cat([got[k].ravel() for k in names]), ref)
+
+
+def test_gradient_is_clipped_after_masking_and_l1(monkeypatch):
+    """--max-grad-norm clips the gradient the optimizer sees: the global norm over every parameter, after the mask
+    and the L1 term; 0 turns it off."""
+    import torch
+
+    from ticketctl.train import loop as loop_mod
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask, **_):
+            class Out:
+                logits = self.inner(input_ids.float()[:, :4] * 100)  # large inputs: a large gradient
+            return Out()
+
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(opt, *a, **k):
+        seen.append(torch.sqrt(sum((p.grad.float() ** 2).sum() for g in opt.param_groups for p in g["params"]
+                                   if p.grad is not None)).item())
+        zeroed.append(float(model.weight.grad[0, 0]))
+        return real_step(opt, *a, **k)
+
+    zeroed: list = []
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    from ticketctl.data.batching import Encoded
+
+    ids = [np.arange(1, 9) for _ in range(8)]
+    enc = Encoded(ids, None, np.full(8, 8), 16)
+    labels = np.array([0, 1] * 4)
+    keep = {"inner.weight": torch.tensor([[0.0, 1, 1, 1], [1, 1, 1, 1]])}
+    l1 = loop_mod.L1Regularizer(0.5, {"inner.weight": torch.ones(2, 4)})
+    for norm, bound in ((1.0, 1.0 + 1e-5), (0.0, None)):
+        seen.clear()
+        zeroed.clear()
+        cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, dropout=0.0, max_grad_norm=norm)
+        loop_mod.train(Wrapped(), enc, labels, cfg, 0, torch.device("cpu"), 0, keep=keep, l1=l1)
+        assert all(z == 0.0 for z in zeroed)  # the masked weight's gradient stays exactly zero
+        if bound is not None:
+            assert max(seen) <= bound
+        else:
+            assert max(seen) > 10  # unclipped, the same steps have a far larger gradient

@@ -35,6 +35,9 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay (not on biases and LayerNorm).")
     warmup: float = option(0.0, "Fraction of the steps used for linear warm-up.")
     dropout: float = option(0.1, "Dropout probability of the encoder.")
+    max_grad_norm: float = option(1.0, "Clip the global gradient norm to this value before every optimizer step "
+                                  "(after masking, with the L1 term), as Chen et al.'s and Liang et al.'s code do; "
+                                  "0: no clipping.")
     # auto is resolved to fp32 or bf16 before a run (ticketctl.train.device.runtime); identities hold the result.
     precision: str = option("auto", "fp32 | bf16 | auto. bf16 is autocast with fp32 master weights; auto picks bf16 "
                             "where the hardware has it.")
@@ -42,7 +45,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # The config hash is over JSON: epochs=1 and epochs=1.0 are one configuration and must hash alike.
         for name, kind in (("epochs", float), ("batch_size", int), ("lr", float), ("max_length", int),
-                           ("weight_decay", float), ("warmup", float), ("dropout", float)):
+                           ("weight_decay", float), ("warmup", float), ("dropout", float),
+                           ("max_grad_norm", float)):
             object.__setattr__(self, name, kind(getattr(self, name)))
 
     def validate(self) -> None:
@@ -60,6 +64,8 @@ class TrainConfig:
             raise UsageError("--warmup must be in [0, 1)")
         if not 0 <= self.dropout < 1:
             raise UsageError("--dropout must be in [0, 1)")
+        if not self.max_grad_norm >= 0:
+            raise UsageError("--max-grad-norm must be >= 0 (0: no clipping)")
         if self.precision not in ("fp32", "bf16"):
             raise UsageError("--precision must be fp32, bf16 or auto")
 

@@ -58,7 +58,7 @@ def _seed_order(a: Artifact) -> int:
 
 PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between members of one group
 # Config fields added after the first release, at the value that older artifacts (which lack them) were made with.
-ADDED_LATER = {k: IDENTITY_DEFAULTS[k] for k in ("computation", "train_fraction", "init")}
+ADDED_LATER = {k: IDENTITY_DEFAULTS[k] for k in ("computation", "train_fraction", "init", "max_grad_norm")}
 
 
 def check_same_recipe(group: str, members: list[Artifact], ignore: set[str] = frozenset()) -> None:

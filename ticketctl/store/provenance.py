@@ -16,14 +16,16 @@ from ticketctl.hparams import TRAIN_DEFAULTS
 # Bump when the training computation changes its numbers for the same configuration (optimizer kernel, attention
 # implementation, padding, ...): artifacts of the old computation are then not reused as if they were current.
 # 1: first release; 2: fused AdamW, eager attention on CPU, padding to multiples of 8 (masks moved: IoU 0.978);
-# 3: on CPU, dropout masks from ticketctl.train.fastcpu; structured tickets trained physically pruned.
-COMPUTATION = 3
+# 3: on CPU, dropout masks from ticketctl.train.fastcpu; structured tickets trained physically pruned;
+# 4: the gradient is clipped to --max-grad-norm (default 1.0) before every optimizer step.
+COMPUTATION = 4
 # Identity fields at these values are left out of the config hash, so that a field added later (at the value older
 # artifacts were made with) keeps every earlier name valid.
 # precision: identities hold the resolved value (fp32 or bf16), never auto; fp32 is the value the first release's
 # hashes were made with.
-IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "precision": "fp32", "mask": None, "bagging": 1.0, "computation": 1,
-                     "train_fraction": 1.0, "init": None}
+# max_grad_norm: artifacts made before the option existed were trained without clipping.
+IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "precision": "fp32", "max_grad_norm": 0.0, "mask": None, "bagging": 1.0,
+                     "computation": 1, "train_fraction": 1.0, "init": None}
 
 
 def config_hash(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:

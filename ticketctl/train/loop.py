@@ -1,6 +1,7 @@
 """The one training loop: ``finetune``, every IMP round of ``search``, the dense finetune of a structured search and
 the multi-task ``share`` all run :class:`Loop`. AdamW with linear decay to zero, masks applied to gradients,
-optional L1 regularizer, bf16 autocast, data parallelism under torchrun, and on CPU ticketctl's fast dropout.
+optional L1 regularizer, global gradient-norm clipping, bf16 autocast, data parallelism under torchrun, and on CPU
+ticketctl's fast dropout.
 
 A run trains one model on one training set (``train``), or several task models that share an encoder on several
 training sets (``share``): then every batch names its task, and :class:`StepHooks` route the forward pass through
@@ -141,7 +142,9 @@ class Loop:
         self.mask_grads = [m for _, m in self.masked]
         self.l1 = l1
         self.reg = [(params[n], c.to(device=device, dtype=params[n].dtype)) for n, c in l1.coef.items()] if l1 else []
-        self.opt = make_adamw(param_groups(models.values(), cfg.weight_decay), cfg.lr)
+        groups = param_groups(models.values(), cfg.weight_decay)
+        self.params = [p for g in groups for p in g["params"]]
+        self.opt = make_adamw(groups, cfg.lr)
         self.parallel = distributed.active()
         self.trainable = [p for p in params.values() if p.requires_grad]
         self.schedule_log: list[tuple[float, float]] | None = None
@@ -178,6 +181,8 @@ class Loop:
         if self.masked:
             with torch.no_grad():
                 torch._foreach_mul_([p.grad for p, _ in self.masked], self.mask_grads)
+        if cfg.max_grad_norm > 0:  # the gradient the optimizer sees: summed over processes, with L1, masked
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
         saved = self.hooks.before_update(task, self.opt)
         self.opt.step()
         self.hooks.after_update(task, self.opt, saved)
