@@ -308,3 +308,20 @@ def test_python_api_matches_the_cli(cli, tiny_model, glue_dir, tmp_path, capsys)
     py_table = capsys.readouterr().out
     code, out, err = cli("ensemble", "--size", "1-2", "--format", "tsv", *cli_members)
     assert code == 0 and py_table == out and out.startswith("k\tcombinations")
+
+
+def test_max_grad_norm_enters_identity_and_changes_training(cli, tiny_args, tmp_path):
+    """--max-grad-norm through the CLI: recorded in the config, part of the name, and it changes the numbers (the
+    tiny model's gradients are far above 0.01); 0 turns clipping off."""
+    outs = {}
+    for norm in ("0.01", "0", "1.0"):
+        code, out, err = cli("finetune", "--task", "mrpc", "--seed", "1", "--max-grad-norm", norm, *tiny_args,
+                             "--out", tmp_path, "--lr", "1e-2")
+        assert code == 0, err
+        art = read_artifact(out.split()[0])
+        assert art.meta["config"]["max_grad_norm"] == float(norm) and art.meta["config"]["computation"] == 4
+        outs[norm] = art
+    assert len({a.path.name for a in outs.values()}) == 3
+    assert not np.array_equal(outs["0.01"].tensors["outputs"], outs["0"].tensors["outputs"])
+    code, out, err = cli("finetune", "--task", "mrpc", "--max-grad-norm", "-1", *tiny_args, "--out", tmp_path)
+    assert code == 2 and "--max-grad-norm must be >= 0" in err

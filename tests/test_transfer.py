@@ -110,3 +110,20 @@ def test_init_from_a_shared_encoder(cli, args, tiny_model, tmp_path):
         assert torch.equal(p.detach(), state[n]), n
     code, out, err = cli("finetune", "--task", "stsb", "--init", str(shared), "--train-fraction", "0.5", *args)
     assert code == 0 and "-init-" in out, err
+
+
+def test_subset_seed_fixes_the_training_subset_across_seeds(cli, args, tmp_path):
+    """--train-fraction draws its subset from each run's seed unless --subset-seed fixes it for every seed."""
+    from ticketctl.store.artifacts import read_artifact
+
+    def run(seed, *extra):
+        code, out, err = cli("finetune", "--task", "mrpc", "--seed", seed, "--train-fraction", "0.5", *extra, *args)
+        assert code == 0, err
+        return read_artifact(out.split()[0]).meta["config"]["train_data"]
+
+    assert run(1) != run(2)  # seed-dependent subsets by default
+    assert run(1, "--subset-seed", "7") == run(2, "--subset-seed", "7") == run(3, "--subset-seed", "7")
+    assert run(1, "--subset-seed", "7") != run(1, "--subset-seed", "8")
+    assert run(7) == run(1, "--subset-seed", "7")  # the same subset as seed 7's own
+    code, out, err = cli("share", "--task", "mrpc", "--task", "rte", "--subset-seed", "1", *args)
+    assert code == 2 and "--subset-seed" in err  # share has no training fractions

@@ -84,6 +84,7 @@ Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dro
 TrainFraction = Annotated[float, typer.Option(
     help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")]
 TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files"}), "run": RunOptions}
+SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "subset_seed"}), "run": RunOptions}
 
 
 def print_paths(paths: list[Path]) -> None:
@@ -183,7 +184,7 @@ def search(
 
 
 @app.command()
-@options(**TRAINING)
+@options(**SHARING)
 def share(
     task: Annotated[list[str], typer.Option("--task", "-t", help="A task to train on (repeat: --task rte --task mrpc).")],
     train: TrainConfig,

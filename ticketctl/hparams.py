@@ -40,7 +40,7 @@ class TrainConfig:
                                   "0: no clipping.")
     # auto is resolved to fp32 or bf16 before a run (ticketctl.train.device.runtime); identities hold the result.
     precision: str = option("auto", "fp32 | bf16 | auto. bf16 is autocast with fp32 master weights; auto picks bf16 "
-                            "where the hardware has it.")
+                            "where it is faster (CUDA with bf16, CPUs with AMX).")
 
     def __post_init__(self) -> None:
         # The config hash is over JSON: epochs=1 and epochs=1.0 are one configuration and must hash alike.
@@ -85,6 +85,9 @@ class DataOptions:
         "copy (MRPC, STS-B, RTE), then the Hugging Face hub.")
     max_train_samples: Optional[int] = option(None, "Use only the first N training examples (of each task).")
     max_eval_samples: Optional[int] = option(None, "Use only the first N examples of each evaluation split.")
+    subset_seed: Optional[int] = option(
+        None, "Draw the --train-fraction subset from this seed instead of each run's training seed, so every seed "
+        "trains on the same data (Liang et al.'s Table 4 / Figure 5 without data sampling confounded with the seed).")
     eval_files: Optional[list[str]] = option(
         None, "Extra evaluation split in the task's GLUE TSV format, labelled or not (repeatable).",
         flag="--eval-file", factory=list)

@@ -207,7 +207,7 @@ def pairing(seeds_a: list[str], seeds_b: list[str]) -> bool:
 
 def compare(scorer: Scorer, a: list[int], b: list[int], k: int, groups: int, paired: bool,
             resamples: int = RESAMPLES, seed: int = 0, limit: int = TEST_COMBINATIONS) -> Comparison:
-    """Permutation test over seeds and seed x example bootstrap interval for A's protocol mean minus B's.
+    """Permutation test over seeds, and the jackknife interval, for A's protocol mean minus B's.
 
     ``a``, ``b``: member indices into ``scorer`` in seed order. Paired: the member of one seed is exchanged between
     the schemes (each seed independently, with probability 1/2); unpaired: the pooled members are reassigned to the
@@ -274,7 +274,8 @@ def jackknife_interval(sub: Scorer, ka: np.ndarray, kb: np.ndarray, na: int, nb:
 
     def mean_without(scores, k_matrix, group, seed):
         keep = k_matrix[:, seed] == 0 if seed is not None else np.ones(len(k_matrix), bool)
-        return np.mean([scores[keep & (group == g)].mean() for g in range(groups) if (keep & (group == g)).any()])
+        means = [scores[keep & (group == g)].mean() for g in range(groups) if (keep & (group == g)).any()]
+        return float(np.mean(means)) if means else float("nan")  # k = group size: every ensemble has the seed
 
     def pseudo(n, fn):
         full = fn(None)
@@ -291,6 +292,8 @@ def jackknife_interval(sub: Scorer, ka: np.ndarray, kb: np.ndarray, na: int, nb:
         full = fa - fb
         var = (na - 1) / na * np.sum((la - la.mean()) ** 2) + (nb - 1) / nb * np.sum((lb - lb.mean()) ** 2)
         dof = min(na, nb) - 1
+    if not np.isfinite(var):
+        return float("nan"), float("nan")
     half = stats.t.ppf((1 + level) / 2, max(1, dof)) * np.sqrt(var)
     return float(full - half), float(full + half)
 

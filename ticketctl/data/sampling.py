@@ -35,8 +35,9 @@ def check_fraction(fraction: float) -> None:
         raise UsageError("--train-fraction values must be in (0, 1]")
 
 
-def training_subset(split, seed: int, bagging: float = 1.0, fraction: float = 1.0):
-    """The training split a run sees: all of it, a bagging sample, or a nested fraction (not both)."""
+def training_subset(split, seed: int, bagging: float = 1.0, fraction: float = 1.0, subset_seed: int | None = None):
+    """The training split a run sees: all of it, a bagging sample, or a nested fraction (not both). The fraction is
+    drawn from ``subset_seed`` when given (the same data for every training seed), else from the run's seed."""
     if not 0 < bagging <= 1:
         raise UsageError("--bagging must be in (0, 1]")
     check_fraction(fraction)
@@ -45,7 +46,7 @@ def training_subset(split, seed: int, bagging: float = 1.0, fraction: float = 1.
     if bagging < 1:
         return split.subset(bagging_indices(len(split), bagging, seed))
     if fraction < 1:
-        return split.subset(fraction_indices(len(split), fraction, seed))
+        return split.subset(fraction_indices(len(split), fraction, seed if subset_seed is None else subset_seed))
     return split
 
 

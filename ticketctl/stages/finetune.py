@@ -27,16 +27,17 @@ def finetune(task: str, seed: int = 0, *, mask: str | None = None, bagging: floa
     ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
     return [p for f in fractions for p in finetune_context(
         ctx, cfg, device, seed, run.out, mask_path=mask, bagging=float(bagging), force=run.force, save_model=save_model,
-        init=init, train_fraction=f)]
+        init=init, train_fraction=f, subset_seed=(data or DataOptions()).subset_seed)]
 
 
 def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, mask_path: str | None = None,
                      bagging: float = 1.0, force: bool = False, save_model: Path | None = None,
-                     init: str | None = None, train_fraction: float = 1.0) -> list[Path]:
+                     init: str | None = None, train_fraction: float = 1.0,
+                     subset_seed: int | None = None) -> list[Path]:
     """One finetune of a resolved context; returns the written (or reused) logits artifact paths."""
     from ticketctl.model import loading
 
-    train_split = training_subset(ctx.train, seed, bagging, train_fraction)
+    train_split = training_subset(ctx.train, seed, bagging, train_fraction, subset_seed)
     if save_model is not None:
         setup.check_model_folder(save_model)
     init_dir, init_fp = loading.resolve_init(init) if init else (None, None)
@@ -68,7 +69,7 @@ def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Pat
     tokenizer = setup.load_tokenizer(ctx, cfg, model)
     keep = None
     extra: dict = {"init_model": str(init) if init else "pretrained", "train_fraction": str(train_fraction),
-                   "train_examples": str(len(train_split))}
+                   "train_examples": str(len(train_split)), "subset_seed": subset_seed}
     if structured:
         units.check_fits(units.layout(model), mask, mask_path)
         extra.update({"method": "structured", "ffn_sparsity": f"{mask.ffn_sparsity:.6f}",

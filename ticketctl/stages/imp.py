@@ -39,7 +39,8 @@ def search(task: str, seed: int = 0, *, policy: str = "base", sparsity: float = 
     ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
     return search_context(ctx, cfg, device, seed, run.out, policy=policy, sparsity=float(sparsity),
                           prune_step=float(prune_step), l1=None if l1 is None else float(l1), prior_paths=priors,
-                          force=run.force, train_fraction=float(train_fraction))
+                          force=run.force, train_fraction=float(train_fraction),
+                          subset_seed=(data or DataOptions()).subset_seed)
 
 
 def random_coefficients(shapes: dict[str, tuple[int, ...]], sparsity: float, seed: int):
@@ -69,8 +70,9 @@ def active_coefficients(priors: list[Artifact]):
 
 def search_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, policy: str = "base",
                    sparsity: float = 0.3, prune_step: float = 0.1, l1: float | None = None,
-                   prior_paths: list[str] | None = None, force: bool = False, train_fraction: float = 1.0) -> Path:
-    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction))
+                   prior_paths: list[str] | None = None, force: bool = False, train_fraction: float = 1.0,
+                   subset_seed: int | None = None) -> Path:
+    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
     if policy not in POLICIES:
         raise UsageError(f"--policy must be one of {', '.join(POLICIES)}")
     rounds = plan_rounds(sparsity, prune_step)

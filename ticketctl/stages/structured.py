@@ -45,14 +45,16 @@ def structured_search(task: str, seed: int = 0, *, levels: list[float], kinds: l
     run = run or RunOptions()
     ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
     return structured_context(ctx, cfg, device, seed, run.out, [float(x) for x in levels], list(kinds),
-                              force=run.force, train_fraction=float(train_fraction))
+                              force=run.force, train_fraction=float(train_fraction),
+                              subset_seed=(data or DataOptions()).subset_seed)
 
 
 def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, levels: list[float],
-                       kinds: list[str], force: bool = False, train_fraction: float = 1.0) -> list[Path]:
+                       kinds: list[str], force: bool = False, train_fraction: float = 1.0,
+                       subset_seed: int | None = None) -> list[Path]:
     from ticketctl.model.loading import encoder_shape
 
-    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction))
+    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
     check_distinct_levels(levels, *encoder_shape(ctx.model_dir))  # before any training
 
     # identity -> finished already?
