@@ -65,17 +65,11 @@ def digests(root: Path) -> dict:
 
 
 def main(dest: str) -> None:
-    from conftest import MRPC_ROWS, _write_mrpc, _write_rte, _write_stsb, build_tiny_bert
+    from conftest import MRPC_ROWS, _write_mrpc, build_tiny_bert, write_glue
 
     tmp = Path(tempfile.mkdtemp(prefix="frozen-"))
     os.chdir(tmp)
-    glue = tmp / "glue"
-    _write_mrpc(glue / "MRPC" / "train.tsv", MRPC_ROWS * 2)
-    _write_mrpc(glue / "MRPC" / "dev.tsv", MRPC_ROWS[:8], trailing_newline=False)
-    _write_stsb(glue / "STS-B" / "train.tsv", MRPC_ROWS * 2)
-    _write_stsb(glue / "STS-B" / "dev.tsv", MRPC_ROWS[:8])
-    _write_rte(glue / "RTE" / "train.tsv", MRPC_ROWS * 2)
-    _write_rte(glue / "RTE" / "dev.tsv", MRPC_ROWS[:8])
+    glue = write_glue(tmp / "glue")
     _write_mrpc(tmp / "extra.tsv", MRPC_ROWS[4:10])
     model = build_tiny_bert(tmp / "tiny", layers=2, heads=4)
     common = ["--model", model, "--data-dir", glue, "--epochs", "1", "--batch-size", "8", "--quiet", "--device",

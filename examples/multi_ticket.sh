@@ -8,7 +8,7 @@
 #                                                  # finetunes of 2 epochs, IMP rounds of 1; under 30 min on 2 cores
 #   TASKS="mrpc stsb" SEEDS="$(seq 1 20)" SCHEMES="dense bagging base active random" examples/multi_ticket.sh
 #
-# Environment: TASKS, SEEDS, SCHEMES, ARGS (extra options for every step, e.g. "--model DIR"), OUT (artifacts, default runs), REPORT (default report). Every step is skipped
+# Environment: TASKS, SEEDS, SCHEMES, SEED_GROUPS (the protocol's groups), SIZE (k), ARGS (extra options for every step, e.g. "--model DIR"), OUT (artifacts, default runs), REPORT (default report). Every step is skipped
 # when its artifact exists already, so the script can be rerun after an interruption.
 set -euo pipefail
 QUICK=
@@ -68,7 +68,7 @@ report_task() {
     ls -t "$OUT"/"$task"-logits-dev-"$scheme"-s"$s"-*.safetensors 2>/dev/null | head -1; done; done)
   n=$(echo "$SEEDS" | wc -w)
   # The paper's protocol: 2 groups of seeds (in seed order) when they split evenly with k members each, else 1.
-  groups=${GROUPS:-$(( n % 2 == 0 && n >= 10 ? 2 : 1 ))}
+  groups=${SEED_GROUPS:-$(( n % 2 == 0 && n >= 10 ? 2 : 1 ))}
   size=${SIZE:-$(( n / groups > 5 ? 5 : (n / groups > 2 ? n / groups - 1 : n / groups) ))}  # 5 as in the paper
   echo "## $task"
   echo

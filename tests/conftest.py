@@ -56,9 +56,8 @@ def _write_rte(path: Path, rows):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-@pytest.fixture(scope="session")
-def glue_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("glue")
+def write_glue(root: Path) -> Path:
+    """Tiny MRPC, STS-B and RTE train/dev files in GLUE's layout under ``root``."""
     _write_mrpc(root / "MRPC" / "train.tsv", MRPC_ROWS * 2)
     _write_mrpc(root / "MRPC" / "dev.tsv", MRPC_ROWS[:8], trailing_newline=False)
     _write_stsb(root / "STS-B" / "train.tsv", MRPC_ROWS * 2)
@@ -66,6 +65,11 @@ def glue_dir(tmp_path_factory) -> Path:
     _write_rte(root / "RTE" / "train.tsv", MRPC_ROWS * 2)
     _write_rte(root / "RTE" / "dev.tsv", MRPC_ROWS[:8])
     return root
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory) -> Path:
+    return write_glue(tmp_path_factory.mktemp("glue"))
 
 
 def _vocab() -> list[str]:

@@ -121,6 +121,3 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-
-
-OPTION_GROUPS = {"train": TrainConfig, "data": DataOptions, "run": RunOptions}

@@ -74,17 +74,3 @@ def combination_scores(task: Task, terms: np.ndarray, labels: np.ndarray, k: int
         for m, v in score(task, pred, labels).items():
             parts[m].append(np.atleast_1d(v))
     return {m: np.concatenate(v) for m, v in parts.items()}
-
-
-def bootstrap_interval(task: Task, terms: np.ndarray, labels: np.ndarray, k: int, samples: int,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the mean k-member ensemble headline metric, resampling evaluation examples."""
-    pred = np.concatenate(list(combination_predictions(task, terms, k)))
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    stats = np.empty(samples)
-    for b in range(samples):
-        idx = rng.integers(0, n, n)
-        stats[b] = np.mean(score(task, pred[:, idx], labels[idx])[task.headline])
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)

@@ -14,7 +14,6 @@ from ticketctl.analysis.combine import member_terms
 from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, pairing, paper_ttest, protocol_combinations,
                                              protocol_scores, split_groups)
 from ticketctl.analysis.members import Members, load_members
-from ticketctl.data.tasks import predictions, score
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
 from ticketctl.store.provenance import IDENTITY_DEFAULTS
@@ -88,10 +87,6 @@ def check_same_level(group: str, members: list[Artifact]) -> None:
         (l1, a1), (l2, a2) = sorted(levels.items())[:2]
         raise InputError(f"group {group!r} mixes sparsity levels: {a1.path.name} is at {l1:.0%}, {a2.path.name} at "
                          f"{l2:.0%} (group --by sparsity, or pass one level)")
-
-
-def single_scores(m: Members) -> np.ndarray:
-    return np.array([score(m.task, predictions(m.task, o), m.labels)[m.task.headline] for o in m.outputs])
 
 
 def pick_ref(groups: dict, ref: str | None) -> str:
@@ -202,10 +197,6 @@ def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str,
     ax.legend()
     ax.grid(alpha=0.3)
     save_figure(fig, path)
-
-
-def fmt_p(p: float) -> str:
-    return "" if math.isnan(p) else f"{p:.3g}"
 
 
 # ---------------------------------------------------------------------------------------------- phase transition
