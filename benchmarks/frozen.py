@@ -10,7 +10,7 @@ stdout. Timings, versions and paths are left out, so two runs of the same code g
     python benchmarks/frozen.py after.json         # on the new code
     cmp before.json after.json                     # identical = the same masks, logits, names and tables
 
-Takes about a minute on 2 cores (one thread).
+Takes about 10 s on 2 cores (one thread).
 """
 
 from __future__ import annotations
