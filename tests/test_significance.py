@@ -179,3 +179,21 @@ def test_structured_search_refuses_levels_that_make_the_same_ticket(cli, tiny_mo
                          "--out", tmp_path)
     assert code == 2 and "the same ticket" in err and out == ""
     assert not list(tmp_path.glob("*.safetensors")) and not (tmp_path / "cache").exists()
+
+
+def test_stats_says_when_too_few_seeds_can_reach_significance(cli, tmp_path):
+    """With n paired seeds the exact test's smallest p is 2/2^n: 4 seeds cannot reach 0.05 (stderr says so), 6 can."""
+    from test_analysis import logits_file
+
+    from ticketctl.analysis.significance import smallest_p
+
+    assert smallest_p(4, 4, True) == 0.125 and smallest_p(6, 6, True) == 2 / 64
+    assert smallest_p(3, 3, False) == 0.1  # 2 of the C(6, 3) = 20 reassignments
+    rng = np.random.default_rng(9)
+    for n in (4, 6):
+        scorer, outputs, labels = simulate(rng, n=n, examples=100, margin=0.5)
+        paths = [logits_file(tmp_path / f"{n}-{i}.safetensors", o, labels, policy="dense" if i < n else "random",
+                             seed=str(i % n)) for i, o in enumerate(outputs)]
+        code, out, err = cli("stats", *paths, "--size", "2")
+        assert code == 0, err
+        assert ("cannot give p below 0.125" in err) == (n == 4), err

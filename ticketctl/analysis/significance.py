@@ -304,6 +304,12 @@ def _group_of(k_matrix: np.ndarray, n: int, groups: int) -> np.ndarray:
     return first // (n // groups)
 
 
+def smallest_p(na: int, nb: int, paired: bool) -> float:
+    """The smallest p-value an exact two-sided permutation test can give with these seeds: the observed labelling
+    and its mirror image among 2^n sign flips (paired), or among the C(na + nb, na) reassignments (unpaired)."""
+    return 2 / 2**na if paired else 2 / comb(na + nb, na)
+
+
 def paper_ttest(a_scores: np.ndarray, b_scores: np.ndarray) -> float:
     """The paper's test: Student's t-test over the two schemes' within-group combination scores. Optimistic:
     combinations share members, so they are not independent samples."""

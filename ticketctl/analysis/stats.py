@@ -12,7 +12,7 @@ import numpy as np
 from ticketctl.analysis import tables
 from ticketctl.analysis.combine import member_terms
 from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, pairing, paper_ttest, protocol_combinations,
-                                             protocol_scores, split_groups)
+                                             protocol_scores, smallest_p, split_groups)
 from ticketctl.analysis.members import Members, load_members
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
@@ -147,6 +147,13 @@ def table(members: Members, groups: dict[str, list[int]], ref: str, k: int | Non
             else:
                 c = compare(scorer, groups[g], groups[ref], k, n_groups, paired, resamples)
                 c1 = compare(scorer, groups[g], groups[ref], 1, 1, paired, resamples)
+                floor = smallest_p(len(groups[g]), len(groups[ref]), paired)
+                if floor > 0.05:
+                    tables.note(f"note: {g} vs {ref}: with {len(groups[g])} and {len(groups[ref])} seeds"
+                                f"{' (paired)' if paired else ''} the permutation test cannot give p below "
+                                f"{floor:.3g}, so no difference is significant at 5% whatever the data; the "
+                                f"interval is a t approximation on {len(groups[g]) - 1} degree(s) of freedom and "
+                                f"can exclude 0 regardless: use more seeds (6 paired seeds reach p = 0.031)")
                 row.update({"diff_low": c.low, "diff_high": c.high, "p_value": c.p, "test": c.test,
                             "p_single": c1.p, "p_paper": paper_ttest(ens[g], ens[ref])})
         if bootstrap:
