@@ -126,3 +126,35 @@ def test_metrics_hand_computed():
     s = score(stsb, np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0]))
     assert s["pearson"] == pytest.approx(0.8)
     assert s["spearman"] == pytest.approx(0.8)
+
+
+HUB_COLUMNS = {  # the text columns of the hub's nyu-mll/glue configs
+    "cola": ("sentence",), "sst2": ("sentence",), "mrpc": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"), "stsb": ("sentence1", "sentence2"), "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"), "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUB_COLUMNS))
+def test_every_glue_task_reads_a_hub_shaped_dataset(name):
+    """The hub's column names differ from GLUE's TSV headers (MNLI: premise/hypothesis, MRPC: sentence1/2): every
+    task maps its own, from a datasets.Dataset built here (no network)."""
+    import datasets
+
+    from ticketctl.data.files import hub_split_of
+
+    task = get_task(name)
+    assert set(HUB_COLUMNS) == {t for t in TASKS}
+    rows = 5
+    table = {c: [f"{c} {i}" for i in range(rows)] for c in HUB_COLUMNS[name]}
+    table["label"] = [1.5 * i for i in range(rows)] if task.is_regression else [i % task.num_labels for i in range(rows)]
+    table["idx"] = list(range(10, 10 + rows))
+    split = hub_split_of(task, datasets.Dataset.from_dict(table), "dev", "hub-test")
+    assert split.texts[2] == tuple(f"{c} 2" for c in HUB_COLUMNS[name])
+    assert split.ids.tolist() == list(range(10, 15)) and len(split) == rows
+    assert split.labels.tolist() == table["label"]
+    unlabelled = dict(table, label=[-1] * rows)
+    if not task.is_regression:
+        assert hub_split_of(task, datasets.Dataset.from_dict(unlabelled), "test", "hub-test").labels is None
+    with pytest.raises(InputError, match="no column"):
+        hub_split_of(task, datasets.Dataset.from_dict({"text": ["a"], "label": [0], "idx": [0]}), "dev", "hub-test")

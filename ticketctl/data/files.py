@@ -171,11 +171,21 @@ def _load_from_hub(task: Task, split: str) -> Split:  # pragma: no cover - needs
             f"give --data-dir DIR with GLUE's layout ({task.folder}/{_split_file(task, split)}) "
             f"or set TICKETCTL_DATA_DIR"
         ) from None
-    columns = {"mrpc": ("sentence1", "sentence2"), "stsb": ("sentence1", "sentence2"),
-               "qqp": ("question1", "question2")}.get(task.name, task.text_columns)
-    texts = [tuple(row[c] for c in columns) for row in ds]
+    return hub_split_of(task, ds, split, f"hub:nyu-mll/glue/{task.hub_name}")
+
+
+def hub_split_of(task: Task, ds, split: str, source: str) -> Split:
+    """A split from a hub-shaped GLUE table (``datasets.Dataset`` with the hub's column names, ``label`` and
+    ``idx``); the hub marks unlabelled rows (test splits) with label -1."""
+    missing = [c for c in (*task.hub_text_columns, "label", "idx") if c not in ds.column_names]
+    if missing:
+        raise InputError(f"{source}: no column(s) {', '.join(map(repr, missing))} for {task.name} "
+                         f"(columns: {', '.join(ds.column_names)})")
+    texts = list(zip(*(ds[c] for c in task.hub_text_columns)))
     raw = np.asarray(ds["label"])
     labels = raw.astype(np.float32) if task.is_regression else raw.astype(np.int64)
     if not task.is_regression and (labels < 0).all():
-        labels = None  # the hub marks unlabelled rows with -1
-    return Split(task, split, texts, labels, np.asarray(ds["idx"], dtype=np.int64), f"hub:nyu-mll/glue/{task.hub_name}")
+        labels = None
+    elif not task.is_regression and ((labels < 0) | (labels >= task.num_labels)).any():
+        raise InputError(f"{source}: labels outside 0..{task.num_labels - 1} for {task.name}")
+    return Split(task, split, texts, labels, np.asarray(ds["idx"], dtype=np.int64), source)

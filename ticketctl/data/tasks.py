@@ -24,6 +24,11 @@ class Task:
     headerless: tuple[tuple[int, ...], int] | None = None
     dev_file: str = "dev.tsv"
     hub_name: str | None = None  # config name in the hub's "nyu-mll/glue"
+    hub_columns: tuple[str, ...] | None = None  # the hub's text columns where they differ from the TSV header
+
+    @property
+    def hub_text_columns(self) -> tuple[str, ...]:
+        return self.hub_columns or self.text_columns
 
     @property
     def is_regression(self) -> bool:
@@ -41,7 +46,8 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("accuracy", "f1"), hub_name="mrpc"),
+        Task("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("accuracy", "f1"), hub_name="mrpc",
+             hub_columns=("sentence1", "sentence2")),
         Task("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, ("pearson", "spearman"), hub_name="stsb"),
         Task("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), ("accuracy",),
              hub_name="rte"),
@@ -54,7 +60,7 @@ TASKS: dict[str, Task] = {
         Task("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), ("accuracy", "f1"),
              hub_name="qqp"),
         Task("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),
-             ("accuracy",), dev_file="dev_matched.tsv", hub_name="mnli"),
+             ("accuracy",), dev_file="dev_matched.tsv", hub_name="mnli", hub_columns=("premise", "hypothesis")),
     ]
 }
 
