@@ -52,19 +52,18 @@ class Scorer:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def _with(self, x: np.ndarray, labels: np.ndarray) -> "Scorer":
+        sub = object.__new__(Scorer)
+        sub.task, sub.binary, sub.x, sub.labels = self.task, self.binary, x, labels
+        return sub
+
     def on_examples(self, examples: np.ndarray) -> "Scorer":
         """A scorer over these evaluation examples only."""
-        sub = object.__new__(Scorer)
-        sub.task, sub.binary = self.task, self.binary
-        sub.labels, sub.x = self.labels[examples], self.x[:, examples]
-        return sub
+        return self._with(self.x[:, examples], self.labels[examples])
 
     def subset(self, members) -> "Scorer":
         """A scorer over these members only (cheaper products when a comparison involves a few of many)."""
-        sub = object.__new__(Scorer)
-        sub.task, sub.labels, sub.binary = self.task, self.labels, self.binary
-        sub.x = self.x[np.asarray(members)]
-        return sub
+        return self._with(self.x[np.asarray(members)], self.labels)
 
     def scores(self, weights: np.ndarray, examples: np.ndarray | None = None) -> np.ndarray:
         """Headline metric of each ensemble (row of ``weights``), on ``examples`` (indices; default all)."""
@@ -112,10 +111,10 @@ class Scorer:
 # ---------------------------------------------------------------------------------------------- the protocol
 
 
-def parse_k(spec: str | int | None, default: int | None = None) -> list[int]:
+def parse_k(spec: str | int | None) -> list[int]:
     """Ensemble sizes: ``5``, ``2,3,5``, ``2-5``; a range must ascend and every k be >= 1."""
     if spec is None:
-        return [] if default is None else [default]
+        return []
     out: list[int] = []
     for part in str(spec).split(","):
         part = part.strip()

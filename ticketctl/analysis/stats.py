@@ -1,5 +1,6 @@
 """``ticketctl stats``: the paper's Table 1 from logits artifacts — groups by a metadata key, single-member and
-k-member ensemble metrics, and a t-test of each group against a reference group."""
+k-member ensemble metrics by the paper's protocol, and each group against a reference group (difference, 95%
+interval, permutation test over seeds; ``ticketctl.analysis.significance``); the phase-transition table."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def load_groups(paths: list[str], by: str) -> tuple[Members, dict[str, list[int]
         check_same_recipe(g, [members.arts[i] for i in idx])
         if by != "sparsity":
             check_same_level(g, [members.arts[i] for i in idx])
-        idx.sort(key=lambda i: (_seed_order(members.arts[i]), members.arts[i].path.name))
+        seed_sort(members, idx)
     return members, dict(grouped)
 
 
@@ -50,9 +51,13 @@ def seeds_of(members: Members, idx: list[int]) -> list[str]:
     return [str(members.arts[i].meta.get("seed", "?")) for i in idx]
 
 
-def _seed_order(a: Artifact) -> int:
-    seed = str(a.meta.get("seed", "0"))
-    return int(seed) if seed.isdigit() else 0
+def seed_sort(members: Members, idx: list[int]) -> None:
+    """Member indices in seed order (then file name), in place: the order of the protocol's groups and of pairing."""
+    def key(i):
+        seed = str(members.arts[i].meta.get("seed", "0"))
+        return int(seed) if seed.isdigit() else 0, members.arts[i].path.name
+
+    idx.sort(key=key)
 
 
 PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between members of one group
@@ -103,7 +108,11 @@ def pick_ref(groups: dict, ref: str | None) -> str:
 TESTS = ("permutation", "paper")
 
 
-def table(members: Members, groups: dict[str, list[int]], ref: str, k: int | None, how: str, n_groups: int = 1,
+def scorer_of(members: Members, how: str) -> Scorer:
+    return Scorer(members.task, member_terms(members.task, members.outputs, how), members.labels)
+
+
+def table(members: Members, groups: dict[str, list[int]], ref: str, k: int | None, scorer: Scorer, n_groups: int = 1,
           test: str = "permutation", resamples: int = RESAMPLES, bootstrap: int = 0) -> tuple[list[dict], int]:
     """Table 1 by the paper's protocol: per group, the single members' mean (over all seeds) and the mean of its
     k-member ensembles (all combinations within each of ``n_groups`` seed-order groups, averaged within groups,
@@ -123,7 +132,6 @@ def table(members: Members, groups: dict[str, list[int]], ref: str, k: int | Non
     if not 1 <= k <= smallest:
         raise UsageError(f"--size {k}: every group needs at least {k} members per protocol group "
                          f"(smallest has {smallest} with --groups {n_groups})")
-    scorer = Scorer(members.task, member_terms(members.task, members.outputs, how), members.labels)
     ens = {g: protocol_scores(scorer, idx, k, n_groups) for g, idx in groups.items()}
     singles = {g: scorer.scores(np.eye(len(scorer))[idx]) for g, idx in groups.items()}
     rows = []
@@ -152,7 +160,8 @@ def table(members: Members, groups: dict[str, list[int]], ref: str, k: int | Non
                     tables.note(f"note: {g} vs {ref}: with {len(groups[g])} and {len(groups[ref])} seeds"
                                 f"{' (paired)' if paired else ''} the permutation test cannot give p below "
                                 f"{floor:.3g}, so no difference is significant at 5% whatever the data; the "
-                                f"interval is a t approximation on {len(groups[g]) - 1} degree(s) of freedom and "
+                                f"interval is a t approximation on {min(len(groups[g]), len(groups[ref])) - 1} "
+                                f"degree(s) of freedom and "
                                 f"can exclude 0 regardless: use more seeds (6 paired seeds reach p = 0.031)")
                 row.update({"diff_low": c.low, "diff_high": c.high, "p_value": c.p, "test": c.test,
                             "p_single": c1.p, "p_paper": paper_ttest(ens[g], ens[ref])})
@@ -166,23 +175,19 @@ def example_interval(scorer: Scorer, idx: list[int], k: int, n_groups: int, samp
                      level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of a group's protocol mean over resamples of the evaluation examples (seeds fixed)."""
     k_matrix = protocol_combinations(len(idx), k, n_groups)
-    weights = np.zeros((len(k_matrix), len(scorer)))
-    weights[:, idx] = k_matrix
     sub = scorer.subset(idx)
-    weights = weights[:, idx]
     rng = np.random.default_rng(0)
     n = len(scorer.labels)
-    stats_ = np.array([sub.scores(weights, rng.integers(0, n, n)).mean() for _ in range(samples)])
+    stats_ = np.array([sub.scores(k_matrix, rng.integers(0, n, n)).mean() for _ in range(samples)])
     lo, hi = np.quantile(stats_, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
 
-def gain_curves(members: Members, groups: dict[str, list[int]], ref: str, how: str,
+def gain_curves(scorer: Scorer, groups: dict[str, list[int]], ref: str,
                 n_groups: int = 1) -> dict[str, list[tuple[int, float]]]:
     """Figure 3: for each group, its protocol mean of k-member ensembles minus the reference's, k = 1 .. the
     smallest protocol group."""
     smallest = min(len(idx) for idx in groups.values()) // n_groups
-    scorer = Scorer(members.task, member_terms(members.task, members.outputs, how), members.labels)
     means = {g: [float(protocol_scores(scorer, idx, k, n_groups).mean()) for k in range(1, smallest + 1)]
              for g, idx in groups.items()}
     return {g: [(k + 1, means[g][k] - means[ref][k]) for k in range(smallest)] for g in groups if g != ref}
@@ -255,17 +260,14 @@ def row_value(art: Artifact, by: str) -> float:
         raise UsageError(f"--by {by}: {art.path} has a non-numeric value") from None
 
 
-def phase_table(paths: list[str], by: str = "sparsity", examples: np.ndarray | None = None,
-                resamples: int = 0) -> tuple[list[dict], list[str], Members, dict]:
+def phase_table(members: Members, by: str = "sparsity", examples: np.ndarray | None = None,
+                resamples: int = 0) -> tuple[list[dict], list[str], dict]:
     """Metric vs ``by`` (rows), one column per scheme. ``--by sparsity`` is the Super Tickets phase transition:
     columns are the ticket kinds, the full (unpruned) model is the reference column, each row gives the head and FFN
     fractions its tickets really prune and (with ``resamples``) the winning tickets' difference to the full model
     with the calibrated test over seeds. ``--by train_fraction`` is the transfer table (paper's Table 4): columns
     are the schemes and the models they started from. Scores on ``examples`` (default all). Returns rows, the
-    columns, the members, and {(column, row value): member indices}."""
-    members = load_members(paths)
-    if members.labels is None:
-        raise UsageError("the artifacts' split is unlabelled: nothing to score")
+    columns, and {(column, row value): member indices}."""
     check_same_recipe("all", members.arts, ignore={"init", "train_fraction", "mask", "method"})
     cells: dict[tuple[str, float], list[int]] = defaultdict(list)
     full: list[int] = []
@@ -278,11 +280,11 @@ def phase_table(paths: list[str], by: str = "sparsity", examples: np.ndarray | N
     if not cells:
         raise UsageError("--by sparsity: no pruned members (only full models) among the artifacts")
     kinds = sorted({k for k, _ in cells}, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else 9, k))
-    scorer = Scorer(members.task, member_terms(members.task, members.outputs, "probs"), members.labels)
+    scorer = scorer_of(members, "probs")
     if examples is not None:
         scorer = scorer.on_examples(examples)
     for idx in [*cells.values(), full]:
-        idx.sort(key=lambda i: (_seed_order(members.arts[i]), members.arts[i].path.name))
+        seed_sort(members, idx)
     scores = scorer.scores(np.eye(len(scorer)))
     full_mean = float(scores[full].mean()) if full else float("nan")
     rows = []
@@ -307,7 +309,7 @@ def phase_table(paths: list[str], by: str = "sparsity", examples: np.ndarray | N
                 paired = pairing(seeds_of(members, win), seeds_of(members, full))
                 row["p_vs_full"] = compare(scorer, win, full, 1, 1, paired, resamples).p
         rows.append(row)
-    return rows, kinds, members, dict(cells)
+    return rows, kinds, dict(cells)
 
 
 def best_level(rows: list[dict], kind: str = "winning") -> dict:
@@ -365,7 +367,8 @@ def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: in
         raise UsageError("--select best needs --by sparsity")
     members, grouped = load_groups(paths, by)
     ref = pick_ref(grouped, ref)
-    rows, k = table(members, grouped, ref, size, combine, groups, test, resamples, bootstrap)
+    scorer = scorer_of(members, combine)
+    rows, k = table(members, grouped, ref, size, scorer, groups, test, resamples, bootstrap)
     task = members.task
     cols = ["group", "members", "single_mean", "single_std", "k", "combinations", "ensemble_mean", "ensemble_gain",
             "vs_ref", "diff_low", "diff_high", "p_value", "test", "p_single"]
@@ -379,7 +382,7 @@ def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: in
         tables.note("note: --test paper is the t-test of Kobayashi et al. over k-member combinations; combinations "
                     "share members, so its p-values are optimistic, too small (README: Statistics)")
     if plot:
-        curves = gain_curves(members, grouped, ref, combine, groups)
+        curves = gain_curves(scorer, grouped, ref, groups)
         plot_gain(curves, ref, task.headline, plot, f"{task.name}: ensemble gain over {ref}")
         tables.note(f"wrote {plot}")
 
@@ -390,17 +393,19 @@ def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: 
     ``--select best`` only the super ticket's mask path(s), chosen on a seeded ``select_fraction`` of the
     evaluation examples and reported on the rest. ``--by train_fraction``: metric vs training data per scheme
     (transfer)."""
+    members = load_members(paths)
+    if members.labels is None:
+        raise UsageError("the artifacts' split is unlabelled: nothing to score")
     if select:
         if not 0 < select_fraction < 1:
             raise UsageError("--select-fraction must be in (0, 1)")
-        members = load_members(paths)
         n = len(members.ids)
         order = np.random.default_rng(SELECT_SEED).permutation(n)
         cut = max(1, min(n - 1, int(round(select_fraction * n))))
         choose, report = np.sort(order[:cut]), np.sort(order[cut:])
-        rows, _, members, cells = phase_table(paths, by, choose)
+        rows, _, cells = phase_table(members, by, choose)
         best = best_level(rows)
-        shown, _, _, _ = phase_table(paths, by, report)
+        shown, _, _ = phase_table(members, by, report)
         held = next(r for r in shown if r["sparsity"] == best["sparsity"])
         for i in cells[("winning", best["sparsity"])]:
             for par in members.arts[i].meta.get("parents") or []:
@@ -409,7 +414,7 @@ def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: 
                     f"{members.split} examples (a seeded {select_fraction:g} of them); on the other {len(report)}: "
                     f"{task_name(members)} {held['winning']:.4f} (full model {held['full']:.4f})")
         return
-    rows, kinds, members, cells = phase_table(paths, by, resamples=resamples)
+    rows, kinds, cells = phase_table(members, by, resamples=resamples)
     task = members.task
     full = ["full"] if by == "sparsity" else []
     extra = ["heads_pruned", "ffn_pruned", "vs_full", "p_vs_full"] if by == "sparsity" else []

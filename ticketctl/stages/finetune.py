@@ -23,11 +23,11 @@ def finetune(task: str, seed: int = 0, *, mask: str | None = None, bagging: floa
     fractions = [float(f) for f in ([train_fraction] if isinstance(train_fraction, (int, float)) else train_fraction)]
     if save_model is not None and len(fractions) > 1:
         raise UsageError("--save-model takes a single --train-fraction")
-    run = run or RunOptions()
-    ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
+    data, run = data or DataOptions(), run or RunOptions()
+    ctx, cfg, device = setup.start(task, train, data, run)
     return [p for f in fractions for p in finetune_context(
         ctx, cfg, device, seed, run.out, mask_path=mask, bagging=float(bagging), force=run.force, save_model=save_model,
-        init=init, train_fraction=f, subset_seed=(data or DataOptions()).subset_seed)]
+        init=init, train_fraction=f, subset_seed=data.subset_seed)]
 
 
 def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, mask_path: str | None = None,

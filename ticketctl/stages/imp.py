@@ -35,12 +35,12 @@ def search(task: str, seed: int = 0, *, policy: str = "base", sparsity: float = 
            l1: float | None = None, priors: list[str] | None = None, train_fraction: float = 1.0,
            train: TrainConfig | None = None, data: DataOptions | None = None, run: RunOptions | None = None) -> Path:
     """An IMP ticket of ``task``'s model for ``seed``; returns the mask artifact path (reused when finished)."""
-    run = run or RunOptions()
-    ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
+    data, run = data or DataOptions(), run or RunOptions()
+    ctx, cfg, device = setup.start(task, train, data, run)
     return search_context(ctx, cfg, device, seed, run.out, policy=policy, sparsity=float(sparsity),
                           prune_step=float(prune_step), l1=None if l1 is None else float(l1), prior_paths=priors,
                           force=run.force, train_fraction=float(train_fraction),
-                          subset_seed=(data or DataOptions()).subset_seed)
+                          subset_seed=data.subset_seed)
 
 
 def random_coefficients(shapes: dict[str, tuple[int, ...]], sparsity: float, seed: int):

@@ -149,11 +149,14 @@ class Context:
         return provenance(self.task.name, self.model_name, self.model_fp, **fields)
 
 
-def start(task: str | list[str], train: TrainConfig, data: DataOptions, run: RunOptions,
+def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, run: RunOptions,
           data_parallel: bool = True):
     """Setup of a training command, before any training: the device and precision (once), the task(s) with model
-    and data, and the resolved, validated training config. Returns (context or contexts, config, device)."""
+    and data, and the resolved, validated training config (``TrainConfig()`` when None). Returns (context or
+    contexts, config, device)."""
     from ticketctl.train.device import runtime
+
+    train = train or TrainConfig()
 
     device, precision = runtime(run.device, train.precision, run.threads, data_parallel)
     cfg = replace(train, precision=precision)
@@ -177,8 +180,8 @@ def training_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split: da
             **cfg.as_dict(), "mask": mask_digest, "bagging": bagging, "computation": COMPUTATION, **extra}
 
 
-def identity_hash(identity: dict, defaults: dict | None = None) -> str:
-    return config_hash(identity, IDENTITY_DEFAULTS if defaults is None else defaults)
+def identity_hash(identity: dict) -> str:
+    return config_hash(identity, IDENTITY_DEFAULTS)
 
 
 def logits_paths(ctx: Context, identity: dict, scheme: str, seed: int, out: Path) -> list[tuple[data_files.Split, Path, str]]:

@@ -41,7 +41,7 @@ def share(tasks: list[str], masks: list[str] | None = None, seed: int = 0, *, sa
     """Train ``tasks`` on one encoder, each through its structured mask (one per task, in order; none: the dense
     multi-task baseline); returns one logits artifact path per task and evaluation split."""
     run = run or RunOptions()
-    contexts, cfg, device = setup.start(list(tasks), train or TrainConfig(), data or DataOptions(), run,
+    contexts, cfg, device = setup.start(list(tasks), train, data or DataOptions(), run,
                                         data_parallel=False)
     members = load_members(contexts, list(masks or []))
     return share_contexts(members, cfg, device, seed, run.out, sampling, force=run.force, save_model=save_model)

@@ -42,11 +42,11 @@ def structured_search(task: str, seed: int = 0, *, levels: list[float], kinds: l
                       train_fraction: float = 1.0, train: TrainConfig | None = None, data: DataOptions | None = None,
                       run: RunOptions | None = None) -> list[Path]:
     """Structured tickets of ``task``'s model for ``seed``, one mask per kind and level; returns their paths."""
-    run = run or RunOptions()
-    ctx, cfg, device = setup.start(task, train or TrainConfig(), data or DataOptions(), run)
+    data, run = data or DataOptions(), run or RunOptions()
+    ctx, cfg, device = setup.start(task, train, data, run)
     return structured_context(ctx, cfg, device, seed, run.out, [float(x) for x in levels], list(kinds),
                               force=run.force, train_fraction=float(train_fraction),
-                              subset_seed=(data or DataOptions()).subset_seed)
+                              subset_seed=data.subset_seed)
 
 
 def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, levels: list[float],
