@@ -79,12 +79,15 @@ def options(**groups: type):
     return wrap
 
 
-Task = Annotated[str, typer.Option("--task", "-t", help="GLUE task: mrpc, stsb, rte, cola, sst2, wnli, qnli, qqp, mnli.")]
+Task = Annotated[Optional[str], typer.Option(
+    "--task", "-t", help="GLUE task: mrpc, stsb, rte, cola, sst2, wnli, qnli, qqp, mnli; with --train-file or --dataset, "
+    "the name of your task.")]
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
 TrainFraction = Annotated[float, typer.Option(
     help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")]
 TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files"}), "run": RunOptions}
-SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "subset_seed"}), "run": RunOptions}
+CUSTOM_DATA = {"train_file", "validation_file", "dataset", "dataset_config", "text_columns", "label_column", "metric"}
+SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "subset_seed", *CUSTOM_DATA}), "run": RunOptions}
 
 
 def print_paths(paths: list[Path]) -> None:
@@ -102,10 +105,10 @@ def print_paths(paths: list[Path]) -> None:
 @app.command()
 @options(train=TrainConfig, data=DataOptions, run=RunOptions)
 def finetune(
-    task: Task,
     train: TrainConfig,
     data: DataOptions,
     run: RunOptions,
+    task: Task = None,
     seed: Seed = 0,
     mask: Annotated[Optional[str], typer.Option(help="Mask artifact from `search`: finetune that ticket.")] = None,
     bagging: Annotated[float, typer.Option(help="Train on a seed-dependent random fraction of the training set.")] = 1.0,
@@ -133,10 +136,10 @@ def finetune(
 @app.command()
 @options(**TRAINING)
 def search(
-    task: Task,
     train: TrainConfig,
     data: DataOptions,
     run: RunOptions,
+    task: Task = None,
     seed: Seed = 0,
     method: Annotated[str, typer.Option(
         help="imp: iterative magnitude pruning of weights (Multi-Ticket Ensemble). structured: one-shot pruning of "

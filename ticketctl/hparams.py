@@ -89,13 +89,46 @@ class DataOptions:
         None, "Draw the --train-fraction subset from this seed instead of each run's training seed, so every seed "
         "trains on the same data (Liang et al.'s Table 4 / Figure 5 without data sampling confounded with the seed).")
     eval_files: Optional[list[str]] = option(
-        None, "Extra evaluation split in the task's GLUE TSV format, labelled or not (repeatable).",
+        None, "Extra evaluation split, labelled or not (repeatable): in the task's GLUE TSV format, or for "
+        "--train-file/--dataset data a .csv, .tsv, .json or .jsonl file with the same columns.",
         flag="--eval-file", factory=list)
+    train_file: Optional[str] = option(
+        None, "Your own training data instead of a GLUE task: .csv, .tsv, .json or .jsonl (optionally .gz); --task "
+        "then names the task (default: custom).")
+    validation_file: Optional[str] = option(
+        None, "Validation data for --train-file (same columns; the 'dev' split of the artifacts).")
+    dataset: Optional[str] = option(
+        None, "A dataset loaded with datasets.load_dataset (hub name, or a local folder of data files), with its "
+        "cache: its train and validation splits. --task then names the task (default: the dataset's name).")
+    dataset_config: Optional[str] = option(None, "Configuration (subset) of --dataset.")
+    text_columns: Optional[str] = option(
+        None, "Text column(s) of --train-file/--dataset data: a or a,b for sentence pairs. Default: sentence1,sentence2, "
+        "else text, else sentence.")
+    label_column: Optional[str] = option(None, "Label column of --train-file/--dataset data. Default: label.")
+    metric: Optional[str] = option(
+        None, "Headline metric of --train-file/--dataset data: accuracy | f1 | matthews (classification) | pearson | "
+        "spearman (regression). Default: inferred from the labels (integers or strings: classification, accuracy; "
+        "other numbers: regression, pearson).")
 
     def __post_init__(self) -> None:
         self.eval_files = list(self.eval_files or [])
 
+    @property
+    def custom(self) -> bool:
+        """Data of the user's own task (files or a hub dataset) instead of a GLUE task."""
+        return bool(self.train_file or self.dataset)
+
     def validate(self) -> None:
+        if self.train_file and self.dataset:
+            raise UsageError("give --train-file or --dataset, not both")
+        if self.custom and self.data_dir:
+            raise UsageError("--data-dir is for GLUE tasks; --train-file/--dataset bring their own data")
+        if not self.custom:
+            for name in ("validation_file", "dataset_config", "text_columns", "label_column", "metric"):
+                if getattr(self, name) is not None:
+                    raise UsageError(f"--{name.replace('_', '-')} belongs to --train-file or --dataset data")
+        if self.train_file and not self.validation_file:
+            raise UsageError("--train-file needs --validation-file (the split the artifacts are scored on)")
         if self.max_train_samples is not None and self.max_train_samples <= 0:
             raise UsageError("--max-train-samples must be > 0")
         if self.max_eval_samples is not None and self.max_eval_samples <= 0:

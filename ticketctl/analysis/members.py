@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ticketctl.data.tasks import Task, get_task
+from ticketctl.data.tasks import Task, task_of
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact, read_artifact
 
@@ -30,7 +30,7 @@ class Members:
 
 def check_compatible(arts: list[Artifact], keys=("task", "split", "data_fingerprint", "model_fingerprint")) -> None:
     first = arts[0]
-    what = {"task": "tasks", "split": "splits", "data_fingerprint": "evaluation data",
+    what = {"task": "tasks", "task_spec": "task definitions (labels, columns or metrics)", "split": "splits", "data_fingerprint": "evaluation data",
             "model_fingerprint": "models", "examples": "example counts"}
     for a in arts[1:]:
         for k in keys:
@@ -97,11 +97,11 @@ def load_members(paths: list[str], minimum: int = 1, same_model: bool = True) ->
         raise UsageError(f"need at least {minimum} logits artifacts, got {len(paths)}")
     arts = [read_artifact(p, "logits") for p in paths]
     check_distinct(arts)
-    keys = ("task", "split", "data_fingerprint") + (("model_fingerprint",) if same_model else ())
+    keys = ("task", "task_spec", "split", "data_fingerprint") + (("model_fingerprint",) if same_model else ())
     check_compatible(arts, keys)
     check_same_examples(arts)
     first = arts[0]
-    task = get_task(first.meta["task"])
+    task = task_of(first.meta)
     labels = check_labels(task, arts)
     outputs = np.stack([a.tensors["outputs"].astype(np.float64) for a in arts])
     return Members(task, first.meta.get("split", "?"), arts, outputs, labels, first.tensors["ids"])

@@ -6,61 +6,16 @@ RTE shipped inside this package, then the hub via ``datasets``.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ticketctl.data.split import Split, read_text
 from ticketctl.data.tasks import Task
 from ticketctl.errors import InputError
 
 EMBEDDED_DIR = Path(__file__).parent / "glue"
-
-
-@dataclass
-class Split:
-    task: Task
-    name: str  # "train", "dev", or the stem of an --eval-file
-    texts: list[tuple[str, ...]]
-    labels: np.ndarray | None  # int64 class indices, float32 scores, or None when unlabelled
-    ids: np.ndarray  # int64: GLUE's "index" column where the file has one, else the row number
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @property
-    def fingerprint(self) -> str:
-        """Content hash of ids, texts and labels: two artifacts of one split agree on it."""
-        h = hashlib.sha256()
-        h.update(self.ids.astype("<i8").tobytes())
-        for row in self.texts:
-            h.update("\x1f".join(row).encode())
-            h.update(b"\x1e")
-        if self.labels is not None:
-            h.update(np.ascontiguousarray(self.labels).tobytes())
-        return h.hexdigest()
-
-    def subset(self, indices: np.ndarray) -> "Split":
-        return Split(
-            self.task,
-            self.name,
-            [self.texts[i] for i in indices],
-            None if self.labels is None else self.labels[indices],
-            self.ids[indices],
-            self.source,
-        )
-
-
-def _read_text(path: Path) -> str:
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def parse_tsv(task: Task, text: str, source: str, name: str) -> Split:
@@ -129,7 +84,7 @@ def read_tsv(task: Task, path: str | os.PathLike, name: str | None = None) -> Sp
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     stem = path.name.split(".")[0]
-    return parse_tsv(task, _read_text(path), str(path), name or stem)
+    return parse_tsv(task, read_text(path), str(path), name or stem)
 
 
 def _split_file(task: Task, split: str) -> str:
@@ -152,7 +107,7 @@ def load_split(task: Task, split: str, data_dir: str | None = None) -> Split:
         return read_tsv(task, path, split)
     embedded = EMBEDDED_DIR / task.folder / (filename + ".gz")
     if embedded.is_file():
-        return parse_tsv(task, _read_text(embedded), f"embedded:{task.folder}/{filename}", split)
+        return parse_tsv(task, read_text(embedded), f"embedded:{task.folder}/{filename}", split)
     return _load_from_hub(task, split)
 
 

@@ -25,6 +25,24 @@ class Task:
     dev_file: str = "dev.tsv"
     hub_name: str | None = None  # config name in the hub's "nyu-mll/glue"
     hub_columns: tuple[str, ...] | None = None  # the hub's text columns where they differ from the TSV header
+    source_kind: str = "glue"  # "custom": a task inferred from the user's data (--train-file, --dataset)
+
+    @property
+    def is_custom(self) -> bool:
+        return self.source_kind == "custom"
+
+    def spec(self) -> dict | None:
+        """What defines a custom task, recorded in its artifacts (None for a GLUE task: its name says it all)."""
+        if not self.is_custom:
+            return None
+        return {"name": self.name, "text_columns": list(self.text_columns), "label_column": self.label_column,
+                "labels": None if self.labels is None else list(self.labels), "metrics": list(self.metrics)}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Task":
+        labels = spec.get("labels")
+        return cls(spec["name"], "", tuple(spec["text_columns"]), spec.get("label_column"),
+                   None if labels is None else tuple(labels), tuple(spec["metrics"]), source_kind="custom")
 
     @property
     def hub_text_columns(self) -> tuple[str, ...]:
@@ -63,6 +81,21 @@ TASKS: dict[str, Task] = {
              ("accuracy",), dev_file="dev_matched.tsv", hub_name="mnli", hub_columns=("premise", "hypothesis")),
     ]
 }
+
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews")
+REGRESSION_METRICS = ("pearson", "spearman")
+
+
+def task_of(meta: dict) -> Task:
+    """The task an artifact was made for: a custom task from its recorded spec, else the GLUE task it names."""
+    spec = meta.get("task_spec")
+    if spec:
+        try:
+            return Task.from_spec(spec)
+        except (KeyError, TypeError):
+            raise UsageError(f"artifact's task_spec is malformed: {str(spec)[:80]}") from None
+    return get_task(meta["task"])
 
 
 def get_task(name: str) -> Task:

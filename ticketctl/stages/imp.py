@@ -105,7 +105,6 @@ def search_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path,
     # setup
     import torch
 
-    from ticketctl.data.batching import encode
     from ticketctl.model.units import prunable_parameters
     from ticketctl.train.loop import L1Regularizer, predict
 
@@ -123,9 +122,9 @@ def search_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path,
         if set(coef) != set(shapes) or any(tuple(coef[n].shape) != shapes[n] for n in shapes):
             raise InputError("prior masks do not fit this model's prunable weights")
     reg = L1Regularizer(l1, coef) if coef is not None and l1 > 0 else None
-    enc = encode(tokenizer, ctx.train, cfg.max_length)
+    enc = setup.encoded(ctx, tokenizer, ctx.train, cfg.max_length)
     dev = ctx.evals[0]
-    dev_enc = encode(tokenizer, dev, cfg.max_length)
+    dev_enc = setup.encoded(ctx, tokenizer, dev, cfg.max_length)
 
     # loop: rounds of train -> prune -> rewind, each checkpointed
     keep = {n: torch.ones(shapes[n], dtype=torch.bool) for n in sorted(shapes)}

@@ -19,7 +19,7 @@ import numpy as np
 
 from ticketctl.data import files as data_files
 from ticketctl.data.batching import encode
-from ticketctl.data.tasks import Task, get_task, predictions, score
+from ticketctl.data.tasks import TASKS, Task, get_task, predictions, score
 from ticketctl.errors import InputError, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 from ticketctl.model import loading
@@ -116,21 +116,18 @@ class Context:
     train: data_files.Split
     evals: list[data_files.Split]
     log: Log
+    cache_dir: Path | None = None  # where tokenised splits are kept (--out/cache); None: not kept
 
     @classmethod
-    def create(cls, task_name: str, model: str | None, opts: DataOptions, log: Log) -> "Context":
-        task = get_task(task_name)
+    def create(cls, task_name: str | None, model: str | None, opts: DataOptions, log: Log) -> "Context":
         opts.validate()
         model_name, model_dir = loading.resolve_model(model)
         model_fp = loading.model_fingerprint(model_dir)
-        train = data_files.load_split(task, "train", opts.data_dir)
+        task, train, evals = _custom_data(task_name, opts) if opts.custom else _glue_data(task_name, opts)
         if train.labels is None:
             raise InputError(f"{train.source}: the training split has no labels")
         if opts.max_train_samples is not None:
             train = train.subset(np.arange(min(opts.max_train_samples, len(train))))
-        evals = [data_files.load_split(task, "dev", opts.data_dir)]
-        for f in opts.eval_files:
-            evals.append(data_files.read_tsv(task, f))
         names = [s.name for s in evals]
         if len(set(names)) != len(names):
             raise UsageError(f"two evaluation splits are both named {sorted(n for n in names if names.count(n) > 1)[0]!r}"
@@ -139,14 +136,57 @@ class Context:
             evals = [s.subset(np.arange(min(opts.max_eval_samples, len(s)))) for s in evals]
         log.debug(f"{task.name}: model {model_name} ({model_dir}, fingerprint {model_fp[:10]}); train {train.source} "
                   f"({len(train)} examples); " + "; ".join(f"{s.name} {s.source} ({len(s)})" for s in evals))
+        if task.is_custom:
+            log.debug(f"{task.name}: text {', '.join(task.text_columns)}; "
+                      + (f"labels {', '.join(task.labels)}" if task.labels else "regression")
+                      + f"; metrics {', '.join(task.metrics)}")
         return cls(task, model_name, model_dir, model_fp, train, evals, log)
 
     def with_train(self, split: data_files.Split) -> "Context":
         return replace(self, train=split)
 
     def meta(self, **fields) -> dict:
-        """This context's provenance (task, model, fingerprint, versions) plus an artifact's own fields."""
-        return provenance(self.task.name, self.model_name, self.model_fp, **fields)
+        """This context's provenance (task, model, fingerprint, versions; a custom task's spec) plus an artifact's
+        own fields."""
+        spec = self.task.spec()
+        return provenance(self.task.name, self.model_name, self.model_fp, **({"task_spec": spec} if spec else {}),
+                          **fields)
+
+
+def _glue_data(task_name: str | None, opts: DataOptions):
+    if not task_name:
+        raise UsageError("--task is required: a GLUE task, or your own data with --train-file / --dataset")
+    task = get_task(task_name)
+    evals = [data_files.load_split(task, "dev", opts.data_dir)]
+    evals += [data_files.read_tsv(task, f) for f in opts.eval_files]
+    return task, data_files.load_split(task, "train", opts.data_dir), evals
+
+
+def _custom_data(task_name: str | None, opts: DataOptions):
+    """The task, training split and evaluation splits of the user's own data (files or a hub dataset)."""
+    from ticketctl.data import custom
+
+    if task_name and task_name.lower().replace("-", "") in TASKS:
+        raise UsageError(f"--task {task_name} is a GLUE task; name your own data differently (or leave --task out)")
+    text_columns = custom.parse_columns(opts.text_columns)
+    label_column = opts.label_column or "label"
+    class_names: dict = {}
+    if opts.train_file:
+        name = task_name or "custom"
+        columns, rows = custom.read_table(opts.train_file)
+        source = opts.train_file
+    else:
+        name = task_name or custom.dataset_name(opts.dataset, opts.dataset_config)
+        columns, rows, source, class_names = custom.hub_table(opts.dataset, opts.dataset_config, "train")
+    task = custom.infer_task(name, columns, rows, text_columns, label_column, opts.metric, source,
+                             class_names.get(label_column))
+    train = custom.split_of(task, columns, rows, source, "train", need_labels=True)
+    if opts.validation_file:
+        dev = custom.read_split(task, opts.validation_file, "dev")
+    else:
+        columns, rows, source, _ = custom.hub_table(opts.dataset, opts.dataset_config, "validation")
+        dev = custom.split_of(task, columns, rows, source, "dev")
+    return task, train, [dev] + [custom.read_split(task, f) for f in opts.eval_files]
 
 
 def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, run: RunOptions,
@@ -161,12 +201,14 @@ def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, r
     device, precision = runtime(run.device, train.precision, run.threads, data_parallel)
     cfg = replace(train, precision=precision)
     log = Log(run.quiet, run.verbose)
-    tasks = [task] if isinstance(task, str) else list(task)
-    contexts = [Context.create(t, run.model, data, log) for t in tasks]
+    single = task is None or isinstance(task, str)
+    tasks = [task] if single else list(task)
+    contexts = [replace(Context.create(t, run.model, data, log), cache_dir=run.out / paths.CACHE_DIR)
+                for t in tasks]
     log.debug(f"config: {cfg.as_dict()}")
     cfg.validate()
     atomic.ensure_writable(run.out)
-    return (contexts[0] if isinstance(task, str) else contexts), cfg, device
+    return (contexts[0] if single else contexts), cfg, device
 
 
 # ---------------------------------------------------------------------------------------------- identity and reuse
@@ -177,7 +219,8 @@ def training_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split: da
     """Everything a finetune's result depends on. The dense finetune of ``finetune`` and the first round of a
     ``base`` search share it, so either can reuse the other's work."""
     return {"task": ctx.task.name, "model": ctx.model_fp, "seed": seed, "train_data": train_split.fingerprint,
-            **cfg.as_dict(), "mask": mask_digest, "bagging": bagging, "computation": COMPUTATION, **extra}
+            **cfg.as_dict(), "mask": mask_digest, "bagging": bagging, "computation": COMPUTATION,
+            "task_spec": ctx.task.spec(), **extra}
 
 
 def identity_hash(identity: dict) -> str:
@@ -247,6 +290,43 @@ def load_tokenizer(ctx: Context, cfg: TrainConfig, model):
     return tokenizer
 
 
+def encoded(ctx: Context, tokenizer, split: data_files.Split, max_length: int):
+    """``split`` tokenised, from the cache when this tokenizer, truncation length and data were tokenised before
+    by an earlier run into the same --out: a search and the later finetunes of the same data tokenise once. Keyed by the model folder's fingerprint (which covers its tokenizer files), the tokenizer class,
+    max_length and the split's content fingerprint."""
+    from ticketctl.data.batching import Encoded
+
+    key = config_hash({"model": ctx.model_fp, "tokenizer": type(tokenizer).__name__, "max_length": max_length,
+                       "data": split.fingerprint, "version": 1})
+    path = None if ctx.cache_dir is None else ctx.cache_dir / paths.tokens_name(ctx.task.name, split.name, key)
+    cached = existing(path, "tokens") if path is not None else None
+    if cached is not None and cached.meta.get("key") == key:
+        t = cached.tensors
+        ends = np.cumsum(t["lengths"])
+        starts = ends - t["lengths"]
+        cut = lambda flat: [flat[a:b] for a, b in zip(starts, ends)]  # noqa: E731
+        enc = Encoded(cut(t["input_ids"]), cut(t["token_type_ids"]) if "token_type_ids" in t else None,
+                      t["lengths"].astype(np.int64), max_length)
+        ctx.log.debug(f"{split.name}: tokens from {path}")
+    else:
+        enc = encode(tokenizer, split, max_length)
+        if path is not None and distributed_main():
+            tensors = {"input_ids": np.concatenate(enc.input_ids) if len(enc) else np.zeros(0, np.int64),
+                       "lengths": enc.lengths.astype(np.int64)}
+            if enc.token_type_ids is not None:
+                tensors["token_type_ids"] = np.concatenate(enc.token_type_ids)
+            atomic.ensure_writable(path.parent)
+            write_artifact(path, "tokens", tensors, ctx.meta(key=key, split=split.name, max_length=str(max_length),
+                                                              data_fingerprint=split.fingerprint))
+    return enc
+
+
+def distributed_main() -> bool:
+    from ticketctl.train import distributed
+
+    return distributed.is_main()
+
+
 def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id or 0
 
@@ -257,7 +337,7 @@ def dense_train(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, dev
     seconds)."""
     from ticketctl.train.loop import train
 
-    enc = encode(tokenizer, ctx.train, cfg.max_length) if enc is None else enc
+    enc = encoded(ctx, tokenizer, ctx.train, cfg.max_length) if enc is None else enc
     curve: list = []
     start_time = time.perf_counter()
     with ctx.log.progress(description, 1) as advance:
@@ -292,7 +372,8 @@ def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows
         if not distributed.is_main():  # process 0 evaluates and writes; the others hold the same weights
             results.append({})
             continue
-        outputs = predict(model, encode(tokenizer, split, cfg.max_length), device, pad_id(tokenizer), cfg.precision)
+        outputs = predict(model, encoded(ctx, tokenizer, split, cfg.max_length), device, pad_id(tokenizer),
+                          cfg.precision)
         metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h})
         ctx.log.info(f"{split.name}: {format_metrics(metrics) or 'unlabelled'} -> {path}")
         results.append(metrics)

@@ -115,7 +115,6 @@ def share_contexts(members: list[Member], cfg: TrainConfig, device, seed: int, o
         return every
 
     # setup: one encoder, a head per task, each task's gates and frozen positions
-    from ticketctl.data.batching import encode
     from ticketctl.train import distributed
     from ticketctl.train.loop import Loop
 
@@ -128,7 +127,7 @@ def share_contexts(members: list[Member], cfg: TrainConfig, device, seed: int, o
     if hooks is not None:
         report_overlap(log, masks)
     pad = setup.pad_id(tokenizer)
-    encs = {m.name: encode(tokenizer, m.ctx.train, cfg.max_length) for m in members}
+    encs = {m.name: setup.encoded(m.ctx, tokenizer, m.ctx.train, cfg.max_length) for m in members}
     data = {m.name: (encs[m.name], m.ctx.train.labels) for m in members}
 
     # loop

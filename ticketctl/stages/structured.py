@@ -111,14 +111,13 @@ def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: P
 def compute_scores(ctx: Context, cfg: TrainConfig, seed: int, out: Path, dense_identity: dict, device, force: bool):
     import torch
 
-    from ticketctl.data.batching import encode
     from ticketctl.model import units
     from ticketctl.train.importance import importance
 
     model = setup.load_model(ctx, cfg, seed, device)
     tokenizer = setup.load_tokenizer(ctx, cfg, model)
     lay = units.layout(model)
-    enc = encode(tokenizer, ctx.train, cfg.max_length)
+    enc = setup.encoded(ctx, tokenizer, ctx.train, cfg.max_length)
     state = model.state_dict()
     floats = [k for k, v in state.items() if v.is_floating_point()]
     cached = setup.reuse_dense_weights(ctx, dense_identity, seed, out, force, floats)

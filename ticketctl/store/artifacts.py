@@ -27,9 +27,10 @@ from ticketctl.store.atomic import atomic_write_bytes
 
 FORMAT = "ticketctl"
 FORMAT_VERSION = "1"
-KINDS = ("mask", "logits", "weights")  # "weights": reusable trained weights in the cache folder
+KINDS = ("mask", "logits", "weights", "tokens")  # in the cache folder: "weights" (reusable trained weights) and
+# "tokens" (a tokenised split)
 JSON_FIELDS = ("config", "parents", "versions", "shapes", "metrics", "layer_sparsity", "weights", "tasks",
-               "loss_curve")
+               "loss_curve", "task_spec")
 
 
 @dataclass

@@ -34,3 +34,7 @@ def importance_name(task: str, seed: int, config_hash: str) -> str:
 
 def dense_weights_name(task: str, seed: int, config_hash: str) -> str:
     return f"{task}-dense-weights-s{seed}-{short(config_hash)}.safetensors"
+
+
+def tokens_name(task: str, split: str, key: str) -> str:
+    return f"{task}-tokens-{split}-{short(key)}.safetensors"

@@ -24,8 +24,9 @@ COMPUTATION = 4
 # precision: identities hold the resolved value (fp32 or bf16), never auto; fp32 is the value the first release's
 # hashes were made with.
 # max_grad_norm: artifacts made before the option existed were trained without clipping.
+# task_spec: a custom task's definition (labels, columns, metrics); None for GLUE tasks.
 IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "precision": "fp32", "max_grad_norm": 0.0, "mask": None, "bagging": 1.0,
-                     "computation": 1, "train_fraction": 1.0, "init": None}
+                     "computation": 1, "train_fraction": 1.0, "init": None, "task_spec": None}
 
 
 def config_hash(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
