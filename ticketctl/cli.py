@@ -210,6 +210,63 @@ def share(
     print_paths(run_share(task, mask, seed, sampling=sampling, save_model=save_model, train=train, data=data, run=run))
 
 
+@app.command()
+@options(run=(RunOptions, {"model"}))
+def predict(
+    data_file: Annotated[Path, typer.Argument(
+        help="New text: .csv, .tsv, .json or .jsonl with the task's text columns (a GLUE task also reads its TSV "
+        "layout); a label column, where present, is scored.")],
+    run: RunOptions,
+    model_dir: Annotated[list[Path], typer.Option(
+        "--model-dir", "-m", help="A member saved by `finetune --save-model` (repeat for an ensemble).")],
+    ensemble: Annotated[bool, typer.Option(
+        help="Also average the members and print id<TAB>prediction<TAB>p_<label>... (to --output FILE if given).")] = False,
+    output: Annotated[Optional[Path], typer.Option(help="With --ensemble: write the predictions here, not to stdout.")] = None,
+    combine: Annotated[str, typer.Option(help="How --ensemble averages classification members: probs | logits | vote.")] = "probs",
+    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 128,
+    split: Annotated[Optional[str], typer.Option(help="Split name in the artifacts (default: the file's stem).")] = None,
+):
+    """Run saved members on new text: one logits artifact per member (for `ensemble`, `stats`, `--submission`), and
+    with --ensemble the averaged predictions with the task's label names.
+
+    Prints the artifact paths, or with --ensemble (and no --output) the predictions.
+    """
+    from ticketctl.stages.predict import predict as run_predict
+
+    if output is not None and not ensemble:
+        raise UsageError("--output belongs to --ensemble")
+    written, data = run_predict(data_file, model_dir, batch_size=batch_size, split=split, run=run)
+    if not ensemble:
+        print_paths(written)
+        return
+    from ticketctl.analysis.combine import combined_outputs
+    from ticketctl.analysis.members import load_members
+    from ticketctl.stages.predict import write_predictions
+
+    members = load_members([str(p) for p in written])
+    write_predictions(members.task, members.ids, combined_outputs(members.task, members.outputs, combine), output)
+    if output is not None:
+        print_paths([*written, output])
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="A ticketctl mask artifact, or a file of torch prune '*_mask' "
+                                                "tensors (.safetensors, .pt: e.g. a pruned model's state dict).")],
+    target: Annotated[Path, typer.Argument(help="Where to write: torch prune masks (.safetensors or .pt), or the "
+                                                "ticketctl mask artifact (.safetensors).")],
+    model: Annotated[Optional[str], typer.Option(help="The model the masks are for (import; a structured export "
+                                                      "reads its parameter names). Default: the default model.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Import: the task recorded in the mask "
+                                                                     "(default: imported).")] = None,
+):
+    """Convert masks between ticketctl and torch.nn.utils.prune's weight_mask convention (the direction follows the
+    source). Prints the written path."""
+    from ticketctl.stages.convert import convert as run_convert
+
+    print_paths([run_convert(source, target, task=task, run=RunOptions(model=model))])
+
+
 # ---------------------------------------------------------------------------------------------- analysis commands
 
 Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]

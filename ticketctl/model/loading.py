@@ -138,31 +138,47 @@ def load_model(folder: Path, num_labels: int, dropout: float | None, attention: 
 
 
 def _load_pruned(folder: Path, config):
-    """A model saved by ``finetune --save-model`` from a structured ticket: its heads and FFNs are physically
-    removed, which stock transformers cannot express in a config. Build the full model, remove the same structures,
-    then load the weights; a task head of another size (another task) stays freshly initialised."""
-    from safetensors.torch import load_file
+    """A model saved by ``finetune --save-model`` from a structured ticket, pruned physically again: its weights are
+    stored at the full shapes with zeros for the removed heads and FFNs (loadable by stock transformers), or, by
+    ticketctl before 0.5, at the pruned shapes. A task head of another size (another task) stays freshly
+    initialised."""
     from transformers import AutoModelForSequenceClassification
 
     mask = structure_of(config)
     model = AutoModelForSequenceClassification.from_config(config)
-    prune_physically(model, mask)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise InputError(f"{folder}: a pruned ticket folder without model.safetensors")
-    state = {}
-    for f in files:
-        state.update(load_file(str(f)))
+    state = _read_state(folder)
+    head = {n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")}
+    full = _fits(model.state_dict(), state, head)
+    if not full:
+        prune_physically(model, mask)
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    head = {n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")}
     if any(k not in head for k in mismatched):
         raise InputError(f"{folder}: weights do not fit the recorded structure ({mismatched[0]})")
     missing, _ = model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
     missing = [k for k in missing if k not in head and not k.endswith("position_ids")]
     if missing:
         raise InputError(f"{folder}: weights missing for {missing[0]}")
+    if full:
+        prune_physically(model, mask)
     return model
+
+
+def _read_state(folder: Path, skip: tuple[str, ...] = ()) -> dict:
+    from safetensors.torch import load_file
+
+    files = [f for f in sorted(folder.glob("*.safetensors")) if f.name not in skip]
+    if not files:
+        raise InputError(f"{folder}: no .safetensors weights")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def _fits(own: dict, state: dict, ignore=()) -> bool:
+    """Every tensor of ``state`` that ``own`` has is of ``own``'s shape (the task head excepted)."""
+    return all(own[k].shape == v.shape for k, v in state.items() if k in own and k not in ignore)
 
 
 def load_encoder(model, folder: Path) -> None:
@@ -171,23 +187,21 @@ def load_encoder(model, folder: Path) -> None:
     as initialised. The encoder's shape must match (same architecture and vocabulary)."""
     import json
 
-    from safetensors.torch import load_file
-
     config = json.loads((folder / "config.json").read_text())
     ours = model.config
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if key in config and config[key] != getattr(ours, key, None):
             raise InputError(f"--init {folder}: {key}={config[key]}, but --model has {getattr(ours, key, None)}")
     structure = structure_from(config.get(STRUCTURE_KEY))
-    if structure is not None:
-        prune_physically(model, structure)
-    state = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        if f.name != "task_heads.safetensors":
-            state.update(load_file(str(f)))
+    state = _read_state(folder, skip=("task_heads.safetensors",))
     prefix = model.base_model_prefix + "."
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    # Full-shaped weights of a pruned ticket (zeros where it pruned) load first and are pruned after; older
+    # pruned-shape folders need the pruned modules first.
+    full = structure is not None and _fits(model.base_model.state_dict(), state)
+    if structure is not None and not full:
+        prune_physically(model, structure)
     own = model.base_model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k, v in own.items() if k not in state and v.is_floating_point()]
@@ -195,6 +209,8 @@ def load_encoder(model, folder: Path) -> None:
         raise InputError(f"--init {folder}: encoder weights do not fit the model "
                          f"({(bad or missing)[0]} {'has another shape' if bad else 'is missing'})")
     model.base_model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    if full:
+        prune_physically(model, structure)
 
 
 def check_max_length(max_length: int, model, tokenizer) -> None:

@@ -166,6 +166,43 @@ def prune_physically(model, mask) -> None:
     setattr(model.config, STRUCTURE_KEY, {"heads": mask.heads.astype(int).tolist(), "ffn": mask.ffn.astype(int).tolist()})
 
 
+def full_state(model) -> dict[str, torch.Tensor]:
+    """The state dict of a physically pruned model at the full model's shapes, with zeros where heads and FFNs were
+    removed: what stock transformers loads (``from_pretrained`` of a plain config) and runs to the same outputs. A
+    zero head contributes nothing (its query/key/value rows and output-projection columns are zero), a zero FFN adds
+    nothing to the residual stream (GELU(0) = 0, zero output projection and bias)."""
+    import torch
+
+    structure = structure_of(model.config)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if structure is None:
+        return state
+    lay = layout(model)
+    d = lay.head_size
+    hidden = model.config.hidden_size
+    inner = model.config.intermediate_size
+    for i in range(lay.num_layers):
+        names = unit_params(lay, i)
+        rows = torch.from_numpy(np.concatenate([np.arange(h * d, (h + 1) * d) for h in np.flatnonzero(structure.heads[i])]))
+
+        def widen(name: str, shape: tuple, dim: int, index) -> None:
+            old = state[name]
+            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+            new.index_copy_(dim, index.to(old.device), old)
+            state[name] = new
+
+        for key in ("q", "k", "v"):
+            widen(f"{names[key]}.weight", (hidden, hidden), 0, rows)
+            widen(f"{names[key]}.bias", (hidden,), 0, rows)
+        widen(f"{names['o']}.weight", (hidden, hidden), 1, rows)
+        if not structure.ffn[i]:
+            ref = state[f"{names['o']}.weight"]
+            for name, shape in ((f"{names['i']}.weight", (inner, hidden)), (f"{names['i']}.bias", (inner,)),
+                                (f"{names['f']}.weight", (hidden, inner)), (f"{names['f']}.bias", (hidden,))):
+                state[name] = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
+    return state
+
+
 @dataclass
 class Structure:
     """The heads and FFN sublayers a physically pruned model kept (the fields of a structured mask)."""

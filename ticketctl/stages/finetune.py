@@ -105,5 +105,8 @@ def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Pat
         setup.write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
     ctx.log.info(f"trained in {train_time:.1f}s")
     if save_model is not None:
-        setup.save_trained(ctx, model, tokenizer, save_model)
+        setup.save_trained(ctx, model, tokenizer, save_model, cfg, {
+            "seed": seed, "policy": scheme, "sparsity": meta["sparsity"], "method": extra.get("method", "imp" if mask
+                                                                                              else None),
+            "config_hash": rows[0][2]})
     return [path for _, path, _ in rows]

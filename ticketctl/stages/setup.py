@@ -422,14 +422,31 @@ def check_model_folder(folder: Path) -> None:
     atomic.ensure_writable(folder.parent if folder.parent != Path("") else Path("."))
 
 
-def save_trained(ctx: Context, model, tokenizer, folder: Path) -> None:
-    """Save the finetuned model as a transformers folder. A structured ticket was trained physically pruned, so it
-    is saved that way: its config records the structure for reloading (``--model`` / ``--init``)."""
-    if structure_of(model.config) is not None:
-        ctx.log.info(f"saving the ticket physically pruned: {sum(p.numel() for p in model.parameters()):,} "
-                     f"parameters")
+MEMBER_KEY = "ticketctl"  # config.json entry of a saved model: what `predict` needs to run it as a member
+
+
+def save_trained(ctx: Context, model, tokenizer, folder: Path, cfg: TrainConfig | None = None,
+                 member: dict | None = None) -> None:
+    """Save the finetuned model as a transformers folder that stock ``AutoModelForSequenceClassification
+    .from_pretrained`` loads: the task's label names in ``id2label``, and a structured ticket (trained physically
+    pruned) at the full shapes with zeros for what it removed, so the outputs are the same everywhere (ticketctl's
+    own loader prunes it again, for speed). The config also records the task and how the member was made, for
+    ``predict``."""
+    from ticketctl.model.units import full_state
+
+    config = model.config
+    if ctx.task.labels is not None:
+        config.id2label = dict(enumerate(ctx.task.labels))
+        config.label2id = {name: i for i, name in enumerate(ctx.task.labels)}
+    if member is not None:
+        setattr(config, MEMBER_KEY, {"task": ctx.task.name, "task_spec": ctx.task.spec(), "base_model": ctx.model_name,
+                                     "base_model_fingerprint": ctx.model_fp,
+                                     "max_length": cfg.max_length if cfg else None, **member})
+    if structure_of(config) is not None:
+        ctx.log.info(f"saving the ticket with zeros for its pruned heads and FFNs (stock transformers loads it); "
+                     f"{sum(p.numel() for p in model.parameters()):,} parameters in use")
     with atomic.atomic_folder(folder) as tmp:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict=full_state(model))
         tokenizer.save_pretrained(str(tmp))
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
     ctx.log.info(f"saved model ({size / 1e6:.1f} MB of weights) -> {folder}")

@@ -1,0 +1,151 @@
+"""``predict``: run saved members on new text. Each member (a folder written by ``finetune --save-model``: dense,
+masked or a physically pruned structured ticket) writes one logits artifact, so ``ensemble``, ``--submission`` and
+``stats`` work on its outputs unchanged; the averaged predictions come with the labels as the data names them.
+
+Members must agree on the task (its name and, for your own data, its labels, columns and metrics) and on the
+tokenizer; their batches are length-sorted and padded dynamically, as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ticketctl.data.tasks import Task, task_of
+from ticketctl.errors import InputError, UsageError
+from ticketctl.hparams import RunOptions
+from ticketctl.stages import setup
+from ticketctl.store import atomic, paths
+from ticketctl.store.provenance import config_hash, file_sha256
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "merges.txt", "vocab.json", "spiece.model",
+                   "special_tokens_map.json")
+
+
+@dataclass
+class Member:
+    folder: Path
+    info: dict  # the config's MEMBER_KEY entry
+    task: Task
+    fingerprint: str  # the saved model's content hash
+    tokenizer: str  # content hash of its tokenizer files
+
+    @property
+    def max_length(self) -> int:
+        return int(self.info.get("max_length") or 128)
+
+
+def read_member(folder: str | Path) -> Member:
+    from ticketctl.model.loading import model_fingerprint
+
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"--model-dir {folder}: not a model folder (no config.json)")
+    try:
+        info = json.loads(config_path.read_text()).get(setup.MEMBER_KEY)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{config_path}: not JSON ({e.msg})") from None
+    if not isinstance(info, dict) or "task" not in info:
+        raise InputError(f"--model-dir {folder}: not saved by `ticketctl finetune --save-model` (its config has no "
+                         f"{setup.MEMBER_KEY!r} entry naming the task)")
+    tok = "".join(f"{n}:{file_sha256(folder / n)}\n" for n in TOKENIZER_FILES if (folder / n).is_file())
+    task = task_of({"task": info["task"], "task_spec": info.get("task_spec")})
+    return Member(folder, info, task, model_fingerprint(folder), tok)
+
+
+def check_members(members: list[Member]) -> None:
+    first = members[0]
+    seen: dict[str, Path] = {}
+    for m in members:
+        if m.fingerprint in seen:
+            raise UsageError(f"--model-dir {m.folder} and {seen[m.fingerprint]} are the same model: a member counts once")
+        seen[m.fingerprint] = m.folder
+        if (m.task.name, m.task.spec()) != (first.task.name, first.task.spec()):
+            raise InputError(f"cannot mix tasks: {first.folder} is for {first.task.name}, {m.folder} for {m.task.name}"
+                             + (" (another label set, columns or metrics)" if m.task.name == first.task.name else ""))
+        if m.tokenizer != first.tokenizer:
+            raise InputError(f"cannot mix tokenizers: {m.folder} and {first.folder} tokenise differently")
+
+
+def read_data(task: Task, path: str | Path, name: str | None = None):
+    """New text for ``task``: a GLUE task's TSV layout (.tsv), or any format of ``ticketctl.data.custom`` with the
+    task's text columns; labels are used where the file has them."""
+    from ticketctl.data import custom, files
+
+    if not task.is_custom and custom.file_format(path) == "tsv":
+        return files.read_tsv(task, path, name)
+    if not task.is_custom:
+        task = Task(task.name, task.folder, task.hub_text_columns if task.hub_columns else task.text_columns,
+                    "label", task.labels, task.metrics)
+    return custom.read_split(task, path, name)
+
+
+def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: int = 128, split: str | None = None,
+            run: RunOptions | None = None) -> tuple[list[Path], list]:
+    """Run every member on ``data_file``; returns (the logits artifact paths, one per member, in order; the split)."""
+    from ticketctl.model import loading
+    from ticketctl.train.device import runtime
+    from ticketctl.train.loop import predict as run_model
+
+    run = run or RunOptions()
+    if not model_dirs:
+        raise UsageError("give at least one --model-dir")
+    if batch_size <= 0:
+        raise UsageError("--batch-size must be > 0")
+    log = setup.Log(run.quiet, run.verbose)
+    members = [read_member(d) for d in model_dirs]
+    check_members(members)
+    task = members[0].task
+    data = read_data(task, data_file, split)
+    device, precision = runtime(run.device, "fp32", run.threads, data_parallel=False)
+    atomic.ensure_writable(run.out)
+    written = []
+    for m in members:
+        info = m.info
+        ctx = setup.Context(task, info.get("base_model", str(m.folder)), m.folder,
+                            info.get("base_model_fingerprint", m.fingerprint), data, [data], log,
+                            run.out / paths.CACHE_DIR)
+        h = config_hash({"member": m.fingerprint, "data": data.fingerprint, "max_length": m.max_length,
+                         "precision": precision})
+        seed = int(info.get("seed", 0))
+        path = run.out / paths.logits_name(task.name, data.name, str(info.get("policy", "member")), seed, h)
+        if not setup.finished(log, [path], "logits", run.force):
+            model = loading.load_model(m.folder, task.num_labels, None, loading.attention_for(device.type)).to(device)
+            tokenizer = loading.load_tokenizer(m.folder)
+            enc = setup.encoded(ctx, tokenizer, data, m.max_length)
+            outputs = run_model(model, enc, device, setup.pad_id(tokenizer), precision, batch_size)
+            metrics = setup.write_logits(ctx, data, path, outputs, {
+                "seed": str(seed), "policy": str(info.get("policy", "member")), "sparsity": info.get("sparsity", "0"),
+                "method": info.get("method"), "config_hash": h, "member_model": str(m.folder),
+                "member_fingerprint": m.fingerprint, "produced_by": "predict",
+                "config": {"member": m.fingerprint, "max_length": m.max_length, "precision": precision}})
+            log.info(f"{m.folder}: {setup.format_metrics(metrics) or f'{len(data)} examples'} -> {path}")
+        written.append(path)
+    return written, data
+
+
+def write_predictions(task: Task, ids: np.ndarray, outputs: np.ndarray, path: Path | None) -> None:
+    """The ensemble's predictions as ``id<TAB>prediction`` rows (label names as the training data has them, or
+    scores), with each class's probability for classification; to ``path`` or stdout."""
+    from ticketctl.analysis.combine import softmax
+    from ticketctl.data.tasks import predictions
+
+    pred = predictions(task, outputs)
+    if task.is_regression:
+        lines = ["id\tprediction"] + [f"{i}\t{p:.6g}" for i, p in zip(ids.tolist(), pred.tolist())]
+    else:
+        probs = softmax(outputs)
+        lines = ["id\tprediction\t" + "\t".join(f"p_{name}" for name in task.labels)]
+        lines += [f"{i}\t{task.labels[int(p)]}\t" + "\t".join(f"{x:.4f}" for x in row)
+                  for i, p, row in zip(ids.tolist(), pred.tolist(), probs.tolist())]
+    text = "\n".join(lines) + "\n"
+    if path is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic.atomic_write_bytes(Path(path), text.encode())
