@@ -36,6 +36,17 @@ app = typer.Typer(
 # ---------------------------------------------------------------------------------------------- options
 
 
+def choices(*values: str):
+    """Shell completion of an option's values (the option still validates them itself, with its own message)."""
+    def complete(incomplete: str):
+        return [v for v in values if v.startswith(incomplete)]
+
+    return complete
+
+
+TASK_NAMES = ("mrpc", "stsb", "rte", "cola", "sst2", "wnli", "qnli", "qqp", "mnli")  # ticketctl.data.tasks.TASKS
+
+
 def options(**groups: type):
     """Give a command the fields of the option dataclasses as Typer options: ``@options(train=TrainConfig)`` adds
     one option per field of ``TrainConfig`` (its flag, help and default from the field) and passes
@@ -59,9 +70,10 @@ def options(**groups: type):
                 if meta.get("flag") or meta.get("short"):
                     decls = [meta.get("flag") or "--" + f.name.replace("_", "-")] + [meta["short"]] * bool(meta["short"])
                 default = None if f.default is dataclasses.MISSING else f.default
+                extra = {"autocompletion": choices(*meta["choices"])} if meta.get("choices") else {}
                 params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                                annotation=Annotated[types[f.name], typer.Option(*decls,
-                                                                                                 help=meta["help"])]))
+                                                annotation=Annotated[types[f.name], typer.Option(
+                                                    *decls, help=meta["help"], **extra)]))
                 names.append(f.name)
             built[arg] = (cls, names)
 
@@ -80,7 +92,7 @@ def options(**groups: type):
 
 
 Task = Annotated[Optional[str], typer.Option(
-    "--task", "-t", help="GLUE task: mrpc, stsb, rte, cola, sst2, wnli, qnli, qqp, mnli; with --train-file or --dataset, "
+    "--task", "-t", autocompletion=choices(*TASK_NAMES), help="GLUE task: mrpc, stsb, rte, cola, sst2, wnli, qnli, qqp, mnli; with --train-file or --dataset, "
     "the name of your task.")]
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
 TrainFraction = Annotated[float, typer.Option(
@@ -141,14 +153,14 @@ def search(
     run: RunOptions,
     task: Task = None,
     seed: Seed = 0,
-    method: Annotated[str, typer.Option(
+    method: Annotated[str, typer.Option(autocompletion=choices("imp", "structured"),
         help="imp: iterative magnitude pruning of weights (Multi-Ticket Ensemble). structured: one-shot pruning of "
         "attention heads and FFN sublayers by importance (Super Tickets).")] = "imp",
-    policy: Annotated[str, typer.Option(help="imp: base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT).")] = "base",
+    policy: Annotated[str, typer.Option(autocompletion=choices("base", "active", "random"), help="imp: base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT).")] = "base",
     sparsity: Annotated[str, typer.Option(
         help="Target fraction to prune: of prunable weights (imp), of heads and of FFN sublayers (structured; a "
         "comma-separated list writes one mask per level).")] = "0.3",
-    ticket: Annotated[str, typer.Option(
+    ticket: Annotated[str, typer.Option(autocompletion=choices("winning", "random", "losing"),
         help="structured: winning | random | losing, or a comma-separated list (one mask per kind and level).")] = "winning",
     train_fraction: TrainFraction = 1.0,
     prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per round.")] = 0.1,
@@ -196,7 +208,7 @@ def share(
     mask: Annotated[Optional[list[str]], typer.Option(
         help="The structured mask of each --task, in the same order (repeat). None: dense multi-task baseline.")] = None,
     seed: Seed = 0,
-    sampling: Annotated[str, typer.Option(
+    sampling: Annotated[str, typer.Option(autocompletion=choices("proportional", "equal"),
         help="proportional: tasks drawn in proportion to their training examples; equal: uniformly.")] = "proportional",
     save_model: Annotated[Optional[Path], typer.Option(
         help="Save the shared encoder (a transformers folder usable as --model) with the task heads and masks.")] = None,
@@ -222,7 +234,7 @@ def predict(
     ensemble: Annotated[bool, typer.Option(
         help="Also average the members and print id<TAB>prediction<TAB>p_<label>... (to --output FILE if given).")] = False,
     output: Annotated[Optional[Path], typer.Option(help="With --ensemble: write the predictions here, not to stdout.")] = None,
-    combine: Annotated[str, typer.Option(help="How --ensemble averages classification members: probs | logits | vote.")] = "probs",
+    combine: Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"), help="How --ensemble averages classification members: probs | logits | vote.")] = "probs",
     batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 128,
     split: Annotated[Optional[str], typer.Option(help="Split name in the artifacts (default: the file's stem).")] = None,
 ):
@@ -270,8 +282,9 @@ def convert(
 # ---------------------------------------------------------------------------------------------- analysis commands
 
 Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]
-Format = Annotated[str, typer.Option("--format", "-f", help="table | tsv | json | markdown.")]
-Combine = Annotated[str, typer.Option(help="How classification members are averaged: probs | logits | vote.")]
+Format = Annotated[str, typer.Option("--format", "-f", autocompletion=choices("table", "tsv", "json", "markdown"),
+                                     help="table | tsv | json | markdown.")]
+Combine = Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"), help="How classification members are averaged: probs | logits | vote.")]
 
 
 @app.command()
@@ -347,7 +360,8 @@ def iou(
 @app.command()
 def stats(
     artifacts: Paths,
-    by: Annotated[str, typer.Option(help="Metadata key to group by: policy, sparsity, bagging, seed, ...")] = "policy",
+    by: Annotated[str, typer.Option(autocompletion=choices("policy", "sparsity", "bagging", "seed", "train_fraction",
+                                                           "method"), help="Metadata key to group by: policy, sparsity, bagging, seed, ...")] = "policy",
     ref: Annotated[Optional[str], typer.Option(help="Reference group of the comparisons (default: dense, else base).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Ensemble size k (default: min(5, smallest group)).")] = None,
     combine: Combine = "probs",
@@ -355,12 +369,12 @@ def stats(
     groups: Annotated[int, typer.Option(help="The paper's protocol: split each scheme's seeds (in seed order) into G "
                                              "equal groups and average the ensembles within groups, then over groups "
                                              "(Kobayashi et al. use 2 groups of 10 seeds).")] = 1,
-    test: Annotated[str, typer.Option(help="permutation: paired permutation test over seeds (calibrated); paper: "
+    test: Annotated[str, typer.Option(autocompletion=choices("permutation", "paper"), help="permutation: paired permutation test over seeds (calibrated); paper: "
                                            "the paper's t-test over combinations (optimistic).")] = "permutation",
     resamples: Annotated[int, typer.Option(help="Permutations of the test.")] = 1000,
     bootstrap: Annotated[int, typer.Option(help="Resample the evaluation examples N times for a 95% interval of "
                                                 "each group's ensemble mean (0: off).")] = 0,
-    select: Annotated[Optional[str], typer.Option(
+    select: Annotated[Optional[str], typer.Option(autocompletion=choices("best"),
         help="best: with --by sparsity, print the mask path(s) of the best winning level (the super ticket), chosen "
         "on a seeded part of the evaluation examples and reported on the rest.")] = None,
     select_fraction: Annotated[float, typer.Option(help="With --select best: the fraction of the evaluation "

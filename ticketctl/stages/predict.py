@@ -97,7 +97,7 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
         raise UsageError("give at least one --model-dir")
     if batch_size <= 0:
         raise UsageError("--batch-size must be > 0")
-    log = setup.Log(run.quiet, run.verbose)
+    log = setup.Log(run.quiet, run.verbose, run.log_every)
     members = [read_member(d) for d in model_dirs]
     check_members(members)
     task = members[0].task

@@ -24,7 +24,7 @@ from ticketctl.errors import InputError, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 from ticketctl.model import loading
 from ticketctl.model.units import structure_of
-from ticketctl.store import atomic, paths
+from ticketctl.store import atomic, paths, report
 from ticketctl.store.artifacts import Artifact, existing, read_artifact, write_artifact
 from ticketctl.store.provenance import COMPUTATION, IDENTITY_DEFAULTS, config_hash, provenance
 
@@ -34,11 +34,12 @@ from ticketctl.store.provenance import COMPUTATION, IDENTITY_DEFAULTS, config_ha
 class Log:
     """Progress and messages on stderr only; stdout is for results."""
 
-    def __init__(self, quiet: bool = False, verbose: bool = False):
+    def __init__(self, quiet: bool = False, verbose: bool = False, log_every: int | None = None):
         from rich.console import Console
 
         self.quiet = quiet or os.environ.get("RANK", "0") != "0"
         self.verbose = verbose and not self.quiet
+        self.log_every = log_every
         self.console = Console(stderr=True, highlight=False)
 
     def info(self, msg: str) -> None:
@@ -50,17 +51,25 @@ class Log:
         if self.verbose:
             self.console.print(msg, markup=False, soft_wrap=True, style="dim")
 
-    def progress(self, description: str, total: int):
-        """A context manager yielding ``advance(step, total, loss)``; a no-op when quiet or not a terminal."""
-        return _Progress(self, description, total)
+    def progress(self, description: str, total: int, batch_size: int | None = None):
+        """A context manager yielding ``advance(step, total, loss)``: a live bar on a terminal; without one (Slurm,
+        nohup, CI) a plain line every ``log_every`` steps, or every 30 s; nothing when quiet."""
+        return _Progress(self, description, total, batch_size)
+
+
+PLAIN_SECONDS = 30.0  # without a terminal and without --log-every: a progress line this often
 
 
 class _Progress:
-    def __init__(self, log: Log, description: str, total: int):
-        self.log, self.description, self.total = log, description, total
+    def __init__(self, log: Log, description: str, total: int, batch_size: int | None = None):
+        self.log, self.description, self.total, self.batch_size = log, description, total, batch_size
         self.bar = None
+        self.plain = False
 
     def __enter__(self):
+        self.start = self.last = time.perf_counter()
+        self.loss = None
+        self.plain = not self.log.quiet and not self.log.console.is_terminal
         if not self.log.quiet and self.log.console.is_terminal:
             from rich.progress import (
                 BarColumn,
@@ -82,10 +91,33 @@ class _Progress:
         if self.bar is not None:
             fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
             self.bar.update(self.task, completed=step, total=total, **fields)
+        elif self.plain:
+            self.loss = loss if loss is not None else self.loss
+            now = time.perf_counter()
+            every = self.log.log_every
+            if (step % every == 0 if every else now - self.last >= PLAIN_SECONDS) or step == total:
+                self.last = now
+                self.log.info(plain_line(self.description, step, total, self.loss, now - self.start, self.batch_size))
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def plain_line(description: str, step: int, total: int, loss: float | None, elapsed: float,
+               batch_size: int | None) -> str:
+    """One progress line for logs: step, loss, throughput and time left."""
+    rate = step / elapsed if elapsed > 0 else 0.0
+    eta = (total - step) / rate if rate > 0 else 0.0
+    speed = f"{rate * batch_size:.1f} examples/s" if batch_size else f"{rate:.2f} steps/s"
+    loss_text = f"loss {loss:.4f}" if loss is not None else "loss -"
+    return (f"{description}: step {step}/{total} ({step / max(total, 1):.0%}) {loss_text} {speed} "
+            f"elapsed {_clock(elapsed)} eta {_clock(eta)}")
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def recording(advance, curve: list):
@@ -117,6 +149,7 @@ class Context:
     evals: list[data_files.Split]
     log: Log
     cache_dir: Path | None = None  # where tokenised splits are kept (--out/cache); None: not kept
+    report_to: str | None = None  # --report-to: a tracker that also gets each run's loss curve and metrics
 
     @classmethod
     def create(cls, task_name: str | None, model: str | None, opts: DataOptions, log: Log) -> "Context":
@@ -200,11 +233,12 @@ def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, r
 
     device, precision = runtime(run.device, train.precision, run.threads, data_parallel)
     cfg = replace(train, precision=precision)
-    log = Log(run.quiet, run.verbose)
+    log = Log(run.quiet, run.verbose, run.log_every)
     single = task is None or isinstance(task, str)
     tasks = [task] if single else list(task)
-    contexts = [replace(Context.create(t, run.model, data, log), cache_dir=run.out / paths.CACHE_DIR)
-                for t in tasks]
+    report.check(run.report_to)
+    contexts = [replace(Context.create(t, run.model, data, log), cache_dir=run.out / paths.CACHE_DIR,
+                        report_to=run.report_to) for t in tasks]
     log.debug(f"config: {cfg.as_dict()}")
     cfg.validate()
     atomic.ensure_writable(run.out)
@@ -340,7 +374,7 @@ def dense_train(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, dev
     enc = encoded(ctx, tokenizer, ctx.train, cfg.max_length) if enc is None else enc
     curve: list = []
     start_time = time.perf_counter()
-    with ctx.log.progress(description, 1) as advance:
+    with ctx.log.progress(description, 1, cfg.batch_size) as advance:
         losses = train(model, enc, ctx.train.labels, cfg, seed, device, pad_id(tokenizer), keep=keep, l1=l1,
                        on_step=recording(advance, curve))
     return losses, curve, time.perf_counter() - start_time
@@ -355,9 +389,11 @@ def write_logits(ctx: Context, split: data_files.Split, path: Path, outputs: np.
     if split.labels is not None:
         tensors["labels"] = split.labels
         metrics = score(ctx.task, predictions(ctx.task, outputs), split.labels)
-    write_artifact(path, "logits", tensors, ctx.meta(
-        split=split.name, split_source=split.source, data_fingerprint=split.fingerprint, examples=str(len(split)),
-        metrics=metrics or None, **meta))
+    full = ctx.meta(split=split.name, split_source=split.source, data_fingerprint=split.fingerprint,
+                    examples=str(len(split)), metrics=metrics or None, **meta)
+    write_artifact(path, "logits", tensors, full)
+    if ctx.report_to and distributed_main():
+        report.report(ctx.report_to, path.parent, path, full, metrics)
     return metrics
 
 

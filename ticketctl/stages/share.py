@@ -139,7 +139,7 @@ def share_contexts(members: list[Member], cfg: TrainConfig, device, seed: int, o
     log.info(f"share {'+'.join(names)} seed={seed} ({scheme}, {sampling} sampling): {total} steps over "
              + ", ".join(f"{n} {len(encs[n])}" for n in names) + f" examples, {device.type}/{cfg.precision}")
     start = time.perf_counter()
-    with log.progress(f"share s{seed}", total) as advance:
+    with log.progress(f"share s{seed}", total, cfg.batch_size) as advance:
         loop.run(task_batches(plan, {n: encs[n].lengths for n in names}, cfg.batch_size, rng), total, advance)
     train_time = time.perf_counter() - start
     log.info(f"trained in {train_time:.1f}s")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from ticketctl.errors import UsageError
 from ticketctl.train import distributed
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "auto")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def pick_device(device: str):
@@ -18,12 +18,21 @@ def pick_device(device: str):
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if device.startswith("cuda:"):
+        index = device[5:]
+        if not index.isdigit():
+            raise UsageError(f"--device {device}: give cuda:N with N a GPU index")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index) >= count:
+            raise UsageError(f"--device {device}: {'no CUDA device is available' if count == 0 else f'only {count} GPU(s) (cuda:0..cuda:{count - 1})'}")
+        torch.cuda.set_device(int(index))
+        return torch.device(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--device mps: no MPS device is available")
     if device not in ("cpu", "cuda", "mps"):
-        raise UsageError("--device must be auto, cpu, cuda or mps")
+        raise UsageError("--device must be auto, cpu, cuda, cuda:N or mps")
     return torch.device(device)
 
 
@@ -32,7 +41,7 @@ def resolve_precision(precision: str, device) -> str:
     AVX-512 BF16 but no AMX trained MiniLM 1.48x slower in bf16 than in fp32 (1.098 vs 0.742 s/step,
     benchmarks/README.md), so it gets fp32."""
     if precision not in PRECISIONS:
-        raise UsageError("--precision must be fp32, bf16 or auto")
+        raise UsageError("--precision must be fp32, bf16, fp16 or auto")
     if precision != "auto":
         return precision
     import torch
@@ -62,7 +71,7 @@ def runtime(device: str, precision: str, threads: int | None, data_parallel: boo
     """The one place a run's device is decided: CPU threads, the process group under torchrun (when the command runs
     data-parallel), the device, and the precision ``auto`` resolves to on it. Returns (device, precision)."""
     if precision not in PRECISIONS:
-        raise UsageError("--precision must be fp32, bf16 or auto")
+        raise UsageError("--precision must be fp32, bf16, fp16 or auto")
     set_threads(threads)
     dev = pick_device(distributed.setup(device) if data_parallel else device)
     return dev, resolve_precision(precision, dev)

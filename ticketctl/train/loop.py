@@ -1,6 +1,6 @@
 """The one training loop: ``finetune``, every IMP round of ``search``, the dense finetune of a structured search and
 the multi-task ``share`` all run :class:`Loop`. AdamW with linear decay to zero, masks applied to gradients,
-optional L1 regularizer, global gradient-norm clipping, bf16 autocast, data parallelism under torchrun, and on CPU
+optional L1 regularizer, global gradient-norm clipping, bf16 or fp16 autocast (fp16 with loss scaling), data parallelism under torchrun, and on CPU
 ticketctl's fast dropout.
 
 A run trains one model on one training set (``train``), or several task models that share an encoder on several
@@ -64,7 +64,9 @@ class L1Regularizer:
 
 
 def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """bf16 or fp16 autocast (fp32 master weights); fp32: off."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 def make_adamw(groups, lr: float):
@@ -148,6 +150,9 @@ class Loop:
         self.parallel = distributed.active()
         self.trainable = [p for p in params.values() if p.requires_grad]
         self.schedule_log: list[tuple[float, float]] | None = None
+        # fp16 needs loss scaling (its range underflows small gradients); a step whose gradients overflow is skipped
+        # and the scale lowered, as torch.amp recommends. bf16 and fp32 need none.
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
     def step(self, task, idx: np.ndarray, factor: float) -> torch.Tensor:
         """One optimizer step on the global batch ``idx`` of ``task`` (this process's shard of it) at learning rate
@@ -170,10 +175,12 @@ class Loop:
         loss = self.loss(logits.float(), target, len(idx))
         if weight == 0.0:
             loss = loss * 0.0
-        loss.backward()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.parallel:
             loss = loss.detach().clone()
             distributed.all_reduce_grads(self.trainable, [loss.view(1)])
+        if self.scaler is not None:  # true gradients before L1, masks and clipping
+            self.scaler.unscale_(self.opt)
         if self.reg and tau_t > 0:
             with torch.no_grad():
                 for p, c in self.reg:
@@ -184,7 +191,11 @@ class Loop:
         if cfg.max_grad_norm > 0:  # the gradient the optimizer sees: summed over processes, with L1, masked
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
         saved = self.hooks.before_update(task, self.opt)
-        self.opt.step()
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
         self.hooks.after_update(task, self.opt, saved)
         self.opt.zero_grad(set_to_none=True)
         return loss.detach()
