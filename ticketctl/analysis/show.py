@@ -29,6 +29,14 @@ def summary(art: Artifact) -> dict:
     return out
 
 
+def cost_line(c: dict) -> str:
+    """A member's inference cost in words (``ticketctl.model.cost``)."""
+    zeros = c["params"] - c["nonzero_params"]
+    sparse = f", {zeros:,} of them zero (computed densely: no sparse kernel)" if zeros > 0.01 * c["params"] else ""
+    return (f"{c['relative_flops']:.3f} x a dense member: {c['flops_per_example'] / 1e9:.3f} GFLOPs per example at "
+            f"{c['mean_tokens']:.1f} tokens, {c['params']:,} parameters{sparse}")
+
+
 def verify(art: Artifact) -> list[dict]:
     """Recompute each parent's content hash: ok, changed, or missing."""
     from pathlib import Path
@@ -69,8 +77,15 @@ def show(paths: list[str], as_json: bool = False, check: bool = False, plot: str
         for k in ("kind", "method", "task", "split", "policy", "seed", "sparsity", "bagging", "model", "config_hash", "sha256"):
             if k in info:
                 sys.stdout.write(f"  {k:12} {info[k]}\n")
+        spec = art.meta.get("task_spec")
+        if spec:
+            kind = "regression" if spec.get("labels") is None else "labels " + ", ".join(spec["labels"])
+            sys.stdout.write(f"  {'task_spec':12} {kind}; text {', '.join(spec['text_columns'])}; metrics "
+                             f"{', '.join(spec['metrics'])}\n")
         if art.meta.get("metrics"):
             sys.stdout.write(f"  {'metrics':12} {json.dumps(art.meta['metrics'], sort_keys=True)}\n")
+        if art.meta.get("cost"):
+            sys.stdout.write(f"  {'cost':12} {cost_line(art.meta['cost'])}\n")
         s = info.get("summary", {})
         if art.kind == "mask" and "heads_kept" in s:
             sys.stdout.write(f"  {'heads':12} {s['heads_kept']} of {s['heads']} kept ({s['head_sparsity']:.1%} pruned)"
