@@ -99,7 +99,7 @@ def test_cuda_index_without_a_gpu(cli, tiny_args, tmp_path, device, message):
 
 @pytest.mark.parametrize("words, want", [
     ("ticketctl finetune --task m", ["mrpc", "mnli"]),
-    ("ticketctl search --policy ", ["base", "active", "random"]),
+    ("ticketctl search --policy ", ["base", "active", "random", "perturbed"]),
     ("ticketctl finetune --precision f", ["fp32", "fp16"]),
     ("ticketctl stats --format ", ["table", "tsv", "json", "markdown"]),
     ("ticketctl share --sampling e", ["equal"]),

@@ -156,7 +156,11 @@ def search(
     method: Annotated[str, typer.Option(autocompletion=choices("imp", "structured"),
         help="imp: iterative magnitude pruning of weights (Multi-Ticket Ensemble). structured: one-shot pruning of "
         "attention heads and FFN sublayers by importance (Super Tickets).")] = "imp",
-    policy: Annotated[str, typer.Option(autocompletion=choices("base", "active", "random"), help="imp: base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT).")] = "base",
+    policy: Annotated[str, typer.Option(
+        autocompletion=choices("base", "active", "random", "perturbed"),
+        help="imp: base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT). structured: base (plain winning "
+        "tickets) | perturbed (seed-perturbed importance) | active (prefer the heads and FFNs --prior masks dropped): "
+        "diverse winning tickets of the same size.")] = "base",
     sparsity: Annotated[str, typer.Option(
         help="Target fraction to prune: of prunable weights (imp), of heads and of FFN sublayers (structured; a "
         "comma-separated list writes one mask per level).")] = "0.3",
@@ -167,6 +171,9 @@ def search(
     l1: Annotated[Optional[float], typer.Option(
         "--l1", help="tau of the L1 regularizer (random/active); decays with the learning rate. Default 1e-4 for "
         "random/active, 0 for base.")] = None,
+    diversity: Annotated[Optional[float], typer.Option(
+        help="structured --policy perturbed: sigma of the log-normal noise on the importance scores (default 0.5); "
+        "active: weight of the earlier members' drops (default 1.0).")] = None,
     prior: Annotated[Optional[list[str]], typer.Option(
         "--prior", help="Earlier members' masks for --policy active (repeatable; - reads paths from stdin; none for the "
         "first member, which is plain IMP recorded as active).")] = None,
@@ -181,10 +188,14 @@ def search(
     if method == "structured":
         from ticketctl.stages.structured import parse_tickets, structured_search
 
-        if policy != "base" or prior or l1 is not None:
-            raise UsageError("--policy, --prior and --l1 belong to --method imp")
+        if l1 is not None:
+            raise UsageError("--l1 belongs to --method imp")
+        from ticketctl.store.artifacts import read_paths
+
         print_paths(structured_search(task, seed, levels=levels, kinds=parse_tickets(ticket),
-                                      train_fraction=train_fraction, train=train, data=data, run=run))
+                                      train_fraction=train_fraction, policy=policy, diversity=diversity,
+                                      priors=[] if prior in (None, ["none"]) else read_paths(prior), train=train,
+                                      data=data, run=run))
         return
     from ticketctl.stages.imp import search as run_search
     from ticketctl.store.artifacts import read_paths
@@ -193,6 +204,8 @@ def search(
         raise UsageError("--method imp takes one --sparsity level")
     if ticket != "winning":
         raise UsageError("--ticket belongs to --method structured")
+    if diversity is not None:
+        raise UsageError("--diversity belongs to --method structured (imp's policies use --l1)")
     priors = ["none"] if prior == ["none"] else read_paths(prior) if prior else []
     print_paths([run_search(task, seed, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
                             priors=priors, train_fraction=train_fraction, train=train, data=data, run=run)])
@@ -360,8 +373,10 @@ def iou(
 @app.command()
 def stats(
     artifacts: Paths,
-    by: Annotated[str, typer.Option(autocompletion=choices("policy", "sparsity", "bagging", "seed", "train_fraction",
-                                                           "method"), help="Metadata key to group by: policy, sparsity, bagging, seed, ...")] = "policy",
+    by: Annotated[str, typer.Option(autocompletion=choices("policy", "scheme", "sparsity", "bagging", "seed",
+                                                           "train_fraction", "method"),
+                                    help="Metadata key to group by: policy, scheme (policy, and the level of "
+                                    "structured tickets), sparsity, bagging, seed, ...")] = "policy",
     ref: Annotated[Optional[str], typer.Option(help="Reference group of the comparisons (default: dense, else base).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Ensemble size k (default: min(5, smallest group)).")] = None,
     combine: Combine = "probs",
@@ -379,6 +394,10 @@ def stats(
         "on a seeded part of the evaluation examples and reported on the rest.")] = None,
     select_fraction: Annotated[float, typer.Option(help="With --select best: the fraction of the evaluation "
                                                         "examples the level is chosen on.")] = 0.5,
+    cost: Annotated[bool, typer.Option(
+        "--cost", help="The frontier at equal inference cost instead: per budget of dense-member equivalents (analytic "
+        "FLOPs), each scheme's best ensemble within it and its difference to --ref at the same budget; --plot draws "
+        "the metric against cost.")] = False,
     format: Format = "table",
 ):
     """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics (the paper's protocol with
@@ -389,7 +408,7 @@ def stats(
     from ticketctl.store.artifacts import read_paths
 
     run_stats(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap, select, groups, test,
-              resamples, select_fraction)
+              resamples, select_fraction, cost)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -38,14 +38,27 @@ def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, 
             tables.note(f"ensemble of {len(members)} ({combine}): " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         sys.stdout.write(f"{path}\n")
         return
+    costs = [a.meta.get("cost") for a in members.arts]
+    costs = costs if all(costs) else None  # older artifacts have no cost record
     if sizes:
         rows = size_table(members, sizes, combine, groups)
         cols = ["k", "combinations", "mean", "std", "min", "max"] + [f"mean_{m}" for m in task.metrics[1:]]
+        if costs:
+            mean_cost = float(np.mean([c["relative_flops"] for c in costs]))
+            for row in rows:
+                row["cost"] = round(row["k"] * mean_cost, 4)
+            cols.insert(2, "cost")
         tables.emit(rows, cols, fmt, title=f"{task.name} {members.split}: {task.headline} of k-member ensembles "
                                            f"({combine}, {len(members)} members, {groups} group(s))")
     elif metrics:
         rows = [{"members": len(members), "combine": combine, **metrics}]
-        tables.emit(rows, ["members", "combine", *task.metrics], fmt, title=f"{task.name} {members.split} ensemble")
+        cols = ["members", "combine", *task.metrics]
+        if costs:  # the whole ensemble: relative to one dense member, and absolute
+            rows[0]["cost"] = round(sum(c["relative_flops"] for c in costs), 4)
+            rows[0]["gflops"] = round(sum(c["flops_per_example"] for c in costs) / 1e9, 4)
+            cols += ["cost", "gflops"]
+        tables.emit(rows, cols, fmt, title=f"{task.name} {members.split} ensemble"
+                    + (" (cost: dense-member equivalents; gflops: per example)" if costs else ""))
     elif submission is None:
         tables.note("the split is unlabelled: nothing to score (use --out or --submission)")
 

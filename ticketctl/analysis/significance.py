@@ -297,6 +297,45 @@ def jackknife_interval(sub: Scorer, ka: np.ndarray, kb: np.ndarray, na: int, nb:
     return float(full - half), float(full + half)
 
 
+def budget_interval(scorer: Scorer, a: list[int], b: list[int], k_a: int, k_b: int, groups: int, paired: bool,
+                    limit: int = TEST_COMBINATIONS, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """95% interval of A's protocol mean at k_a members minus B's at k_b (ensembles of equal cost): the
+    leave-one-seed-out jackknife (paired: a seed leaves both schemes), over at most ``limit`` combinations per
+    group. NaN where every ensemble holds every seed (k = the group's size)."""
+    from scipy import stats
+
+    rng = np.random.default_rng([seed, k_a, k_b, groups, len(a), len(b)])
+    na, nb = len(a), len(b)
+    sub = scorer.subset(list(a) + list(b))
+    ka = protocol_combinations(na, k_a, groups, limit, rng)
+    kb = protocol_combinations(nb, k_b, groups, limit, rng)
+    sa = sub.scores(np.hstack([ka, np.zeros((len(ka), nb))]))
+    sb = sub.scores(np.hstack([np.zeros((len(kb), na)), kb]))
+    group_a, group_b = _group_of(ka, na, groups), _group_of(kb, nb, groups)
+
+    def mean_without(scores, k_matrix, group, left_out):
+        keep = k_matrix[:, left_out] == 0 if left_out is not None else np.ones(len(k_matrix), bool)
+        means = [scores[keep & (group == g)].mean() for g in range(groups) if (keep & (group == g)).any()]
+        return float(np.mean(means)) if means else float("nan")
+
+    def jack(values: np.ndarray) -> float:
+        n = len(values)
+        return (n - 1) / n * float(np.sum((values - values.mean()) ** 2))
+
+    full = mean_without(sa, ka, group_a, None) - mean_without(sb, kb, group_b, None)
+    if paired:
+        var = jack(np.array([mean_without(sa, ka, group_a, s) - mean_without(sb, kb, group_b, s) for s in range(na)]))
+        dof = na - 1
+    else:
+        var = jack(np.array([mean_without(sa, ka, group_a, s) for s in range(na)])) + \
+            jack(np.array([mean_without(sb, kb, group_b, s) for s in range(nb)]))
+        dof = min(na, nb) - 1
+    if not np.isfinite(var) or dof < 1:
+        return float("nan"), float("nan")
+    half = stats.t.ppf((1 + level) / 2, dof) * np.sqrt(var)
+    return float(full - half), float(full + half)
+
+
 def _group_of(k_matrix: np.ndarray, n: int, groups: int) -> np.ndarray:
     """The group of each combination row (members of a combination are in one group)."""
     first = k_matrix.argmax(axis=1)

@@ -22,7 +22,19 @@ from ticketctl.store.provenance import IDENTITY_DEFAULTS
 REF_PREFERENCE = ("dense", "base")
 
 
+def scheme_of(art: Artifact) -> str:
+    """The scheme a member belongs to: its policy, with the level for structured tickets (``winning-50%``), which
+    ``--by policy`` alone would put in one group."""
+    policy = str(art.meta.get("policy", "?"))
+    if art.meta.get("method") == "structured":
+        level = art.meta.get("target_sparsity", art.meta.get("sparsity", "0"))
+        return f"{policy}-{round(float(level) * 100)}%"
+    return policy
+
+
 def group_value(art: Artifact, key: str) -> str:
+    if key == "scheme":
+        return scheme_of(art)
     if key in art.meta:
         return str(art.meta[key])
     config = art.meta.get("config") or {}
@@ -351,8 +363,9 @@ def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title
 def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
           combine: str = "probs", plot: str | None = None, fmt: str = "table", bootstrap: int = 0,
           select: str | None = None, groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
-          select_fraction: float = 0.5) -> None:
-    """Print the paper's Table 1 (groups by ``by``), or with ``by="sparsity"`` the phase-transition table."""
+          select_fraction: float = 0.5, cost: bool = False) -> None:
+    """Print the paper's Table 1 (groups by ``by``), or with ``by="sparsity"`` the phase-transition table, or with
+    ``cost`` the accuracy-at-equal-cost frontier."""
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
     if size is not None and size < 1:
@@ -368,9 +381,19 @@ def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: in
     members, grouped = load_groups(paths, by)
     ref = pick_ref(grouped, ref)
     scorer = scorer_of(members, combine)
+    if cost:
+        return cost_frontier(members, grouped, ref, scorer, groups, by, combine, fmt, plot)
     rows, k = table(members, grouped, ref, size, scorer, groups, test, resamples, bootstrap)
     task = members.task
-    cols = ["group", "members", "single_mean", "single_std", "k", "combinations", "ensemble_mean", "ensemble_gain",
+    costs = None
+    if all(a.meta.get("cost") for a in members.arts):
+        from ticketctl.analysis.frontier import group_costs
+
+        costs = group_costs(members, grouped)
+        for row in rows:
+            row["cost"] = round(row["k"] * costs[row["group"]], 4)
+    cols = ["group", "members", "single_mean", "single_std", "k"] + (["cost"] if costs else []) + [
+            "combinations", "ensemble_mean", "ensemble_gain",
             "vs_ref", "diff_low", "diff_high", "p_value", "test", "p_single"]
     cols += ["p_paper"] if test == "permutation" else []
     cols += ["ci_low", "ci_high"] if bootstrap else []
@@ -384,6 +407,30 @@ def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: in
     if plot:
         curves = gain_curves(scorer, grouped, ref, groups)
         plot_gain(curves, ref, task.headline, plot, f"{task.name}: ensemble gain over {ref}")
+        tables.note(f"wrote {plot}")
+
+
+def cost_frontier(members: Members, grouped: dict[str, list[int]], ref: str, scorer: Scorer, n_groups: int, by: str,
+                  combine: str, fmt: str, plot: str | None) -> None:
+    """``stats --cost``: per budget (dense-member equivalents) and scheme, the best ensemble reachable and its
+    difference to the reference at the same budget; ``--plot`` draws metric against cost."""
+    from ticketctl.analysis import frontier
+
+    for g, idx in grouped.items():
+        split_groups(len(idx), n_groups)
+    costs = frontier.group_costs(members, grouped)
+    pairs = {g: pairing(seeds_of(members, idx), seeds_of(members, grouped[ref])) for g, idx in grouped.items()}
+    rows = frontier.frontier(scorer, grouped, costs, ref, n_groups, pairs)
+    task = members.task
+    tables.emit(rows, ["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"], fmt,
+                f"{task.name} {members.split}: best {task.headline} within each inference budget (dense-member "
+                f"equivalents, analytic FLOPs; {combine}, {n_groups} seed group(s); vs {ref} at the same budget: "
+                f"difference and 95% jackknife interval)")
+    tables.note("member cost (x dense): " + ", ".join(f"{g} {costs[g]:.3f}" for g in sorted(costs))
+                + "; unstructured tickets cost a dense member (no sparse kernel)")
+    if plot:
+        frontier.plot(frontier.curves(scorer, grouped, costs, n_groups), task.headline, plot,
+                      f"{task.name}: {task.headline} vs inference cost, by {by}")
         tables.note(f"wrote {plot}")
 
 

@@ -122,7 +122,7 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
             metrics = setup.write_logits(ctx, data, path, outputs, {
                 "seed": str(seed), "policy": str(info.get("policy", "member")), "sparsity": info.get("sparsity", "0"),
                 "method": info.get("method"), "config_hash": h, "member_model": str(m.folder),
-                "member_fingerprint": m.fingerprint, "produced_by": "predict",
+                "member_fingerprint": m.fingerprint, "produced_by": "predict", "cost": setup.inference_cost(model, enc),
                 "config": {"member": m.fingerprint, "max_length": m.max_length, "precision": precision}})
             log.info(f"{m.folder}: {setup.format_metrics(metrics) or f'{len(data)} examples'} -> {path}")
         written.append(path)

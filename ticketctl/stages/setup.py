@@ -408,12 +408,22 @@ def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows
         if not distributed.is_main():  # process 0 evaluates and writes; the others hold the same weights
             results.append({})
             continue
-        outputs = predict(model, encoded(ctx, tokenizer, split, cfg.max_length), device, pad_id(tokenizer),
-                          cfg.precision)
-        metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h})
+        enc = encoded(ctx, tokenizer, split, cfg.max_length)
+        outputs = predict(model, enc, device, pad_id(tokenizer), cfg.precision)
+        metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h,
+                                                           "cost": inference_cost(model, enc)})
         ctx.log.info(f"{split.name}: {format_metrics(metrics) or 'unlabelled'} -> {path}")
         results.append(metrics)
     return results
+
+
+def inference_cost(model, enc) -> dict:
+    """The member's inference cost on these examples (``ticketctl.model.cost``): the structure that ran, and its
+    nonzero parameters (an unstructured ticket's zeros still cost dense compute)."""
+    from ticketctl.model.cost import member_cost
+
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    return member_cost(model.config, structure_of(model.config), enc.lengths, nonzero)
 
 
 def save_dense_weights(ctx: Context, model, identity: dict, seed: int, out: Path) -> None:

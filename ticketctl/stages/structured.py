@@ -38,24 +38,70 @@ def parse_tickets(text: str) -> list[str]:
     return kinds
 
 
+POLICIES = ("base", "perturbed", "active")
+DIVERSITY_DEFAULTS = {"perturbed": 0.5, "active": 1.0}
+
+
 def structured_search(task: str, seed: int = 0, *, levels: list[float], kinds: list[str] = ("winning",),
-                      train_fraction: float = 1.0, train: TrainConfig | None = None, data: DataOptions | None = None,
+                      train_fraction: float = 1.0, policy: str = "base", diversity: float | None = None,
+                      priors: list[str] = (), train: TrainConfig | None = None, data: DataOptions | None = None,
                       run: RunOptions | None = None) -> list[Path]:
-    """Structured tickets of ``task``'s model for ``seed``, one mask per kind and level; returns their paths."""
+    """Structured tickets of ``task``'s model for ``seed``, one mask per kind and level; returns their paths.
+    ``policy`` perturbed / active makes winning tickets deliberately diverse (:func:`diverse_scores`)."""
     data, run = data or DataOptions(), run or RunOptions()
+    check_policy(policy, kinds, priors, diversity)
     ctx, cfg, device = setup.start(task, train, data, run)
     return structured_context(ctx, cfg, device, seed, run.out, [float(x) for x in levels], list(kinds),
                               force=run.force, train_fraction=float(train_fraction),
-                              subset_seed=data.subset_seed)
+                              subset_seed=data.subset_seed, policy=policy, diversity=diversity, priors=list(priors))
+
+
+def check_policy(policy: str, kinds, priors, diversity) -> None:
+    if policy not in POLICIES:
+        raise UsageError(f"--method structured: --policy must be one of {', '.join(POLICIES)}")
+    if policy != "base" and list(kinds) != ["winning"]:
+        raise UsageError(f"--policy {policy} makes diverse winning tickets: give --ticket winning")
+    if priors and policy != "active":
+        raise UsageError("--prior belongs to --policy active")
+    if diversity is not None and (policy == "base" or not diversity >= 0):
+        raise UsageError("--diversity takes a value >= 0, with --policy perturbed or active")
+
+
+def diverse_scores(head: np.ndarray, ffn: np.ndarray, policy: str, strength: float, seed: int,
+                   priors: list) -> tuple[np.ndarray, np.ndarray]:
+    """Importance scores reshaped so that winning tickets of different seeds differ more than their dense finetunes
+    make them, at the same size. ``perturbed`` (in the spirit of RANDOM-LT): every score times exp(strength x z),
+    z ~ N(0, 1) drawn from the seed, once per seed (tickets stay nested across levels); strength 0.5 swaps units
+    whose scores are within a factor of about 1.6 of each other and keeps the clearly important ones. ``active``
+    (in the spirit of ACTIVE-LT): every score times (1 + strength x the fraction of earlier members that dropped the
+    unit), so units the earlier members pruned are kept now where their importance is close."""
+    if policy == "perturbed":
+        rng = np.random.default_rng(derive_seed(seed, "structured-perturb"))
+        return head * np.exp(strength * rng.standard_normal(head.shape)), ffn * np.exp(strength * rng.standard_normal(ffn.shape))
+    if policy == "active" and priors:
+        dropped_h = 1.0 - np.mean([p.heads for p in priors], axis=0)
+        dropped_f = 1.0 - np.mean([p.ffn for p in priors], axis=0)
+        return head * (1.0 + strength * dropped_h), ffn * (1.0 + strength * dropped_f)
+    return head, ffn
 
 
 def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, levels: list[float],
                        kinds: list[str], force: bool = False, train_fraction: float = 1.0,
-                       subset_seed: int | None = None) -> list[Path]:
+                       subset_seed: int | None = None, policy: str = "base", diversity: float | None = None,
+                       priors: list[str] = ()) -> list[Path]:
     from ticketctl.model.loading import encoder_shape
 
     ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
-    check_distinct_levels(levels, *encoder_shape(ctx.model_dir))  # before any training
+    layers, heads_per_layer = encoder_shape(ctx.model_dir)
+    check_distinct_levels(levels, layers, heads_per_layer)  # before any training
+    prior_arts = [setup.load_mask(ctx, p) for p in priors]
+    for a in prior_arts:
+        if a.method != "structured" or a.structured().heads.shape != (layers, heads_per_layer):
+            raise UsageError(f"--prior {a.path}: --policy active takes structured masks of this model")
+    prior_masks = [a.structured() for a in prior_arts]
+    strength = DIVERSITY_DEFAULTS.get(policy, 0.0) if diversity is None else float(diversity)
+    diverse = {} if policy == "base" else {"structured_policy": policy, "diversity": strength,
+                                           "priors": sorted(m.digest() for m in prior_masks)}
 
     # identity -> finished already?
     dense_identity = setup.training_identity(ctx, cfg, seed, ctx.train, train_fraction=train_fraction)
@@ -63,9 +109,10 @@ def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: P
     targets = []
     for kind in kinds:
         for level in levels:
-            identity = {**score_identity, "ticket": kind, "sparsity": level}
+            identity = {**score_identity, "ticket": kind, "sparsity": level, **diverse}
             h = config_hash(identity, IDENTITY_DEFAULTS)
-            targets.append((kind, level, identity, h, out / paths.mask_name(ctx.task.name, kind, seed, level, h)))
+            name = kind if policy == "base" else f"{kind}-{policy}"
+            targets.append((kind, level, identity, h, out / paths.mask_name(ctx.task.name, name, seed, level, h)))
     if setup.finished(ctx.log, [t[-1] for t in targets], "mask", force):
         return [t[-1] for t in targets]
 
@@ -85,21 +132,23 @@ def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: P
     ffn = scores.tensors["ffn_scores"].astype(np.float64)
     head = normalize_heads(head_raw)
     weights_info = scores.meta.get("weights") or {}
+    chosen_head, chosen_ffn = diverse_scores(head, ffn, policy, strength, seed, prior_masks)
 
     # write: one mask per kind and level
     written = []
     for kind, level, identity, h, path in targets:
         rng = np.random.default_rng(derive_seed(seed, f"random-ticket:{level!r}")) if kind == "random" else None
-        mask = ticket(head, ffn, level, kind, rng)
+        mask = ticket(chosen_head, chosen_ffn, level, kind, rng)
         remaining = weights_remaining(mask, weights_info)
         tensors = {"heads_keep": mask.heads.astype(np.uint8), "ffn_keep": mask.ffn.astype(np.uint8),
                    "head_scores": head.astype(np.float32), "head_scores_raw": head_raw.astype(np.float32),
                    "ffn_scores": ffn.astype(np.float32)}
-        meta = ctx.meta(method="structured", seed=str(seed), policy=kind, sparsity=f"{mask.sparsity:.6f}",
+        meta = ctx.meta(method="structured", seed=str(seed), policy=kind if policy == "base" else f"{kind}-{policy}",
+                        sparsity=f"{mask.sparsity:.6f}",
                         target_sparsity=f"{level:.6f}", ffn_sparsity=f"{mask.ffn_sparsity:.6f}",
                         weights_remaining=f"{remaining:.6f}", heads_kept=str(int(mask.heads.sum())),
                         heads_total=str(mask.heads.size), ffn_kept=str(int(mask.ffn.sum())), config=identity,
-                        config_hash=h, parents=[scores.parent_ref()],
+                        config_hash=h, parents=[scores.parent_ref()] + [a.parent_ref() for a in prior_arts],
                         importance_examples=scores.meta.get("importance_examples"))
         write_artifact(path, "mask", tensors, meta)
         ctx.log.info(f"{kind} ticket at {level:.0%}: {int(mask.heads.sum())}/{mask.heads.size} heads, "

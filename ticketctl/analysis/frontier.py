@@ -1,0 +1,103 @@
+"""Ensembles judged at equal inference cost (``stats --cost``): per scheme, the best ensemble metric reachable
+under each budget of dense-member equivalents, and its difference to the reference scheme at the same budget.
+
+A member's cost is the ``relative_flops`` its logits artifact records (``ticketctl.model.cost``: FLOPs per example
+of the structure that ran, over one dense member's; unstructured tickets cost a dense member). A k-member ensemble
+of a scheme costs k times its members' mean. Under budget b a scheme can afford k = floor(b / cost) members (at most
+its seeds per protocol group); the best reachable metric is the best protocol mean over k' <= k. The interval of the
+difference to the reference at the same budget is the leave-one-seed-out jackknife of the statistics work (paired by
+seed where both schemes have the same seeds); no p-value is given: at different ensemble sizes the schemes' members
+are not exchangeable, so the permutation test does not apply. numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ticketctl.analysis.significance import Scorer, budget_interval, protocol_scores
+from ticketctl.errors import InputError
+
+
+def member_costs(members) -> np.ndarray:
+    """Each member's cost relative to one dense member (``members``: ``ticketctl.analysis.members.Members``); an
+    InputError names an artifact without a cost record."""
+    out = []
+    for a in members.arts:
+        cost = a.meta.get("cost")
+        if not cost or "relative_flops" not in cost:
+            raise InputError(f"{a.path}: no inference cost recorded (made before ticketctl recorded costs, or not by "
+                             f"a finetune/predict); rerun it with --force")
+        out.append(float(cost["relative_flops"]))
+    return np.asarray(out)
+
+
+def group_costs(members, groups: dict[str, list[int]]) -> dict[str, float]:
+    """Each group's member cost (its members' mean; members of one scheme and level cost alike)."""
+    costs = member_costs(members)
+    return {g: float(costs[idx].mean()) for g, idx in groups.items()}
+
+
+def affordable(budget: float, cost: float, most: int) -> int:
+    return min(most, int(math.floor(budget / cost + 1e-9)))
+
+
+def frontier(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, float], ref: str, n_groups: int,
+             pairs: dict[str, bool]) -> list[dict]:
+    """One row per budget and scheme: the members k it affords, their cost, the best protocol mean over k' <= k,
+    and the difference to ``ref`` at the same budget with a 95% jackknife interval."""
+    sizes = {g: len(idx) // n_groups for g, idx in groups.items()}
+    means = {g: [float(protocol_scores(scorer, idx, k, n_groups).mean()) for k in range(1, sizes[g] + 1)]
+             for g, idx in groups.items()}
+    top = max(sizes[g] * costs[g] for g in groups)
+    rows = []
+    for budget in range(1, int(math.floor(top + 1e-9)) + 1):
+        k_ref = affordable(budget, costs[ref], sizes[ref])
+        best_ref = _best(means[ref], k_ref)
+        for g in sorted(groups, key=lambda x: (x != ref, x)):
+            k = affordable(budget, costs[g], sizes[g])
+            if k < 1:
+                continue
+            best = _best(means[g], k)
+            row = {"budget": budget, "group": g, "k": best[0], "cost": round(best[0] * costs[g], 4),
+                   "mean": best[1], "vs_ref": float("nan"), "diff_low": float("nan"), "diff_high": float("nan")}
+            if g != ref and best_ref is not None:
+                row["vs_ref"] = best[1] - best_ref[1]
+                row["diff_low"], row["diff_high"] = budget_interval(scorer, groups[g], groups[ref], best[0],
+                                                                    best_ref[0], n_groups, pairs[g])
+            rows.append(row)
+    return rows
+
+
+def _best(means: list[float], k: int) -> tuple[int, float] | None:
+    """(k', mean) of the best protocol mean over k' = 1 .. k; None when nothing is affordable."""
+    if k < 1:
+        return None
+    j = int(np.argmax(means[:k]))
+    return j + 1, means[j]
+
+
+def curves(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, float],
+           n_groups: int) -> dict[str, list[tuple[float, float]]]:
+    """Per scheme: (cost of k members, protocol mean at k) for k = 1 .. its seeds per group."""
+    out = {}
+    for g, idx in groups.items():
+        size = len(idx) // n_groups
+        out[g] = [(k * costs[g], float(protocol_scores(scorer, idx, k, n_groups).mean())) for k in range(1, size + 1)]
+    return out
+
+
+def plot(points: dict[str, list[tuple[float, float]]], metric: str, path: str, title: str) -> None:
+    from ticketctl.analysis.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for g, pts in sorted(points.items()):
+        ax.plot([c for c, _ in pts], [m * 100 for _, m in pts], marker="o", markersize=3, linewidth=1.2, label=g)
+    ax.set_xlabel("inference cost (dense-member equivalents, analytic FLOPs)")
+    ax.set_ylabel(f"{metric} of k-member ensembles (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
