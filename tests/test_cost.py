@@ -162,3 +162,21 @@ def test_perturbed_tickets_keep_the_size_and_differ(cli, tiny_args, tmp_path):
     code, act, err = cli("search", "--method", "structured", "--task", "mrpc", "--seed", "2", "--sparsity", "0.5",
                          "--policy", "active", "--prior", pert.split()[1], *tiny_args, *out)
     assert code == 0 and "-mask-winning-active-50pct-s2-" in act, err
+
+
+def test_share_members_cost_their_tickets(cli, tiny_args, tiny_model, tmp_path):
+    out = ["--out", str(tmp_path)]
+    masks = []
+    for task in ("mrpc", "rte"):
+        code, o, err = cli("search", "--method", "structured", "--task", task, "--seed", "1", "--sparsity", "0.5",
+                           *tiny_args, *out)
+        assert code == 0, err
+        masks += ["--task", task, "--mask", o.strip()]
+    code, o, err = cli("share", *masks, "--seed", "1", *tiny_args, *out)
+    assert code == 0, err
+    d = Dims.of({**json.loads((tiny_model / "config.json").read_text()), "num_labels": 2})
+    for path in o.split():
+        art = read_artifact(path)
+        ticket_ = read_artifact(art.meta["parents"][0]["path"]).structured()
+        assert art.meta["cost"]["relative_flops"] < 1
+        assert art.meta["cost"]["params"] == parameters(d, ticket_.heads.sum(axis=1), ticket_.ffn)

@@ -183,3 +183,12 @@ def test_hub_classlabel_keeps_its_class_order(tmp_path, monkeypatch):
     task = custom.infer_task("t", cols, rows, None, "label", None, source, names.get("label"))
     assert task.labels == ("neg", "pos", "mixed")
     assert custom.split_of(task, cols, rows, source, "train").labels.tolist() == [2, 0, 1]
+
+
+def test_a_header_only_training_file_is_one_line(cli, own, tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("a,b,label\n")
+    dev = write(tmp_path / "dev.csv", ROWS[:3])
+    code, out, err = cli("finetune", "--train-file", train, "--validation-file", dev, "--text-columns", "a,b", *own,
+                         "--out", tmp_path)
+    assert code == 3 and "no examples" in err and err.count("\n") == 1

@@ -150,6 +150,8 @@ def infer_task(name: str, columns: list[str], rows: list[dict], text_columns: tu
                          f"name it with --label-column")
     if metric is not None and metric not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
         raise UsageError(f"--metric {metric}: choose one of {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
+    if not rows:
+        raise InputError(f"{source}: no examples")
     values = [r.get(label_column) for r in rows]
     if any(v is None or v == "" for v in values):
         n = next(i for i, v in enumerate(values) if v is None or v == "")
@@ -247,7 +249,8 @@ def hub_table(dataset: str, config: str | None, split: str) -> tuple[list[str], 
         datasets.disable_progress_bars()
         ds = datasets.load_dataset(dataset, config, split=split)
     except (ValueError, KeyError) as e:
-        raise InputError(f"--dataset {dataset}: no split {split!r} ({type(e).__name__}: {str(e)[:200]})") from None
+        hint = " (give --validation-file)" if split == "validation" else ""
+        raise InputError(f"--dataset {dataset}: no split {split!r}{hint} ({type(e).__name__}: {str(e)[:200]})") from None
     except Exception as e:  # offline, unknown name, ...: one clear line
         raise InputError(f"--dataset {dataset}: cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
     columns = list(ds.column_names)

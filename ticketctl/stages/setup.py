@@ -397,7 +397,8 @@ def write_logits(ctx: Context, split: data_files.Split, path: Path, outputs: np.
     return metrics
 
 
-def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows, meta: dict) -> list[dict]:
+def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows, meta: dict,
+                  structure=None) -> list[dict]:
     """Evaluate the trained model on every split of ``rows`` (from ``logits_paths``) and write its logits artifacts;
     returns each split's metrics."""
     from ticketctl.train import distributed
@@ -411,19 +412,20 @@ def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows
         enc = encoded(ctx, tokenizer, split, cfg.max_length)
         outputs = predict(model, enc, device, pad_id(tokenizer), cfg.precision)
         metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h,
-                                                           "cost": inference_cost(model, enc)})
+                                                           "cost": inference_cost(model, enc, structure)})
         ctx.log.info(f"{split.name}: {format_metrics(metrics) or 'unlabelled'} -> {path}")
         results.append(metrics)
     return results
 
 
-def inference_cost(model, enc) -> dict:
-    """The member's inference cost on these examples (``ticketctl.model.cost``): the structure that ran, and its
-    nonzero parameters (an unstructured ticket's zeros still cost dense compute)."""
+def inference_cost(model, enc, structure=None) -> dict:
+    """The member's inference cost on these examples (``ticketctl.model.cost``): the structure that ran (or
+    ``structure``: a ``share`` member's ticket, whose gates give the function of the pruned model), and its nonzero
+    parameters (an unstructured ticket's zeros still cost dense compute)."""
     from ticketctl.model.cost import member_cost
 
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    return member_cost(model.config, structure_of(model.config), enc.lengths, nonzero)
+    return member_cost(model.config, structure or structure_of(model.config), enc.lengths, nonzero)
 
 
 def save_dense_weights(ctx: Context, model, identity: dict, seed: int, out: Path) -> None:

@@ -153,7 +153,7 @@ def share_contexts(members: list[Member], cfg: TrainConfig, device, seed: int, o
                 is not None else "0", "bagging": "1.0", "config": identities[m.name], "method": "share",
                 "tasks": names, "sampling": sampling, "train_seconds": f"{train_time:.1f}",
                 "parents": [m.mask_art.parent_ref()] if m.mask_art else []}
-        setup.write_outputs(m.ctx, models[m.name], tokenizer, cfg, device, rows[m.name], meta)
+        setup.write_outputs(m.ctx, models[m.name], tokenizer, cfg, device, rows[m.name], meta, masks[m.name])
         written.extend(p for _, p, _ in rows[m.name])
     if save_model is not None:
         save_shared(log, models, names, first.base_model, tokenizer, masks, save_model)
