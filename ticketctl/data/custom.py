@@ -189,7 +189,8 @@ def label_index(task: Task, value, source: str, row: int) -> int | float:
             raise InputError(f"{source}: row {row}: label {value!r} is not a number")
         return float(x)
     x = _as_number(value)
-    key = str(int(x)) if x is not None and float(x).is_integer() and task.labels[0].lstrip("-").isdigit() else str(value)
+    integer_labels = task.labels[0].lstrip("-").isdigit()
+    key = str(int(x)) if x is not None and float(x).is_integer() and integer_labels else str(value)
     if key not in task.labels:
         raise InputError(f"{source}: row {row}: label {value!r} is not one of the training labels "
                          f"({', '.join(task.labels)})")
@@ -250,7 +251,8 @@ def hub_table(dataset: str, config: str | None, split: str) -> tuple[list[str], 
         ds = datasets.load_dataset(dataset, config, split=split)
     except (ValueError, KeyError) as e:
         hint = " (give --validation-file)" if split == "validation" else ""
-        raise InputError(f"--dataset {dataset}: no split {split!r}{hint} ({type(e).__name__}: {str(e)[:200]})") from None
+        raise InputError(f"--dataset {dataset}: no split {split!r}{hint} ({type(e).__name__}: "
+                         f"{str(e)[:200]})") from None
     except Exception as e:  # offline, unknown name, ...: one clear line
         raise InputError(f"--dataset {dataset}: cannot load it ({type(e).__name__}: {str(e)[:200]})") from None
     columns = list(ds.column_names)

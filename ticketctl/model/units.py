@@ -183,7 +183,8 @@ def full_state(model) -> dict[str, torch.Tensor]:
     inner = model.config.intermediate_size
     for i in range(lay.num_layers):
         names = unit_params(lay, i)
-        rows = torch.from_numpy(np.concatenate([np.arange(h * d, (h + 1) * d) for h in np.flatnonzero(structure.heads[i])]))
+        kept = np.flatnonzero(structure.heads[i])
+        rows = torch.from_numpy(np.concatenate([np.arange(h * d, (h + 1) * d) for h in kept]))
 
         def widen(name: str, shape: tuple, dim: int, index) -> None:
             old = state[name]

@@ -63,7 +63,8 @@ def check_members(members: list[Member]) -> None:
     seen: dict[str, Path] = {}
     for m in members:
         if m.fingerprint in seen:
-            raise UsageError(f"--model-dir {m.folder} and {seen[m.fingerprint]} are the same model: a member counts once")
+            raise UsageError(f"--model-dir {m.folder} and {seen[m.fingerprint]} are the same model: a member counts "
+                             f"once")
         seen[m.fingerprint] = m.folder
         if (m.task.name, m.task.spec()) != (first.task.name, first.task.spec()):
             raise InputError(f"cannot mix tasks: {first.folder} is for {first.task.name}, {m.folder} for {m.task.name}"

@@ -326,7 +326,8 @@ def load_tokenizer(ctx: Context, cfg: TrainConfig, model):
 
 def encoded(ctx: Context, tokenizer, split: data_files.Split, max_length: int):
     """``split`` tokenised, from the cache when this tokenizer, truncation length and data were tokenised before
-    by an earlier run into the same --out: a search and the later finetunes of the same data tokenise once. Keyed by the model folder's fingerprint (which covers its tokenizer files), the tokenizer class,
+    by an earlier run into the same --out: a search and the later finetunes of the same data tokenise once. Keyed
+    by the model folder's fingerprint (which covers its tokenizer files), the tokenizer class,
     max_length and the split's content fingerprint."""
     from ticketctl.data.batching import Encoded
 

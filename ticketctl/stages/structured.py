@@ -77,7 +77,8 @@ def diverse_scores(head: np.ndarray, ffn: np.ndarray, policy: str, strength: flo
     unit), so units the earlier members pruned are kept now where their importance is close."""
     if policy == "perturbed":
         rng = np.random.default_rng(derive_seed(seed, "structured-perturb"))
-        return head * np.exp(strength * rng.standard_normal(head.shape)), ffn * np.exp(strength * rng.standard_normal(ffn.shape))
+        noise_h, noise_f = rng.standard_normal(head.shape), rng.standard_normal(ffn.shape)
+        return head * np.exp(strength * noise_h), ffn * np.exp(strength * noise_f)
     if policy == "active" and priors:
         dropped_h = 1.0 - np.mean([p.heads for p in priors], axis=0)
         dropped_f = 1.0 - np.mean([p.ffn for p in priors], axis=0)

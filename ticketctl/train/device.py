@@ -24,7 +24,8 @@ def pick_device(device: str):
             raise UsageError(f"--device {device}: give cuda:N with N a GPU index")
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if int(index) >= count:
-            raise UsageError(f"--device {device}: {'no CUDA device is available' if count == 0 else f'only {count} GPU(s) (cuda:0..cuda:{count - 1})'}")
+            have = "no CUDA device is available" if count == 0 else f"only {count} GPU(s) (cuda:0..cuda:{count - 1})"
+            raise UsageError(f"--device {device}: {have}")
         torch.cuda.set_device(int(index))
         return torch.device(device)
     if device == "cuda" and not torch.cuda.is_available():

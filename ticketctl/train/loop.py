@@ -1,7 +1,7 @@
 """The one training loop: ``finetune``, every IMP round of ``search``, the dense finetune of a structured search and
 the multi-task ``share`` all run :class:`Loop`. AdamW with linear decay to zero, masks applied to gradients,
-optional L1 regularizer, global gradient-norm clipping, bf16 or fp16 autocast (fp16 with loss scaling), data parallelism under torchrun, and on CPU
-ticketctl's fast dropout.
+optional L1 regularizer, global gradient-norm clipping, bf16 or fp16 autocast (fp16 with loss scaling), data
+parallelism under torchrun, and on CPU ticketctl's fast dropout.
 
 A run trains one model on one training set (``train``), or several task models that share an encoder on several
 training sets (``share``): then every batch names its task, and :class:`StepHooks` route the forward pass through
