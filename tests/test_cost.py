@@ -78,6 +78,7 @@ def test_cost_in_artifacts_show_ensemble_stats(cli, tiny_args, tmp_path):
     rows = {r["group"]: r for r in map(json.loads, o.splitlines())}
     assert set(rows) == {"dense", "base", "winning-50%"}
     assert rows["winning-50%"]["cost"] == pytest.approx(2 * cost["winning"]["relative_flops"], abs=1e-3)
+    assert rows["dense"]["gflops"] == pytest.approx(2 * cost["dense"]["flops_per_example"] / 1e9, abs=1e-4)
     plot = tmp_path / "frontier.png"
     code, o, err = cli("stats", *everything, "--by", "scheme", "--cost", "--plot", plot, "--format", "json")
     assert code == 0 and plot.stat().st_size > 0, err

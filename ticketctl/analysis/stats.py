@@ -390,9 +390,12 @@ def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: in
         from ticketctl.analysis.frontier import group_costs
 
         costs = group_costs(members, grouped)
-        for row in rows:
+        for row in rows:  # the k-member ensemble's cost: relative to one dense member, and GFLOPs per example
+            idx = grouped[row["group"]]
             row["cost"] = round(row["k"] * costs[row["group"]], 4)
-    cols = ["group", "members", "single_mean", "single_std", "k"] + (["cost"] if costs else []) + [
+            row["gflops"] = round(row["k"] * float(np.mean([members.arts[i].meta["cost"]["flops_per_example"]
+                                                            for i in idx])) / 1e9, 4)
+    cols = ["group", "members", "single_mean", "single_std", "k"] + (["cost", "gflops"] if costs else []) + [
             "combinations", "ensemble_mean", "ensemble_gain",
             "vs_ref", "diff_low", "diff_high", "p_value", "test", "p_single"]
     cols += ["p_paper"] if test == "permutation" else []
