@@ -396,7 +396,7 @@ def stats(
                                                         "examples the level is chosen on.")] = 0.5,
     cost: Annotated[bool, typer.Option(
         "--cost", help="The frontier at equal inference cost instead: per budget of dense-member equivalents (analytic "
-        "FLOPs), each scheme's best ensemble within it and its difference to --ref at the same budget; --plot draws "
+        "FLOPs), each scheme's largest ensemble within it and its difference to --ref at the same budget; --plot draws "
         "the metric against cost.")] = False,
     format: Format = "table",
 ):

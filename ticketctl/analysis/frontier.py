@@ -4,7 +4,9 @@ under each budget of dense-member equivalents, and its difference to the referen
 A member's cost is the ``relative_flops`` its logits artifact records (``ticketctl.model.cost``: FLOPs per example
 of the structure that ran, over one dense member's; unstructured tickets cost a dense member). A k-member ensemble
 of a scheme costs k times its members' mean. Under budget b a scheme can afford k = floor(b / cost) members (at most
-its seeds per protocol group); the best reachable metric is the best protocol mean over k' <= k. The interval of the
+its seeds per protocol group), and its metric is the protocol mean of k-member ensembles. The largest affordable
+ensemble, not the best k' <= k: picking the best size on the evaluation examples would select on them and flatter
+schemes with noisy curves (ensembles usually improve with k; where one does not, the plot shows it). The interval of the
 difference to the reference at the same budget is the leave-one-seed-out jackknife of the statistics work (paired by
 seed where both schemes have the same seeds); no p-value is given: at different ensemble sizes the schemes' members
 are not exchangeable, so the permutation test does not apply. numpy only.
@@ -45,7 +47,7 @@ def affordable(budget: float, cost: float, most: int) -> int:
 
 def frontier(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, float], ref: str, n_groups: int,
              pairs: dict[str, bool]) -> list[dict]:
-    """One row per budget and scheme: the members k it affords, their cost, the best protocol mean over k' <= k,
+    """One row per budget and scheme: the members k it affords, their cost, the protocol mean of k-member ensembles,
     and the difference to ``ref`` at the same budget with a 95% jackknife interval."""
     sizes = {g: len(idx) // n_groups for g, idx in groups.items()}
     means = {g: [float(protocol_scores(scorer, idx, k, n_groups).mean()) for k in range(1, sizes[g] + 1)]
@@ -54,28 +56,18 @@ def frontier(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, floa
     rows = []
     for budget in range(1, int(math.floor(top + 1e-9)) + 1):
         k_ref = affordable(budget, costs[ref], sizes[ref])
-        best_ref = _best(means[ref], k_ref)
         for g in sorted(groups, key=lambda x: (x != ref, x)):
             k = affordable(budget, costs[g], sizes[g])
             if k < 1:
                 continue
-            best = _best(means[g], k)
-            row = {"budget": budget, "group": g, "k": best[0], "cost": round(best[0] * costs[g], 4),
-                   "mean": best[1], "vs_ref": float("nan"), "diff_low": float("nan"), "diff_high": float("nan")}
-            if g != ref and best_ref is not None:
-                row["vs_ref"] = best[1] - best_ref[1]
-                row["diff_low"], row["diff_high"] = budget_interval(scorer, groups[g], groups[ref], best[0],
-                                                                    best_ref[0], n_groups, pairs[g])
+            row = {"budget": budget, "group": g, "k": k, "cost": round(k * costs[g], 4), "mean": means[g][k - 1],
+                   "vs_ref": float("nan"), "diff_low": float("nan"), "diff_high": float("nan")}
+            if g != ref and k_ref >= 1:
+                row["vs_ref"] = means[g][k - 1] - means[ref][k_ref - 1]
+                row["diff_low"], row["diff_high"] = budget_interval(scorer, groups[g], groups[ref], k, k_ref,
+                                                                    n_groups, pairs[g])
             rows.append(row)
     return rows
-
-
-def _best(means: list[float], k: int) -> tuple[int, float] | None:
-    """(k', mean) of the best protocol mean over k' = 1 .. k; None when nothing is affordable."""
-    if k < 1:
-        return None
-    j = int(np.argmax(means[:k]))
-    return j + 1, means[j]
 
 
 def curves(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, float],

@@ -415,7 +415,7 @@ def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: in
 
 def cost_frontier(members: Members, grouped: dict[str, list[int]], ref: str, scorer: Scorer, n_groups: int, by: str,
                   combine: str, fmt: str, plot: str | None) -> None:
-    """``stats --cost``: per budget (dense-member equivalents) and scheme, the best ensemble reachable and its
+    """``stats --cost``: per budget (dense-member equivalents) and scheme, the largest affordable ensemble and its
     difference to the reference at the same budget; ``--plot`` draws metric against cost."""
     from ticketctl.analysis import frontier
 
@@ -426,7 +426,7 @@ def cost_frontier(members: Members, grouped: dict[str, list[int]], ref: str, sco
     rows = frontier.frontier(scorer, grouped, costs, ref, n_groups, pairs)
     task = members.task
     tables.emit(rows, ["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"], fmt,
-                f"{task.name} {members.split}: best {task.headline} within each inference budget (dense-member "
+                f"{task.name} {members.split}: {task.headline} of the largest ensemble within each inference budget (dense-member "
                 f"equivalents, analytic FLOPs; {combine}, {n_groups} seed group(s); vs {ref} at the same budget: "
                 f"difference and 95% jackknife interval)")
     tables.note("member cost (x dense): " + ", ".join(f"{g} {costs[g]:.3f}" for g in sorted(costs))
