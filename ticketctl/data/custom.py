@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.data.split import Split, read_text
+from ticketctl.data.split import Split, read_text, tsv_rows
 from ticketctl.data.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task
 from ticketctl.errors import InputError, UsageError
 
@@ -59,12 +59,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
                                  f"{path}: row {n + 1} has fewer fields than the header ({len(columns)})")
         return columns, rows
     if fmt == "tsv":
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        table = [line.rstrip("\r").split("\t") for line in lines]
-        if not table:
-            raise InputError(f"{path}: empty file")
+        table = tsv_rows(text, str(path))
         columns = table[0]
         rows = []
         for n, row in enumerate(table[1:]):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.data.split import Split, read_text
+from ticketctl.data.split import Split, read_text, tsv_rows
 from ticketctl.data.tasks import Task
 from ticketctl.errors import InputError
 
@@ -21,12 +21,7 @@ EMBEDDED_DIR = Path(__file__).parent / "glue"
 def parse_tsv(task: Task, text: str, source: str, name: str) -> Split:
     """Parse one GLUE TSV file. GLUE's files are not CSV-quoted: a quote is part of the sentence, a tab always
     separates fields and a newline always ends a row, so splitting on them is lossless."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    rows = [line.rstrip("\r").split("\t") for line in lines]
-    if not rows:
-        raise InputError(f"{source}: empty file")
+    rows = tsv_rows(text, source)
     header = rows[0]
     if all(c in header for c in task.text_columns):
         text_idx = tuple(header.index(c) for c in task.text_columns)

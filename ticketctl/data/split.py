@@ -54,3 +54,15 @@ def read_text(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def tsv_rows(text: str, source: str) -> list[list[str]]:
+    """Rows of tab-separated text without quoting (a quote is text, as in GLUE's files): a tab always separates
+    fields and a newline always ends a row, so splitting on them is lossless. A final empty line is no row."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    rows = [line.rstrip("\r").split("\t") for line in lines]
+    if not rows:
+        raise InputError(f"{source}: empty file")
+    return rows
