@@ -103,7 +103,7 @@ def check_same_level(group: str, members: list[Artifact]) -> None:
     if len(levels) > 1:
         (l1, a1), (l2, a2) = sorted(levels.items())[:2]
         raise InputError(f"group {group!r} mixes sparsity levels: {a1.path.name} is at {l1:.0%}, {a2.path.name} at "
-                         f"{l2:.0%} (group --by sparsity, or pass one level)")
+                         f"{l2:.0%} (group --by scheme or --by sparsity, or pass one level)")
 
 
 def pick_ref(groups: dict, ref: str | None) -> str:
