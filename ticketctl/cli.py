@@ -260,7 +260,7 @@ def predict(
 
     if output is not None and not ensemble:
         raise UsageError("--output belongs to --ensemble")
-    written, data = run_predict(data_file, model_dir, batch_size=batch_size, split=split, run=run)
+    written = run_predict(data_file, model_dir, batch_size=batch_size, split=split, run=run)
     if not ensemble:
         print_paths(written)
         return

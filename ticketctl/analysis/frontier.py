@@ -45,14 +45,21 @@ def affordable(budget: float, cost: float, most: int) -> int:
     return min(most, int(math.floor(budget / cost + 1e-9)))
 
 
+def protocol_means(scorer: Scorer, groups: dict[str, list[int]], n_groups: int) -> dict[str, list[float]]:
+    """Per scheme: the protocol mean of its k-member ensembles for k = 1 .. its seeds per group."""
+    return {g: [float(protocol_scores(scorer, idx, k, n_groups).mean()) for k in range(1, len(idx) // n_groups + 1)]
+            for g, idx in groups.items()}
+
+
 def frontier(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, float], ref: str, n_groups: int,
-             pairs: dict[str, bool]) -> list[dict]:
-    """One row per budget and scheme: the members k it affords, their cost, the protocol mean of k-member ensembles,
-    and the difference to ``ref`` at the same budget with a 95% jackknife interval."""
-    sizes = {g: len(idx) // n_groups for g, idx in groups.items()}
-    means = {g: [float(protocol_scores(scorer, idx, k, n_groups).mean()) for k in range(1, sizes[g] + 1)]
-             for g, idx in groups.items()}
+             pairs: dict[str, bool], means: dict[str, list[float]] | None = None) -> list[dict]:
+    """One row per budget and scheme: the members k it affords, their cost, the protocol mean of k-member ensembles
+    (``means``, from :func:`protocol_means`), and the difference to ``ref`` at the same budget with a 95% jackknife
+    interval."""
+    means = protocol_means(scorer, groups, n_groups) if means is None else means
+    sizes = {g: len(m) for g, m in means.items()}
     top = max(sizes[g] * costs[g] for g in groups)
+    intervals: dict[tuple[str, int, int], tuple[float, float]] = {}  # a budget often buys what the last one did
     rows = []
     for budget in range(1, int(math.floor(top + 1e-9)) + 1):
         k_ref = affordable(budget, costs[ref], sizes[ref])
@@ -64,20 +71,17 @@ def frontier(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, floa
                    "vs_ref": float("nan"), "diff_low": float("nan"), "diff_high": float("nan")}
             if g != ref and k_ref >= 1:
                 row["vs_ref"] = means[g][k - 1] - means[ref][k_ref - 1]
-                row["diff_low"], row["diff_high"] = budget_interval(scorer, groups[g], groups[ref], k, k_ref,
-                                                                    n_groups, pairs[g])
+                if (g, k, k_ref) not in intervals:
+                    intervals[g, k, k_ref] = budget_interval(scorer, groups[g], groups[ref], k, k_ref, n_groups,
+                                                             pairs[g])
+                row["diff_low"], row["diff_high"] = intervals[g, k, k_ref]
             rows.append(row)
     return rows
 
 
-def curves(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, float],
-           n_groups: int) -> dict[str, list[tuple[float, float]]]:
+def curves(means: dict[str, list[float]], costs: dict[str, float]) -> dict[str, list[tuple[float, float]]]:
     """Per scheme: (cost of k members, protocol mean at k) for k = 1 .. its seeds per group."""
-    out = {}
-    for g, idx in groups.items():
-        size = len(idx) // n_groups
-        out[g] = [(k * costs[g], float(protocol_scores(scorer, idx, k, n_groups).mean())) for k in range(1, size + 1)]
-    return out
+    return {g: [(k * costs[g], m) for k, m in enumerate(ms, start=1)] for g, ms in means.items()}
 
 
 def plot(points: dict[str, list[tuple[float, float]]], metric: str, path: str, title: str) -> None:

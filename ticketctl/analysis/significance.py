@@ -259,8 +259,8 @@ def compare(scorer: Scorer, a: list[int], b: list[int], k: int, groups: int, pai
 
 def jackknife_interval(sub: Scorer, ka: np.ndarray, kb: np.ndarray, na: int, nb: int, groups: int,
                        paired: bool, level: float = 0.95) -> tuple[float, float]:
-    """Interval for the difference of protocol means from its leave-one-seed-out jackknife standard error and
-    Student's t with (seeds - 1) degrees of freedom. Leaving a seed out drops the combinations that contain it
+    """Interval for the difference of protocol means (A's combinations ``ka``, B's ``kb``, which may be of other
+    sizes) from its leave-one-seed-out jackknife standard error and Student's t with (seeds - 1) degrees of freedom. Leaving a seed out drops the combinations that contain it
     (every ensemble keeps distinct members, unlike a bootstrap that draws seeds with replacement), and the scores
     are those already computed: no ensemble is scored again. Conditional on the evaluation examples, as the
     permutation test is."""
@@ -281,9 +281,12 @@ def jackknife_interval(sub: Scorer, ka: np.ndarray, kb: np.ndarray, na: int, nb:
         leave = np.array([fn(s) for s in range(n)])
         return full, leave
 
-    if paired:
+    if paired and ka is kb:
         d = sa - sb  # the same combinations of the same seeds
         full, leave = pseudo(na, lambda s: mean_without(d, ka, group_a, s))
+        var, dof = (na - 1) / na * np.sum((leave - leave.mean()) ** 2), na - 1
+    elif paired:  # other combinations (ensembles of other sizes): a seed leaves both schemes
+        full, leave = pseudo(na, lambda s: mean_without(sa, ka, group_a, s) - mean_without(sb, kb, group_b, s))
         var, dof = (na - 1) / na * np.sum((leave - leave.mean()) ** 2), na - 1
     else:
         fa, la = pseudo(na, lambda s: mean_without(sa, ka, group_a, s))
@@ -299,41 +302,16 @@ def jackknife_interval(sub: Scorer, ka: np.ndarray, kb: np.ndarray, na: int, nb:
 
 def budget_interval(scorer: Scorer, a: list[int], b: list[int], k_a: int, k_b: int, groups: int, paired: bool,
                     limit: int = TEST_COMBINATIONS, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """95% interval of A's protocol mean at k_a members minus B's at k_b (ensembles of equal cost): the
-    leave-one-seed-out jackknife (paired: a seed leaves both schemes), over at most ``limit`` combinations per
-    group. NaN where every ensemble holds every seed (k = the group's size)."""
-    from scipy import stats
-
-    rng = np.random.default_rng([seed, k_a, k_b, groups, len(a), len(b)])
+    """95% interval of A's protocol mean at k_a members minus B's at k_b (ensembles of equal cost):
+    :func:`jackknife_interval` over at most ``limit`` combinations per group (paired: a seed leaves both schemes).
+    NaN where every ensemble holds every seed (k = the group's size), or with fewer than two seeds."""
     na, nb = len(a), len(b)
-    sub = scorer.subset(list(a) + list(b))
+    if min(na, nb) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng([seed, k_a, k_b, groups, na, nb])
     ka = protocol_combinations(na, k_a, groups, limit, rng)
     kb = protocol_combinations(nb, k_b, groups, limit, rng)
-    sa = sub.scores(np.hstack([ka, np.zeros((len(ka), nb))]))
-    sb = sub.scores(np.hstack([np.zeros((len(kb), na)), kb]))
-    group_a, group_b = _group_of(ka, na, groups), _group_of(kb, nb, groups)
-
-    def mean_without(scores, k_matrix, group, left_out):
-        keep = k_matrix[:, left_out] == 0 if left_out is not None else np.ones(len(k_matrix), bool)
-        means = [scores[keep & (group == g)].mean() for g in range(groups) if (keep & (group == g)).any()]
-        return float(np.mean(means)) if means else float("nan")
-
-    def jack(values: np.ndarray) -> float:
-        n = len(values)
-        return (n - 1) / n * float(np.sum((values - values.mean()) ** 2))
-
-    full = mean_without(sa, ka, group_a, None) - mean_without(sb, kb, group_b, None)
-    if paired:
-        var = jack(np.array([mean_without(sa, ka, group_a, s) - mean_without(sb, kb, group_b, s) for s in range(na)]))
-        dof = na - 1
-    else:
-        var = jack(np.array([mean_without(sa, ka, group_a, s) for s in range(na)])) + \
-            jack(np.array([mean_without(sb, kb, group_b, s) for s in range(nb)]))
-        dof = min(na, nb) - 1
-    if not np.isfinite(var) or dof < 1:
-        return float("nan"), float("nan")
-    half = stats.t.ppf((1 + level) / 2, dof) * np.sqrt(var)
-    return float(full - half), float(full + half)
+    return jackknife_interval(scorer.subset(list(a) + list(b)), ka, kb, na, nb, groups, paired, level)
 
 
 def _group_of(k_matrix: np.ndarray, n: int, groups: int) -> np.ndarray:

@@ -423,7 +423,8 @@ def cost_frontier(members: Members, grouped: dict[str, list[int]], ref: str, sco
         split_groups(len(idx), n_groups)
     costs = frontier.group_costs(members, grouped)
     pairs = {g: pairing(seeds_of(members, idx), seeds_of(members, grouped[ref])) for g, idx in grouped.items()}
-    rows = frontier.frontier(scorer, grouped, costs, ref, n_groups, pairs)
+    means = frontier.protocol_means(scorer, grouped, n_groups)
+    rows = frontier.frontier(scorer, grouped, costs, ref, n_groups, pairs, means)
     task = members.task
     tables.emit(rows, ["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"], fmt,
                 f"{task.name} {members.split}: {task.headline} of the largest ensemble within each inference budget (dense-member "
@@ -432,7 +433,7 @@ def cost_frontier(members: Members, grouped: dict[str, list[int]], ref: str, sco
     tables.note("member cost (x dense): " + ", ".join(f"{g} {costs[g]:.3f}" for g in sorted(costs))
                 + "; unstructured tickets cost a dense member (no sparse kernel)")
     if plot:
-        frontier.plot(frontier.curves(scorer, grouped, costs, n_groups), task.headline, plot,
+        frontier.plot(frontier.curves(means, costs), task.headline, plot,
                       f"{task.name}: {task.headline} vs inference cost, by {by}")
         tables.note(f"wrote {plot}")
 

@@ -23,23 +23,17 @@ from ticketctl.store.provenance import file_sha256, provenance
 SUFFIX = "_mask"
 
 
-def _is_artifact(path: Path) -> bool:
-    try:
-        read_artifact(path, "mask")
-        return True
-    except InputError:
-        return False
-
-
 def convert(source: str | Path, target: str | Path, *, task: str | None = None, run: RunOptions | None = None) -> Path:
     """A ticketctl mask artifact -> torch prune masks (``.safetensors`` or ``.pt``), or torch prune masks -> a
     ticketctl mask artifact (for ``--model``). Returns ``target``."""
     source, target = Path(source), Path(target)
     if not source.is_file():
         raise InputError(f"{source}: no such file")
-    if _is_artifact(source):
-        return export_mask(source, target, run or RunOptions())
-    return import_mask(source, target, task, run or RunOptions())
+    try:
+        art = read_artifact(source, "mask")
+    except InputError:  # not a ticketctl mask: torch prune masks to import
+        return import_mask(source, target, task, run or RunOptions())
+    return export_mask(art, target, run or RunOptions())
 
 
 def _writer(target: Path):
@@ -49,8 +43,7 @@ def _writer(target: Path):
     return suffix
 
 
-def export_mask(source: Path, target: Path, run: RunOptions) -> Path:
-    art = read_artifact(source, "mask")
+def export_mask(art, target: Path, run: RunOptions) -> Path:
     suffix = _writer(target)
     if art.method == "structured":
         element = _structured_elements(art, run)
@@ -61,7 +54,7 @@ def export_mask(source: Path, target: Path, run: RunOptions) -> Path:
     if suffix == ".safetensors":
         from safetensors.numpy import save
 
-        atomic.atomic_write_bytes(target, save(tensors, metadata={"source": str(source), "source_sha256": art.sha256,
+        atomic.atomic_write_bytes(target, save(tensors, metadata={"source": str(art.path), "source_sha256": art.sha256,
                                                                   "convention": "torch.nn.utils.prune"}))
     else:
         import io

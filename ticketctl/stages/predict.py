@@ -81,14 +81,13 @@ def read_data(task: Task, path: str | Path, name: str | None = None):
     if not task.is_custom and custom.file_format(path) == "tsv":
         return files.read_tsv(task, path, name)
     if not task.is_custom:
-        task = Task(task.name, task.folder, task.hub_text_columns if task.hub_columns else task.text_columns,
-                    "label", task.labels, task.metrics)
+        task = Task(task.name, task.folder, task.hub_text_columns, "label", task.labels, task.metrics)
     return custom.read_split(task, path, name)
 
 
 def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: int = 128, split: str | None = None,
-            run: RunOptions | None = None) -> tuple[list[Path], list]:
-    """Run every member on ``data_file``; returns (the logits artifact paths, one per member, in order; the split)."""
+            run: RunOptions | None = None) -> list[Path]:
+    """Run every member on ``data_file``; returns the logits artifact paths, one per member, in order."""
     from ticketctl.model import loading
     from ticketctl.train.device import runtime
     from ticketctl.train.loop import predict as run_model
@@ -127,7 +126,7 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
                 "config": {"member": m.fingerprint, "max_length": m.max_length, "precision": precision}})
             log.info(f"{m.folder}: {setup.format_metrics(metrics) or f'{len(data)} examples'} -> {path}")
         written.append(path)
-    return written, data
+    return written
 
 
 def write_predictions(task: Task, ids: np.ndarray, outputs: np.ndarray, path: Path | None) -> None:
