@@ -53,10 +53,11 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
         rows = list(reader)
         columns = list(reader.fieldnames or [])
         for n, row in enumerate(rows):
-            if None in row or any(v is None for v in row.values()):
-                raise InputError(f"{path}: row {n + 1} has {len(columns) + len(row.get(None, []))} fields where the "
-                                 f"header has {len(columns)}" if None in row else
-                                 f"{path}: row {n + 1} has fewer fields than the header ({len(columns)})")
+            if None in row:  # csv puts the fields beyond the header under the key None
+                raise InputError(f"{path}: row {n + 1} has {len(columns) + len(row[None])} fields where the header "
+                                 f"has {len(columns)}")
+            if any(v is None for v in row.values()):
+                raise InputError(f"{path}: row {n + 1} has fewer fields than the header ({len(columns)})")
         return columns, rows
     if fmt == "tsv":
         table = tsv_rows(text, str(path))
