@@ -264,12 +264,14 @@ def predict(
     if not ensemble:
         print_paths(written)
         return
-    from ticketctl.analysis.combine import combined_outputs
+    from ticketctl.analysis.combine import combined_outputs, vote_shares
     from ticketctl.analysis.members import load_members
     from ticketctl.stages.predict import write_predictions
 
     members = load_members([str(p) for p in written])
-    write_predictions(members.task, members.ids, combined_outputs(members.task, members.outputs, combine), output)
+    shares = vote_shares(members.outputs) if combine == "vote" and not members.task.is_regression else None
+    write_predictions(members.task, members.shown_ids, combined_outputs(members.task, members.outputs, combine),
+                      output, shares)
     if output is not None:
         print_paths([*written, output])
 
@@ -440,6 +442,32 @@ def _click_exceptions():
     return exceptions
 
 
+def _finite_floats(command) -> None:
+    """Every float option of every command refuses ``nan`` and ``inf`` (which float() accepts), with one line and
+    exit 2, as any other bad option value: each float option's callback checks the parsed value first."""
+    import math
+
+    exceptions = _click_exceptions()
+
+    def is_float(param) -> bool:
+        descriptor = getattr(param, "type_descriptor", None)
+        annotation = getattr(descriptor, "annotation", None)
+        return annotation is float or float in typing.get_args(annotation)
+
+    def finite(callback):
+        def check(ctx, param, value):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise exceptions.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+            return callback(ctx, param, value) if callback is not None else value
+
+        return check
+
+    for cmd in getattr(command, "commands", {}).values():
+        for param in cmd.params:
+            if is_float(param):
+                param.callback = finite(param.callback)
+
+
 def main(argv: list[str] | None = None) -> None:
     click = _click_exceptions()
     signal.signal(signal.SIGTERM, _raise_signalled)
@@ -448,7 +476,9 @@ def main(argv: list[str] | None = None) -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # leave an inherited "ignore" alone
         signal.signal(signal.SIGINT, _raise_signalled)
     try:
-        rv = app(args=argv, prog_name="ticketctl", standalone_mode=False)
+        command = typer.main.get_command(app)
+        _finite_floats(command)
+        rv = command.main(args=argv, prog_name="ticketctl", standalone_mode=False)
     except TicketError as e:
         _error(str(e))
         sys.exit(e.exit_code)

@@ -36,6 +36,12 @@ def member_terms(task: Task, outputs: np.ndarray, how: str) -> np.ndarray:
     return votes + 1e-4 * probs.astype(np.float32)  # adds < 1 vote for any k < 10,000: only breaks ties
 
 
+def vote_shares(outputs: np.ndarray) -> np.ndarray:
+    """(N, C): the fraction of the M members of ``outputs`` (M, N, C) whose argmax is each class."""
+    votes = np.eye(outputs.shape[-1])[outputs.argmax(-1)]
+    return votes.mean(axis=0)
+
+
 def combined_outputs(task: Task, outputs: np.ndarray, how: str) -> np.ndarray:
     """The ensemble's own outputs (N, C): log mean probability (probs), mean logits (logits), vote share (vote),
     mean prediction (regression). argmax (or the value) is the ensemble prediction."""

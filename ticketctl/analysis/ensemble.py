@@ -30,7 +30,7 @@ def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, 
     elif sizes:
         raise UsageError("--size needs a labelled split")
     if submission is not None:
-        write_submission(str(submission), task, members.ids, combined)
+        write_submission(str(submission), task, members.shown_ids, combined)
         tables.note(f"wrote GLUE submission {submission}")
     if out is not None:
         path = write_ensemble(members, combined, combine, metrics, out)
@@ -114,12 +114,12 @@ def size_table(members: Members, sizes: list[int], how: str, groups: int = 1) ->
     return rows
 
 
-def write_submission(path: str, task: Task, ids: np.ndarray, outputs: np.ndarray) -> None:
-    """GLUE's submission format: ``index<TAB>prediction`` with a header row."""
+def write_submission(path: str, task: Task, ids, outputs: np.ndarray) -> None:
+    """GLUE's submission format: ``index<TAB>prediction`` with a header row; ids as the data wrote them."""
     from ticketctl.store.atomic import atomic_write_bytes
 
     pred = predictions(task, outputs)
     lines = ["index\tprediction"]
-    for i, p in zip(ids.tolist(), pred.tolist()):
+    for i, p in zip(ids.tolist() if isinstance(ids, np.ndarray) else ids, pred.tolist()):
         lines.append(f"{i}\t{p:.3f}" if task.is_regression else f"{i}\t{task.labels[int(p)]}")
     atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode())

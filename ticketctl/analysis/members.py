@@ -27,6 +27,12 @@ class Members:
     def names(self) -> list[str]:
         return [a.path.name for a in self.arts]
 
+    @property
+    def shown_ids(self) -> list:
+        """The examples' ids as the data file wrote them (strings such as ``r101``), else the integer ids."""
+        names = self.arts[0].meta.get("id_names")
+        return list(names) if isinstance(names, list) and len(names) == len(self.ids) else self.ids.tolist()
+
 
 def check_compatible(arts: list[Artifact], keys=("task", "split", "data_fingerprint", "model_fingerprint")) -> None:
     first = arts[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.data.split import Split, read_text, tsv_rows
+from ticketctl.data.split import Split, empty_text, read_text, rows_text, stderr_notice, tsv_rows
 from ticketctl.data.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task
 from ticketctl.errors import InputError, UsageError
 
@@ -41,8 +41,33 @@ def file_format(path: str | Path) -> str:
     return fmt
 
 
+def _unique_columns(columns: list[str], source: str) -> None:
+    """A header that names a column twice is refused: a reader keeps only one of the two, silently."""
+    seen: dict[str, int] = {}
+    for i, c in enumerate(columns):
+        if c in seen:
+            raise InputError(f"{source}: the header names column {c!r} twice (fields {seen[c] + 1} and {i + 1}); "
+                             f"rename one")
+        seen[c] = i
+
+
+def _json_object(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+    if twice is not None:
+        raise InputError(f"a record names field {twice!r} twice")
+    return dict(pairs)
+
+
+def _loads(text: str):
+    return json.loads(text, object_pairs_hook=_json_object)
+
+
 def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
-    """(column names, rows as dicts of strings or JSON values) of one data file."""
+    """(column names, rows as dicts of strings or JSON values) of one data file. Blank lines are skipped in every
+    line-based format (CSV, TSV, JSON Lines); a header or record that names a column twice is refused.
+
+    Raises InputError (missing file, bad format, ragged rows, duplicate columns) or UsageError (unknown format)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -50,8 +75,9 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
     text = read_text(path)
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
         columns = list(reader.fieldnames or [])
+        _unique_columns(columns, str(path))
+        rows = list(reader)
         for n, row in enumerate(rows):
             if None in row:  # csv puts the fields beyond the header under the key None
                 raise InputError(f"{path}: row {n + 1} has {len(columns) + len(row[None])} fields where the header "
@@ -61,18 +87,21 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
         return columns, rows
     if fmt == "tsv":
         table = tsv_rows(text, str(path))
-        columns = table[0]
+        columns = table[0][1]
+        _unique_columns(columns, str(path))
         rows = []
-        for n, row in enumerate(table[1:]):
+        for lineno, row in table[1:]:
             if len(row) != len(columns):
-                raise InputError(f"{path}:{n + 2}: expected {len(columns)} tab-separated fields, got {len(row)}")
+                raise InputError(f"{path}:{lineno}: expected {len(columns)} tab-separated fields, got {len(row)}")
             rows.append(dict(zip(columns, row)))
         return columns, rows
     if fmt == "json":
         try:
-            data = json.loads(text)
+            data = _loads(text)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -84,9 +113,11 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
         for n, line in enumerate(text.split("\n")):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(_loads(line))
                 except json.JSONDecodeError as e:
                     raise InputError(f"{path}:{n + 1}: not a JSON object ({e.msg})") from None
+                except InputError as e:
+                    raise InputError(f"{path}:{n + 1}: {e}") from None
     columns: list[str] = []
     for n, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -134,10 +165,48 @@ def _as_number(v):
             return None
 
 
+INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
+
+
+def _is_integer_label(v) -> bool:
+    """An integer as written: a JSON integer (or integral number), or a string such as "0", "1", "-1" (not "007",
+    "1.0" or "+1": those are kept as the names the user wrote)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    if isinstance(v, float):
+        return v.is_integer()
+    return isinstance(v, str) and bool(INTEGER.match(v.strip()))
+
+
+def _class_key(v, integer_labels: bool) -> str:
+    """The class name a label value stands for: integers as their decimal string, strings stripped of surrounding
+    whitespace (a trailing space from a spreadsheet is not another class)."""
+    if integer_labels and _is_integer_label(v):
+        return str(int(float(v)) if isinstance(v, float) else int(str(v).strip()) if isinstance(v, str) else v)
+    return v.strip() if isinstance(v, str) else str(v)
+
+
+def _padded(values: list, source: str, warn) -> None:
+    """One line naming the label values that surrounding whitespace made look like other classes."""
+    rows = [n + 1 for n, v in enumerate(values) if isinstance(v, str) and v != v.strip()]
+    if rows:
+        names = sorted({repr(values[r - 1]) for r in rows})
+        warn(f"{source}: label{'s' if len(names) > 1 else ''} {', '.join(names[:3])} with surrounding whitespace in "
+             f"{rows_text(rows)}: read as {', '.join(sorted({repr(values[r - 1].strip()) for r in rows})[:3])}")
+
+
 def infer_task(name: str, columns: list[str], rows: list[dict], text_columns: tuple[str, ...] | None,
-               label_column: str, metric: str | None, source: str, class_names: tuple[str, ...] | None = None) -> Task:
+               label_column: str, metric: str | None, source: str, class_names: tuple[str, ...] | None = None,
+               warn=stderr_notice) -> Task:
     """The task of a training table: its text columns, its label set (sorted, or a hub ``ClassLabel``'s names in
-    their order) or regression, and its metrics."""
+    their order) or regression, and its metrics.
+
+    Labels are kept as the user wrote them: integers (``0``, ``1``, ``-1``) are classes named by their value and
+    sorted as numbers; anything else (``007``, ``1.0``, ``positive``) is a class name sorted as text. Surrounding
+    whitespace is stripped with a notice through ``warn``. Numbers that are not all integers make a regression task.
+    Raises UsageError (bad name, metric) or InputError (missing columns or labels, one class, ambiguous labels)."""
     if not NAME_PATTERN.match(name):
         raise UsageError(f"--task {name!r}: a task name is letters, digits, '.', '_' or '-' (it names the artifacts)")
     text = pick_text_columns(columns, text_columns, source)
@@ -149,12 +218,14 @@ def infer_task(name: str, columns: list[str], rows: list[dict], text_columns: tu
     if not rows:
         raise InputError(f"{source}: no examples")
     values = [r.get(label_column) for r in rows]
-    if any(v is None or v == "" for v in values):
-        n = next(i for i, v in enumerate(values) if v is None or v == "")
-        raise InputError(f"{source}: row {n + 1} has no label (training data must be labelled)")
+    empty = [n + 1 for n, v in enumerate(values) if v is None or (isinstance(v, str) and not v.strip())]
+    if empty:
+        raise InputError(f"{source}: {rows_text(empty)} {'have' if len(empty) > 1 else 'has'} no label (training "
+                         f"data must be labelled)")
     numbers = [_as_number(v) for v in values]
     numeric = all(x is not None for x in numbers)
     integral = numeric and all(float(x).is_integer() for x in numbers)
+    integer_labels = all(_is_integer_label(v) for v in values)
     regression = metric in REGRESSION_METRICS if metric else numeric and not integral
     if regression:
         if not numeric:
@@ -163,12 +234,15 @@ def infer_task(name: str, columns: list[str], rows: list[dict], text_columns: tu
         labels = None
         metrics = (metric or "pearson",) + tuple(m for m in REGRESSION_METRICS if m != (metric or "pearson"))
     else:
+        _padded(values, source, warn)
         if class_names:
             labels = tuple(class_names)
-        elif integral:
-            labels = tuple(str(v) for v in sorted({int(x) for x in numbers}))
+        elif integer_labels:
+            labels = tuple(str(v) for v in sorted({int(_class_key(v, True)) for v in values}))
         else:
-            labels = tuple(sorted({str(v) for v in values}))
+            labels = tuple(sorted({_class_key(v, False) for v in values}))
+            if numeric:
+                _same_number(labels, source)
         if len(labels) < 2:
             raise InputError(f"{source}: every training label is {labels[0]!r}: classification needs two classes")
         if metric in ("f1", "matthews") and len(labels) != 2:
@@ -178,59 +252,110 @@ def infer_task(name: str, columns: list[str], rows: list[dict], text_columns: tu
     return Task(name, "", text, label_column, labels, metrics, source_kind="custom")
 
 
+def _same_number(labels: tuple[str, ...], source: str) -> None:
+    """Class names written differently for one number (``1`` and ``1.0``, ``7`` and ``007``) are refused: either
+    reading (one class or two) would be a guess."""
+    by_value: dict[float, str] = {}
+    for name in labels:
+        x = float(_as_number(name))
+        if x in by_value:
+            raise InputError(f"{source}: labels {by_value[x]!r} and {name!r} are the same number written two ways; "
+                             f"write each class one way")
+        by_value[x] = name
+
+
 def label_index(task: Task, value, source: str, row: int) -> int | float:
     if task.is_regression:
         x = _as_number(value)
         if x is None or not np.isfinite(float(x)):
             raise InputError(f"{source}: row {row}: label {value!r} is not a number")
         return float(x)
-    x = _as_number(value)
-    integer_labels = task.labels[0].lstrip("-").isdigit()
-    key = str(int(x)) if x is not None and float(x).is_integer() and integer_labels else str(value)
+    integer_labels = all(INTEGER.match(name) for name in task.labels)
+    key = _class_key(value, integer_labels)
     if key not in task.labels:
         raise InputError(f"{source}: row {row}: label {value!r} is not one of the training labels "
                          f"({', '.join(task.labels)})")
     return task.labels.index(key)
 
 
+PLACEHOLDER = -1  # the label of every row of an unlabelled test split exported from the hub (GLUE's test sets)
+
+
+def is_placeholder(values: list) -> bool:
+    """Every label is the hub's unlabelled marker ``-1`` (or ``-1.0``): the split is unlabelled, not labelled -1."""
+    return bool(values) and all(_as_number(v) == PLACEHOLDER for v in values)
+
+
+def _ids(columns: list[str], rows: list[dict], source: str, warn) -> tuple[np.ndarray, list[str] | None]:
+    """The split's ids: an ``idx``/``id``/``index`` column of distinct integers as they are; any other values of
+    such a column (``r101``, ``101.0``) are kept as written for the predictions, with row numbers inside artifacts;
+    without such a column, the row numbers."""
+    rownums = np.arange(len(rows), dtype=np.int64)
+    key = next((k for k in ("idx", "id", "index") if k in columns), None)
+    if key is None:
+        return rownums, None
+    raw = [r.get(key) for r in rows]
+    if all(_is_integer_label(v) and not isinstance(v, float) for v in raw):
+        got = [int(str(v).strip()) for v in raw]
+        if len(set(got)) == len(got):
+            return np.asarray(got, dtype=np.int64), None
+    names = ["" if v is None else str(v) for v in raw]
+    if len(set(names)) != len(names):
+        twice = next(v for i, v in enumerate(names) if v in names[:i])
+        warn(f"{source}: column {key!r} repeats the id {twice!r}: examples are identified by row number")
+        return rownums, None
+    example = next(v for v in names if not INTEGER.match(v))
+    warn(f"{source}: ids in column {key!r} are not plain integers (e.g. {example!r}): kept as written in "
+         f"predictions, numbered by row inside artifacts")
+    return rownums, names
+
+
 def split_of(task: Task, columns: list[str], rows: list[dict], source: str, name: str,
-             need_labels: bool = False) -> Split:
+             need_labels: bool = False, warn=stderr_notice) -> Split:
     """A :class:`Split` of a table for ``task``: the text columns, and the labels where the label column is there
-    (unlabelled data, e.g. for ``predict``, has none). Ids are the row numbers, or an ``idx``/``id`` column of
-    integers."""
+    (unlabelled data, e.g. for ``predict``, has none; an evaluation file whose labels are all the placeholder -1 is
+    unlabelled, with a notice). Ids are the row numbers, or an ``idx``/``id``/``index`` column (see :func:`_ids`).
+
+    Empty text and JSON ``null`` are both read as empty text, with one notice naming the rows (one rule for every
+    reader, GLUE's files included). Raises InputError: missing columns, no rows, text that is a number or a list
+    (naming the rows), some rows labelled and some not, labels outside the task's."""
     missing = [c for c in task.text_columns if c not in columns]
     if missing:
         raise InputError(f"{source}: no column(s) {', '.join(map(repr, missing))} (columns: {', '.join(columns)})")
     if not rows:
         raise InputError(f"{source}: no examples")
-    texts = []
-    for n, r in enumerate(rows):
-        row = tuple(r.get(c) for c in task.text_columns)
-        if any(not isinstance(t, str) for t in row):
-            raise InputError(f"{source}: row {n + 1}: text column value is not a string")
-        texts.append(row)
+    texts = [tuple("" if r.get(c) is None else r.get(c) for c in task.text_columns) for r in rows]
+    for i, column in enumerate(task.text_columns):
+        bad = [n + 1 for n, row in enumerate(texts) if not isinstance(row[i], str)]
+        if bad:
+            raise InputError(f"{source}: column {column!r} is not text in {rows_text(bad)} (a number, list or object)")
+    empty_text(texts, task.text_columns, source, warn)
     labels = None
-    labelled = task.label_column in columns and all(r.get(task.label_column) not in (None, "") for r in rows)
-    if task.label_column in columns and not labelled and any(r.get(task.label_column) not in (None, "") for r in rows):
-        raise InputError(f"{source}: some rows have a label and some do not")
+    has = [r.get(task.label_column) not in (None, "") for r in rows] if task.label_column in columns else []
+    if any(has) and not all(has):
+        raise InputError(f"{source}: some rows have a label and some do not "
+                         f"(none in {rows_text([n + 1 for n, h in enumerate(has) if not h])})")
+    labelled = bool(has) and all(has)
+    if labelled and not need_labels and is_placeholder([r[task.label_column] for r in rows]):
+        warn(f"{source}: every label is {PLACEHOLDER}, the placeholder of unlabelled test splits: read as unlabelled "
+             f"(no metrics)")
+        labelled = False
     if need_labels and not labelled:
         raise InputError(f"{source}: no labels in column {task.label_column!r}")
     if labelled:
-        values = [label_index(task, r[task.label_column], source, n + 1) for n, r in enumerate(rows)]
+        values = [r[task.label_column] for r in rows]
+        if not task.is_regression:
+            _padded(values, source, warn)
+        values = [label_index(task, v, source, n + 1) for n, v in enumerate(values)]
         labels = np.asarray(values, dtype=np.float32 if task.is_regression else np.int64)
-    ids = np.arange(len(rows), dtype=np.int64)
-    for key in ("idx", "id", "index"):
-        if key in columns:
-            got = [_as_number(r.get(key)) for r in rows]
-            if all(isinstance(x, int) for x in got) and len(set(got)) == len(got):
-                ids = np.asarray(got, dtype=np.int64)
-            break
-    return Split(task, name, texts, labels, ids, source)
+    ids, id_names = _ids(columns, rows, source, warn)
+    return Split(task, name, texts, labels, ids, source, id_names)
 
 
-def read_split(task: Task, path: str | Path, name: str | None = None, need_labels: bool = False) -> Split:
+def read_split(task: Task, path: str | Path, name: str | None = None, need_labels: bool = False,
+               warn=stderr_notice) -> Split:
     columns, rows = read_table(path)
-    return split_of(task, columns, rows, str(path), name or Path(path).name.split(".")[0], need_labels)
+    return split_of(task, columns, rows, str(path), name or Path(path).name.split(".")[0], need_labels, warn)
 
 
 # ---------------------------------------------------------------------------------------------- hub datasets

@@ -11,40 +11,45 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.data.split import Split, read_text, tsv_rows
+from ticketctl.data.split import Split, empty_text, read_text, stderr_notice, tsv_rows
 from ticketctl.data.tasks import Task
 from ticketctl.errors import InputError
 
 EMBEDDED_DIR = Path(__file__).parent / "glue"
 
 
-def parse_tsv(task: Task, text: str, source: str, name: str) -> Split:
+def parse_tsv(task: Task, text: str, source: str, name: str, warn=stderr_notice) -> Split:
     """Parse one GLUE TSV file. GLUE's files are not CSV-quoted: a quote is part of the sentence, a tab always
-    separates fields and a newline always ends a row, so splitting on them is lossless."""
-    rows = tsv_rows(text, source)
+    separates fields and a newline always ends a row, so splitting on them is lossless. A label column holding only
+    the placeholder -1 of unlabelled test splits makes the split unlabelled (with a notice through ``warn``)."""
+    numbered = tsv_rows(text, source)
+    rows = [fields for _, fields in numbered]
     header = rows[0]
     if all(c in header for c in task.text_columns):
         text_idx = tuple(header.index(c) for c in task.text_columns)
         label_idx = header.index(task.label_column) if task.label_column in header else None
         id_idx = header.index("index") if "index" in header else None
-        body, first_line, width = rows[1:], 2, len(header)
+        body, width = numbered[1:], len(header)
     elif task.headerless is not None:
         text_idx, label_idx = task.headerless
         id_idx = None
-        body, first_line, width = rows, 1, len(rows[0])
+        body, width = numbered, len(rows[0])
         if width <= max(*text_idx, label_idx):
-            raise InputError(f"{source}:1: expected {max(*text_idx, label_idx) + 1} tab-separated fields, "
-                             f"got {width}")
+            raise InputError(f"{source}:{numbered[0][0]}: expected {max(*text_idx, label_idx) + 1} tab-separated "
+                             f"fields, got {width}")
     else:
         missing = [c for c in task.text_columns if c not in header]
         raise InputError(f"{source}: no column(s) {', '.join(map(repr, missing))} in the header; "
                          f"is this a {task.folder} file?")
 
+    if label_idx is not None and body and all(len(r) == width and _placeholder(r[label_idx]) for _, r in body):
+        warn(f"{source}: every label is -1, the placeholder of unlabelled test splits: read as unlabelled "
+             f"(no metrics)")
+        label_idx = None
     texts: list[tuple[str, ...]] = []
     labels: list = []
     ids: list[int] = []
-    for n, row in enumerate(body):
-        lineno = first_line + n
+    for n, (lineno, row) in enumerate(body):
         if len(row) != width:
             raise InputError(f"{source}:{lineno}: expected {width} tab-separated fields, got {len(row)}")
         texts.append(tuple(row[i] for i in text_idx))
@@ -68,18 +73,26 @@ def parse_tsv(task: Task, text: str, source: str, name: str) -> Split:
                 labels.append(task.labels.index(value))
     if not texts:
         raise InputError(f"{source}: no examples")
+    empty_text(texts, task.text_columns, source, warn)
     label_array = None
     if label_idx is not None:
         label_array = np.asarray(labels, dtype=np.float32 if task.is_regression else np.int64)
     return Split(task, name, texts, label_array, np.asarray(ids, dtype=np.int64), source)
 
 
-def read_tsv(task: Task, path: str | os.PathLike, name: str | None = None) -> Split:
+def _placeholder(value: str) -> bool:
+    try:
+        return float(value) == -1.0
+    except ValueError:
+        return False
+
+
+def read_tsv(task: Task, path: str | os.PathLike, name: str | None = None, warn=stderr_notice) -> Split:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     stem = path.name.split(".")[0]
-    return parse_tsv(task, read_text(path), str(path), name or stem)
+    return parse_tsv(task, read_text(path), str(path), name or stem, warn)
 
 
 def _split_file(task: Task, split: str) -> str:

@@ -53,9 +53,35 @@ def read_member(folder: str | Path) -> Member:
     if not isinstance(info, dict) or "task" not in info:
         raise InputError(f"--model-dir {folder}: not saved by `ticketctl finetune --save-model` (its config has no "
                          f"{setup.MEMBER_KEY!r} entry naming the task)")
-    tok = "".join(f"{n}:{file_sha256(folder / n)}\n" for n in TOKENIZER_FILES if (folder / n).is_file())
+    tok = tokenizer_digest(folder)
     task = task_of({"task": info["task"], "task_spec": info.get("task_spec")})
     return Member(folder, info, task, model_fingerprint(folder), tok)
+
+
+def tokenizer_digest(folder: Path) -> str:
+    """What tokenises in a saved model's tokenizer files: their contents, except the transient ``truncation`` and
+    ``padding`` state that ``tokenizers`` saves into tokenizer.json after a call (two members of one model differ
+    there when one tokenised its data and the other read tokens from the cache). Vocabulary, normaliser,
+    pre-tokeniser, post-processor and special tokens all count."""
+    import hashlib
+
+    parts = []
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name == "tokenizer.json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise InputError(f"{path}: not a tokenizer file ({type(e).__name__})") from None
+            if isinstance(data, dict):
+                data = {k: v for k, v in data.items() if k not in ("truncation", "padding")}
+            digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        else:
+            digest = file_sha256(path)
+        parts.append(f"{name}:{digest}\n")
+    return "".join(parts)
 
 
 def check_members(members: list[Member]) -> None:
@@ -129,20 +155,24 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
     return written
 
 
-def write_predictions(task: Task, ids: np.ndarray, outputs: np.ndarray, path: Path | None) -> None:
-    """The ensemble's predictions as ``id<TAB>prediction`` rows (label names as the training data has them, or
-    scores), with each class's probability for classification; to ``path`` or stdout."""
+def write_predictions(task: Task, ids, outputs: np.ndarray, path: Path | None,
+                      shares: np.ndarray | None = None) -> None:
+    """The ensemble's predictions as ``id<TAB>prediction`` rows (ids and label names as the data wrote them, or
+    scores), with one ``p_<label>`` column per class for classification: ``shares`` (N, C) where given (the vote
+    shares of ``--combine vote``), else the softmax of ``outputs`` (N, C): the mean probability for ``probs``, the
+    softmax of the mean logits for ``logits``; to ``path`` or stdout."""
     from ticketctl.analysis.combine import softmax
     from ticketctl.data.tasks import predictions
 
+    ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
     pred = predictions(task, outputs)
     if task.is_regression:
-        lines = ["id\tprediction"] + [f"{i}\t{p:.6g}" for i, p in zip(ids.tolist(), pred.tolist())]
+        lines = ["id\tprediction"] + [f"{i}\t{p:.6g}" for i, p in zip(ids, pred.tolist())]
     else:
-        probs = softmax(outputs)
+        probs = shares if shares is not None else softmax(outputs)
         lines = ["id\tprediction\t" + "\t".join(f"p_{name}" for name in task.labels)]
         lines += [f"{i}\t{task.labels[int(p)]}\t" + "\t".join(f"{x:.4f}" for x in row)
-                  for i, p, row in zip(ids.tolist(), pred.tolist(), probs.tolist())]
+                  for i, p, row in zip(ids, pred.tolist(), probs.tolist())]
     text = "\n".join(lines) + "\n"
     if path is None:
         sys.stdout.write(text)

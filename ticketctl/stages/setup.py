@@ -156,7 +156,8 @@ class Context:
         opts.validate()
         model_name, model_dir = loading.resolve_model(model)
         model_fp = loading.model_fingerprint(model_dir)
-        task, train, evals = _custom_data(task_name, opts) if opts.custom else _glue_data(task_name, opts)
+        task, train, evals = (_custom_data(task_name, opts, log.info) if opts.custom
+                              else _glue_data(task_name, opts, log.info))
         if train.labels is None:
             raise InputError(f"{train.source}: the training split has no labels")
         if opts.max_train_samples is not None:
@@ -186,16 +187,16 @@ class Context:
                           **fields)
 
 
-def _glue_data(task_name: str | None, opts: DataOptions):
+def _glue_data(task_name: str | None, opts: DataOptions, warn):
     if not task_name:
         raise UsageError("--task is required: a GLUE task, or your own data with --train-file / --dataset")
     task = get_task(task_name)
     evals = [data_files.load_split(task, "dev", opts.data_dir)]
-    evals += [data_files.read_tsv(task, f) for f in opts.eval_files]
+    evals += [data_files.read_tsv(task, f, warn=warn) for f in opts.eval_files]
     return task, data_files.load_split(task, "train", opts.data_dir), evals
 
 
-def _custom_data(task_name: str | None, opts: DataOptions):
+def _custom_data(task_name: str | None, opts: DataOptions, warn):
     """The task, training split and evaluation splits of the user's own data (files or a hub dataset)."""
     from ticketctl.data import custom
 
@@ -212,14 +213,14 @@ def _custom_data(task_name: str | None, opts: DataOptions):
         name = task_name or custom.dataset_name(opts.dataset, opts.dataset_config)
         columns, rows, source, class_names = custom.hub_table(opts.dataset, opts.dataset_config, "train")
     task = custom.infer_task(name, columns, rows, text_columns, label_column, opts.metric, source,
-                             class_names.get(label_column))
-    train = custom.split_of(task, columns, rows, source, "train", need_labels=True)
+                             class_names.get(label_column), warn=warn)
+    train = custom.split_of(task, columns, rows, source, "train", need_labels=True, warn=warn)
     if opts.validation_file:
-        dev = custom.read_split(task, opts.validation_file, "dev")
+        dev = custom.read_split(task, opts.validation_file, "dev", warn=warn)
     else:
         columns, rows, source, _ = custom.hub_table(opts.dataset, opts.dataset_config, "validation")
-        dev = custom.split_of(task, columns, rows, source, "dev")
-    return task, train, [dev] + [custom.read_split(task, f) for f in opts.eval_files]
+        dev = custom.split_of(task, columns, rows, source, "dev", warn=warn)
+    return task, train, [dev] + [custom.read_split(task, f, warn=warn) for f in opts.eval_files]
 
 
 def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, run: RunOptions,
@@ -390,8 +391,9 @@ def write_logits(ctx: Context, split: data_files.Split, path: Path, outputs: np.
     if split.labels is not None:
         tensors["labels"] = split.labels
         metrics = score(ctx.task, predictions(ctx.task, outputs), split.labels)
+    names = {"id_names": split.id_names} if split.id_names is not None else {}
     full = ctx.meta(split=split.name, split_source=split.source, data_fingerprint=split.fingerprint,
-                    examples=str(len(split)), metrics=metrics or None, **meta)
+                    examples=str(len(split)), metrics=metrics or None, **names, **meta)
     write_artifact(path, "logits", tensors, full)
     if ctx.report_to and distributed_main():
         report.report(ctx.report_to, path.parent, path, full, metrics)
