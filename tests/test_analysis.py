@@ -207,7 +207,7 @@ def test_cli_refusals(cli, tmp_path, three):
         (["ensemble", "-"], 2, "no artifacts"),
         (["ensemble", paths[0], paths[0]], 2, "same file"),
         (["ensemble", paths[0], "--size", "5"], 2, "--size 5"),
-        (["iou", paths[0], paths[1]], 3, "expected a mask"),
+        (["iou", paths[0], paths[1]], 3, "no mask artifacts among the 2 given (they are: logits)"),
         (["stats", paths[0], "--by", "nosuchkey"], 2, "no metadata key"),
         (["ensemble", paths[0], "--combine", "median"], 2, "--combine"),
     ]

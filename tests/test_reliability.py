@@ -133,7 +133,7 @@ def test_bad_artifact_inputs_through_cli(cli, tiny_args, tmp_path):
         (["ensemble", str(junk), good], "not a safetensors file"),
         (["ensemble", str(trunc), good], "truncated"),
         (["ensemble", str(nan), good], "NaN or inf"),
-        (["ensemble", mask.strip(), good], "expected a logits artifact"),
+        (["ensemble", mask.strip()], "no logits artifacts among the 1 given (they are: mask)"),
         (["finetune", "--task", "mrpc", "--mask", good, "--out", str(tmp_path), *tiny_args], "expected a mask"),
         (["show", str(tmp_path / "missing.safetensors")], "no such file"),
     ]

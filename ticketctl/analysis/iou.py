@@ -9,7 +9,7 @@ import numpy as np
 from ticketctl.analysis import tables
 from ticketctl.analysis.members import check_compatible, check_distinct
 from ticketctl.errors import InputError, UsageError
-from ticketctl.store.artifacts import Artifact, read_artifact
+from ticketctl.store.artifacts import Artifact
 
 _POP = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -21,9 +21,12 @@ def popcount(a: np.ndarray) -> int:
 
 
 def load_masks(paths: list[str], minimum: int = 2) -> list[Artifact]:
-    if len(paths) < minimum:
-        raise UsageError(f"need at least {minimum} masks, got {len(paths)}")
-    arts = [read_artifact(p, "mask") for p in paths]
+    """The mask artifacts among ``paths`` (others skipped with a line on stderr), of one model and one method."""
+    from ticketctl.analysis.members import select_artifacts
+
+    arts = select_artifacts(paths, "mask")
+    if len(arts) < minimum:
+        raise UsageError(f"need at least {minimum} masks, got {len(arts)}")
     check_distinct(arts)
     check_compatible(arts, ("model_fingerprint",))
     first = arts[0]

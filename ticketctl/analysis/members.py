@@ -98,10 +98,61 @@ def check_labels(task: Task, arts: list[Artifact]) -> np.ndarray | None:
     return labels
 
 
-def load_members(paths: list[str], minimum: int = 1, same_model: bool = True) -> Members:
-    if len(paths) < minimum:
-        raise UsageError(f"need at least {minimum} logits artifacts, got {len(paths)}")
-    arts = [read_artifact(p, "logits") for p in paths]
+def _names(arts: list[Artifact], limit: int = 3) -> str:
+    shown = ", ".join(a.path.name for a in arts[:limit])
+    return shown + (f" and {len(arts) - limit} more" if len(arts) > limit else "")
+
+
+def select_artifacts(paths: list[str], kind: str, split: str | None = None, note=None) -> list[Artifact]:
+    """The artifacts of ``kind`` among ``paths`` (a shell glob over a runs folder holds masks, logits and more):
+    the others are skipped with one line on stderr saying which and why. For logits, one split: ``split`` where
+    given, else the only split there is, else the only labelled one (an ``--eval-file`` test split beside dev).
+
+    Raises InputError when nothing of ``kind`` is left, or the split is not clear."""
+    from ticketctl.analysis.tables import note as stderr_note
+
+    note = note or stderr_note
+    arts = [read_artifact(p) for p in paths]
+    keep = [a for a in arts if a.kind == kind]
+    other = [a for a in arts if a.kind != kind]
+    if not keep:
+        kinds = ", ".join(sorted({a.kind for a in other}))
+        raise InputError(f"no {kind} artifacts among the {len(arts)} given (they are: {kinds})")
+    if other:
+        kinds = " and ".join(sorted({a.kind for a in other}))
+        note(f"skipped {len(other)} {kinds} artifact{'s' if len(other) > 1 else ''} (this command reads {kind} "
+             f"artifacts): {_names(other)}")
+    if kind != "logits":
+        return keep
+    splits = list(dict.fromkeys(str(a.meta.get("split")) for a in keep))
+    if split is not None:
+        chosen = split
+        if chosen not in splits:
+            raise InputError(f"no logits artifacts of split {split!r} (splits given: {', '.join(splits)})")
+    elif len(splits) == 1:
+        return keep
+    else:
+        labelled = [s for s in splits if all("labels" in a.tensors for a in keep if a.meta.get("split") == s)]
+        if len(labelled) != 1:
+            raise InputError(f"cannot mix splits: the logits are of splits {', '.join(splits)}; pass the files of "
+                             f"one split" + (" (or --split NAME)" if note is stderr_note else ""))
+        chosen = labelled[0]
+    left = [a for a in keep if a.meta.get("split") != chosen]
+    if left:
+        why = "--split" if split is not None else "the only labelled split"
+        note(f"skipped {len(left)} logits artifact{'s' if len(left) > 1 else ''} of other splits (using {chosen!r}, "
+             f"{why}): {_names(left)}")
+    return [a for a in keep if a.meta.get("split") == chosen]
+
+
+def load_members(paths: list[str], minimum: int = 1, same_model: bool = True, split: str | None = None) -> Members:
+    """The logits artifacts among ``paths`` (see :func:`select_artifacts`) as ensemble members, after refusing
+    what must not be mixed (tasks, task definitions, splits, evaluation data, models; the same member twice).
+
+    Raises UsageError (too few members, duplicates) or InputError (mixed or invalid artifacts)."""
+    arts = select_artifacts(paths, "logits", split)
+    if len(arts) < minimum:
+        raise UsageError(f"need at least {minimum} logits artifacts, got {len(arts)}")
     check_distinct(arts)
     keys = ("task", "task_spec", "split", "data_fingerprint") + (("model_fingerprint",) if same_model else ())
     check_compatible(arts, keys)

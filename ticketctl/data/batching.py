@@ -14,18 +14,37 @@ class Encoded:
     token_type_ids: list[np.ndarray] | None
     lengths: np.ndarray
     max_length: int  # the truncation length: padding never goes beyond it
+    truncated: int = 0  # examples longer than max_length (cut to it)
+    longest: int = 0  # the longest example's length before truncation (tokens)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def truncation_note(self, name: str) -> str:
+        """"train: 40 of 40 examples truncated to 128 tokens (longest 154)", or "" when none was cut."""
+        if not self.truncated:
+            return ""
+        return (f"{name}: {self.truncated} of {len(self)} examples truncated to {self.max_length} tokens "
+                f"(longest {self.longest}); --max-length sets the limit")
+
 
 def encode(tokenizer, split, max_length: int) -> Encoded:
-    """Tokenise a :class:`ticketctl.data.files.Split` (truncation, no padding)."""
+    """Tokenise a :class:`ticketctl.data.files.Split` (truncation, no padding), counting the examples that were
+    cut: only those that came out exactly ``max_length`` long can have been, and they are tokenised again
+    without truncation to learn their length."""
     columns = list(zip(*split.texts))
     enc = tokenizer(*columns, truncation=True, max_length=max_length, padding=False)
     ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
     types = [np.asarray(x, dtype=np.int64) for x in enc["token_type_ids"]] if "token_type_ids" in enc else None
-    return Encoded(ids, types, np.asarray([len(x) for x in ids]), max_length)
+    lengths = np.asarray([len(x) for x in ids])
+    truncated, longest = 0, int(lengths.max()) if len(lengths) else 0
+    full = np.flatnonzero(lengths >= max_length)
+    if len(full):
+        again = tokenizer(*[[c[i] for i in full] for c in columns], truncation=False, padding=False,
+                          return_attention_mask=False, return_token_type_ids=False)
+        real = np.asarray([len(x) for x in again["input_ids"]])
+        truncated, longest = int((real > max_length).sum()), max(longest, int(real.max()))
+    return Encoded(ids, types, lengths, max_length, truncated, longest)
 
 
 def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,

@@ -140,11 +140,14 @@ def _matthews(pred, gold):
 
 
 def _pearson(x, y):
+    """Pearson's r along the last axis; NaN where either side is constant (r is undefined there, not 0)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     x = x - x.mean(axis=-1, keepdims=True)
     y = y - y.mean(axis=-1, keepdims=True)
-    return _safe_div((x * y).sum(axis=-1), np.sqrt((x * x).sum(axis=-1) * (y * y).sum(axis=-1)))
+    den = np.sqrt((x * x).sum(axis=-1) * (y * y).sum(axis=-1))
+    num = (x * y).sum(axis=-1)
+    return np.where(den == 0, np.nan, num / np.where(den == 0, 1.0, den))
 
 
 def _rank(x):
@@ -166,8 +169,16 @@ def _spearman(x, y):
     return _pearson(_rank(x), _rank(y))
 
 
+METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
+
+
 def metric(name: str, pred: np.ndarray, gold: np.ndarray):
-    """One metric of predictions against gold labels; leading axes of ``pred`` give an array of values."""
+    """One metric of predictions against gold labels; leading axes of ``pred`` give an array of values. A
+    correlation against constant gold scores (or of constant predictions) is NaN: undefined.
+
+    Raises UsageError for a name that is not one of ``METRICS``."""
+    if name not in METRICS:
+        raise UsageError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
     if name == "accuracy":
         return np.mean(pred == gold, axis=-1)
     if name == "f1":
@@ -177,6 +188,16 @@ def metric(name: str, pred: np.ndarray, gold: np.ndarray):
     if name == "pearson":
         return _pearson(pred, gold)
     return _spearman(pred, gold)
+
+
+def undefined_note(task: Task, metrics: dict, gold: np.ndarray | None) -> str:
+    """A notice for metrics that came out undefined (NaN), saying why; "" when all are defined."""
+    bad = [m for m, v in metrics.items() if np.ndim(v) == 0 and not np.isfinite(v)]
+    if not bad:
+        return ""
+    why = ("the gold scores are constant" if gold is not None and len(gold) and np.ptp(gold) == 0
+           else "the predictions are constant")
+    return f"{', '.join(bad)} undefined: {why}"
 
 
 def score(task: Task, pred: np.ndarray, gold: np.ndarray) -> dict:

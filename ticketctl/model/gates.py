@@ -21,9 +21,9 @@ class Gates:
         self.heads: torch.Tensor | None = None
         self.ffn: torch.Tensor | None = None
         self.handles = []
-        for i, layer in enumerate(self.lay.layers):
-            self.handles.append(layer.attention.output.dense.register_forward_pre_hook(self._head_hook(i)))
-            self.handles.append(layer.output.dense.register_forward_hook(self._ffn_hook(i)))
+        for i in range(self.lay.num_layers):
+            self.handles.append(self.lay.module(i, "o").register_forward_pre_hook(self._head_hook(i)))
+            self.handles.append(self.lay.module(i, "f").register_forward_hook(self._ffn_hook(i)))
 
     def _head_hook(self, layer: int):
         def hook(module, args):

@@ -114,9 +114,15 @@ def attention_for(device_type: str) -> str:
     return "eager" if device_type == "cpu" else "sdpa"
 
 
-def load_model(folder: Path, num_labels: int, dropout: float | None, attention: str = "sdpa"):
-    """A sequence classifier on the pretrained encoder; the task head is drawn from torch's global RNG, so seed it
-    first."""
+def load_model(folder: Path, num_labels: int, dropout: float | None, attention: str = "sdpa",
+               fresh_head: bool = False):
+    """A sequence classifier on the pretrained encoder. With ``fresh_head`` (training) the task head is drawn from
+    torch's global RNG, so seed it first: also where the folder holds a head of its own (a finetuned classifier, a
+    saved member), which is dropped, so that every seed draws its own (README "finetune"). Without it (``predict``)
+    a saved member's head is kept.
+
+    Raises InputError naming the weight and both shapes where the folder's encoder weights do not fit its config
+    (e.g. transformers 4 ``pruned_heads`` checkpoints), or the folder cannot be loaded."""
     quiet_transformers()
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -130,11 +136,112 @@ def load_model(folder: Path, num_labels: int, dropout: float | None, attention: 
                     setattr(config, key, dropout)
         if structure_of(config) is not None:
             return _load_pruned(folder, config)
-        return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config)
+        head = check_checkpoint(folder, config)
+        if not head or not fresh_head:
+            return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
+                                                                      ignore_mismatched_sizes=bool(head))
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
+                                                                   ignore_mismatched_sizes=True)
+        redraw_head(model)
+        return model
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"{folder}: cannot load a sequence classification model ({type(e).__name__}: {e})") from None
+        raise InputError(f"{folder}: cannot load a sequence classification model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:300]})") from None
+
+
+def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
+    """The shapes of a folder's weights, read from the safetensors headers (nothing is loaded); None for other
+    weight formats."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    shapes = {}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                shapes[k] = tuple(st.get_slice(k).get_shape())
+    return shapes
+
+
+def check_checkpoint(folder: Path, config) -> list[str]:
+    """The names of the task-head weights a folder holds (weights outside the encoder: a classifier's), after
+    checking that its encoder weights fit ``config``.
+
+    Raises InputError naming the first weight whose shape differs from the model's, both shapes, and
+    ``pruned_heads`` where config.json lists them (transformers 5 no longer prunes heads on load)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    shapes = checkpoint_shapes(folder)
+    if shapes is None:
+        return []
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    prefix = model.base_model_prefix + "."
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    head = []
+    order = {name: i for i, name in enumerate(own)}
+    named = {(key if key in own or (prefix + key) not in own else prefix + key): shape for key, shape in shapes.items()}
+    for name, shape in sorted(named.items(), key=lambda kv: order.get(kv[0], len(order))):  # the model's order
+        if name not in own:
+            continue
+        if not name.startswith(prefix):
+            head.append(name)
+        elif own[name] != shape:
+            pruned = getattr(config, "pruned_heads", None)
+            why = ("; config.json lists pruned_heads, which transformers 5 no longer supports (save the model "
+                   "unpruned, or as a ticketctl structured ticket)") if pruned else ""
+            raise InputError(f"{folder}: {name} has shape {_shape(shape)}, the model needs {_shape(own[name])}{why}")
+    return head
+
+
+def _shape(shape: tuple) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ")"
+
+
+def redraw_head(model) -> None:
+    """Draw the task head (every parameter outside the encoder) anew from torch's global RNG, as transformers
+    initialises a missing head: Linear weights ~ N(0, initializer_range), biases 0, LayerNorm 1 and 0."""
+    import torch
+
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    base = model.base_model
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if module is base or name.startswith(model.base_model_prefix) or not name:
+                continue
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
+def has_head(folder: Path) -> bool:
+    """Whether a model folder holds weights of its own outside the encoder (a task head): cheap, from the
+    safetensors headers and the config's model type."""
+    shapes = checkpoint_shapes(folder) or {}
+    heads = ("classifier.", "pre_classifier.", "score.", "qa_outputs.", "cls.", "lm_head.",
+             "discriminator_predictions.", "generator_predictions.", "predictions.")
+    return any(k.startswith(heads) for k in shapes)
+
+
+def fit_tokenizer(tokenizer, model) -> None:
+    """Token type ids go to the model only where it has embeddings for them: a model with one token type
+    (RoBERTa, DeBERTa-v2 with ``type_vocab_size`` 0 or 1) or none (DistilBERT) gets none, whatever its tokenizer
+    emits (a BERT tokenizer gives the second sentence of a pair type 1, an index RoBERTa's embedding lacks)."""
+    import inspect
+
+    types = getattr(model.config, "type_vocab_size", None) or 0
+    accepts = "token_type_ids" in inspect.signature(model.forward).parameters
+    if (types < 2 or not accepts) and "token_type_ids" in getattr(tokenizer, "model_input_names", []):
+        tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
 
 
 def _load_pruned(folder: Path, config):

@@ -30,46 +30,104 @@ if TYPE_CHECKING:
 STRUCTURE_KEY = "ticketctl_structure"  # config.json entry of a physically pruned model
 
 
+@dataclass(frozen=True)
+class Family:
+    """Where one encoder family keeps a layer's heads and FFN: module paths relative to a layer."""
+
+    name: str
+    layers: str  # path of the layer list inside the base model
+    q: str
+    k: str
+    v: str
+    o: str  # the attention output projection (its input is the heads' context vectors)
+    i: str  # the FFN's first projection
+    f: str  # the FFN's output projection
+    head_rows: tuple[str, ...] = ()  # further projections with one block of rows per head (pruned with q/k/v)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "i": self.i, "f": self.f}
+
+
+# BERT's layout is shared by RoBERTa, ELECTRA, MiniLM, ...; DeBERTa-v2 renames the projections; DistilBERT has its
+# own names. ALBERT is refused: its layers share one set of weights.
+FAMILIES = (
+    Family("bert", "encoder.layer", "attention.self.query", "attention.self.key", "attention.self.value",
+           "attention.output.dense", "intermediate.dense", "output.dense"),
+    Family("deberta-v2", "encoder.layer", "attention.self.query_proj", "attention.self.key_proj",
+           "attention.self.value_proj", "attention.output.dense", "intermediate.dense", "output.dense",
+           head_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj")),
+    Family("distilbert", "transformer.layer", "attention.q_lin", "attention.k_lin", "attention.v_lin",
+           "attention.out_lin", "ffn.lin1", "ffn.lin2"),
+)
+SHARED_LAYERS = "it shares one set of layer weights across all its layers (ALBERT), so a head or FFN cannot be " \
+                "removed from one layer alone"
+
+
 @dataclass
 class Layout:
     layers: list  # the encoder's layer modules
     num_heads: int
     head_size: int
     prefix: str  # parameter-name prefix of the layers, e.g. "bert.encoder.layer"
+    family: Family = FAMILIES[0]
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def module(self, layer: int, key: str):
+        """The Linear module ``key`` (q, k, v, o, i, f or a head_rows path) of a layer."""
+        return _get(self.layers[layer], self.family.keys.get(key, key))
+
+    def replace(self, layer: int, key: str, new) -> None:
+        path = self.family.keys.get(key, key)
+        parent, _, leaf = path.rpartition(".")
+        setattr(_get(self.layers[layer], parent) if parent else self.layers[layer], leaf, new)
+
 
 def layout(model) -> Layout:
-    """Where the heads and FFNs of a BERT-family classifier live; an InputError for any other architecture."""
+    """Where the heads and FFNs of a BERT-family classifier live (BERT, RoBERTa, ELECTRA, MiniLM, DeBERTa-v2,
+    DistilBERT); an InputError naming why for any other architecture (ALBERT's shared layers, no encoder layers)."""
     base = model.base_model
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    need = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-            "intermediate.dense", "output.dense")
-    if layers is None or not all(_has(layer, n) for layer in layers for n in need):
-        raise InputError("structured pruning needs a BERT-family encoder (encoder.layer[i] with attention.self."
-                         "query/key/value, attention.output.dense, intermediate.dense, output.dense)")
-    heads = model.config.num_attention_heads
-    size = model.config.hidden_size // heads
-    return Layout(list(layers), heads, size, f"{model.base_model_prefix}.encoder.layer")
+    if getattr(base, "encoder", None) is not None and hasattr(base.encoder, "albert_layer_groups"):
+        raise InputError(f"structured pruning cannot prune {type(model).__name__}: {SHARED_LAYERS}; use IMP "
+                         f"(search --method imp) instead")
+    for family in FAMILIES:
+        layers = _get(base, family.layers)
+        if layers is not None and len(layers) and all(_has(layer, n) for layer in layers for n in family.keys.values()):
+            config = model.config
+            heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads")
+            hidden = getattr(config, "hidden_size", None) or getattr(config, "dim")
+            return Layout(list(layers), int(heads), int(hidden) // int(heads),
+                          f"{model.base_model_prefix}.{family.layers}", family)
+    raise InputError(f"structured pruning needs a BERT-family encoder ({', '.join(f.name for f in FAMILIES)} "
+                     f"layouts: encoder.layer[i] with attention.self.query/key/value, attention.output.dense, "
+                     f"intermediate.dense, output.dense); {type(model).__name__} has none of them")
+
+
+def _get(module, dotted: str):
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
 
 
 def _has(module, dotted: str) -> bool:
     import torch
 
-    for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return False
-    return isinstance(module, torch.nn.Linear)
+    return isinstance(_get(module, dotted), torch.nn.Linear)
 
 
 def unit_params(lay: Layout, layer: int) -> dict[str, str]:
     p = f"{lay.prefix}.{layer}"
-    return {"q": f"{p}.attention.self.query", "k": f"{p}.attention.self.key", "v": f"{p}.attention.self.value",
-            "o": f"{p}.attention.output.dense", "i": f"{p}.intermediate.dense", "f": f"{p}.output.dense"}
+    return {key: f"{p}.{path}" for key, path in lay.family.keys.items()}
+
+
+def head_row_params(lay: Layout, layer: int) -> list[str]:
+    """Full names of the further per-head projections a layer has (DeBERTa-v2's pos_key_proj, pos_query_proj)."""
+    return [f"{lay.prefix}.{layer}.{path}" for path in lay.family.head_rows if _has(lay.layers[layer], path)]
 
 
 def expand(model, mask) -> dict[str, torch.Tensor]:
@@ -85,10 +143,11 @@ def expand(model, mask) -> dict[str, torch.Tensor]:
     for layer in range(lay.num_layers):
         names = unit_params(lay, layer)
         rows = torch.from_numpy(np.repeat(mask.heads[layer], d))
-        for key in ("q", "k", "v"):
-            w = params[f"{names[key]}.weight"]
-            out[f"{names[key]}.weight"] = rows[:, None].expand(w.shape).clone()
-            out[f"{names[key]}.bias"] = rows.clone()
+        for name in [names[key] for key in ("q", "k", "v")] + head_row_params(lay, layer):
+            w = params[f"{name}.weight"]
+            out[f"{name}.weight"] = rows[:, None].expand(w.shape).clone()
+            if f"{name}.bias" in params:
+                out[f"{name}.bias"] = rows.clone()
         w = params[f"{names['o']}.weight"]
         out[f"{names['o']}.weight"] = rows[None, :].expand(w.shape).clone()
         keep_ffn = bool(mask.ffn[layer])
@@ -143,26 +202,27 @@ def prune_physically(model, mask) -> None:
     check_fits(lay, mask, "mask")
     d = lay.head_size
     warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-    for i, layer in enumerate(lay.layers):
-        att = layer.attention
+    for i in range(lay.num_layers):
         kept = np.flatnonzero(mask.heads[i])
         if len(kept) < lay.num_heads:
+            o = lay.module(i, "o")
             index = torch.from_numpy(np.concatenate([np.arange(h * d, (h + 1) * d) for h in kept])).to(
-                att.output.dense.weight.device)
-            for key in ("query", "key", "value"):
-                setattr(att.self, key, _take(getattr(att.self, key), index, 0))
-            att.output.dense = _take(att.output.dense, index, 1)
-            if hasattr(att.self, "num_attention_heads"):
-                att.self.num_attention_heads = len(kept)
-            if hasattr(att.self, "all_head_size"):
-                att.self.all_head_size = len(kept) * d
+                o.weight.device)
+            for key in ("q", "k", "v") + tuple(p for p in lay.family.head_rows if _has(lay.layers[i], p)):
+                lay.replace(i, key, _take(lay.module(i, key), index, 0))
+            lay.replace(i, "o", _take(o, index, 1))
+            attention = _get(lay.layers[i], lay.family.q.rpartition(".")[0])
+            for attr in ("num_attention_heads", "n_heads", "num_heads"):
+                if isinstance(getattr(attention, attr, None), int):
+                    setattr(attention, attr, len(kept))
+            if hasattr(attention, "all_head_size"):
+                attention.all_head_size = len(kept) * d
         if not mask.ffn[i]:
-            dense = layer.intermediate.dense
-            out = layer.output.dense
-            layer.intermediate.dense = torch.nn.Linear(dense.in_features, 0, device=dense.weight.device,
-                                                       dtype=dense.weight.dtype)
-            layer.output.dense = torch.nn.Linear(0, out.out_features, bias=False, device=out.weight.device,
-                                                 dtype=out.weight.dtype)
+            dense, out = lay.module(i, "i"), lay.module(i, "f")
+            lay.replace(i, "i", torch.nn.Linear(dense.in_features, 0, device=dense.weight.device,
+                                                dtype=dense.weight.dtype))
+            lay.replace(i, "f", torch.nn.Linear(0, out.out_features, bias=False, device=out.weight.device,
+                                                dtype=out.weight.dtype))
     setattr(model.config, STRUCTURE_KEY, {"heads": mask.heads.astype(int).tolist(), "ffn": mask.ffn.astype(int).tolist()})
 
 
@@ -179,8 +239,8 @@ def full_state(model) -> dict[str, torch.Tensor]:
         return state
     lay = layout(model)
     d = lay.head_size
-    hidden = model.config.hidden_size
-    inner = model.config.intermediate_size
+    hidden = lay.num_heads * d
+    inner = getattr(model.config, "intermediate_size", None) or getattr(model.config, "hidden_dim")
     for i in range(lay.num_layers):
         names = unit_params(lay, i)
         kept = np.flatnonzero(structure.heads[i])
@@ -192,9 +252,10 @@ def full_state(model) -> dict[str, torch.Tensor]:
             new.index_copy_(dim, index.to(old.device), old)
             state[name] = new
 
-        for key in ("q", "k", "v"):
-            widen(f"{names[key]}.weight", (hidden, hidden), 0, rows)
-            widen(f"{names[key]}.bias", (hidden,), 0, rows)
+        for name in [names[key] for key in ("q", "k", "v")] + head_row_params(lay, i):
+            widen(f"{name}.weight", (hidden, state[f"{name}.weight"].shape[1]), 0, rows)
+            if f"{name}.bias" in state:
+                widen(f"{name}.bias", (hidden,), 0, rows)
         widen(f"{names['o']}.weight", (hidden, hidden), 1, rows)
         if not structure.ffn[i]:
             ref = state[f"{names['o']}.weight"]

@@ -143,6 +143,7 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
         if not setup.finished(log, [path], "logits", run.force):
             model = loading.load_model(m.folder, task.num_labels, None, loading.attention_for(device.type)).to(device)
             tokenizer = loading.load_tokenizer(m.folder)
+            loading.fit_tokenizer(tokenizer, model)
             enc = setup.encoded(ctx, tokenizer, data, m.max_length)
             outputs = run_model(model, enc, device, setup.pad_id(tokenizer), precision, batch_size)
             metrics = setup.write_logits(ctx, data, path, outputs, {

@@ -19,7 +19,7 @@ import numpy as np
 
 from ticketctl.data import files as data_files
 from ticketctl.data.batching import encode
-from ticketctl.data.tasks import TASKS, Task, get_task, predictions, score
+from ticketctl.data.tasks import TASKS, Task, get_task, predictions, score, undefined_note
 from ticketctl.errors import InputError, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 from ticketctl.model import loading
@@ -150,6 +150,7 @@ class Context:
     log: Log
     cache_dir: Path | None = None  # where tokenised splits are kept (--out/cache); None: not kept
     report_to: str | None = None  # --report-to: a tracker that also gets each run's loss curve and metrics
+    model_head: bool = False  # the --model folder holds a task head of its own (dropped: each seed draws one)
 
     @classmethod
     def create(cls, task_name: str | None, model: str | None, opts: DataOptions, log: Log) -> "Context":
@@ -174,7 +175,10 @@ class Context:
             log.debug(f"{task.name}: text {', '.join(task.text_columns)}; "
                       + (f"labels {', '.join(task.labels)}" if task.labels else "regression")
                       + f"; metrics {', '.join(task.metrics)}")
-        return cls(task, model_name, model_dir, model_fp, train, evals, log)
+        model_head = loading.has_head(model_dir)
+        if model_head:
+            log.info(f"note: {model_name} holds a task head of its own; it is dropped and each seed draws its own")
+        return cls(task, model_name, model_dir, model_fp, train, evals, log, model_head=model_head)
 
     def with_train(self, split: data_files.Split) -> "Context":
         return replace(self, train=split)
@@ -255,7 +259,7 @@ def training_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split: da
     ``base`` search share it, so either can reuse the other's work."""
     return {"task": ctx.task.name, "model": ctx.model_fp, "seed": seed, "train_data": train_split.fingerprint,
             **cfg.as_dict(), "mask": mask_digest, "bagging": bagging, "computation": COMPUTATION,
-            "task_spec": ctx.task.spec(), **extra}
+            "task_spec": ctx.task.spec(), **({"model_head": "redrawn"} if ctx.model_head else {}), **extra}
 
 
 def identity_hash(identity: dict) -> str:
@@ -314,13 +318,16 @@ def load_model(ctx: Context, cfg: TrainConfig, seed: int, device, head_seed: int
     import torch
 
     torch.manual_seed(seed if head_seed is None else head_seed)
-    model = loading.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout, loading.attention_for(device.type))
+    model = loading.load_model(ctx.model_dir, ctx.task.num_labels, cfg.dropout, loading.attention_for(device.type),
+                               fresh_head=True)
     return model.to(device) if move else model
 
 
 def load_tokenizer(ctx: Context, cfg: TrainConfig, model):
-    """The model's tokenizer; ``--max-length`` must fit the model."""
+    """The model's tokenizer, giving token types only where the model has them; ``--max-length`` must fit the
+    model."""
     tokenizer = loading.load_tokenizer(ctx.model_dir)
+    loading.fit_tokenizer(tokenizer, model)
     loading.check_max_length(cfg.max_length, model, tokenizer)
     return tokenizer
 
@@ -333,7 +340,8 @@ def encoded(ctx: Context, tokenizer, split: data_files.Split, max_length: int):
     from ticketctl.data.batching import Encoded
 
     key = config_hash({"model": ctx.model_fp, "tokenizer": type(tokenizer).__name__, "max_length": max_length,
-                       "data": split.fingerprint, "version": 1})
+                       "data": split.fingerprint, "version": 2,
+                       "inputs": list(getattr(tokenizer, "model_input_names", []))})
     path = None if ctx.cache_dir is None else ctx.cache_dir / paths.tokens_name(ctx.task.name, split.name, key)
     cached = existing(path, "tokens") if path is not None else None
     if cached is not None and cached.meta.get("key") == key:
@@ -342,7 +350,8 @@ def encoded(ctx: Context, tokenizer, split: data_files.Split, max_length: int):
         starts = ends - t["lengths"]
         cut = lambda flat: [flat[a:b] for a, b in zip(starts, ends)]  # noqa: E731
         enc = Encoded(cut(t["input_ids"]), cut(t["token_type_ids"]) if "token_type_ids" in t else None,
-                      t["lengths"].astype(np.int64), max_length)
+                      t["lengths"].astype(np.int64), max_length, int(cached.meta.get("truncated", 0)),
+                      int(cached.meta.get("longest", 0)))
         ctx.log.debug(f"{split.name}: tokens from {path}")
     else:
         enc = encode(tokenizer, split, max_length)
@@ -353,8 +362,22 @@ def encoded(ctx: Context, tokenizer, split: data_files.Split, max_length: int):
                 tensors["token_type_ids"] = np.concatenate(enc.token_type_ids)
             atomic.ensure_writable(path.parent)
             write_artifact(path, "tokens", tensors, ctx.meta(key=key, split=split.name, max_length=str(max_length),
-                                                              data_fingerprint=split.fingerprint))
+                                                              data_fingerprint=split.fingerprint,
+                                                              truncated=str(enc.truncated), longest=str(enc.longest)))
+    _note_truncation(ctx.log, split, enc)
     return enc
+
+
+_TRUNCATION_NOTED: set = set()
+
+
+def _note_truncation(log: Log, split: data_files.Split, enc) -> None:
+    """Say once per split and length, also without --verbose, how many examples were cut to --max-length."""
+    key = (split.fingerprint, enc.max_length)
+    note = enc.truncation_note(split.name)
+    if note and key not in _TRUNCATION_NOTED:
+        _TRUNCATION_NOTED.add(key)
+        log.info(f"note: {note}")
 
 
 def distributed_main() -> bool:
@@ -417,6 +440,9 @@ def write_outputs(ctx: Context, model, tokenizer, cfg: TrainConfig, device, rows
         metrics = write_logits(ctx, split, path, outputs, {**meta, "config_hash": h,
                                                            "cost": inference_cost(model, enc, structure)})
         ctx.log.info(f"{split.name}: {format_metrics(metrics) or 'unlabelled'} -> {path}")
+        note = undefined_note(ctx.task, metrics, split.labels)
+        if note:
+            ctx.log.info(f"note: {split.name}: {note} (NaN in the artifact and the tables)")
         results.append(metrics)
     return results
 
@@ -428,7 +454,9 @@ def inference_cost(model, enc, structure=None) -> dict:
     from ticketctl.model.cost import member_cost
 
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    return member_cost(model.config, structure or structure_of(model.config), enc.lengths, nonzero)
+    total = sum(p.numel() for p in model.parameters())
+    physical = structure_of(model.config)
+    return member_cost(model.config, structure or physical, enc.lengths, nonzero, total, physical)
 
 
 def save_dense_weights(ctx: Context, model, identity: dict, seed: int, out: Path) -> None:
