@@ -135,7 +135,7 @@ def select_artifacts(paths: list[str], kind: str, split: str | None = None, note
         labelled = [s for s in splits if all("labels" in a.tensors for a in keep if a.meta.get("split") == s)]
         if len(labelled) != 1:
             raise InputError(f"cannot mix splits: the logits are of splits {', '.join(splits)}; pass the files of "
-                             f"one split" + (" (or --split NAME)" if note is stderr_note else ""))
+                             f"one split")
         chosen = labelled[0]
     left = [a for a in keep if a.meta.get("split") != chosen]
     if left:
