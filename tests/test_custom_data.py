@@ -192,3 +192,23 @@ def test_a_header_only_training_file_is_one_line(cli, own, tmp_path):
     code, out, err = cli("finetune", "--train-file", train, "--validation-file", dev, "--text-columns", "a,b", *own,
                          "--out", tmp_path)
     assert code == 3 and "no examples" in err and err.count("\n") == 1
+
+
+def test_dataset_without_validation_split_names_another(cli, own, tmp_path, monkeypatch):
+    """A dataset with train/test only (IMDB's layout) exits 3 with a hint; --validation-split test scores on test,
+    and --eval-split adds more splits of the dataset (a local folder knows train/validation/test only: here train)."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    folder = tmp_path / "imdb-like"
+    folder.mkdir()
+    write(folder / "train.csv", ROWS * 2)
+    write(folder / "test.csv", ROWS[:8])
+    code, out, err = cli("finetune", "--dataset", folder, "--text-columns", "a,b", *own, "--out", tmp_path / "r")
+    assert code == 3 and "--validation-split" in err and out == ""
+    code, out, err = cli("finetune", "--dataset", folder, "--text-columns", "a,b", "--validation-split", "test",
+                         "--eval-split", "train", *own, "--out", tmp_path / "r")
+    assert code == 0, err
+    paths = out.split()
+    assert len(paths) == 2 and "-dev-" in paths[0] and "-train-" in paths[1]
+    assert read_artifact(paths[0], "logits").meta["split_source"].endswith("[test]")
+    code, out, err = cli("finetune", "--task", "mrpc", "--validation-split", "test", *own)
+    assert code == 2 and "--dataset" in err

@@ -177,3 +177,35 @@ def test_computation_version_enters_the_hash():
     assert COMPUTATION >= 2
     assert config_hash({**base, "computation": COMPUTATION}, IDENTITY_DEFAULTS) != \
         config_hash({**base, "computation": 1}, IDENTITY_DEFAULTS)
+
+
+def test_iou_refuses_masks_of_different_tasks_unless_asked(cli, tiny_args, tmp_path):
+    """Like ensemble, diversity and stats, iou refuses to mix tasks; --cross-task compares them on purpose."""
+    code, a, err = cli("search", "--task", "mrpc", "--seed", "1", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    code, b, err = cli("search", "--task", "rte", "--seed", "1", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    code, out, err = cli("iou", a.strip(), b.strip())
+    assert code == 3 and "cannot mix tasks" in err and out == ""
+    code, out, err = cli("iou", "--cross-task", a.strip(), b.strip())
+    assert code == 0 and out.count("s1") >= 2, err
+
+
+def test_save_model_rerun_reuses_the_finished_member(cli, tiny_args, tmp_path):
+    """A rerun of `finetune --save-model DIR` into the folder holding that very member is reused (reruns are free);
+    a folder holding another member, or anything else, is still refused."""
+    saved = tmp_path / "member"
+    run = ["finetune", "--task", "mrpc", "--seed", "1", "--out", tmp_path / "runs", *tiny_args]
+    code, first, err = cli(*run, "--save-model", saved)
+    assert code == 0, err
+    stamp = (saved / "config.json").stat().st_mtime_ns
+    code, again, err = cli(*run, "--save-model", saved)
+    assert code == 0 and again == first, err
+    assert (saved / "config.json").stat().st_mtime_ns == stamp  # not retrained, not rewritten
+    code, out, err = cli(*[x if x != "1" else "2" for x in run], "--save-model", saved)
+    assert code == 2 and "holds another member" in err and out == ""
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("x")
+    code, out, err = cli(*run, "--save-model", junk)
+    assert code == 2 and "not an empty folder" in err

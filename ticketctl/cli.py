@@ -97,9 +97,11 @@ Task = Annotated[Optional[str], typer.Option(
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
 TrainFraction = Annotated[float, typer.Option(
     help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")]
-TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files"}), "run": RunOptions}
-CUSTOM_DATA = {"train_file", "validation_file", "dataset", "dataset_config", "text_columns", "label_column", "metric"}
-SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "subset_seed", *CUSTOM_DATA}), "run": RunOptions}
+TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits"}), "run": RunOptions}
+CUSTOM_DATA = {"train_file", "validation_file", "dataset", "dataset_config", "validation_split", "text_columns",
+               "label_column", "metric"}
+SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "subset_seed", *CUSTOM_DATA}),
+           "run": RunOptions}
 
 
 def print_paths(paths: list[Path]) -> None:
@@ -125,8 +127,9 @@ def finetune(
     mask: Annotated[Optional[str], typer.Option(help="Mask artifact from `search`: finetune that ticket.")] = None,
     bagging: Annotated[float, typer.Option(help="Train on a seed-dependent random fraction of the training set.")] = 1.0,
     save_model: Annotated[Optional[Path], typer.Option(
-        help="Also save the finetuned model as a transformers folder (a structured ticket as it was trained: "
-        "physically pruned, smaller and faster).")] = None,
+        help="Also save the finetuned model as a transformers folder (a structured ticket at the full model's "
+        "shapes with zeros for its pruned heads and FFNs: stock transformers loads it, ticketctl prunes it again); "
+        "a rerun into a folder holding the same member reuses it.")] = None,
     init: Annotated[Optional[str], typer.Option(
         help="Start from the encoder saved in this folder (finetune/share --save-model) instead of the pretrained "
         "one, with a fresh task head (transfer).")] = None,
@@ -362,6 +365,9 @@ def iou(
     remaining: Annotated[bool, typer.Option(
         help="Structured masks: heads, FFNs and fraction of encoder weights each keeps (Super Tickets' Figure 3).")] = False,
     plot: Annotated[Optional[str], typer.Option(help="Draw the IoU heatmap (or --importance bars) to FILE.png / .svg.")] = None,
+    cross_task: Annotated[bool, typer.Option(
+        help="Compare masks of different tasks (refused otherwise, as in the other analysis commands; --importance "
+        "and --remaining compare tasks anyway).")] = False,
     format: Format = "table",
 ):
     """Intersection over union of the surviving weights of masks, pairwise (the paper's Figure 4); of kept heads and
@@ -369,7 +375,7 @@ def iou(
     from ticketctl.analysis.iou import iou as run_iou
     from ticketctl.store.artifacts import read_paths
 
-    run_iou(read_paths(masks), layers, plot, format, importance, remaining)
+    run_iou(read_paths(masks), layers, plot, format, importance, remaining, cross_task)
 
 
 @app.command()

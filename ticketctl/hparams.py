@@ -104,6 +104,12 @@ class DataOptions:
         None, "A dataset loaded with datasets.load_dataset (hub name, or a local folder of data files), with its "
         "cache: its train and validation splits. --task then names the task (default: the dataset's name).")
     dataset_config: Optional[str] = option(None, "Configuration (subset) of --dataset.")
+    validation_split: Optional[str] = option(
+        None, "Split of --dataset scored as the 'dev' split of the artifacts (default: validation; e.g. test for "
+        "a dataset without a validation split).")
+    eval_splits: Optional[list[str]] = option(
+        None, "Extra evaluation split of --dataset, labelled or not (repeatable).", flag="--eval-split",
+        factory=list)
     text_columns: Optional[str] = option(
         None, "Text column(s) of --train-file/--dataset data: a or a,b for sentence pairs. Default: sentence1,sentence2, "
         "else text, else sentence.")
@@ -115,6 +121,7 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         self.eval_files = list(self.eval_files or [])
+        self.eval_splits = list(self.eval_splits or [])
 
     @property
     def custom(self) -> bool:
@@ -130,6 +137,10 @@ class DataOptions:
             for name in ("validation_file", "dataset_config", "text_columns", "label_column", "metric"):
                 if getattr(self, name) is not None:
                     raise UsageError(f"--{name.replace('_', '-')} belongs to --train-file or --dataset data")
+        if (self.validation_split is not None or self.eval_splits) and not self.dataset:
+            raise UsageError("--validation-split and --eval-split name splits of --dataset data")
+        if self.validation_split is not None and self.validation_file:
+            raise UsageError("give --validation-file or --validation-split, not both")
         if self.train_file and not self.validation_file:
             raise UsageError("--train-file needs --validation-file (the split the artifacts are scored on)")
         if self.max_train_samples is not None and self.max_train_samples <= 0:

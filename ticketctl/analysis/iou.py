@@ -20,15 +20,16 @@ def popcount(a: np.ndarray) -> int:
     return int(_POP[a].sum(dtype=np.int64))  # pragma: no cover - numpy < 2
 
 
-def load_masks(paths: list[str], minimum: int = 2) -> list[Artifact]:
-    """The mask artifacts among ``paths`` (others skipped with a line on stderr), of one model and one method."""
+def load_masks(paths: list[str], minimum: int = 2, tasks: bool = False) -> list[Artifact]:
+    """The mask artifacts among ``paths`` (others skipped with a line on stderr), of one model and one method, and
+    of one task unless ``tasks`` (masks of several tasks compared on purpose)."""
     from ticketctl.analysis.members import select_artifacts
 
     arts = select_artifacts(paths, "mask")
     if len(arts) < minimum:
         raise UsageError(f"need at least {minimum} masks, got {len(arts)}")
     check_distinct(arts)
-    check_compatible(arts, ("model_fingerprint",))
+    check_compatible(arts, ("model_fingerprint",) if tasks else ("task", "model_fingerprint"))
     first = arts[0]
     methods = {a.method for a in arts}
     if len(methods) > 1:
@@ -189,12 +190,13 @@ def plot_importance(rows: list[dict], tasks: list[str], path: str, title: str) -
 
 
 def iou(paths: list[str], layers: bool = False, plot: str | None = None, fmt: str = "table",
-        importance: bool = False, remaining: bool = False) -> None:
+        importance: bool = False, remaining: bool = False, cross_task: bool = False) -> None:
     """Print the IoU matrix of the masks (per parameter with ``layers``; structured masks: ``importance`` across
-    tasks, ``remaining`` weights per ticket)."""
+    tasks, ``remaining`` weights per ticket). Masks of different tasks are refused unless ``cross_task`` (or a
+    view that compares tasks by design: ``importance``, ``remaining``)."""
     if layers + importance + remaining > 1:
         raise UsageError("--layers, --importance and --remaining are different views: pick one")
-    arts = load_masks(paths, minimum=1 if remaining else 2)
+    arts = load_masks(paths, minimum=1 if remaining else 2, tasks=cross_task or importance or remaining)
     structured = arts[0].method == "structured"
     if (importance or remaining) and not structured:
         raise UsageError("--importance and --remaining read structured masks (search --method structured)")

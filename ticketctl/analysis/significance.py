@@ -10,8 +10,10 @@ permutation test over seeds: under the null hypothesis that the two schemes' mem
 exchanging scheme A's and scheme B's member of a seed (paired: they share the seed's head, data order and dropout)
 or, without pairing, reassigning members to schemes at random, leaves the distribution of the statistic unchanged.
 The statistic is the difference of the protocol means; its p-value is exact up to Monte Carlo error, whichever
-combinations enter it. The interval for the difference is a percentile bootstrap that resamples seeds (paired) and,
-within each resample, the evaluation examples.
+combinations enter it. The 95% interval for the difference is the leave-one-seed-out jackknife over the same
+combinations, with Student's t on (seeds - 1) degrees of freedom (undefined, NaN, where every k-member ensemble holds
+every seed: k = number of seeds). ``--bootstrap`` is a separate per-scheme percentile interval over resampled
+evaluation examples.
 
 Everything is vectorised: an ensemble's summed outputs are a product of a membership matrix with the members'
 outputs, so thousands of ensembles (and resamples of them) are a few matrix products. numpy only.

@@ -371,7 +371,7 @@ def hub_table(dataset: str, config: str | None, split: str) -> tuple[list[str], 
         datasets.disable_progress_bars()
         ds = datasets.load_dataset(dataset, config, split=split)
     except (ValueError, KeyError) as e:
-        hint = " (give --validation-file)" if split == "validation" else ""
+        hint = " (name another with --validation-split, or give --validation-file)" if split == "validation" else ""
         raise InputError(f"--dataset {dataset}: no split {split!r}{hint} ({type(e).__name__}: "
                          f"{str(e)[:200]})") from None
     except Exception as e:  # offline, unknown name, ...: one clear line

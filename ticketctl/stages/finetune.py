@@ -39,7 +39,7 @@ def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Pat
 
     train_split = training_subset(ctx.train, seed, bagging, train_fraction, subset_seed)
     if save_model is not None:
-        setup.check_model_folder(save_model)
+        setup.check_model_folder(save_model, "*")  # fails fast, before loading; which member is checked below
     init_dir, init_fp = loading.resolve_init(init) if init else (None, None)
     mask_art = setup.load_mask(ctx, mask_path) if mask_path else None
     structured = mask_art is not None and mask_art.method == "structured"
@@ -51,8 +51,14 @@ def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Pat
     scheme = mask_art.meta.get("policy", "ticket") if mask_art else (
         "bagging" if bagging < 1 else "init" if init else "dense")
     rows = setup.logits_paths(ctx, identity, scheme, seed, out)
-    if save_model is None and setup.finished(ctx.log, [p for _, p, _ in rows], "logits", force):
+    saved = save_model is not None and setup.check_model_folder(save_model, None if force else rows[0][2])
+    if (save_model is None or saved) and setup.finished(ctx.log, [p for _, p, _ in rows], "logits", force):
+        if saved:
+            ctx.log.info(f"reusing the member saved in {save_model}")
         return [p for _, p, _ in rows]
+    if saved:
+        raise UsageError(f"--save-model {save_model}: holds this member, but its logits are not in {out}; "
+                         "give an empty folder")
 
     # setup
     import torch

@@ -222,9 +222,14 @@ def _custom_data(task_name: str | None, opts: DataOptions, warn):
     if opts.validation_file:
         dev = custom.read_split(task, opts.validation_file, "dev", warn=warn)
     else:
-        columns, rows, source, _ = custom.hub_table(opts.dataset, opts.dataset_config, "validation")
+        columns, rows, source, _ = custom.hub_table(opts.dataset, opts.dataset_config,
+                                                    opts.validation_split or "validation")
         dev = custom.split_of(task, columns, rows, source, "dev", warn=warn)
-    return task, train, [dev] + [custom.read_split(task, f, warn=warn) for f in opts.eval_files]
+    extra = []
+    for split in opts.eval_splits:
+        columns, rows, source, _ = custom.hub_table(opts.dataset, opts.dataset_config, split)
+        extra.append(custom.split_of(task, columns, rows, source, split, warn=warn))
+    return task, train, [dev] + extra + [custom.read_split(task, f, warn=warn) for f in opts.eval_files]
 
 
 def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, run: RunOptions,
@@ -495,10 +500,29 @@ def reuse_dense_weights(ctx: Context, identity: dict, seed: int, out: Path, forc
     return cached
 
 
-def check_model_folder(folder: Path) -> None:
+def saved_member_hash(folder: Path) -> str | None:
+    """The config hash of the member ``finetune --save-model`` saved in ``folder`` (None if it holds none)."""
+    import json
+
+    try:
+        entry = json.loads((folder / "config.json").read_text()).get(MEMBER_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry.get("config_hash") if isinstance(entry, dict) else None
+
+
+def check_model_folder(folder: Path, config_hash: str | None = None) -> bool:
+    """Check that ``--save-model`` can write ``folder``. Returns True where the folder already holds the finished
+    member with ``config_hash`` (a rerun reuses it; ``"*"``: any saved member, for an early check before the config
+    hash is known); a non-empty folder holding anything else is refused."""
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise UsageError(f"--save-model {folder}: exists and is not an empty folder")
+        held = saved_member_hash(folder) if folder.is_dir() else None
+        if config_hash is not None and held is not None and config_hash in (held, "*"):
+            return True
+        what = f"holds another member (config {held})" if held else "exists and is not an empty folder"
+        raise UsageError(f"--save-model {folder}: {what}")
     atomic.ensure_writable(folder.parent if folder.parent != Path("") else Path("."))
+    return False
 
 
 MEMBER_KEY = "ticketctl"  # config.json entry of a saved model: what `predict` needs to run it as a member
