@@ -43,6 +43,8 @@ pick() {  # pick SCHEME [LEVEL]: the logits of that scheme (and structured level
   done
 }
 {
+  "$(dirname "$0")/machine.sh"
+  echo
   echo "## Table 1 with costs (k = ${SIZE:-3})"
   ticketctl stats "${logits[@]}" --by scheme --size "${SIZE:-3}" --format markdown
   echo "## the frontier"

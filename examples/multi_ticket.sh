@@ -107,6 +107,8 @@ PY
 {
   echo "# Multi-Ticket Ensemble report${QUICK:+ (--quick)}"
   echo
+  "$(dirname "$0")/machine.sh"
+  echo
   echo "Seeds: $SEEDS. Schemes: $SCHEMES. Options: ${EXTRA[*]:-paper defaults}; finetunes ${FINETUNE[*]:-at the defaults}; searches ${SEARCH[*]:-at the defaults} (model: all-MiniLM-L6-v2 unless --model is given)."
   echo
 } > "$md"

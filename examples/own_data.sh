@@ -4,12 +4,18 @@
 #
 #   examples/own_data.sh            # 2,000 training reviews, 872 validation reviews, seeds 1-3: ~15 min on 2 cores
 #
-# The reviews are sampled (fixed seed) from the SST-2 files in ../shared/data/glue/SST-2 (or DATA_SRC=DIR) and
+# The reviews are sampled (fixed seed) from GLUE's SST-2 files (train.tsv, dev.tsv; not embedded in ticketctl: get
+# GLUE's SST-2 download) in DATA_SRC (default ../shared/data/glue/SST-2, a folder outside this repository) and
 # rewritten as your data would look: a CSV with columns review,sentiment (negative/positive), a JSON Lines
 # validation file, and a CSV of new reviews without labels. Environment: SEEDS, OUT (default runs-own), ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${DATA_SRC:-../shared/data/glue/SST-2}
+if [[ ! -f $SRC/train.tsv || ! -f $SRC/dev.tsv ]]; then
+  echo "own_data.sh: no SST-2 train.tsv/dev.tsv in $SRC; SST-2 is not embedded in ticketctl: set DATA_SRC to a folder" \
+       "holding GLUE's SST-2 download (train.tsv, dev.tsv)" >&2
+  exit 2
+fi
 OUT=${OUT:-runs-own}
 SEEDS=${SEEDS:-"1 2 3"}
 DATA=$OUT/data
@@ -57,6 +63,8 @@ for s in $SEEDS; do
     --save-model "$OUT/models/random-s$s" >/dev/null
 done
 
+"$(dirname "$0")/machine.sh"
+echo
 echo "## ensembles on the validation reviews"
 for scheme in dense random; do
   echo "### $scheme"

@@ -286,7 +286,8 @@ def convert(
     target: Annotated[Path, typer.Argument(help="Where to write: torch prune masks (.safetensors or .pt), or the "
                                                 "ticketctl mask artifact (.safetensors).")],
     model: Annotated[Optional[str], typer.Option(help="The model the masks are for (import; a structured export "
-                                                      "reads its parameter names). Default: the default model.")] = None,
+                                                      "reads its parameter names). Default: a structured export uses the model the mask records, an import the "
+                                                      "default model.")] = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Import: the task recorded in the mask "
                                                                      "(default: imported).")] = None,
 ):
