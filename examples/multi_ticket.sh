@@ -8,7 +8,7 @@
 #                                                  # finetunes of 2 epochs, IMP rounds of 1; under 30 min on 2 cores
 #   TASKS="mrpc stsb" SEEDS="$(seq 1 20)" SCHEMES="dense bagging base active random" examples/multi_ticket.sh
 #
-# Environment: TASKS, SEEDS, SCHEMES, SEED_GROUPS (the protocol's groups), SIZE (k), ARGS (extra options for every step, e.g. "--model DIR"), OUT (artifacts, default runs), REPORT (default report). Every step is skipped
+# Environment: TASKS, SEEDS, SCHEMES, SEED_GROUPS (the protocol's groups), SIZE (k), ARGS (extra options for every step, e.g. "--model DIR"), OUT (artifacts, default runs-multi; runs-quick with --quick), REPORT (default report). Every step is skipped
 # when its artifact exists already, so the script can be rerun after an interruption.
 set -euo pipefail
 QUICK=
@@ -27,7 +27,7 @@ else
   EXTRA=()
   FINETUNE=()
   SEARCH=()
-  OUT=${OUT:-runs}
+  OUT=${OUT:-runs-multi}  # its own folder: other examples' artifacts never join its tables
   REPORT=${REPORT:-report}
 fi
 SEEDS=${SEEDS:-"1 2 3"}

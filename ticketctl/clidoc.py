@@ -1,12 +1,17 @@
-"""docs/cli.md: the CLI reference, generated from the commands' ``--help`` (a test keeps it current).
+"""Generated documentation pages (a test keeps both current):
+
+- docs/cli.md: the CLI reference, generated from the commands' ``--help``;
+- docs/index.md: the site's front page, README.md with its links rewritten for the site (``docs/x.md`` -> ``x.md``).
 
 Regenerate with ``python -m ticketctl.clidoc``."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 WIDTH = 100
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def render() -> str:
@@ -26,8 +31,17 @@ def render() -> str:
     return "\n".join(parts)
 
 
-def write(path: str | Path = "docs/cli.md") -> None:
+def render_index(readme: str | None = None) -> str:
+    """The site's front page: README.md, whose links into ``docs/`` are made relative to ``docs/``."""
+    text = (ROOT / "README.md").read_text() if readme is None else readme
+    text = re.sub(r"\]\(docs/", "](", text)
+    note = "<!-- Generated from README.md by `python -m ticketctl.clidoc`; edit README.md instead. -->\n\n"
+    return note + text
+
+
+def write(path: str | Path = ROOT / "docs" / "cli.md", index: str | Path = ROOT / "docs" / "index.md") -> None:
     Path(path).write_text(render())
+    Path(index).write_text(render_index())
 
 
 if __name__ == "__main__":
