@@ -5,7 +5,9 @@
 #
 #   examples/multi_ticket.sh                       # MRPC, seeds 1-3, schemes dense random base, full training
 #   examples/multi_ticket.sh --quick               # MRPC, dense and RANDOM-LT, 3 seeds, the full training set:
-#                                                  # finetunes of 2 epochs, IMP rounds of 1; under 30 min on 2 cores
+#                                                  # finetunes of 2 epochs, IMP rounds of 1; under 30 min on 2 cores.
+#                                                  # A speed preset: it shows the pipeline runs, not that the
+#                                                  # method works (README, "The --quick preset")
 #   TASKS="mrpc stsb" SEEDS="$(seq 1 20)" SCHEMES="dense bagging base active random" examples/multi_ticket.sh
 #
 # Environment: TASKS, SEEDS, SCHEMES, SEED_GROUPS (the protocol's groups), SIZE (k), ARGS (extra options for every step, e.g. "--model DIR"), OUT (artifacts, default runs-multi; runs-quick with --quick), REPORT (default report). Every step is skipped
