@@ -124,11 +124,17 @@ def sum_hook(state, bucket):
 
 def wrap(model, device):
     """``model`` in ``DistributedDataParallel`` with summed gradients. Parameters are broadcast from process 0 once
-    (they are equal already: same seed); buffers are not re-broadcast every forward (position ids only)."""
+    (they are equal already: same seed); buffers are not re-broadcast every forward (position ids only); the
+    gradients are views into DDP's buckets (no copy of every gradient after the reduction)."""
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
-    ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # torch >= 2.13 names the per-forward buffer sync forward_sync_buffers (broadcast_buffers warns there)
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+               inspect.signature(DistributedDataParallel.__init__).parameters else {"broadcast_buffers": False})
+    ddp = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
     ddp.register_comm_hook(None, sum_hook)
     return ddp
 

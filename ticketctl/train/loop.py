@@ -70,7 +70,8 @@ def add_l1(grads: list[torch.Tensor], params: list[torch.Tensor], coefs: list[to
     pair up (each coefficient has its parameter's shape); the same numbers as the per-tensor ``addcmul_`` loop."""
     if not grads or tau <= 0:
         return
-    torch._foreach_addcmul_(grads, torch._foreach_sign(params), coefs, value=tau)
+    signs = torch._foreach_sign(params) if hasattr(torch, "_foreach_sign") else [torch.sign(p) for p in params]
+    torch._foreach_addcmul_(grads, signs, coefs, value=tau)
 
 
 def mask_grads(grads: list[torch.Tensor], keep: list[torch.Tensor]) -> None:
