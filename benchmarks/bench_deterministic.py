@@ -66,7 +66,8 @@ def main() -> None:
             times[on].append(time.perf_counter() - t)
         blocks.append(round(float(np.mean(times[on][-args.steps:])), 4))
     off, on = float(np.mean(times[False])), float(np.mean(times[True]))
-    print(json.dumps({"machine": describe(device, 1, False) | {"deterministic": None}, "threads": torch.get_num_threads(),
+    machine = describe(device, 1, False) | {"deterministic": None}  # both settings ran
+    print(json.dumps({"machine": machine, "threads": torch.get_num_threads(),
                       "precision": args.precision, "steps_each": len(times[True]), "s_per_step_off": round(off, 4),
                       "s_per_step_on": round(on, 4), "ratio_on_over_off": round(on / off, 3),
                       "blocks_off_on_alternating": blocks}, indent=1))

@@ -182,7 +182,8 @@ class Smoke:
             fastcpu.Stream.keep, loop.training_fastpath = original_keep, original_path
         entered = calls["keep"] > 0 or calls["fastpath_streams"] != [False] or any(swapped)
         ok = entered == (self.device == "cpu")  # on CUDA never; a --cpu dry run shows the check can see it
-        return {"ok": ok, "fastpath_entered": entered, "cpu_mask_draws": calls["keep"], "fast_dropout_modules_seen": any(swapped),
+        return {"ok": ok, "fastpath_entered": entered, "cpu_mask_draws": calls["keep"],
+                "fast_dropout_modules_seen": any(swapped),
                 "steps": len(swapped)}
 
     def logits(self) -> dict:
@@ -338,14 +339,14 @@ class Smoke:
             loop.step(None, idx, 1.0)
         self._sync()
         seconds = (time.perf_counter() - t) / steps
+        memory = torch.cuda.max_memory_allocated(device) / 2**30 if self.device == "cuda" else None
         matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "embeddings" not in n)
         flops = 6 * matmul_params * tokens / steps  # forward 2, backward 4 FLOPs per weight and real token
         peak = self._peak(precision)
         return {"s_per_step": round(seconds, 5), "examples_per_s": round(32 / seconds, 1),
                 "achieved_tflops": round(flops / seconds / 1e12, 3),
                 "fraction_of_matmul_peak": round(flops / seconds / peak, 4),
-                "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-                if self.device == "cuda" else None,
+                "peak_memory_gib": None if memory is None else round(memory, 3),
                 "params": sum(p.numel() for p in model.parameters())}
 
     def torchrun(self) -> dict:

@@ -190,6 +190,24 @@ def test_deterministic_is_recorded_and_changes_nothing_on_cpu(cli, tiny_args, tm
     assert a.meta["runtime"]["deterministic"] is False and b.meta["runtime"]["deterministic"] is True
 
 
+def test_an_operation_without_a_deterministic_kernel_is_one_line(cli, tiny_args, tmp_path, monkeypatch):
+    def refusing(*a, **k):
+        raise RuntimeError("nll_loss2d_forward_out_cuda_template does not have a deterministic implementation, but you "
+                           "set 'torch.use_deterministic_algorithms(True)'.\nYou can turn off determinism ...")
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", refusing)
+    try:
+        code, out, err = cli("finetune", "--task", "mrpc", "--deterministic", *tiny_args, "--out", tmp_path)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert code == 2 and out == ""
+    assert err.splitlines() == ["ticketctl: error: --deterministic: nll_loss2d_forward_out_cuda_template does not have "
+                                "a deterministic implementation, but you set 'torch.use_deterministic_algorithms(True)'."
+                                " (run without --deterministic)"]
+    with pytest.raises(RuntimeError, match="does not have a deterministic"):  # not under --deterministic: a bug
+        cli("finetune", "--task", "mrpc", *tiny_args, "--out", tmp_path)
+
+
 def _identity_rows(ctx, cfg, out):
     from ticketctl.stages import setup
 

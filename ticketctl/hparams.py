@@ -42,8 +42,9 @@ class TrainConfig:
                                   "0: no clipping.")
     # auto is resolved to fp32 or bf16 before a run (ticketctl.train.device.runtime); identities hold the result.
     precision: str = option("auto", "fp32 | bf16 | fp16 | auto. bf16 and fp16 are autocast with fp32 master weights "
-                            "(fp16 with dynamic loss scaling, for GPUs without bf16); auto picks bf16 where it is native "
-                            "(CUDA compute capability >= 8.0, CPUs with AMX), else fp32.", choices=("auto", "fp32", "bf16", "fp16"))
+                            "(fp16 with dynamic loss scaling, for GPUs without bf16); auto picks bf16 where it is "
+                            "native (CUDA compute capability >= 8.0, CPUs with AMX), else fp32.",
+                            choices=("auto", "fp32", "bf16", "fp16"))
 
     def __post_init__(self) -> None:
         # The config hash is over JSON: epochs=1 and epochs=1.0 are one configuration and must hash alike.

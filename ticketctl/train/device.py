@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 from ticketctl.errors import UsageError
-from ticketctl.train.seeds import CPU_STREAM  # one CPU process's dropout stream: the identity's default
 from ticketctl.train import distributed
+from ticketctl.train.seeds import CPU_STREAM  # one CPU process's dropout stream: the identity's default
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -79,8 +79,6 @@ def set_deterministic(on: bool) -> None:
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-
-
 
 
 def dropout_stream(device, world: int, dropout: float) -> str:

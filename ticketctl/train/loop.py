@@ -12,6 +12,7 @@ that task's gates and put back what the task's ticket does not own after each op
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ticketctl.data.batching import Encoded, collate, length_grouped_batches
+from ticketctl.errors import UsageError
 from ticketctl.hparams import TrainConfig
 from ticketctl.train import distributed
 from ticketctl.train.fastcpu import training_fastpath
@@ -115,6 +117,19 @@ def batch_mean_loss(logits: torch.Tensor, target: torch.Tensor, global_batch: in
     else:
         loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
     return loss / global_batch
+
+
+@contextmanager
+def deterministic_refusal():
+    """Under ``--deterministic``, an operation torch has no deterministic kernel for raises RuntimeError; that
+    becomes one line (UsageError: the option cannot be had on this device), not a traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        if torch.are_deterministic_algorithms_enabled() and "deterministic" in str(e):
+            raise UsageError(f"--deterministic: {str(e).strip().splitlines()[0]} (run without --deterministic)") \
+                from None
+        raise
 
 
 class StepHooks:
@@ -235,7 +250,7 @@ class Loop:
         running = torch.zeros((), device=self.device)
         count = 0
         # On CPU, dropout masks come from ticketctl.train.fastcpu (3x faster than torch's bernoulli_).
-        with training_fastpath(list(self.models.values()), self.dropout_seed, self.device):
+        with training_fastpath(list(self.models.values()), self.dropout_seed, self.device), deterministic_refusal():
             for step, (task, idx, epoch_end) in enumerate(batches):
                 loss = self.step(task, idx, lr_factor(step, total, warmup_steps))
                 running += loss
