@@ -155,7 +155,7 @@ class RunOptions:
     deterministic: bool = option(
         False, "Deterministic algorithms only (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8, no "
         "cuDNN autotuning): on a GPU, two runs give bit-identical results. Recorded in every artifact; not part of "
-        "its name (README \"GPUs and data parallelism\").")
+        "its name (README \"GPUs and data parallelism\").", flag="--deterministic")
     quiet: bool = option(False, "No progress or logs on stderr.", short="-q")
     verbose: bool = option(False, "More logs on stderr: resolved configuration, data sources, per-epoch losses, "
                            "timings.", short="-v")
