@@ -42,3 +42,18 @@ def test_two_processes_match_one(tiny_model, glue_dir, tmp_path, command, batch)
     else:
         agree = (a.mask().flat() == b.mask().flat()).mean()
         assert agree > 0.999  # ties within rounding may flip a handful of the smallest weights
+
+
+@pytest.mark.slow
+def test_two_processes_with_dropout_are_another_computation(tiny_model, glue_dir, tmp_path):
+    # With dropout each process draws its own masks (#24): the run records it and does not take one process's name.
+    args = ["finetune", "--task", "mrpc", "--model", str(tiny_model), "--data-dir", str(glue_dir), "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--precision", "fp32", "--dropout", "0.1", "-q", "--seed", "3"]
+    one = _run(args + ["--out", str(tmp_path / "one")])
+    two = _run(args + ["--out", str(tmp_path / "two")], parallel=True)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    a, b = read_artifact(one.stdout.strip()), read_artifact(two.stdout.strip())
+    assert a.path.name != b.path.name
+    assert "dropout_stream" not in a.meta["config"] and b.meta["config"]["dropout_stream"] == "ticketctl-cpux2"
+    assert (a.meta["runtime"]["world_size"], b.meta["runtime"]["world_size"]) == (1, 2)
+    assert not np.allclose(a.tensors["outputs"], b.tensors["outputs"], atol=1e-5)

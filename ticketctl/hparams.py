@@ -42,8 +42,9 @@ class TrainConfig:
                                   "0: no clipping.")
     # auto is resolved to fp32 or bf16 before a run (ticketctl.train.device.runtime); identities hold the result.
     precision: str = option("auto", "fp32 | bf16 | fp16 | auto. bf16 and fp16 are autocast with fp32 master weights "
-                            "(fp16 with dynamic loss scaling, for GPUs without bf16); auto picks bf16 where it is faster "
-                            "(CUDA with bf16, CPUs with AMX), else fp32.", choices=("auto", "fp32", "bf16", "fp16"))
+                            "(fp16 with dynamic loss scaling, for GPUs without bf16); auto picks bf16 where it is "
+                            "native (CUDA compute capability >= 8.0, CPUs with AMX), else fp32.",
+                            choices=("auto", "fp32", "bf16", "fp16"))
 
     def __post_init__(self) -> None:
         # The config hash is over JSON: epochs=1 and epochs=1.0 are one configuration and must hash alike.
@@ -162,6 +163,10 @@ class RunOptions:
     threads: Optional[int] = option(
         None, "CPU threads for torch (default: one per core). Running several jobs on one machine, keep jobs x threads "
         "<= cores: oversubscribed cores make training many times slower.")
+    deterministic: bool = option(
+        False, "Deterministic algorithms only (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8, no "
+        "cuDNN autotuning): on a GPU, two runs give bit-identical results. Recorded in every artifact; not part of "
+        "its name (README \"GPUs and data parallelism\").", flag="--deterministic")
     quiet: bool = option(False, "No progress or logs on stderr.", short="-q")
     verbose: bool = option(False, "More logs on stderr: resolved configuration, data sources, per-epoch losses, "
                            "timings.", short="-v")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ticketctl.analysis.tables import note
 from ticketctl.data.tasks import Task, task_of
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact, read_artifact
@@ -98,6 +99,30 @@ def check_labels(task: Task, arts: list[Artifact]) -> np.ndarray | None:
     return labels
 
 
+def device_of(art: Artifact) -> str | None:
+    """Where a member was computed: ``cuda (NVIDIA H100)``, ``cpu``, ``mps``; None for an artifact made before
+    devices were recorded."""
+    runtime = art.meta.get("runtime")
+    if not isinstance(runtime, dict):
+        return None
+    device = str(runtime.get("device", "?"))
+    return f"{device} ({runtime['device_name']})" if device == "cuda" and runtime.get("device_name") else device
+
+
+def mixed_devices(arts: list[Artifact]) -> str | None:
+    """A one-line note when the members were computed on different devices (their dropout came from different
+    random streams and their arithmetic differs), else None. Members that record no device are not counted."""
+    counts: dict[str, int] = {}
+    for a in arts:
+        device = device_of(a)
+        if device is not None:
+            counts[device] = counts.get(device, 0) + 1
+    if len(counts) < 2:
+        return None
+    return ("note: members were trained on different devices (" + ", ".join(f"{k}: {v}" for k, v in counts.items())
+            + "); their dropout streams and arithmetic differ")
+
+
 def _names(arts: list[Artifact], limit: int = 3) -> str:
     shown = ", ".join(a.path.name for a in arts[:limit])
     return shown + (f" and {len(arts) - limit} more" if len(arts) > limit else "")
@@ -157,6 +182,9 @@ def load_members(paths: list[str], minimum: int = 1, same_model: bool = True, sp
     keys = ("task", "task_spec", "split", "data_fingerprint") + (("model_fingerprint",) if same_model else ())
     check_compatible(arts, keys)
     check_same_examples(arts)
+    mixed = mixed_devices(arts)
+    if mixed:
+        note(mixed)
     first = arts[0]
     task = task_of(first.meta)
     labels = check_labels(task, arts)

@@ -138,8 +138,7 @@ def load_model(folder: Path, num_labels: int, dropout: float | None, attention: 
             return _load_pruned(folder, config)
         head = check_checkpoint(folder, config)
         if not head or not fresh_head:
-            return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
-                                                                      ignore_mismatched_sizes=bool(head))
+            return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config)
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
                                                                    ignore_mismatched_sizes=True)
         redraw_head(model)
@@ -223,13 +222,14 @@ def redraw_head(model) -> None:
                 module.bias.zero_()
 
 
+SEQUENCE_HEADS = ("classifier.", "pre_classifier.", "score.")  # a sequence classifier's head, in every family
+
+
 def has_head(folder: Path) -> bool:
-    """Whether a model folder holds weights of its own outside the encoder (a task head): cheap, from the
-    safetensors headers and the config's model type."""
-    shapes = checkpoint_shapes(folder) or {}
-    heads = ("classifier.", "pre_classifier.", "score.", "qa_outputs.", "cls.", "lm_head.",
-             "discriminator_predictions.", "generator_predictions.", "predictions.")
-    return any(k.startswith(heads) for k in shapes)
+    """Whether a model folder holds a sequence-classification head (a finetuned classifier, a saved member): cheap,
+    from the safetensors headers. Pretraining heads (BERT's ``cls.*``, ELECTRA's ``discriminator_predictions.*``)
+    do not count: a sequence classifier never loads them."""
+    return any(k.startswith(SEQUENCE_HEADS) for k in checkpoint_shapes(folder) or {})
 
 
 def fit_tokenizer(tokenizer, model) -> None:

@@ -115,7 +115,7 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
             run: RunOptions | None = None) -> list[Path]:
     """Run every member on ``data_file``; returns the logits artifact paths, one per member, in order."""
     from ticketctl.model import loading
-    from ticketctl.train.device import runtime
+    from ticketctl.train.device import describe, runtime
     from ticketctl.train.loop import predict as run_model
 
     run = run or RunOptions()
@@ -128,14 +128,16 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
     check_members(members)
     task = members[0].task
     data = read_data(task, data_file, split)
-    device, precision = runtime(run.device, "fp32", run.threads, data_parallel=False)
+    device, precision = runtime(run.device, "fp32", run.threads, data_parallel=False,
+                                deterministic=run.deterministic)
+    where = describe(device, 1, run.deterministic)
     atomic.ensure_writable(run.out)
     written = []
     for m in members:
         info = m.info
         ctx = setup.Context(task, info.get("base_model", str(m.folder)), m.folder,
                             info.get("base_model_fingerprint", m.fingerprint), data, [data], log,
-                            run.out / paths.CACHE_DIR)
+                            run.out / paths.CACHE_DIR, runtime=where)
         h = config_hash({"member": m.fingerprint, "data": data.fingerprint, "max_length": m.max_length,
                          "precision": precision})
         seed = int(info.get("seed", 0))

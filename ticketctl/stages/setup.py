@@ -27,6 +27,7 @@ from ticketctl.model.units import structure_of
 from ticketctl.store import atomic, paths, report
 from ticketctl.store.artifacts import Artifact, existing, read_artifact, write_artifact
 from ticketctl.store.provenance import COMPUTATION, IDENTITY_DEFAULTS, config_hash, provenance
+from ticketctl.train.seeds import CPU_STREAM
 
 # ---------------------------------------------------------------------------------------------- logging
 
@@ -151,6 +152,8 @@ class Context:
     cache_dir: Path | None = None  # where tokenised splits are kept (--out/cache); None: not kept
     report_to: str | None = None  # --report-to: a tracker that also gets each run's loss curve and metrics
     model_head: bool = False  # the --model folder holds a task head of its own (dropped: each seed draws one)
+    runtime: dict | None = None  # where the run computes (ticketctl.train.device.describe), in every artifact
+    dropout_stream: str = CPU_STREAM  # where its dropout masks come from (train.device.dropout_stream): identity
 
     @classmethod
     def create(cls, task_name: str | None, model: str | None, opts: DataOptions, log: Log) -> "Context":
@@ -187,8 +190,8 @@ class Context:
         """This context's provenance (task, model, fingerprint, versions; a custom task's spec) plus an artifact's
         own fields."""
         spec = self.task.spec()
-        return provenance(self.task.name, self.model_name, self.model_fp, **({"task_spec": spec} if spec else {}),
-                          **fields)
+        return provenance(self.task.name, self.model_name, self.model_fp, self.runtime,
+                          **({"task_spec": spec} if spec else {}), **fields)
 
 
 def _glue_data(task_name: str | None, opts: DataOptions, warn):
@@ -237,18 +240,22 @@ def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, r
     """Setup of a training command, before any training: the device and precision (once), the task(s) with model
     and data, and the resolved, validated training config (``TrainConfig()`` when None). Returns (context or
     contexts, config, device)."""
-    from ticketctl.train.device import runtime
+    from ticketctl.train import distributed
+    from ticketctl.train.device import describe, dropout_stream, runtime
 
     train = train or TrainConfig()
 
-    device, precision = runtime(run.device, train.precision, run.threads, data_parallel)
+    device, precision = runtime(run.device, train.precision, run.threads, data_parallel, run.deterministic)
     cfg = replace(train, precision=precision)
+    world = distributed.world_size() if data_parallel else 1
+    where = {"runtime": describe(device, world, run.deterministic),
+             "dropout_stream": dropout_stream(device, world, cfg.dropout)}
     log = Log(run.quiet, run.verbose, run.log_every)
     single = task is None or isinstance(task, str)
     tasks = [task] if single else list(task)
     report.check(run.report_to)
     contexts = [replace(Context.create(t, run.model, data, log), cache_dir=run.out / paths.CACHE_DIR,
-                        report_to=run.report_to) for t in tasks]
+                        report_to=run.report_to, **where) for t in tasks]
     log.debug(f"config: {cfg.as_dict()}")
     cfg.validate()
     atomic.ensure_writable(run.out)
@@ -261,10 +268,14 @@ def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, r
 def training_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split: data_files.Split,
                       mask_digest: str | None = None, bagging: float = 1.0, **extra) -> dict:
     """Everything a finetune's result depends on. The dense finetune of ``finetune`` and the first round of a
-    ``base`` search share it, so either can reuse the other's work."""
+    ``base`` search share it, so either can reuse the other's work. ``dropout_stream`` separates runs whose dropout
+    masks come from different random streams (a CPU run and a GPU run, one process and several); it is left out of
+    the hash at its CPU default, and out of the identity too (the metadata of CPU artifacts is unchanged)."""
+    stream = {"dropout_stream": ctx.dropout_stream} if ctx.dropout_stream != CPU_STREAM else {}
     return {"task": ctx.task.name, "model": ctx.model_fp, "seed": seed, "train_data": train_split.fingerprint,
             **cfg.as_dict(), "mask": mask_digest, "bagging": bagging, "computation": COMPUTATION,
-            "task_spec": ctx.task.spec(), **({"model_head": "redrawn"} if ctx.model_head else {}), **extra}
+            "task_spec": ctx.task.spec(), **({"model_head": "redrawn"} if ctx.model_head else {}), **stream,
+            **extra}
 
 
 def identity_hash(identity: dict) -> str:

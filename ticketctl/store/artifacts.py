@@ -30,7 +30,7 @@ FORMAT_VERSION = "1"
 KINDS = ("mask", "logits", "weights", "tokens")  # in the cache folder: "weights" (reusable trained weights) and
 # "tokens" (a tokenised split)
 JSON_FIELDS = ("config", "parents", "versions", "shapes", "metrics", "layer_sparsity", "weights", "tasks",
-               "loss_curve", "task_spec", "cost")
+               "loss_curve", "task_spec", "cost", "runtime")
 
 
 @dataclass

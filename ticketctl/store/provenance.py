@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from ticketctl.hparams import TRAIN_DEFAULTS
+from ticketctl.train.seeds import CPU_STREAM
 
 # Bump when the training computation changes its numbers for the same configuration (optimizer kernel, attention
 # implementation, padding, ...): artifacts of the old computation are then not reused as if they were current.
@@ -25,8 +26,12 @@ COMPUTATION = 4
 # hashes were made with.
 # max_grad_norm: artifacts made before the option existed were trained without clipping.
 # task_spec: a custom task's definition (labels, columns, metrics); None for GLUE tasks.
+# dropout_stream: where the dropout masks come from (ticketctl.train.device.dropout_stream): one CPU process's
+# ticketctl stream, the value every artifact made before the field existed was trained with; torch's on a GPU, or
+# one stream per process under torchrun, name a different computation.
 IDENTITY_DEFAULTS = {**TRAIN_DEFAULTS, "precision": "fp32", "max_grad_norm": 0.0, "mask": None, "bagging": 1.0,
-                     "computation": 1, "train_fraction": 1.0, "init": None, "task_spec": None}
+                     "computation": 1, "train_fraction": 1.0, "init": None, "task_spec": None,
+                     "dropout_stream": CPU_STREAM}
 
 
 def config_hash(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
@@ -58,6 +63,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-def provenance(task: str, model: str, model_fingerprint: str, **fields: Any) -> dict[str, Any]:
-    """An artifact's metadata: the fields every artifact carries, then the command's own ``fields``."""
-    return {"task": task, "model": model, "model_fingerprint": model_fingerprint, "versions": versions(), **fields}
+def provenance(task: str, model: str, model_fingerprint: str, runtime: dict[str, Any] | None = None,
+               **fields: Any) -> dict[str, Any]:
+    """An artifact's metadata: the fields every artifact carries, where it was computed (``runtime``: device, its
+    name, world size, torch/CUDA/cuDNN versions, determinism; ``ticketctl.train.device.describe``) when it was
+    computed on one, then the command's own ``fields``."""
+    where = {"runtime": runtime} if runtime is not None else {}
+    return {"task": task, "model": model, "model_fingerprint": model_fingerprint, "versions": versions(), **where,
+            **fields}

@@ -1,20 +1,27 @@
-"""Where a run computes: the device (``--device``), its precision (``--precision auto``) and CPU threads."""
+"""Where a run computes: the device (``--device``), its precision (``--precision auto``), CPU threads,
+``--deterministic``, and the record of all that every artifact carries (:func:`describe`)."""
 
 from __future__ import annotations
 
+import os
+
 from ticketctl.errors import UsageError
 from ticketctl.train import distributed
+from ticketctl.train.seeds import CPU_STREAM  # one CPU process's dropout stream: the identity's default
 
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def pick_device(device: str):
+    """The ``torch.device`` of a ``--device`` value: ``auto`` is CUDA, then MPS, then CPU; ``cuda`` the current GPU
+    (``cuda:I``); ``cuda:N`` GPU N, made the current one. Raises UsageError, one line, for a device that is not
+    there (``--device cuda:3: only 2 GPU(s) (cuda:0..cuda:1)``) or an unknown name."""
     import torch
 
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", torch.cuda.current_device())
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -34,13 +41,14 @@ def pick_device(device: str):
         raise UsageError("--device mps: no MPS device is available")
     if device not in ("cpu", "cuda", "mps"):
         raise UsageError("--device must be auto, cpu, cuda, cuda:N or mps")
-    return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device(device)
 
 
 def resolve_precision(precision: str, device) -> str:
-    """``auto``: bf16 where the hardware makes it faster (CUDA with bf16; CPUs with AMX), else fp32. A CPU with
-    AVX-512 BF16 but no AMX trained MiniLM 1.48x slower in bf16 than in fp32 (1.098 vs 0.742 s/step,
-    benchmarks/README.md), so it gets fp32."""
+    """``auto``: bf16 where the hardware computes it natively and faster, else fp32. CUDA: compute capability >= 8.0
+    (Ampere and later; ``torch.cuda.is_bf16_supported()`` also counts the slow emulation of V100 and T4). CPU: AMX.
+    A CPU with AVX-512 BF16 but no AMX trained MiniLM 1.48x slower in bf16 than in fp32 (1.098 vs 0.742 s/step,
+    benchmarks/README.md), so it gets fp32. ``auto`` never picks fp16. Raises UsageError for an unknown name."""
     if precision not in PRECISIONS:
         raise UsageError("--precision must be fp32, bf16, fp16 or auto")
     if precision != "auto":
@@ -48,7 +56,8 @@ def resolve_precision(precision: str, device) -> str:
     import torch
 
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        major, _ = torch.cuda.get_device_capability(device)
+        return "bf16" if major >= 8 else "fp32"
     if device.type == "cpu":
         try:
             flags = open("/proc/cpuinfo").read()
@@ -56,6 +65,53 @@ def resolve_precision(precision: str, device) -> str:
             return "fp32"
         return "bf16" if "amx_bf16" in flags else "fp32"
     return "fp32"
+
+
+def set_deterministic(on: bool) -> None:
+    """``--deterministic``: torch's deterministic algorithms (an operation without one raises), with what CUDA needs
+    for them: a fixed cuBLAS workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set already; read when cuBLAS
+    starts, so this runs before any CUDA work) and no cuDNN autotuning. Off: torch's settings are left as they are."""
+    if not on:
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def dropout_stream(device, world: int, dropout: float) -> str:
+    """Which random stream a training run's dropout masks come from, for its identity: ticketctl's CPU stream
+    (``ticketctl-cpu``) or torch's on CUDA/MPS (``torch-cuda``), suffixed ``xN`` when N processes each draw their
+    own. Without dropout nothing is drawn: ``ticketctl-cpu`` (the identity's default) on every device."""
+    if dropout <= 0:
+        return CPU_STREAM
+    base = CPU_STREAM if device.type == "cpu" else f"torch-{device.type}"
+    return base if world <= 1 else f"{base}x{world}"
+
+
+def describe(device, world: int, deterministic: bool) -> dict:
+    """What an artifact records about where it was computed: device type and name (the GPU's, or the CPU model),
+    world size (processes), torch, CUDA and cuDNN versions (None without them), and whether deterministic
+    algorithms were on (``torch.are_deterministic_algorithms_enabled()``, however they were switched on)."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+        except OSError:
+            pass
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"device": device.type, "device_name": name, "world_size": world, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cudnn": None if cudnn is None else str(cudnn),
+            "deterministic": bool(deterministic or torch.are_deterministic_algorithms_enabled())}
 
 
 def set_threads(threads: int | None) -> None:
@@ -68,11 +124,14 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def runtime(device: str, precision: str, threads: int | None, data_parallel: bool = True):
-    """The one place a run's device is decided: CPU threads, the process group under torchrun (when the command runs
-    data-parallel), the device, and the precision ``auto`` resolves to on it. Returns (device, precision)."""
+def runtime(device: str, precision: str, threads: int | None, data_parallel: bool = True,
+            deterministic: bool = False):
+    """The one place a run's device is decided: CPU threads, ``--deterministic``, the process group under torchrun
+    (when the command runs data-parallel), the device, and the precision ``auto`` resolves to on it. Returns
+    (device, precision). Raises UsageError for a device that is not there or a bad name."""
     if precision not in PRECISIONS:
         raise UsageError("--precision must be fp32, bf16, fp16 or auto")
     set_threads(threads)
+    set_deterministic(deterministic)
     dev = pick_device(distributed.setup(device) if data_parallel else device)
     return dev, resolve_precision(precision, dev)

@@ -1,7 +1,8 @@
 """The one training loop: ``finetune``, every IMP round of ``search``, the dense finetune of a structured search and
 the multi-task ``share`` all run :class:`Loop`. AdamW with linear decay to zero, masks applied to gradients,
 optional L1 regularizer, global gradient-norm clipping, bf16 or fp16 autocast (fp16 with loss scaling), data
-parallelism under torchrun, and on CPU ticketctl's fast dropout.
+parallelism under torchrun (torch's DistributedDataParallel, ``train.distributed``), and on CPU ticketctl's fast
+dropout.
 
 A run trains one model on one training set (``train``), or several task models that share an encoder on several
 training sets (``share``): then every batch names its task, and :class:`StepHooks` route the forward pass through
@@ -11,6 +12,7 @@ that task's gates and put back what the task's ticket does not own after each op
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from ticketctl.data.batching import Encoded, collate, length_grouped_batches
+from ticketctl.errors import UsageError
 from ticketctl.hparams import TrainConfig
 from ticketctl.train import distributed
 from ticketctl.train.fastcpu import training_fastpath
@@ -63,6 +66,23 @@ class L1Regularizer:
     coef: dict[str, torch.Tensor]  # parameter name -> l_s (float, parameter's shape)
 
 
+def add_l1(grads: list[torch.Tensor], params: list[torch.Tensor], coefs: list[torch.Tensor], tau: float) -> None:
+    """``grads[i] += tau * coefs[i] * sign(params[i])`` for every i, in place, as a few multi-tensor kernels
+    (``torch._foreach_*``) instead of two kernels per tensor: the gradient of ``tau * ||theta ⊙ l_s||_1``. Shapes
+    pair up (each coefficient has its parameter's shape); the same numbers as the per-tensor ``addcmul_`` loop."""
+    if not grads or tau <= 0:
+        return
+    signs = torch._foreach_sign(params) if hasattr(torch, "_foreach_sign") else [torch.sign(p) for p in params]
+    torch._foreach_addcmul_(grads, signs, coefs, value=tau)
+
+
+def mask_grads(grads: list[torch.Tensor], keep: list[torch.Tensor]) -> None:
+    """Zero the gradients of pruned weights: ``grads[i] *= keep[i]`` (0/1, the parameter's shape), in place, as one
+    multi-tensor kernel."""
+    if grads:
+        torch._foreach_mul_(grads, keep)
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 or fp16 autocast (fp32 master weights); fp32: off."""
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
@@ -99,6 +119,19 @@ def batch_mean_loss(logits: torch.Tensor, target: torch.Tensor, global_batch: in
     return loss / global_batch
 
 
+@contextmanager
+def deterministic_refusal():
+    """Under ``--deterministic``, an operation torch has no deterministic kernel for raises RuntimeError; that
+    becomes one line (UsageError: the option cannot be had on this device), not a traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        if torch.are_deterministic_algorithms_enabled() and "deterministic" in str(e):
+            raise UsageError(f"--deterministic: {str(e).strip().splitlines()[0]} (run without --deterministic)") \
+                from None
+        raise
+
+
 class StepHooks:
     """What a multi-task run adds to a step; the defaults do nothing (single-task training)."""
 
@@ -129,7 +162,9 @@ class Loop:
                  device: torch.device, pad_id: int, keep: dict[str, torch.Tensor] | None = None,
                  l1: L1Regularizer | None = None, hooks: StepHooks | None = None,
                  loss: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = batch_mean_loss):
-        torch.manual_seed(derive_seed(seed, "dropout"))  # same stream whatever ran before (resume, reuse)
+        # Same stream whatever ran before (resume, reuse); each process of a data-parallel run draws its own.
+        self.dropout_seed = distributed.dropout_seed(seed)
+        torch.manual_seed(self.dropout_seed)
         self.models, self.cfg, self.seed, self.device, self.pad_id = models, cfg, seed, device, pad_id
         self.encoded = {task: enc for task, (enc, _) in data.items()}
         self.labels = {task: torch.from_numpy(y) for task, (_, y) in data.items()}
@@ -144,11 +179,17 @@ class Loop:
         self.mask_grads = [m for _, m in self.masked]
         self.l1 = l1
         self.reg = [(params[n], c.to(device=device, dtype=params[n].dtype)) for n, c in l1.coef.items()] if l1 else []
+        self.reg_params, self.reg_coefs = [p for p, _ in self.reg], [c for _, c in self.reg]
         groups = param_groups(models.values(), cfg.weight_decay)
         self.params = [p for g in groups for p in g["params"]]
         self.opt = make_adamw(groups, cfg.lr)
         self.parallel = distributed.active()
-        self.trainable = [p for p in params.values() if p.requires_grad]
+        # Data-parallel: DDP sums the gradients during the backward pass (one model; share runs as one process).
+        self.forward = dict(models)
+        if self.parallel:
+            if len(models) != 1:
+                raise ValueError("data-parallel training takes one model")
+            self.forward = {task: distributed.wrap(model, device) for task, model in models.items()}
         self.schedule_log: list[tuple[float, float]] | None = None
         # fp16 needs loss scaling (its range underflows small gradients); a step whose gradients overflow is skipped
         # and the scale lowered, as torch.amp recommends. bf16 and fp32 need none.
@@ -171,23 +212,21 @@ class Loop:
         target = self.labels[task][local].to(device)
         self.hooks.before_forward(task)
         with autocast(device, cfg.precision):
-            logits = self.models[task](**batch).logits
+            logits = self.forward[task](**batch).logits
         loss = self.loss(logits.float(), target, len(idx))
         if weight == 0.0:
             loss = loss * 0.0
+        # Under DDP the gradients arrive summed over processes when backward() returns.
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.parallel:
-            loss = loss.detach().clone()
-            distributed.all_reduce_grads(self.trainable, [loss.view(1)])
+            loss = distributed.all_reduce_sum(loss.detach().clone())  # the global batch's loss, for the log
         if self.scaler is not None:  # true gradients before L1, masks and clipping
             self.scaler.unscale_(self.opt)
-        if self.reg and tau_t > 0:
-            with torch.no_grad():
-                for p, c in self.reg:
-                    p.grad.addcmul_(torch.sign(p), c, value=tau_t)
-        if self.masked:
-            with torch.no_grad():
-                torch._foreach_mul_([p.grad for p, _ in self.masked], self.mask_grads)
+        with torch.no_grad():
+            if self.reg and tau_t > 0:
+                add_l1([p.grad for p in self.reg_params], self.reg_params, self.reg_coefs, tau_t)
+            if self.masked:
+                mask_grads([p.grad for p, _ in self.masked], self.mask_grads)
         if cfg.max_grad_norm > 0:  # the gradient the optimizer sees: summed over processes, with L1, masked
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
         saved = self.hooks.before_update(task, self.opt)
@@ -211,7 +250,7 @@ class Loop:
         running = torch.zeros((), device=self.device)
         count = 0
         # On CPU, dropout masks come from ticketctl.train.fastcpu (3x faster than torch's bernoulli_).
-        with training_fastpath(list(self.models.values()), derive_seed(self.seed, "dropout"), self.device):
+        with training_fastpath(list(self.models.values()), self.dropout_seed, self.device), deterministic_refusal():
             for step, (task, idx, epoch_end) in enumerate(batches):
                 loss = self.step(task, idx, lr_factor(step, total, warmup_steps))
                 running += loss
@@ -226,6 +265,11 @@ class Loop:
             model.eval()
         return epoch_losses
 
+    def release(self) -> None:
+        """Drop the DDP wrappers (their gradient buckets hold a copy of every gradient); the loop cannot step
+        afterwards. IMP builds a fresh loop every round."""
+        self.forward = {}
+
 
 def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
           pad_id: int, keep: dict[str, torch.Tensor] | None = None, l1: L1Regularizer | None = None,
@@ -236,7 +280,10 @@ def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, 
     loop.schedule_log = schedule_log
     total = total_steps(len(enc), cfg)
     rng = np.random.default_rng(derive_seed(seed, "data-order"))
-    return loop.run(epoch_batches(enc.lengths, cfg.batch_size, rng, total), total, on_step)
+    try:
+        return loop.run(epoch_batches(enc.lengths, cfg.batch_size, rng, total), total, on_step)
+    finally:
+        loop.release()
 
 
 @torch.inference_mode()
