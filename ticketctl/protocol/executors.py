@@ -158,6 +158,9 @@ def _stop(pool) -> None:
 # ---------------------------------------------------------------------------------------------- Slurm
 
 
+DEFAULT_SLURM_MINUTES = 24 * 60  # --slurm-time when not given (submitit's own default is 5 minutes)
+
+
 def slurm_extra(text: str | None) -> dict:
     """``--slurm-extra "--qos=high --account x --constraint=a100"`` -> submitit's ``slurm_additional_parameters``
     (``{"qos": "high", "account": "x", "constraint": "a100"}``). Raises UsageError for anything but sbatch long
@@ -236,8 +239,7 @@ def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
         params["slurm_partition"] = plan.slurm_partition
     if plan.slurm_gpus_per_job:
         params["gpus_per_node"] = plan.slurm_gpus_per_job
-    if plan.slurm_time:
-        params["timeout_min"] = slurm_minutes(plan.slurm_time)
+    params["timeout_min"] = slurm_minutes(plan.slurm_time) if plan.slurm_time else DEFAULT_SLURM_MINUTES
     if plan.slurm_array_parallelism:
         params["slurm_array_parallelism"] = plan.slurm_array_parallelism
     executor.update_parameters(**params, slurm_additional_parameters=extra)

@@ -96,8 +96,6 @@ def run_job(plan: Plan, job_id: str, threads: int | None = None) -> dict:
     finished searches), take the lock of its identity, and call ``search`` / ``finetune``. Logs go to
     ``OUT/protocol/logs/JOB.log``. Returns ``{"job", "paths", "seconds", "ran", "device", "pid"}``; ``ran`` is
     False when the artifact was finished already (another run made it). Raises what the stage raises."""
-    from filelock import FileLock
-
     job = plan.jobs_graph()[job_id]
     pdir = protocol_dir(plan)
     log_path = pdir / "logs" / f"{job.slug}.log"
@@ -106,39 +104,54 @@ def run_job(plan: Plan, job_id: str, threads: int | None = None) -> dict:
     plan = replace(plan, run=run)
     with _stderr_to(log_path):
         _journal(pdir, job.id, "start")
-        start = time.perf_counter()
-        state_ctx = setup.start(plan.task, plan.train, plan.data, _quiet(plan).run)
-        ctx, cfg, device = state_ctx
-        search_cfg = replace(cfg, epochs=plan.search_train.epochs)
-        known: dict[str, list[Path]] = {}
-        done: set[str] = set()
-        graph = plan.jobs_graph()
-        for dep in _inputs(graph, job):  # the masks this job reads, earliest first
-            paths = _job_targets(plan, graph[dep], ctx, cfg, search_cfg, known, done)
-            if paths is None or not _existing(paths[0], "mask"):
-                raise InputError(f"{job.id}: its input {dep} is not finished (run the protocol again)")
-            known[dep], _ = paths, done.add(dep)
-        targets = _job_targets(plan, job, ctx, cfg, search_cfg, known, done)
-        locks = pdir / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(locks / f"{targets[0].name}.lock")):
-            kind = "mask" if job.kind == "search" else "logits"
-            ran = not all(_existing(p, kind) for p in targets)
-            if job.kind == "search":
-                priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0])
-                                                                                      for p in job.priors]
-                written = [imp.search(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
-                                      prune_step=plan.prune_step, l1=plan.l1, priors=priors,
-                                      train=plan.search_train, data=plan.data, run=plan.run)]
-            else:
-                written = finetune_stage.finetune(
-                    plan.task, job.seed, mask=str(known[job.mask][0]) if job.mask else None,
-                    bagging=plan.bagging if job.scheme == "bagging" else 1.0, train=plan.train, data=plan.data,
-                    run=plan.run)
-        seconds = time.perf_counter() - start
-        result = {"job": job.id, "paths": [str(p) for p in written], "seconds": round(seconds, 2), "ran": ran,
-                  "device": str(device), "pid": os.getpid(), "threads": run.threads}
-        _journal(pdir, job.id, "done", ran=ran, seconds=round(seconds, 2))
+        try:
+            return _run_job(plan, job, pdir, run)
+        except BaseException as e:  # the log ends with why the job failed (the parent reports its path)
+            import sys
+            import traceback
+
+            if not isinstance(e, TicketError):
+                traceback.print_exc(file=sys.stderr)
+            sys.stderr.write(f"ticketctl: error: {job.id}: {e}\n")
+            raise
+
+
+def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
+    from filelock import FileLock
+
+    start = time.perf_counter()
+    state_ctx = setup.start(plan.task, plan.train, plan.data, _quiet(plan).run)
+    ctx, cfg, device = state_ctx
+    search_cfg = replace(cfg, epochs=plan.search_train.epochs)
+    known: dict[str, list[Path]] = {}
+    done: set[str] = set()
+    graph = plan.jobs_graph()
+    for dep in _inputs(graph, job):  # the masks this job reads, earliest first
+        paths = _job_targets(plan, graph[dep], ctx, cfg, search_cfg, known, done)
+        if paths is None or not _existing(paths[0], "mask"):
+            raise InputError(f"{job.id}: its input {dep} is not finished (run the protocol again)")
+        known[dep], _ = paths, done.add(dep)
+    targets = _job_targets(plan, job, ctx, cfg, search_cfg, known, done)
+    locks = pdir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{targets[0].name}.lock")):
+        kind = "mask" if job.kind == "search" else "logits"
+        ran = not all(_existing(p, kind) for p in targets)
+        if job.kind == "search":
+            priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0])
+                                                                                  for p in job.priors]
+            written = [imp.search(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
+                                  prune_step=plan.prune_step, l1=plan.l1, priors=priors,
+                                  train=plan.search_train, data=plan.data, run=plan.run)]
+        else:
+            written = finetune_stage.finetune(
+                plan.task, job.seed, mask=str(known[job.mask][0]) if job.mask else None,
+                bagging=plan.bagging if job.scheme == "bagging" else 1.0, train=plan.train, data=plan.data,
+                run=plan.run)
+    seconds = time.perf_counter() - start
+    result = {"job": job.id, "paths": [str(p) for p in written], "seconds": round(seconds, 2), "ran": ran,
+              "device": str(device), "pid": os.getpid(), "threads": run.threads}
+    _journal(pdir, job.id, "done", ran=ran, seconds=round(seconds, 2))
     return result
 
 
@@ -230,11 +243,14 @@ def run_plan(plan: Plan, log=None) -> Outcome:
     cannot start (no Slurm) and TicketError for a refused submission."""
     log = log or setup.Log()
     pdir = protocol_dir(plan)
+    if plan.executor == "slurm":
+        executors.check_slurm()  # before anything else: one line where there is no Slurm
     pdir.mkdir(parents=True, exist_ok=True)
     state = locate(plan)
     start = time.perf_counter()
     log.info(f"protocol: {len(state.jobs)} jobs, {len(state.todo)} to run, {len(state.done)} done")
     if plan.executor == "slurm":
+        executors.check_slurm()
         results, failures, workers = executors.run_slurm(plan, state.jobs, state.todo, state.done, run_job, pdir, log)
     else:
         results, failures, workers = executors.run_local(plan, state.jobs, state.todo, state.done, run_job, pdir, log)
