@@ -279,14 +279,29 @@ def test_plan_file_fills_options_and_unknown_keys_are_refused(cli, tiny_args, tm
     assert code == 2 and out == "" and err.strip() == f"ticketctl: error: --plan {plan}: unknown option 'lottery'"
 
 
+def test_quick_preset_and_several_tasks(cli, tiny_args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli("protocol", *tiny_args, "--plan", "quick", "--dry-run")
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "9 to run, 0 done"  # 3 seeds x (dense + random search + its finetune)
+    assert lines[0].startswith("finetune:dense:s1\ttodo\t-\truns-quick/mrpc-logits-dev-dense-s1-")
+    code, out, _ = cli("protocol", *tiny_args, "--task", "mrpc", "--task", "rte", "--seeds", "1-2", "--schemes",
+                       "dense", "--dry-run")
+    assert code == 0 and out.splitlines()[-1] == "4 to run, 0 done"
+    assert sorted(line.split("\t")[3].split("-logits")[0] for line in out.splitlines()[:-1]) == \
+        ["runs/mrpc", "runs/mrpc", "runs/rte", "runs/rte"]
+
+
 def test_local_layout_keeps_jobs_times_threads_within_the_cores():
     from ticketctl.protocol.executors import local_layout
 
-    assert local_layout(None, None, None, 8, 0) == (1, 8, [])
+    assert local_layout(None, None, None, 8, 0) == (8, 1, [])  # one job per core: the faster layout measured
+    assert local_layout(None, None, None, 8, 0, max_jobs=3) == (3, 2, [])  # as many as memory holds
     assert local_layout(4, None, None, 8, 0) == (4, 2, [])
     assert local_layout(None, 2, None, 8, 0) == (4, 2, [])
+    assert local_layout(1, None, None, 8, 0) == (1, 8, [])
     assert local_layout(None, None, 2, 8, 2) == (4, 2, ["0", "0", "1", "1"])
-    assert local_layout(None, None, 2, 8, 0) == (1, 8, [])  # no GPU: --jobs-per-gpu has nothing to pin
+    assert local_layout(None, None, 2, 8, 0) == (8, 1, [])  # no GPU: --jobs-per-gpu has nothing to pin
 
 
 # ---------------------------------------------------------------------------------------------- Slurm
@@ -366,3 +381,18 @@ def test_slurm_missing_is_one_line(cli, tiny_args, tmp_path, monkeypatch):
                          "--schemes", "dense", "--executor", "slurm")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "--executor slurm: Slurm's sbatch/squeue are not installed here" in err
+
+
+def test_slurm_refusing_a_job_is_one_line(cli, tiny_args, tmp_path):
+    why = _slurm_ready()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but Slurm is not usable: {why}")
+        pytest.skip(why)
+    code, out, err = cli("protocol", *tiny_args, "--task", "mrpc", "--out", tmp_path / "runs", "--seeds", "1-2",
+                         "--schemes", "dense", "--executor", "slurm", "--slurm-partition", "no-such-partition")
+    ours = [line for line in err.splitlines() if line.startswith("ticketctl: error:")]
+    assert code == 3 and out == "" and len(ours) == 1
+    assert ours[0].startswith("ticketctl: error: --executor slurm: the submission was refused:")
+    assert "Invalid partition name" in ours[0]
+    assert not list((tmp_path / "runs").glob("*.safetensors"))

@@ -236,12 +236,14 @@ def share(
 
 
 @app.command()
-@options(train=TrainConfig, data=(DataOptions, {"eval_files"}), run=RunOptions)
+@options(train=TrainConfig, data=DataOptions, run=RunOptions)
 def protocol(
     train: TrainConfig,
     data: DataOptions,
     run: RunOptions,
-    task: Task = None,
+    task: Annotated[Optional[list[str]], typer.Option(
+        "--task", "-t", autocompletion=choices(*TASK_NAMES), help="GLUE task (repeat for several: one report each, "
+        "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
     seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (in this order: the protocol's "
                                              "groups and the ACTIVE-LT sequence follow it).")] = "1-3",
     schemes: Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random"),
@@ -290,30 +292,39 @@ def protocol(
     Prints the report's path (or, with --dry-run, the jobs). Exit 4 when jobs failed (listed on stderr with their
     logs; rerun to resume).
     """
-    from ticketctl.protocol.plan import DEFAULTS, build
+    from ticketctl.protocol.plan import DEFAULTS, build_all
 
     values = {k: v for k, v in locals().items() if k in DEFAULTS}
-    resolved = build({**values, "report": str(report)}, train, data, run, plan)
+    plans = build_all({**values, "report": str(report)}, train, data, run, plan)
     from ticketctl.protocol import runner
 
     if dry_run:
-        for line in runner.describe(runner.locate(resolved)):
-            sys.stdout.write(line + "\n")
+        states = [runner.locate(p) for p in plans]
+        for state in states:
+            for line in runner.describe(state)[:-1]:
+                sys.stdout.write(line + "\n")
+        sys.stdout.write(f"{sum(len(s.todo) for s in states)} to run, {sum(len(s.done) for s in states)} done\n")
         return
     from ticketctl.protocol.report import write_report
     from ticketctl.stages.setup import Log
 
     log = Log(run.quiet, run.verbose)
-    outcome = runner.run_plan(resolved, log)
-    if outcome.failures:
-        for job, why in outcome.failures.items():
-            _error(f"{job} failed: {why}")
-        raise JobsFailed(f"{len(outcome.failures)} of {len(outcome.state.jobs)} jobs failed; the others are "
-                         f"finished: rerun the same command to resume")
-    members = outcome.members(outcome.state)
-    masks = {s: [outcome.state.targets[j.id][0] for j in outcome.state.jobs.values()
-                 if j.kind == "search" and j.scheme == s] for s in resolved.schemes}
-    print_paths([write_report(resolved, outcome, members, masks)])
+    failed, total = 0, 0
+    for resolved in plans:
+        outcome = runner.run_plan(resolved, log)
+        total += len(outcome.state.jobs)
+        if outcome.failures:
+            failed += len(outcome.failures)
+            for job, why in outcome.failures.items():
+                _error(f"{resolved.task + ' ' if len(plans) > 1 else ''}{job} failed: {why}")
+            continue
+        members = outcome.members(outcome.state)
+        masks = {s: [outcome.state.targets[j.id][0] for j in outcome.state.jobs.values()
+                     if j.kind == "search" and j.scheme == s] for s in resolved.schemes}
+        print_paths([write_report(resolved, outcome, members, masks)])
+    if failed:
+        raise JobsFailed(f"{failed} of {total} jobs failed; the others are finished: rerun the same command to "
+                         f"resume")
 
 
 @app.command()

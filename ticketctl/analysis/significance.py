@@ -205,13 +205,14 @@ def pairing(seeds_a: list[str], seeds_b: list[str]) -> bool:
 
 
 def compare(scorer: Scorer, a: list[int], b: list[int], k: int, groups: int, paired: bool,
-            resamples: int = RESAMPLES, seed: int = 0, limit: int = TEST_COMBINATIONS) -> Comparison:
+            resamples: int = RESAMPLES, seed: int = 0, limit: int | None = TEST_COMBINATIONS) -> Comparison:
     """Permutation test over seeds, and the jackknife interval, for A's protocol mean minus B's.
 
     ``a``, ``b``: member indices into ``scorer`` in seed order. Paired: the member of one seed is exchanged between
     the schemes (each seed independently, with probability 1/2); unpaired: the pooled members are reassigned to the
     schemes at random. The statistic uses at most ``limit`` combinations per group (the same ones throughout), so a
-    test costs the same at 20 seeds as at 5; the permutation p-value is exact for it up to Monte Carlo error."""
+    test costs the same at 20 seeds as at 5; the permutation p-value is exact for it up to Monte Carlo error.
+    ``limit=None``: every combination, so the statistic is the protocol mean difference itself."""
     if paired and len(a) != len(b):
         raise UsageError("a paired comparison needs the same seeds in both schemes")
     rng = np.random.default_rng([seed, k, groups, len(a), len(b)])
@@ -337,7 +338,7 @@ def paper_ttest(a_scores: np.ndarray, b_scores: np.ndarray) -> float:
 
 
 def compare_gain(scorer: Scorer, a: list[int], b: list[int], k: int, groups: int, paired: bool,
-                 resamples: int = RESAMPLES, seed: int = 0, limit: int = TEST_COMBINATIONS,
+                 resamples: int = RESAMPLES, seed: int = 0, limit: int | None = TEST_COMBINATIONS,
                  level: float = 0.95) -> Comparison:
     """The ensembling part of A's difference to B: (A's protocol mean of k-member ensembles - A's mean single
     member) - (the same for B), with the permutation test over seeds and the leave-one-seed-out jackknife interval of

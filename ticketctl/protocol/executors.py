@@ -33,11 +33,25 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+JOB_MEMORY_GB = 3  # a default-model search or finetune peaks at 2.3 GB resident (benchmarks/README.md "Memory")
+
+
+def memory_jobs() -> int:
+    """How many jobs this machine's memory holds at :data:`JOB_MEMORY_GB` each (at least 1)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1
+    return max(1, int(total // JOB_MEMORY_GB))
+
+
 def local_layout(jobs: int | None, threads: int | None, jobs_per_gpu: int | None, n_cores: int,
-                 n_gpus: int) -> tuple[int, int, list[str]]:
+                 n_gpus: int, max_jobs: int | None = None) -> tuple[int, int, list[str]]:
     """(parallel jobs, threads per job, GPU index of each worker slot or [] on CPU) such that jobs x threads <=
-    cores. ``--jobs-per-gpu N`` runs N jobs on each GPU (where there are GPUs). Raises UsageError for a layout that
-    oversubscribes the cores."""
+    cores. Default: one job per core with one thread each (measured faster than one job with every core: 126 vs
+    115 members/hour on 2 cores, benchmarks/README.md), at most ``max_jobs`` (what memory holds). ``--jobs-per-gpu
+    N`` runs N jobs on each GPU (where there are GPUs). Raises UsageError for a layout that oversubscribes the
+    cores."""
     gpus: list[str] = []
     if jobs_per_gpu is not None and n_gpus:
         if jobs is not None:
@@ -45,7 +59,7 @@ def local_layout(jobs: int | None, threads: int | None, jobs_per_gpu: int | None
         gpus = [str(g) for g in range(n_gpus) for _ in range(jobs_per_gpu)]
         jobs = len(gpus)
     if jobs is None:
-        jobs = max(1, n_cores // (threads or 1)) if threads else 1
+        jobs = max(1, min(n_cores // (threads or 1), max_jobs or n_cores))
     if threads is None:
         threads = max(1, n_cores // jobs)
     if jobs * threads > n_cores:
@@ -94,7 +108,8 @@ def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     n_gpus = gpu_count() if plan.jobs_per_gpu is not None else 0
-    n_jobs, threads, gpus = local_layout(plan.jobs, plan.run.threads, plan.jobs_per_gpu, cores(), n_gpus)
+    n_jobs, threads, gpus = local_layout(plan.jobs, plan.run.threads, plan.jobs_per_gpu, cores(), n_gpus,
+                                         memory_jobs())
     workers = f"{n_jobs} job(s) x {threads} thread(s)" + (f" on {n_gpus} GPU(s)" if gpus else "")
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}

@@ -197,19 +197,30 @@ class Job:
 # ---------------------------------------------------------------------------------------------- plan files
 
 
+# Named plans (``--plan quick``): the README's quick worked example, 3 seeds of dense and RANDOM-LT members on MRPC
+# with finetunes of 2 epochs and IMP rounds of 1 (about half an hour on 2 CPU cores with the default model).
+PRESETS = {
+    "quick": 'task = "mrpc"\nseeds = "1-3"\nschemes = "dense,random"\nsize = "2"\nepochs = 2\nsearch_epochs = 1\n'
+             'out = "runs-quick"\nreport = "report-quick"\n',
+}
+
+
 def read_plan_file(path: str | Path) -> dict:
-    """A TOML plan (``--plan FILE``): a flat table whose keys are the command's option names (``seeds``,
-    ``schemes``, ``epochs``, ``max-train-samples`` or ``max_train_samples``, ...). Raises UsageError for a
-    missing or malformed file."""
+    """A TOML plan (``--plan FILE``, or the name of a preset in :data:`PRESETS` where no such file exists): a flat
+    table whose keys are the command's option names (``seeds``, ``schemes``, ``epochs``, ``max-train-samples`` or
+    ``max_train_samples``, ...). Raises UsageError for a missing or malformed file."""
     try:
         import tomllib
     except ImportError:  # pragma: no cover - Python 3.10
         raise UsageError("--plan needs Python 3.11 or newer (tomllib)") from None
     try:
-        with open(path, "rb") as f:
-            table = tomllib.load(f)
+        if not Path(path).exists() and str(path) in PRESETS:
+            table = tomllib.loads(PRESETS[str(path)])
+        else:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
     except FileNotFoundError:
-        raise UsageError(f"--plan {path}: no such file") from None
+        raise UsageError(f"--plan {path}: no such file (presets: {', '.join(PRESETS)})") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"--plan {path}: {e}") from None
     flat = {}
@@ -239,12 +250,26 @@ DEFAULTS = {"task": None, "seeds": "1-3", "schemes": ",".join(SCHEMES), "groups"
             "slurm_gpus_per_job": None, "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None}
 
 
-def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
-          plan_file: str | Path | None = None) -> Plan:
-    """The validated plan from the command line's values (``options``: the keys of :data:`DEFAULTS`) and, with
-    ``plan_file``, a TOML plan whose values fill every option the command line left at its default. Raises
-    UsageError (one line) for an unknown key, a bad value or a plan that does not fit (:meth:`Plan.validate`)."""
+def build_all(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
+              plan_file: str | Path | None = None) -> list[Plan]:
+    """One validated plan per task (``options["task"]``: a name, a list of names, or None), each reporting into
+    ``REPORT/TASK`` when there are several; otherwise as :func:`build`."""
+    options, train, data, run = merge(options, train, data, run, plan_file)
+    tasks = options["task"] if isinstance(options["task"], (list, tuple)) else [options["task"]]
+    tasks = list(tasks) or [None]
+    if len(set(tasks)) != len(tasks):
+        raise UsageError("--task: a task is given twice")
+    report = Path(options["report"])
+    return [build({**options, "task": t, "report": report / t if len(tasks) > 1 else report}, train, data, run)
+            for t in tasks]
+
+
+def merge(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
+          plan_file: str | Path | None = None) -> tuple[dict, TrainConfig, DataOptions, RunOptions]:
+    """The command line's values with a plan file's values filling every option left at its default."""
     options = dict(options)
+    if options.get("task") == []:
+        options["task"] = None
     if plan_file is not None:
         groups = {"train": train, "data": data, "run": run}
         for key, value in read_plan_file(plan_file).items():
@@ -267,6 +292,15 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
             else:
                 raise UsageError(f"--plan {plan_file}: unknown option {key!r}")
         train, data, run = groups["train"], groups["data"], groups["run"]
+    return options, train, data, run
+
+
+def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
+          plan_file: str | Path | None = None) -> Plan:
+    """The validated plan from the command line's values (``options``: the keys of :data:`DEFAULTS`) and, with
+    ``plan_file``, a TOML plan whose values fill every option the command line left at its default. Raises
+    UsageError (one line) for an unknown key, a bad value or a plan that does not fit (:meth:`Plan.validate`)."""
+    options, train, data, run = merge(options, train, data, run, plan_file)
     seeds = parse_range(options["seeds"], "--seeds")
     n_groups = _int(options["groups"], "--groups")
     per_group = len(seeds) // max(1, n_groups)

@@ -51,12 +51,17 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     k = plan.k
     rows, _ = stats.table(loaded, grouped, ref, k, scorer, plan.groups, "permutation", plan.resamples)
     parts = []
+    paired = {g: pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref])) for g in grouped}
+    for row in rows:  # test vs_ref itself: every combination, not stats' sample of at most 50 per group
+        g = row["group"]
+        if g != ref and min(len(grouped[g]), len(grouped[ref])) >= 2:
+            c = compare(scorer, grouped[g], grouped[ref], k, plan.groups, paired[g], plan.resamples, limit=None)
+            row.update({"vs_ref": c.diff, "diff_low": c.low, "diff_high": c.high, "p_value": c.p})
     for g in grouped:
         if g == ref:
             continue
-        paired = pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref]))
-        single = compare(scorer, grouped[g], grouped[ref], 1, 1, paired, plan.resamples)
-        gain = compare_gain(scorer, grouped[g], grouped[ref], k, plan.groups, paired, plan.resamples)
+        single = compare(scorer, grouped[g], grouped[ref], 1, 1, paired[g], plan.resamples, limit=None)
+        gain = compare_gain(scorer, grouped[g], grouped[ref], k, plan.groups, paired[g], plan.resamples, limit=None)
         parts.append({"group": g, "single_diff": single.diff, "single_low": single.low, "single_high": single.high,
                       "p_single": single.p, "ensembling_diff": gain.diff, "ensembling_low": gain.low,
                       "ensembling_high": gain.high, "p_ensembling": gain.p, "test": gain.test})
@@ -68,6 +73,12 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
         table2[g] = (diversity.regression_summary(sub) if sub.task.is_regression
                      else diversity.summary(diversity.oracle(sub)))
     curves = stats.gain_curves(scorer, grouped, ref, plan.groups)
+    figure3 = {}
+    for g, curve in curves.items():  # each point with the jackknife interval of its difference (all combinations)
+        figure3[g] = []
+        for kk, v in curve:
+            c = compare(scorer, grouped[g], grouped[ref], kk, plan.groups, paired[g], 0, limit=None)
+            figure3[g].append([kk, v, c.low, c.high])
     mask_paths = [str(p) for s in plan.schemes for p in masks.get(s, [])]
     figure4 = None
     if len(mask_paths) >= 2:
@@ -86,7 +97,7 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
                                 "nonzero_parameters": cost.get("nonzero_parameters")})
     return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref, "k": k,
             "metric": loaded.task.headline, "table1": rows, "parts": parts, "table2": table2,
-            "figure3": {g: [[kk, v] for kk, v in c] for g, c in curves.items()}, "figure4": figure4,
+            "figure3": figure3, "figure4": figure4,
             "members": member_rows}
 
 
@@ -126,8 +137,9 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     data["plan"] = plan.options_dict()
     fig3 = folder / f"{data['task']}-fig3-gain.png"
     if data["figure3"]:
-        stats.plot_gain({g: [tuple(x) for x in c] for g, c in data["figure3"].items()}, data["ref"], data["metric"],
-                        str(fig3), f"{data['task']}: ensemble gain over {data['ref']}")
+        stats.plot_gain({g: [(x[0], x[1]) for x in c] for g, c in data["figure3"].items()}, data["ref"],
+                        data["metric"], str(fig3), f"{data['task']}: ensemble gain over {data['ref']} (95% intervals)",
+                        {g: [(x[2], x[3]) for x in c] for g, c in data["figure3"].items()})
     fig4 = folder / f"{data['task']}-fig4-iou.png"
     if data["figure4"]:
         iou.plot_heatmap(np.array(data["figure4"]["iou"]), data["figure4"]["labels"], str(fig4),
@@ -187,6 +199,12 @@ def _table(rows: list[dict], columns: list[str], headers: list[str] | None = Non
     return "\n".join(out)
 
 
+def _interval(v: float, low, high) -> str:
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return f"{100 * v:+.2f}"
+    return f"{100 * v:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
 def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
     ref, k, metric = data["ref"], data["k"], data["metric"]
     plan, run = data["plan"], data["run"]
@@ -197,10 +215,11 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
              f"{', '.join(map(str, plan['sizes']))}); metric: {metric}. The resolved plan is `plan.toml` beside this "
              f"file (`ticketctl protocol --plan plan.toml` reruns it).", "",
              f"## Table 1: single members and {k}-member ensembles", "",
-             f"`vs_ref`: the scheme's mean {k}-member ensemble minus {ref}'s; `diff_low`/`diff_high`: its 95% "
-             f"interval (leave-one-seed-out jackknife); `p_value`: the permutation test over seeds for that same "
-             f"difference; `p_paper`: the paper's t-test over combinations for that same difference (optimistic: "
-             f"combinations share members).", ""]
+             f"`vs_ref`: the scheme's mean {k}-member ensemble minus {ref}'s (the paper's protocol: every "
+             f"combination within each seed group); `diff_low`/`diff_high`: its 95% interval (leave-one-seed-out "
+             f"jackknife); `p_value`: the permutation test over seeds of that same statistic, over every combination "
+             f"(`ticketctl stats` tests a sample of at most 50 per group); `p_paper`: the paper's t-test over the "
+             f"combinations' scores for that same difference (optimistic: combinations share members).", ""]
     t1 = [{**r, "group": named(r["group"])} for r in data["table1"]]
     lines += [_table(t1, ["group", "members", "single_mean", "single_std", "ensemble_mean", "ensemble_gain",
                           "vs_ref", "diff_low", "diff_high", "p_value", "p_paper"]), ""]
@@ -221,7 +240,12 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
                  "direction": data["table2"][groups[0]][i]["direction"]} for i, m in enumerate(metrics)]
         lines += [_table(rows, ["metric", *groups, "direction"]), ""]
     if fig3:
-        lines += [f"## Figure 3: ensemble gain over {ref} vs members", "", f"![Figure 3]({fig3})", ""]
+        f3 = data["figure3"]
+        rows = [{"group": named(g), **{f"k={x[0]}": _interval(x[1], x[2], x[3]) for x in pts}} for g, pts in f3.items()]
+        ks = [f"k={x[0]}" for x in next(iter(f3.values()))]
+        lines += [f"## Figure 3: ensemble gain over {ref} vs members", "",
+                  f"Protocol mean of k-member ensembles minus {ref}'s, points, with the 95% jackknife interval.", "",
+                  _table(rows, ["group", *ks]), "", f"![Figure 3]({fig3})", ""]
     if data["figure4"]:
         f4 = data["figure4"]
         rows = [{"mask": a, **{b: f4["iou"][i][j] for j, b in enumerate(f4["labels"])}}

@@ -141,8 +141,8 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
             priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0])
                                                                                   for p in job.priors]
             written = [imp.search(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
-                                  prune_step=plan.prune_step, l1=plan.l1, priors=priors,
-                                  train=plan.search_train, data=plan.data, run=plan.run)]
+                                  prune_step=plan.prune_step, l1=plan.l1, priors=priors, train=plan.search_train,
+                                  data=replace(plan.data, eval_files=[]), run=plan.run)]  # as `search` takes it
         else:
             written = finetune_stage.finetune(
                 plan.task, job.seed, mask=str(known[job.mask][0]) if job.mask else None,
