@@ -84,6 +84,7 @@ def _analysis_json(args: list[str]) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_compute_them(full_run):
     folder, proc = full_run
     report = folder / "report"
@@ -131,6 +132,7 @@ def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_comput
         assert heading in md
 
 
+@pytest.mark.slow
 def test_a_protocol_member_is_the_one_search_and_finetune_make(full_run, tiny_model, glue_dir, tmp_path, cli,
                                                                monkeypatch):
     """The same tensors, names and metadata but for timings (train seconds, IMP rounds' seconds, and so the
@@ -163,6 +165,7 @@ def test_a_protocol_member_is_the_one_search_and_finetune_make(full_run, tiny_mo
             assert mine.meta["metrics"] == theirs.meta["metrics"]
 
 
+@pytest.mark.slow
 def test_dry_run_lists_exactly_the_missing_jobs_and_a_rerun_runs_only_them(full_run, tiny_model, glue_dir,
                                                                            tmp_path):
     folder, _ = full_run
@@ -190,6 +193,7 @@ def test_dry_run_lists_exactly_the_missing_jobs_and_a_rerun_runs_only_them(full_
     assert again.stdout.splitlines()[-1] == "0 to run, 32 done"
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_workers_and_a_rerun_finishes_it_running_no_job_twice(full_run, tiny_model, glue_dir,
                                                                                    tmp_path):
     folder, _ = full_run
@@ -231,6 +235,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_reported_with_its_log_and_the_others_finish(tiny_model, glue_dir, tmp_path):
     cmd = _protocol(tiny_model, glue_dir, "--schemes", "dense,random", "--jobs", 2, "--threads", 1)
     dry = _run([*cmd, "--dry-run"], tmp_path).stdout.splitlines()
@@ -332,6 +337,7 @@ def _jobcomp(path=Path("/var/log/slurm/jobcomp.log")) -> dict[str, dict]:
     return records
 
 
+@pytest.mark.slow
 def test_slurm_runs_the_protocol_with_the_active_chain_as_dependencies(full_run, tiny_model, glue_dir, tmp_path):
     why = _slurm_ready()
     if why is not None:
