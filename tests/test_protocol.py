@@ -224,6 +224,24 @@ def test_killed_run_leaves_no_workers_and_a_rerun_finishes_it_running_no_job_twi
     assert not list((tmp_path / "runs").glob("mrpc-*.tmp"))
 
 
+@pytest.mark.slow
+def test_two_runs_on_one_out_never_train_a_member_twice(tiny_model, glue_dir, tmp_path):
+    """Each job holds a lock on its artifact's identity: the second run waits, then reuses what the first made."""
+    cmd = [*_protocol(tiny_model, glue_dir, "--schemes", "dense,random", "--jobs", 1, "--threads", 1), "--seeds",
+           "1-2", "--size", "2"]
+    procs = [subprocess.Popen([*cmd, "--report", f"report{i}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env()) for i in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    events = _journal(tmp_path / "runs")
+    trained = _trained(events)
+    assert sorted(trained) == sorted(set(trained)) and len(trained) == 6  # 2 dense, 2 searches, 2 tickets: once
+    assert len({e["pid"] for e in events}) == 2  # both runs' workers took part (one waited and reused)
+    reports = [json.loads((tmp_path / f"report{i}" / "report.json").read_text()) for i in (1, 2)]
+    assert reports[0]["table1"] == reports[1]["table1"]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
