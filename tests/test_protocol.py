@@ -225,6 +225,23 @@ def test_killed_run_leaves_no_workers_and_a_rerun_finishes_it_running_no_job_twi
 
 
 @pytest.mark.slow
+def test_sigterm_ends_the_run_and_its_workers_in_one_line(tiny_model, glue_dir, tmp_path):
+    cmd = _protocol(tiny_model, glue_dir, "--schemes", "dense,random", "--jobs", 2, "--threads", 1)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 60
+    while len(_journal(tmp_path / "runs")) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and out == ""
+    assert [line for line in err.splitlines() if line.startswith("ticketctl:")] == ["ticketctl: error: terminated"]
+    workers = {e["pid"] for e in _journal(tmp_path / "runs")}
+    assert workers and not [pid for pid in workers if _alive(pid)]  # ended before the parent exited
+    for p in (tmp_path / "runs").glob("mrpc-*"):  # whatever looks finished is: it reads as an artifact
+        assert p.suffix == ".safetensors" and _tensors(p)
+
+
+@pytest.mark.slow
 def test_two_runs_on_one_out_never_train_a_member_twice(tiny_model, glue_dir, tmp_path):
     """Each job holds a lock on its artifact's identity: the second run waits, then reuses what the first made."""
     cmd = [*_protocol(tiny_model, glue_dir, "--schemes", "dense,random", "--jobs", 1, "--threads", 1), "--seeds",

@@ -160,14 +160,23 @@ def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
 
 
 def _stop(pool) -> None:
-    """Interrupted: end the workers now (their jobs' temporary files are never read), leave no orphans."""
-    processes = list(getattr(pool, "_processes", {}).values())
+    """Interrupted: end the workers now (their jobs' temporary files are never read) and leave no orphans. Never
+    raises: the interruption that called it is what the command reports."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     for p in processes:
-        if p.is_alive():
+        try:
             p.terminate()
+        except (OSError, ValueError):
+            pass
     for p in processes:
-        p.join(timeout=10)
-    pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            p.join(timeout=10)
+        except (OSError, ValueError, AssertionError):
+            pass
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)
+    except (OSError, RuntimeError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------- Slurm
