@@ -266,8 +266,12 @@ def build_all(options: dict, train: TrainConfig, data: DataOptions, run: RunOpti
 
 def merge(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
           plan_file: str | Path | None = None) -> tuple[dict, TrainConfig, DataOptions, RunOptions]:
-    """The command line's values with a plan file's values filling every option left at its default."""
-    options = dict(options)
+    """The command line's values (missing keys: :data:`DEFAULTS`) with a plan file's values filling every option
+    left at its default."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown protocol option(s): {', '.join(sorted(unknown))}")
+    options = {**DEFAULTS, **options}
     if options.get("task") == []:
         options["task"] = None
     if plan_file is not None:
