@@ -242,7 +242,7 @@ def protocol(
     data: DataOptions,
     run: RunOptions,
     task: Annotated[Optional[list[str]], typer.Option(
-        "--task", "-t", autocompletion=choices(*TASK_NAMES), help="GLUE task (repeat for several: one report each, "
+        "--task", "-t", metavar="TASK", autocompletion=choices(*TASK_NAMES), help="GLUE task (repeat for several: one report each, "
         "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
     seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (in this order: the protocol's "
                                              "groups and the ACTIVE-LT sequence follow it).")] = "1-3",
