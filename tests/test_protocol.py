@@ -342,6 +342,7 @@ def test_local_layout_keeps_jobs_times_threads_within_the_cores():
     assert local_layout(1, None, None, 8, 0) == (1, 8, [])
     assert local_layout(None, None, 2, 8, 2) == (4, 2, ["0", "0", "1", "1"])
     assert local_layout(None, None, 2, 8, 0) == (8, 1, [])  # no GPU: --jobs-per-gpu has nothing to pin
+    assert local_layout(None, None, None, 8, 2) == (2, 4, ["0", "1"])  # GPUs: one job per GPU by default
 
 
 # ---------------------------------------------------------------------------------------------- Slurm

@@ -49,10 +49,12 @@ def local_layout(jobs: int | None, threads: int | None, jobs_per_gpu: int | None
                  n_gpus: int, max_jobs: int | None = None) -> tuple[int, int, list[str]]:
     """(parallel jobs, threads per job, GPU index of each worker slot or [] on CPU) such that jobs x threads <=
     cores. Default: one job per core with one thread each (measured faster than one job with every core: 126 vs
-    115 members/hour on 2 cores, benchmarks/README.md), at most ``max_jobs`` (what memory holds). ``--jobs-per-gpu
-    N`` runs N jobs on each GPU (where there are GPUs). Raises UsageError for a layout that oversubscribes the
-    cores."""
+    115 members/hour on 2 cores, benchmarks/README.md), at most ``max_jobs`` (what memory holds); where there are
+    GPUs, one job per GPU. ``--jobs-per-gpu N`` runs N jobs on each GPU. Raises UsageError for a layout that
+    oversubscribes the cores."""
     gpus: list[str] = []
+    if jobs_per_gpu is None and jobs is None and n_gpus:
+        jobs_per_gpu = 1  # on a GPU machine: one job per visible GPU unless told otherwise
     if jobs_per_gpu is not None and n_gpus:
         if jobs is not None:
             raise UsageError("give --jobs or --jobs-per-gpu, not both")
@@ -107,7 +109,7 @@ def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    n_gpus = gpu_count() if plan.jobs_per_gpu is not None else 0
+    n_gpus = gpu_count() if not plan.run.device.startswith(("cpu", "mps")) else 0
     n_jobs, threads, gpus = local_layout(plan.jobs, plan.run.threads, plan.jobs_per_gpu, cores(), n_gpus,
                                          memory_jobs())
     workers = f"{n_jobs} job(s) x {threads} thread(s)" + (f" on {n_gpus} GPU(s)" if gpus else "")
