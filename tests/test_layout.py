@@ -19,9 +19,11 @@ LAYOUT = _layout()
 ROWS = {r["module"]: r for r in LAYOUT["rows"]}
 
 
-def test_import_levels_stay_at_seven_or_fewer():
+def test_import_levels_stay_at_eight_or_fewer():
+    """Eight since ``protocol``: its runner stands on the training stages and its report on the analysis commands,
+    one level above both (the command line above it, ``__main__`` above that)."""
     worst = max(LAYOUT["rows"], key=lambda r: r["level"])
-    assert LAYOUT["levels"] <= 7, f"{worst['module']} stands on level {worst['level']}"
+    assert LAYOUT["levels"] <= 8, f"{worst['module']} stands on level {worst['level']}"
 
 
 def test_no_stage_imports_another_stage():

@@ -197,3 +197,35 @@ def test_stats_says_when_too_few_seeds_can_reach_significance(cli, tmp_path):
         code, out, err = cli("stats", *paths, "--size", "2")
         assert code == 0, err
         assert ("cannot give p below 0.125" in err) == (n == 4), err
+
+
+def test_compare_gain_is_the_ensembling_part_with_the_exact_permutation_p():
+    """The protocol report's ensembling part: (A's k-ensemble mean - A's single mean) - (B's), its p-value for that
+    same difference (checked against the exact test over all 2^n seed swaps) and a jackknife interval around it."""
+    from itertools import combinations, product
+
+    from ticketctl.analysis.significance import compare_gain
+
+    scorer, _, _ = simulate(np.random.default_rng(3), n=6, examples=200, margin=0.4)
+    b, a = list(range(6)), list(range(6, 12))
+
+    def gain(members):
+        ens = np.mean([scorer.scores(np.isin(np.arange(12), c)[None].astype(float))[0]
+                       for c in combinations(members, 3)])
+        return ens - np.mean(scorer.scores(np.eye(12)[members]))
+
+    observed = gain(a) - gain(b)
+    exact = []
+    for swap in product([False, True], repeat=6):
+        pa = [b[s] if w else a[s] for s, w in enumerate(swap)]
+        pb = [a[s] if w else b[s] for s, w in enumerate(swap)]
+        exact.append(gain(pa) - gain(pb))
+    p_exact = np.mean(np.abs(exact) >= abs(observed) - 1e-12)
+    c = compare_gain(scorer, a, b, 3, 1, paired=True, resamples=1999)
+    assert c.diff == pytest.approx(observed)
+    assert c.p == pytest.approx(p_exact, abs=0.03)
+    assert c.low < c.diff < c.high
+    # the single part and the ensembling part add up to the ensembles' difference
+    single = compare(scorer, a, b, 1, 1, paired=True, resamples=99)
+    ens = compare(scorer, a, b, 3, 1, paired=True, resamples=99)
+    assert single.diff + c.diff == pytest.approx(ens.diff)

@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ticketctl.errors import EXIT_INTERRUPTED, TicketError, UsageError
+from ticketctl.errors import EXIT_INTERRUPTED, JobsFailed, TicketError, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 
 app = typer.Typer(
@@ -236,6 +236,98 @@ def share(
     from ticketctl.stages.share import share as run_share
 
     print_paths(run_share(task, mask, seed, sampling=sampling, save_model=save_model, train=train, data=data, run=run))
+
+
+@app.command()
+@options(train=TrainConfig, data=DataOptions, run=RunOptions)
+def protocol(
+    train: TrainConfig,
+    data: DataOptions,
+    run: RunOptions,
+    task: Annotated[Optional[list[str]], typer.Option(
+        "--task", "-t", metavar="TASK", autocompletion=choices(*TASK_NAMES), help="GLUE task (repeat for several: one report each, "
+        "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
+    seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (in this order: the protocol's "
+                                             "groups and the ACTIVE-LT sequence follow it).")] = "1-3",
+    schemes: Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random"),
+        help="Comma-separated: dense (BASELINE), bagging, base, active, random (BASE-LT, ACTIVE-LT, RANDOM-LT).")
+    ] = "dense,bagging,base,active,random",
+    groups: Annotated[int, typer.Option(help="Split each scheme's seeds (in order) into G equal groups; ensembles "
+                                             "are combined within groups (the paper: 2 groups of 10).")] = 1,
+    size: Annotated[Optional[str], typer.Option(
+        help="Ensemble sizes k, e.g. 2-5: Table 1 at the largest, Figure 3 over all. Default: 2 up to min(5, a "
+             "group's seeds).")] = None,
+    report: Annotated[Path, typer.Option(help="Folder of report.md, report.json, the figures and plan.toml.")
+                      ] = Path("report"),
+    plan: Annotated[Optional[Path], typer.Option(
+        help="A TOML plan: option = value for any option of this command (e.g. seeds = \"1-20\", epochs = 2); "
+             "options given on the command line win.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the jobs (id, done/todo, dependencies, "
+                                                            "artifact) and 'N to run, M done'; run nothing.")] = False,
+    bagging: Annotated[float, typer.Option(help="BAGGING members train on this seed-dependent fraction.")] = 0.9,
+    sparsity: Annotated[float, typer.Option(help="Tickets' fraction of pruned prunable weights.")] = 0.3,
+    prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per IMP "
+                                                   "round.")] = 0.1,
+    l1: Annotated[Optional[float], typer.Option("--l1", help="tau of RANDOM-LT's and ACTIVE-LT's regularizer "
+                                                             "(default 1e-4).")] = None,
+    search_epochs: Annotated[Optional[float], typer.Option(help="Epochs per IMP round (default: --epochs).")] = None,
+    resamples: Annotated[int, typer.Option(help="Permutations of the report's tests.")] = 1000,
+    executor: Annotated[str, typer.Option(autocompletion=choices("local", "slurm"),
+        help="local: a process pool on this machine; slurm: jobs submitted through submitit (pip install "
+             "'ticketctl[slurm]').")] = "local",
+    jobs: Annotated[Optional[int], typer.Option(help="local: jobs at once (default: cores / --threads, or 1); "
+                                                     "jobs x threads must not exceed the cores.")] = None,
+    jobs_per_gpu: Annotated[Optional[int], typer.Option(help="local, where GPUs exist: N jobs per GPU, each worker "
+                                                             "pinned with CUDA_VISIBLE_DEVICES.")] = None,
+    slurm_partition: Annotated[Optional[str], typer.Option(help="slurm: partition.")] = None,
+    slurm_gpus_per_job: Annotated[Optional[int], typer.Option(help="slurm: GPUs per job.")] = None,
+    slurm_time: Annotated[Optional[str], typer.Option(help="slurm: time limit per job (minutes, h:m:s or "
+                                                           "d-h:m:s).")] = None,
+    slurm_array_parallelism: Annotated[Optional[int], typer.Option(help="slurm: array tasks running at once.")
+                                       ] = None,
+    slurm_extra: Annotated[Optional[str], typer.Option(help="slurm: more sbatch options, e.g. \"--qos=high "
+                                                            "--account=lab\".")] = None,
+):
+    """The whole Multi-Ticket Ensemble protocol: every scheme's members for every seed (dense and bagging finetunes,
+    IMP searches and their tickets' finetunes, the ACTIVE-LT chain), only the jobs not finished already, then the
+    report (Tables 1-2, Figures 3-4, costs) in --report.
+
+    Prints the report's path (or, with --dry-run, the jobs). Exit 4 when jobs failed (listed on stderr with their
+    logs; rerun to resume).
+    """
+    from ticketctl.protocol.plan import DEFAULTS, build_all
+
+    values = {k: v for k, v in locals().items() if k in DEFAULTS}
+    plans = build_all({**values, "report": str(report)}, train, data, run, plan)
+    from ticketctl.protocol import runner
+
+    if dry_run:
+        states = [runner.locate(p) for p in plans]
+        for state in states:
+            for line in runner.describe(state)[:-1]:
+                sys.stdout.write(line + "\n")
+        sys.stdout.write(f"{sum(len(s.todo) for s in states)} to run, {sum(len(s.done) for s in states)} done\n")
+        return
+    from ticketctl.protocol.report import write_report
+    from ticketctl.stages.setup import Log
+
+    log = Log(run.quiet, run.verbose)
+    failed, total = 0, 0
+    for resolved in plans:
+        outcome = runner.run_plan(resolved, log)
+        total += len(outcome.state.jobs)
+        if outcome.failures:
+            failed += len(outcome.failures)
+            for job, why in outcome.failures.items():
+                _error(f"{resolved.task + ' ' if len(plans) > 1 else ''}{job} failed: {why}")
+            continue
+        members = outcome.members(outcome.state)
+        masks = {s: [outcome.state.targets[j.id][0] for j in outcome.state.jobs.values()
+                     if j.kind == "search" and j.scheme == s] for s in resolved.schemes}
+        print_paths([write_report(resolved, outcome, members, masks)])
+    if failed:
+        raise JobsFailed(f"{failed} of {total} jobs failed; the others are finished: rerun the same command to "
+                         f"resume")
 
 
 @app.command()

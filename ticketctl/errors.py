@@ -6,6 +6,7 @@ from __future__ import annotations
 EXIT_FAILURE = 1  # unexpected failure: a bug or the environment (a traceback is printed)
 EXIT_USAGE = 2  # bad command line: unknown option or task, value out of range
 EXIT_INPUT = 3  # bad or incompatible input: unreadable artifact, mixed tasks, malformed TSV, ...
+EXIT_JOBS_FAILED = 4  # protocol: some jobs failed (each listed with its log); the rest finished
 EXIT_INTERRUPTED = 130
 
 
@@ -21,3 +22,7 @@ class UsageError(TicketError):
 
 class InputError(TicketError):
     exit_code = EXIT_INPUT
+
+
+class JobsFailed(TicketError):
+    exit_code = EXIT_JOBS_FAILED

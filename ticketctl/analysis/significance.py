@@ -207,13 +207,14 @@ def pairing(seeds_a: list[str], seeds_b: list[str]) -> bool:
 
 
 def compare(scorer: Scorer, a: list[int], b: list[int], k: int, groups: int, paired: bool,
-            resamples: int = RESAMPLES, seed: int = 0, limit: int = TEST_COMBINATIONS) -> Comparison:
+            resamples: int = RESAMPLES, seed: int = 0, limit: int | None = TEST_COMBINATIONS) -> Comparison:
     """Permutation test over seeds, and the jackknife interval, for A's protocol mean minus B's.
 
     ``a``, ``b``: member indices into ``scorer`` in seed order. Paired: the member of one seed is exchanged between
     the schemes (each seed independently, with probability 1/2); unpaired: the pooled members are reassigned to the
     schemes at random. The statistic uses at most ``limit`` combinations per group (the same ones throughout), so a
-    test costs the same at 20 seeds as at 5; the permutation p-value is exact for it up to Monte Carlo error."""
+    test costs the same at 20 seeds as at 5; the permutation p-value is exact for it up to Monte Carlo error.
+    ``limit=None``: every combination, so the statistic is the protocol mean difference itself."""
     if paired and len(a) != len(b):
         raise UsageError("a paired comparison needs the same seeds in both schemes")
     rng = np.random.default_rng([seed, k, groups, len(a), len(b)])
@@ -336,3 +337,82 @@ def paper_ttest(a_scores: np.ndarray, b_scores: np.ndarray) -> float:
     if len(a_scores) < 2 or len(b_scores) < 2 or (np.var(a_scores) == 0 and np.var(b_scores) == 0):
         return float("nan")
     return float(stats.ttest_ind(a_scores, b_scores, equal_var=True).pvalue)
+
+
+def compare_gain(scorer: Scorer, a: list[int], b: list[int], k: int, groups: int, paired: bool,
+                 resamples: int = RESAMPLES, seed: int = 0, limit: int | None = TEST_COMBINATIONS,
+                 level: float = 0.95) -> Comparison:
+    """The ensembling part of A's difference to B: (A's protocol mean of k-member ensembles - A's mean single
+    member) - (the same for B), with the permutation test over seeds and the leave-one-seed-out jackknife interval of
+    :func:`compare` for that statistic (the p-value is for this difference, not for the ensembles' difference).
+
+    ``a``, ``b``: member indices into ``scorer`` in seed order. Returns a :class:`Comparison` whose ``diff`` is the
+    statistic (in the headline metric's units); NaN interval where every ensemble holds every seed."""
+    from scipy import stats
+
+    if paired and len(a) != len(b):
+        raise UsageError("a paired comparison needs the same seeds in both schemes")
+    rng = np.random.default_rng([seed, k, groups, len(a), len(b), 1])
+    na, nb = len(a), len(b)
+    n = na + nb
+    sub = scorer.subset(list(a) + list(b))
+    ka = protocol_combinations(na, k, groups, limit, rng)
+    kb = ka if nb == na else protocol_combinations(nb, k, groups, limit, rng)
+
+    def gain(k_matrix, columns):
+        """(R,) ensemble mean minus single mean of the members at ``columns`` (R, n_side) of each relabelling."""
+        r, m = columns.shape
+        onehot = np.zeros((r, m, n))
+        np.put_along_axis(onehot, columns[:, :, None], 1.0, axis=2)
+        ens = sub.scores(np.einsum("ci,rij->rcj", k_matrix, onehot).reshape(-1, n)).reshape(r, -1).mean(1)
+        single = sub.scores(onehot.reshape(-1, n)).reshape(r, -1).mean(1)
+        return ens - single
+
+    a_cols, b_cols = np.arange(na)[None], np.arange(na, n)[None]
+    observed = float(gain(ka, a_cols)[0] - gain(kb, b_cols)[0])
+    extreme, done = 0, 0
+    chunk = max(1, BLOCK_ELEMENTS // max(1, (len(ka) + len(kb) + n) * len(sub.labels)))
+    while done < resamples:
+        r = min(chunk, resamples - done)
+        if paired:
+            swap = rng.random((r, na)) < 0.5
+            pa, pb = np.where(swap, b_cols, a_cols), np.where(swap, a_cols, b_cols)
+        else:
+            pool = np.argsort(rng.random((r, n)), axis=1)
+            pa, pb = pool[:, :na], pool[:, na:]
+        t = gain(ka, pa) - gain(kb, pb)
+        extreme += int(np.sum(np.abs(t) >= abs(observed) - 1e-12))
+        done += r
+    p = (1 + extreme) / (1 + resamples)
+
+    # leave-one-seed-out jackknife of the statistic (a seed leaves both schemes when paired)
+    sa = sub.scores(np.hstack([ka, np.zeros((len(ka), nb))]))
+    sb = sub.scores(np.hstack([np.zeros((len(kb), na)), kb]))
+    singles = sub.scores(np.eye(n))
+    group_a, group_b = _group_of(ka, na, groups), _group_of(kb, nb, groups)
+
+    def side_gain(scores, k_matrix, group, single, s):
+        keep = k_matrix[:, s] == 0 if s is not None else np.ones(len(k_matrix), bool)
+        means = [scores[keep & (group == g)].mean() for g in range(groups) if (keep & (group == g)).any()]
+        rest = np.delete(single, s) if s is not None else single
+        return float(np.mean(means)) - float(rest.mean()) if means else float("nan")
+
+    def values(seeds_a, seeds_b):
+        return np.array([side_gain(sa, ka, group_a, singles[:na], sa_) - side_gain(sb, kb, group_b, singles[na:], sb_)
+                         for sa_, sb_ in zip(seeds_a, seeds_b)])
+
+    if paired:
+        leave = values(range(na), range(na))
+        var, dof = (na - 1) / na * np.sum((leave - leave.mean()) ** 2), na - 1
+    else:
+        la = np.array([side_gain(sa, ka, group_a, singles[:na], s) for s in range(na)])
+        lb = np.array([side_gain(sb, kb, group_b, singles[na:], s) for s in range(nb)])
+        var = (na - 1) / na * np.sum((la - la.mean()) ** 2) + (nb - 1) / nb * np.sum((lb - lb.mean()) ** 2)
+        dof = min(na, nb) - 1
+    if not np.isfinite(var) or na < 2 or nb < 2:
+        low = high = float("nan")
+    else:
+        half = stats.t.ppf((1 + level) / 2, max(1, dof)) * np.sqrt(var)
+        low, high = observed - half, observed + half
+    return Comparison(observed, float(low), float(high), float(p),
+                      "paired permutation (seeds)" if paired else "permutation (seeds)")

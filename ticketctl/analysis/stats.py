@@ -205,13 +205,20 @@ def gain_curves(scorer: Scorer, groups: dict[str, list[int]], ref: str,
     return {g: [(k + 1, means[g][k] - means[ref][k]) for k in range(smallest)] for g in groups if g != ref}
 
 
-def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str, path: str, title: str) -> None:
+def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str, path: str, title: str,
+              intervals: dict[str, list[tuple[float, float]]] | None = None) -> None:
+    """Figure 3: each group's gain over ``ref`` vs k; with ``intervals`` (per group, a (low, high) per point of its
+    curve; NaN where there is none) a shaded 95% band."""
     from ticketctl.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for g, pts in sorted(curves.items()):
-        ax.plot([k for k, _ in pts], [100 * v for _, v in pts], marker="o", label=g)
+        line = ax.plot([k for k, _ in pts], [100 * v for _, v in pts], marker="o", label=g)[0]
+        if intervals and g in intervals:
+            lows, highs = zip(*intervals[g])
+            ax.fill_between([k for k, _ in pts], [100 * v for v in lows], [100 * v for v in highs],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
     ks = sorted({k for pts in curves.values() for k, _ in pts})
     ax.set_xticks(ks)
     ax.axhline(0, color="grey", linewidth=1, linestyle="--", label=f"{ref} (reference)")

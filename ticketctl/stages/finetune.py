@@ -30,6 +30,29 @@ def finetune(task: str, seed: int = 0, *, mask: str | None = None, bagging: floa
         init=init, train_fraction=f, subset_seed=data.subset_seed)]
 
 
+def targets(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: str | None = None, bagging: float = 1.0,
+            train_fraction: float = 1.0, subset_seed: int | None = None) -> list[Path]:
+    """The logits artifact paths (one per evaluation split) :func:`finetune_context` writes for these options,
+    whether or not they exist, computed without training (``ctx``, ``cfg`` as ``setup.start`` resolves them).
+    Raises InputError for an unreadable mask."""
+    train_split = training_subset(ctx.train, seed, float(bagging), float(train_fraction), subset_seed)
+    mask_art = setup.load_mask(ctx, mask_path) if mask_path else None
+    return [path for _, path, _ in _rows(ctx, cfg, seed, out, train_split, mask_art, float(bagging), None, None,
+                                         float(train_fraction))[0]]
+
+
+def _rows(ctx: Context, cfg: TrainConfig, seed: int, out: Path, train_split, mask_art, bagging: float, init,
+          init_fp, train_fraction: float):
+    """identity -> (logits rows from ``setup.logits_paths``, identity, scheme, mask)."""
+    structured = mask_art is not None and mask_art.method == "structured"
+    mask = (mask_art.structured() if structured else mask_art.mask()) if mask_art else None
+    identity = setup.training_identity(ctx, cfg, seed, train_split, mask.digest() if mask else None, bagging,
+                                       train_fraction=train_fraction, init=init_fp)
+    scheme = mask_art.meta.get("policy", "ticket") if mask_art else (
+        "bagging" if bagging < 1 else "init" if init else "dense")
+    return setup.logits_paths(ctx, identity, scheme, seed, out), identity, scheme, mask
+
+
 def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, mask_path: str | None = None,
                      bagging: float = 1.0, force: bool = False, save_model: Path | None = None,
                      init: str | None = None, train_fraction: float = 1.0,
@@ -43,14 +66,10 @@ def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Pat
     init_dir, init_fp = loading.resolve_init(init) if init else (None, None)
     mask_art = setup.load_mask(ctx, mask_path) if mask_path else None
     structured = mask_art is not None and mask_art.method == "structured"
-    mask = (mask_art.structured() if structured else mask_art.mask()) if mask_art else None
 
     # identity -> finished already?
-    identity = setup.training_identity(ctx, cfg, seed, train_split, mask.digest() if mask else None, bagging,
-                                       train_fraction=train_fraction, init=init_fp)
-    scheme = mask_art.meta.get("policy", "ticket") if mask_art else (
-        "bagging" if bagging < 1 else "init" if init else "dense")
-    rows = setup.logits_paths(ctx, identity, scheme, seed, out)
+    rows, identity, scheme, mask = _rows(ctx, cfg, seed, out, train_split, mask_art, bagging, init, init_fp,
+                                         train_fraction)
     saved = save_model is not None and setup.check_model_folder(save_model, None if force else rows[0][2])
     if (save_model is None or saved) and setup.finished(ctx.log, [p for _, p, _ in rows], "logits", force):
         if saved:

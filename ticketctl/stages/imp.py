@@ -73,9 +73,32 @@ def search_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path,
                    prior_paths: list[str] | None = None, force: bool = False, train_fraction: float = 1.0,
                    subset_seed: int | None = None) -> Path:
     ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
+    final, identity, h, dense_identity, priors, l1 = _identity(ctx, cfg, seed, out, policy, sparsity, prune_step, l1,
+                                                               prior_paths, train_fraction)
+    if setup.finished(ctx.log, [final], "mask", force):
+        return final
+    rounds = plan_rounds(sparsity, prune_step)
+    return _search(ctx, cfg, device, seed, out, policy, sparsity, prune_step, l1, priors, force, train_fraction,
+                   final, identity, h, dense_identity, rounds)
+
+
+def target(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str = "base", sparsity: float = 0.3,
+           prune_step: float = 0.1, l1: float | None = None, prior_paths: list[str] | None = None,
+           train_fraction: float = 1.0, subset_seed: int | None = None) -> Path:
+    """The path of the mask artifact :func:`search_context` writes for these options (whether or not it exists),
+    computed without training: ``ctx`` and ``cfg`` as :func:`ticketctl.stages.setup.start` resolves them. Raises
+    UsageError / InputError as the search would (bad options, unreadable priors)."""
+    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
+    return _identity(ctx, cfg, seed, out, policy, float(sparsity), float(prune_step),
+                     None if l1 is None else float(l1), prior_paths, float(train_fraction))[0]
+
+
+def _identity(ctx: Context, cfg: TrainConfig, seed: int, out: Path, policy: str, sparsity: float, prune_step: float,
+              l1: float | None, prior_paths: list[str] | None, train_fraction: float):
+    """identity -> (final mask path, identity, its hash, the dense round's identity, loaded priors, resolved tau)."""
     if policy not in POLICIES:
         raise UsageError(f"--policy must be one of {', '.join(POLICIES)}")
-    rounds = plan_rounds(sparsity, prune_step)
+    plan_rounds(sparsity, prune_step)  # refuses a sparsity the prune step cannot reach
     prior_paths = prior_paths or []
     if l1 is None:
         l1 = 0.0 if policy == "base" else DEFAULT_L1
@@ -92,16 +115,16 @@ def search_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path,
     if "none" in prior_paths and not first:
         raise UsageError("--prior none stands alone (the first member of an active sequence)")
     priors = [] if first else [load_prior(ctx, p) for p in prior_paths]
-
-    # identity -> finished already?
     dense_identity = setup.training_identity(ctx, cfg, seed, ctx.train, train_fraction=train_fraction)
     identity = {**dense_identity, "policy": policy, "sparsity": sparsity, "prune_step": prune_step, "l1": l1,
                 "priors": sorted(p.mask().digest() for p in priors)}
     h = config_hash(identity, SEARCH_DEFAULTS)
-    final = out / paths.mask_name(ctx.task.name, policy, seed, sparsity, h)
-    if setup.finished(ctx.log, [final], "mask", force):
-        return final
+    return out / paths.mask_name(ctx.task.name, policy, seed, sparsity, h), identity, h, dense_identity, priors, l1
 
+
+def _search(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, policy: str, sparsity: float,
+            prune_step: float, l1: float, priors: list, force: bool, train_fraction: float, final: Path,
+            identity: dict, h: str, dense_identity: dict, rounds: int) -> Path:
     # setup
     import torch
 

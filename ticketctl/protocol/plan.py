@@ -1,0 +1,346 @@
+"""The whole Multi-Ticket Ensemble protocol as a plan: what to train (schemes x seeds), how to analyse it (groups,
+ensemble sizes) and where to run it (executor), and the job graph it expands into.
+
+A plan is checked completely before anything trains: an unknown scheme, seeds that do not split into the groups,
+an ensemble size larger than a group, or a Slurm option with the local executor is one ``UsageError`` line.
+
+Jobs (ids are ``KIND:SCHEME:sSEED``):
+
+- ``finetune:dense:sN``, ``finetune:bagging:sN``: finetunes without a mask;
+- ``search:P:sN`` for P in base, random, active: IMP searches; ``finetune:P:sN`` finetunes that ticket;
+- ``search:base:sN`` waits for ``finetune:dense:sN`` when both are planned: IMP round 1 of ``base`` is that finetune
+  and reuses it instead of training it twice;
+- ACTIVE-LT is sequential: ``search:active:sN`` is pushed away from the masks of the earlier seeds (in the order
+  given), so it waits for the previous seed's search; the first one runs with ``--prior none``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ticketctl.errors import UsageError
+from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+
+SCHEMES = ("dense", "bagging", "base", "active", "random")
+SEARCHED = ("base", "active", "random")  # schemes whose members are tickets found by IMP
+EXECUTORS = ("local", "slurm")
+
+
+def parse_range(spec: str | int | list, what: str) -> list[int]:
+    """``"1-20"``, ``"1,3,5"``, ``"1-3,7"``, an int or a list of ints -> the ints in that order (no repeats).
+    Raises UsageError naming ``what`` (the option) for anything else."""
+    if isinstance(spec, bool):
+        raise UsageError(f"{what} {spec!r}: give integers such as 1-20 or 1,2,3")
+    if isinstance(spec, int):
+        values = [spec]
+    elif isinstance(spec, (list, tuple)):
+        values = [v for s in spec for v in parse_range(s, what)]
+    else:
+        values = []
+        for part in str(spec).replace(" ", "").split(","):
+            lo, sep, hi = part.partition("-")
+            try:
+                a = int(lo)
+                b = int(hi) if sep else a
+            except ValueError:
+                raise UsageError(f"{what} {spec!r}: give integers such as 1-20 or 1,2,3") from None
+            if b < a:
+                raise UsageError(f"{what} {spec!r}: {part} is an empty range")
+            values += list(range(a, b + 1))
+    if not values:
+        raise UsageError(f"{what}: no values given")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{what} {spec!r}: a value is given twice")
+    return values
+
+
+def parse_schemes(spec: str | list) -> list[str]:
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if str(s).strip()]
+    for s in names:
+        if s not in SCHEMES:
+            raise UsageError(f"--schemes: unknown scheme {s!r} (schemes: {', '.join(SCHEMES)})")
+    if not names or len(set(names)) != len(names):
+        raise UsageError("--schemes: give each of " + ", ".join(SCHEMES) + " at most once, at least one")
+    return names
+
+
+@dataclass
+class Plan:
+    """A resolved protocol: every option of the command, validated (:meth:`validate`)."""
+
+    task: Optional[str]
+    seeds: list[int]
+    schemes: list[str]
+    groups: int = 1
+    sizes: list[int] = field(default_factory=lambda: [2])  # ensemble sizes k (Figure 3); Table 1 at the largest
+    report: Path = Path("report")
+    bagging: float = 0.9  # BAGGING: each member trains on this seed-dependent fraction
+    sparsity: float = 0.3
+    prune_step: float = 0.1
+    l1: Optional[float] = None  # tau of random/active (None: search's default)
+    search_epochs: Optional[float] = None  # epochs per IMP round (None: --epochs)
+    resamples: int = 1000
+    executor: str = "local"
+    jobs: Optional[int] = None  # local: parallel jobs (default: cores / threads)
+    jobs_per_gpu: Optional[int] = None
+    slurm_partition: Optional[str] = None
+    slurm_gpus_per_job: Optional[int] = None
+    slurm_time: Optional[str] = None
+    slurm_array_parallelism: Optional[int] = None
+    slurm_extra: Optional[str] = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataOptions = field(default_factory=DataOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+
+    @property
+    def k(self) -> int:
+        """The ensemble size of Table 1: the largest of ``sizes`` (the paper's k = 5 of ``--size 2-5``)."""
+        return max(self.sizes)
+
+    @property
+    def search_train(self) -> TrainConfig:
+        return self.train if self.search_epochs is None else dataclasses.replace(self.train, epochs=self.search_epochs)
+
+    def validate(self) -> "Plan":
+        if self.groups < 1:
+            raise UsageError(f"--groups {self.groups}: must be >= 1")
+        if len(self.seeds) % self.groups:
+            raise UsageError(f"--seeds: {len(self.seeds)} seeds do not split into --groups {self.groups} equal groups")
+        per_group = len(self.seeds) // self.groups
+        if min(self.sizes) < 1:
+            raise UsageError("--size: an ensemble has at least one member")
+        if self.k > per_group:
+            raise UsageError(f"--size {self.k}: a seed group has only {per_group} members "
+                             f"({len(self.seeds)} seeds in {self.groups} group(s))")
+        if not 0 < self.bagging < 1:
+            raise UsageError("--bagging must be in (0, 1): the fraction each BAGGING member trains on")
+        if self.search_epochs is not None and self.search_epochs <= 0:
+            raise UsageError("--search-epochs must be > 0")
+        if self.resamples < 99:
+            raise UsageError("--resamples must be >= 99")
+        if self.executor not in EXECUTORS:
+            raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}")
+        slurm = [n for n in ("slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism",
+                             "slurm_extra") if getattr(self, n) is not None]
+        if self.executor != "slurm" and slurm:
+            raise UsageError(f"--{slurm[0].replace('_', '-')} belongs to --executor slurm")
+        if self.executor == "slurm" and (self.jobs is not None or self.jobs_per_gpu is not None):
+            raise UsageError("--jobs and --jobs-per-gpu belong to --executor local (Slurm schedules the jobs)")
+        for name in ("jobs", "jobs_per_gpu", "slurm_gpus_per_job", "slurm_array_parallelism"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.run.force:
+            raise UsageError("--force does not fit a protocol (it would retrain every member); delete the artifacts "
+                             "to recompute")
+        self.data.validate()
+        return self
+
+    def jobs_graph(self) -> dict[str, "Job"]:
+        """Every job of the plan, in an order where each job comes after its dependencies."""
+        jobs: dict[str, Job] = {}
+        previous_active: list[str] = []
+        for seed in self.seeds:
+            for scheme in self.schemes:
+                if scheme in ("dense", "bagging"):
+                    j = Job(f"finetune:{scheme}:s{seed}", "finetune", scheme, seed)
+                    jobs[j.id] = j
+                    continue
+                deps: tuple[str, ...] = ()
+                if scheme == "base" and "dense" in self.schemes:
+                    deps = (f"finetune:dense:s{seed}",)
+                priors: tuple[str, ...] = ()
+                if scheme == "active":
+                    priors = tuple(previous_active)
+                    deps = priors[-1:]
+                search = Job(f"search:{scheme}:s{seed}", "search", scheme, seed, deps, priors=priors)
+                jobs[search.id] = search
+                if scheme == "active":
+                    previous_active.append(search.id)
+                ticket = Job(f"finetune:{scheme}:s{seed}", "finetune", scheme, seed, (search.id,), mask=search.id)
+                jobs[ticket.id] = ticket
+        return jobs
+
+    def options_dict(self) -> dict:
+        """The resolved plan as plain values (for plan.toml and report.json)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("train", "data", "run"):
+                v = {k: (str(x) if isinstance(x, Path) else x) for k, x in dataclasses.asdict(v).items()}
+            elif isinstance(v, Path):
+                v = str(v)
+            out[f.name] = v
+        return out
+
+
+@dataclass(frozen=True)
+class Job:
+    """One step of the protocol: a ``search`` or a ``finetune`` of one scheme and seed."""
+
+    id: str
+    kind: str  # search | finetune
+    scheme: str
+    seed: int
+    deps: tuple[str, ...] = ()  # jobs that must finish first
+    mask: Optional[str] = None  # finetune of a ticket: the search job whose mask it trains
+    priors: tuple[str, ...] = ()  # ACTIVE-LT search: the earlier members' search jobs, in order
+
+    @property
+    def slug(self) -> str:
+        """The id as a file name (logs)."""
+        return self.id.replace(":", "-")
+
+
+# ---------------------------------------------------------------------------------------------- plan files
+
+
+# Named plans (``--plan quick``): the README's quick worked example, 3 seeds of dense and RANDOM-LT members on MRPC
+# with finetunes of 2 epochs and IMP rounds of 1 (about half an hour on 2 CPU cores with the default model).
+PRESETS = {
+    "quick": 'task = "mrpc"\nseeds = "1-3"\nschemes = "dense,random"\nsize = "2"\nepochs = 2\nsearch_epochs = 1\n'
+             'out = "runs-quick"\nreport = "report-quick"\n',
+}
+
+
+def read_plan_file(path: str | Path) -> dict:
+    """A TOML plan (``--plan FILE``, or the name of a preset in :data:`PRESETS` where no such file exists): a flat
+    table whose keys are the command's option names (``seeds``, ``schemes``, ``epochs``, ``max-train-samples`` or
+    ``max_train_samples``, ...). Raises UsageError for a missing or malformed file."""
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        raise UsageError("--plan needs Python 3.11 or newer (tomllib)") from None
+    try:
+        if not Path(path).exists() and str(path) in PRESETS:
+            table = tomllib.loads(PRESETS[str(path)])
+        else:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"--plan {path}: no such file (presets: {', '.join(PRESETS)})") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"--plan {path}: {e}") from None
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            raise UsageError(f"--plan {path}: [{key}]: a plan is one flat table of option names (no sections)")
+        flat[key.replace("-", "_")] = value
+    return flat
+
+
+def toml_text(values: dict, header: str = "") -> str:
+    """``values`` (str, int, float, bool, lists of them, None left out) as a flat TOML table."""
+    import json
+
+    lines = [f"# {line}" for line in header.splitlines()]
+    for key, value in values.items():
+        if value is None or value == [] or isinstance(value, dict):
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# Options of the command beyond the training options, with their command-line defaults (None: not given).
+DEFAULTS = {"task": None, "seeds": "1-3", "schemes": ",".join(SCHEMES), "groups": 1, "size": None,
+            "report": "report", "bagging": 0.9, "sparsity": 0.3, "prune_step": 0.1, "l1": None, "search_epochs": None,
+            "resamples": 1000, "executor": "local", "jobs": None, "jobs_per_gpu": None, "slurm_partition": None,
+            "slurm_gpus_per_job": None, "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None}
+
+
+def build_all(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
+              plan_file: str | Path | None = None) -> list[Plan]:
+    """One validated plan per task (``options["task"]``: a name, a list of names, or None), each reporting into
+    ``REPORT/TASK`` when there are several; otherwise as :func:`build`."""
+    options, train, data, run = merge(options, train, data, run, plan_file)
+    tasks = options["task"] if isinstance(options["task"], (list, tuple)) else [options["task"]]
+    tasks = list(tasks) or [None]
+    if len(set(tasks)) != len(tasks):
+        raise UsageError("--task: a task is given twice")
+    report = Path(options["report"])
+    return [build({**options, "task": t, "report": report / t if len(tasks) > 1 else report}, train, data, run)
+            for t in tasks]
+
+
+def merge(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
+          plan_file: str | Path | None = None) -> tuple[dict, TrainConfig, DataOptions, RunOptions]:
+    """The command line's values (missing keys: :data:`DEFAULTS`) with a plan file's values filling every option
+    left at its default."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown protocol option(s): {', '.join(sorted(unknown))}")
+    options = {**DEFAULTS, **options}
+    if options.get("task") == []:
+        options["task"] = None
+    if plan_file is not None:
+        groups = {"train": train, "data": data, "run": run}
+        for key, value in read_plan_file(plan_file).items():
+            if key in DEFAULTS:
+                if options.get(key) == DEFAULTS[key]:
+                    options[key] = value
+                continue
+            for name, obj in groups.items():
+                fields = {f.name: f for f in dataclasses.fields(obj)}
+                if key in fields:
+                    f = fields[key]
+                    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    if getattr(obj, key) == default or (name == "run" and key == "out" and
+                                                        Path(getattr(obj, key)) == Path(default)):
+                        try:
+                            groups[name] = dataclasses.replace(obj, **{key: value})
+                        except (TypeError, ValueError) as e:
+                            raise UsageError(f"--plan {plan_file}: {key} = {value!r}: {e}") from None
+                    break
+            else:
+                raise UsageError(f"--plan {plan_file}: unknown option {key!r}")
+        train, data, run = groups["train"], groups["data"], groups["run"]
+    return options, train, data, run
+
+
+def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
+          plan_file: str | Path | None = None) -> Plan:
+    """The validated plan from the command line's values (``options``: the keys of :data:`DEFAULTS`) and, with
+    ``plan_file``, a TOML plan whose values fill every option the command line left at its default. Raises
+    UsageError (one line) for an unknown key, a bad value or a plan that does not fit (:meth:`Plan.validate`)."""
+    options, train, data, run = merge(options, train, data, run, plan_file)
+    seeds = parse_range(options["seeds"], "--seeds")
+    n_groups = _int(options["groups"], "--groups")
+    per_group = len(seeds) // max(1, n_groups)
+    size = options["size"]
+    sizes = parse_range(size, "--size") if size is not None else (
+        list(range(2, min(5, per_group) + 1)) if per_group >= 2 else [1])
+    plan = Plan(task=options["task"], seeds=seeds, schemes=parse_schemes(options["schemes"]), groups=n_groups,
+                sizes=sizes, report=Path(options["report"]), bagging=_float(options["bagging"], "--bagging"),
+                sparsity=_float(options["sparsity"], "--sparsity"),
+                prune_step=_float(options["prune_step"], "--prune-step"),
+                l1=None if options["l1"] is None else _float(options["l1"], "--l1"),
+                search_epochs=None if options["search_epochs"] is None else _float(options["search_epochs"],
+                                                                                  "--search-epochs"),
+                resamples=_int(options["resamples"], "--resamples"), executor=str(options["executor"]),
+                jobs=_opt_int(options["jobs"], "--jobs"), jobs_per_gpu=_opt_int(options["jobs_per_gpu"],
+                                                                                "--jobs-per-gpu"),
+                slurm_partition=options["slurm_partition"],
+                slurm_gpus_per_job=_opt_int(options["slurm_gpus_per_job"], "--slurm-gpus-per-job"),
+                slurm_time=None if options["slurm_time"] is None else str(options["slurm_time"]),
+                slurm_array_parallelism=_opt_int(options["slurm_array_parallelism"], "--slurm-array-parallelism"),
+                slurm_extra=options["slurm_extra"], train=train, data=data, run=run)
+    return plan.validate()
+
+
+def _int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).lstrip("-").isdigit():
+        raise UsageError(f"{what} {v!r}: give an integer")
+    return int(v)
+
+
+def _opt_int(v, what: str) -> int | None:
+    return None if v is None else _int(v, what)
+
+
+def _float(v, what: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} {v!r}: give a number") from None

@@ -1,0 +1,265 @@
+"""The protocol's report: ``REPORT/report.md`` with its figures, ``REPORT/report.json`` (the same numbers for
+programs) and ``REPORT/plan.toml`` (the resolved plan, usable as ``--plan``).
+
+- Table 1 (Kobayashi et al.): per scheme the mean single member, the mean k-member ensemble by the paper's protocol
+  (``--groups``), the ensemble gain, and against BASELINE (dense) the difference of ensembles with its 95% interval
+  and the calibrated permutation test over seeds; the paper's t-test over combinations beside it, for the same
+  difference. Then that difference split into the single-member part (single - BASELINE's single) and the
+  ensembling part (gain - BASELINE's gain), each with its interval and permutation p-value: every p-value is for
+  the difference printed beside it.
+- Table 2: the five diversity metrics per scheme (regression: error correlation and ambiguity).
+- Figure 3: ensemble gain over BASELINE vs k. Figure 4: IoU of the tickets' masks.
+- Cost: each member's training seconds and inference cost, the run's wall time, members per hour, device, versions.
+
+Everything here reads artifacts (numpy, scipy, matplotlib): the analysis functions of ``ticketctl.analysis``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ticketctl.analysis import diversity, iou, stats
+from ticketctl.analysis.significance import compare, compare_gain, pairing
+from ticketctl.analysis.tables import _cell
+from ticketctl.errors import InputError
+from ticketctl.protocol.plan import Plan, toml_text
+from ticketctl.store.artifacts import read_artifact
+from ticketctl.store.provenance import versions
+
+NAMES = {"dense": "BASELINE", "bagging": "BAGGING", "base": "BASE-LT", "active": "ACTIVE-LT", "random": "RANDOM-LT"}
+SEEDED = ("table1", "parts", "table2", "figure3", "figure4", "members")  # what depends only on the artifacts
+
+
+def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> dict:
+    """The report's numbers from the members' dev logits (scheme -> paths in seed order) and the tickets' masks.
+    Raises InputError where a scheme lacks members (a failed job)."""
+    want = len(plan.seeds)
+    for scheme in plan.schemes:
+        have = len(members.get(scheme, []))
+        if have != want:
+            raise InputError(f"report: {scheme} has {have} of {want} members finished (rerun the protocol)")
+    paths = [str(p) for s in plan.schemes for p in members[s]]
+    loaded, grouped = stats.load_groups(paths, "policy")
+    ref = stats.pick_ref(grouped, None)
+    scorer = stats.scorer_of(loaded, "probs")
+    k = plan.k
+    rows, _ = stats.table(loaded, grouped, ref, k, scorer, plan.groups, "permutation", plan.resamples)
+    parts = []
+    paired = {g: pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref])) for g in grouped}
+    for row in rows:  # test vs_ref itself: every combination, not stats' sample of at most 50 per group
+        g = row["group"]
+        if g != ref and min(len(grouped[g]), len(grouped[ref])) >= 2:
+            c = compare(scorer, grouped[g], grouped[ref], k, plan.groups, paired[g], plan.resamples, limit=None)
+            row.update({"vs_ref": c.diff, "diff_low": c.low, "diff_high": c.high, "p_value": c.p})
+    for g in grouped:
+        if g == ref:
+            continue
+        single = compare(scorer, grouped[g], grouped[ref], 1, 1, paired[g], plan.resamples, limit=None)
+        gain = compare_gain(scorer, grouped[g], grouped[ref], k, plan.groups, paired[g], plan.resamples, limit=None)
+        parts.append({"group": g, "single_diff": single.diff, "single_low": single.low, "single_high": single.high,
+                      "p_single": single.p, "ensembling_diff": gain.diff, "ensembling_low": gain.low,
+                      "ensembling_high": gain.high, "p_ensembling": gain.p, "test": gain.test})
+    table2 = {}
+    for g, idx in grouped.items():
+        if len(idx) < 2:
+            continue
+        sub = stats.load_groups([str(loaded.arts[i].path) for i in idx], "policy")[0]
+        table2[g] = (diversity.regression_summary(sub) if sub.task.is_regression
+                     else diversity.summary(diversity.oracle(sub)))
+    curves = stats.gain_curves(scorer, grouped, ref, plan.groups)
+    figure3 = {}
+    for g, curve in curves.items():  # each point with the jackknife interval of its difference (all combinations)
+        figure3[g] = []
+        for kk, v in curve:
+            c = compare(scorer, grouped[g], grouped[ref], kk, plan.groups, paired[g], 0, limit=None)
+            figure3[g].append([kk, v, c.low, c.high])
+    mask_paths = [str(p) for s in plan.schemes for p in masks.get(s, [])]
+    figure4 = None
+    if len(mask_paths) >= 2:
+        arts = iou.load_masks(mask_paths)
+        labels = [iou.label(a) for a in arts]
+        figure4 = {"labels": labels, "masks": mask_paths, "iou": iou.iou_matrix(arts).round(6).tolist()}
+    member_rows = []
+    for scheme in plan.schemes:
+        for p in members[scheme]:
+            art = read_artifact(p, "logits")
+            cost = art.meta.get("cost") or {}
+            member_rows.append({"scheme": scheme, "seed": int(art.meta.get("seed", -1)), "path": str(p),
+                                "metric": loaded.task.headline,
+                                "dev": (art.meta.get("metrics") or {}).get(loaded.task.headline),
+                                "flops_per_example": cost.get("flops_per_example"),
+                                "nonzero_parameters": cost.get("nonzero_parameters")})
+    return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref, "k": k,
+            "metric": loaded.task.headline, "table1": rows, "parts": parts, "table2": table2,
+            "figure3": figure3, "figure4": figure4,
+            "members": member_rows}
+
+
+def member_times(members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> list[dict]:
+    """Each member's training cost as its artifacts record it: finetune seconds, and for a ticket the seconds of
+    its search's IMP rounds (a round reused from the dense finetune costs nothing)."""
+    out = []
+    for scheme, paths in members.items():
+        for i, p in enumerate(paths):
+            art = read_artifact(p, "logits")
+            search = 0.0
+            if scheme in masks and i < len(masks[scheme]):
+                rounds = (read_artifact(masks[scheme][i], "mask").meta.get("metrics") or {}).get("rounds", [])
+                search = sum(float(r.get("seconds", 0)) for r in rounds)
+            out.append({"scheme": scheme, "seed": int(art.meta.get("seed", -1)),
+                        "finetune_seconds": float(art.meta.get("train_seconds", "nan")),
+                        "search_seconds": round(search, 1)})
+    return out
+
+
+def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> Path:
+    """Write report.md, report.json, the figures and plan.toml into ``plan.report``; returns report.md's path."""
+    folder = Path(plan.report)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = analyse(plan, members, masks)
+    trained = [r for r in outcome.results.values() if r.get("ran")]
+    n_members = sum(1 for r in trained if r["job"].startswith("finetune:"))
+    data["run"] = {
+        "executor": plan.executor, "workers": outcome.workers, "device": outcome.device,
+        "wall_seconds": round(outcome.seconds, 1), "jobs_run": len(trained),
+        "members_trained": n_members,
+        "members_per_hour": round(n_members / (outcome.seconds / 3600), 2) if n_members and outcome.seconds else None,
+        "job_seconds": {r["job"]: r["seconds"] for r in outcome.results.values()},
+        "member_times": member_times(members, masks), "versions": versions(), "machine": machine(),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    data["plan"] = plan.options_dict()
+    fig3 = folder / f"{data['task']}-fig3-gain.png"
+    if data["figure3"]:
+        stats.plot_gain({g: [(x[0], x[1]) for x in c] for g, c in data["figure3"].items()}, data["ref"],
+                        data["metric"], str(fig3), f"{data['task']}: ensemble gain over {data['ref']} (95% intervals)",
+                        {g: [(x[2], x[3]) for x in c] for g, c in data["figure3"].items()})
+    fig4 = folder / f"{data['task']}-fig4-iou.png"
+    if data["figure4"]:
+        iou.plot_heatmap(np.array(data["figure4"]["iou"]), data["figure4"]["labels"], str(fig4),
+                         f"{data['task']}: IoU of surviving weights")
+    (folder / "report.json").write_text(json.dumps(_jsonable(data), indent=1) + "\n")
+    (folder / "plan.toml").write_text(plan_toml(plan))
+    md = folder / "report.md"
+    md.write_text(markdown(data, fig3.name if data["figure3"] else None, fig4.name if data["figure4"] else None))
+    return md
+
+
+def plan_toml(plan: Plan) -> str:
+    """The resolved plan as a flat TOML table that ``--plan`` reads back."""
+    values = plan.options_dict()
+    flat = {k: v for k, v in values.items() if k not in ("train", "data", "run", "sizes", "seeds", "schemes")}
+    flat["seeds"] = ",".join(str(s) for s in plan.seeds)
+    flat["schemes"] = ",".join(plan.schemes)
+    flat["size"] = ",".join(str(s) for s in plan.sizes)
+    for group in ("train", "data", "run"):
+        for k, v in values[group].items():
+            if k not in ("quiet", "verbose", "force"):
+                flat[k] = v
+    return toml_text(flat, "ticketctl protocol: the resolved plan of this report (ticketctl protocol --plan FILE)")
+
+
+def machine() -> str:
+    from ticketctl.protocol.executors import cores
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {cores()} core(s), {platform.system()} {platform.release()}"
+
+
+def _jsonable(v):
+    if isinstance(v, float):
+        return None if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else v)
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.floating, np.integer)):
+        return _jsonable(v.item())
+    return v
+
+
+def _table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
+    out = ["| " + " | ".join(headers or columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(_cell(r.get(c, ""), blank_nan=True) if r.get(c) is not None else ""
+                                     for c in columns) + " |")
+    return "\n".join(out)
+
+
+def _interval(v: float, low, high) -> str:
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return f"{100 * v:+.2f}"
+    return f"{100 * v:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
+def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
+    ref, k, metric = data["ref"], data["k"], data["metric"]
+    plan, run = data["plan"], data["run"]
+    named = lambda g: f"{g} ({NAMES[g]})" if g in NAMES else g  # noqa: E731
+    lines = [f"# Multi-Ticket Ensemble: {data['task']} {data['split']} ({data['examples']} examples)", "",
+             f"Seeds {plan['seeds'][0]}..{plan['seeds'][-1]} ({len(plan['seeds'])}), schemes "
+             f"{', '.join(plan['schemes'])}; {plan['groups']} seed group(s), k = {k} (sizes "
+             f"{', '.join(map(str, plan['sizes']))}); metric: {metric}. The resolved plan is `plan.toml` beside this "
+             f"file (`ticketctl protocol --plan plan.toml` reruns it).", "",
+             f"## Table 1: single members and {k}-member ensembles", "",
+             f"`vs_ref`: the scheme's mean {k}-member ensemble minus {ref}'s (the paper's protocol: every "
+             f"combination within each seed group); `diff_low`/`diff_high`: its 95% interval (leave-one-seed-out "
+             f"jackknife); `p_value`: the permutation test over seeds of that same statistic, over every combination "
+             f"(`ticketctl stats` tests a sample of at most 50 per group); `p_paper`: the paper's t-test over the "
+             f"combinations' scores for that same difference (optimistic: combinations share members).", ""]
+    t1 = [{**r, "group": named(r["group"])} for r in data["table1"]]
+    lines += [_table(t1, ["group", "members", "single_mean", "single_std", "ensemble_mean", "ensemble_gain",
+                          "vs_ref", "diff_low", "diff_high", "p_value", "p_paper"]), ""]
+    if data["parts"]:
+        lines += [f"### Where the difference to {ref} comes from", "",
+                  f"`vs_ref` = single-member part + ensembling part. Single-member part: the scheme's mean single "
+                  f"member minus {ref}'s (interval, and `p_single` the permutation test for it). Ensembling part: the "
+                  f"scheme's ensemble gain (ensemble minus single) minus {ref}'s (interval, and `p_ensembling` the "
+                  f"permutation test for it).", "",
+                  _table([{**r, "group": named(r["group"])} for r in data["parts"]],
+                         ["group", "single_diff", "single_low", "single_high", "p_single", "ensembling_diff",
+                          "ensembling_low", "ensembling_high", "p_ensembling"]), ""]
+    lines += ["## Table 2: diversity of each scheme's members (mean over pairs)", ""]
+    if data["table2"]:
+        groups = list(data["table2"])
+        metrics = [r["metric"] for r in data["table2"][groups[0]]]
+        rows = [{"metric": m, **{g: data["table2"][g][i]["value"] for g in groups},
+                 "direction": data["table2"][groups[0]][i]["direction"]} for i, m in enumerate(metrics)]
+        lines += [_table(rows, ["metric", *groups, "direction"]), ""]
+    if fig3:
+        f3 = data["figure3"]
+        rows = [{"group": named(g), **{f"k={x[0]}": _interval(x[1], x[2], x[3]) for x in pts}} for g, pts in f3.items()]
+        ks = [f"k={x[0]}" for x in next(iter(f3.values()))]
+        lines += [f"## Figure 3: ensemble gain over {ref} vs members", "",
+                  f"Protocol mean of k-member ensembles minus {ref}'s, points, with the 95% jackknife interval.", "",
+                  _table(rows, ["group", *ks]), "", f"![Figure 3]({fig3})", ""]
+    if data["figure4"]:
+        f4 = data["figure4"]
+        rows = [{"mask": a, **{b: f4["iou"][i][j] for j, b in enumerate(f4["labels"])}}
+                for i, a in enumerate(f4["labels"])]
+        lines += ["## Figure 4: IoU of the tickets' surviving weights", "", _table(rows, ["mask", *f4["labels"]]), "",
+                  f"![Figure 4]({fig4})", ""]
+    lines += ["## Cost", "",
+              f"This run: {run['jobs_run']} job(s) trained ({run['members_trained']} member(s)) in "
+              f"{run['wall_seconds']:.1f} s wall time on {run['device']} ({run['workers']}, executor "
+              f"{run['executor']}); " + (f"{run['members_per_hour']} members per hour." if run["members_per_hour"]
+                                         else "nothing to train: every member was finished already."),
+              f"Machine: {run['machine']}. Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()) + ".",
+              "", "Each member's training cost (from its artifacts) and inference cost:", ""]
+    times = {(t["scheme"], t["seed"]): t for t in run["member_times"]}
+    rows = [{**m, **times.get((m["scheme"], m["seed"]), {})} for m in data["members"]]
+    lines += [_table(rows, ["scheme", "seed", "dev", "finetune_seconds", "search_seconds", "flops_per_example"]), ""]
+    return "\n".join(lines)
