@@ -164,6 +164,8 @@ def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
 def _stop(pool) -> None:
     """Interrupted: end the workers now (their jobs' temporary files are never read) and leave no orphans. Never
     raises: the interruption that called it is what the command reports."""
+    if hasattr(signal, "SIGPIPE"):  # writing to a stopped worker's pipe must not kill us (the CLI restores SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for p in processes:
         try:
