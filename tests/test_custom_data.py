@@ -150,13 +150,20 @@ def test_unknown_validation_label_and_missing_validation_file(cli, own, files, t
     assert code == 2 and "--task is required" in err
 
 
-def test_dataset_folder_through_datasets(cli, own, tmp_path, monkeypatch):
-    """--dataset goes through datasets.load_dataset (here a local folder of data files; a hub name the same way)."""
+def dataset_folder(tmp_path, monkeypatch, name: str, second: str):
+    """A local folder of data files that datasets.load_dataset reads as a dataset: train.csv (the rows twice) and
+    SECOND.csv (the first 8 rows), with the datasets cache inside tmp_path."""
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    folder = tmp_path / "my-data"
+    folder = tmp_path / name
     folder.mkdir()
     write(folder / "train.csv", ROWS * 2)
-    write(folder / "validation.csv", ROWS[:8])
+    write(folder / f"{second}.csv", ROWS[:8])
+    return folder
+
+
+def test_dataset_folder_through_datasets(cli, own, tmp_path, monkeypatch):
+    """--dataset goes through datasets.load_dataset (here a local folder of data files; a hub name the same way)."""
+    folder = dataset_folder(tmp_path, monkeypatch, "my-data", "validation")
     code, out, err = cli("finetune", "--dataset", folder, "--text-columns", "a,b", *own, "--out", tmp_path / "r")
     assert code == 0, err
     art = read_artifact(out.split()[0], "logits")
@@ -197,11 +204,7 @@ def test_a_header_only_training_file_is_one_line(cli, own, tmp_path):
 def test_dataset_without_validation_split_names_another(cli, own, tmp_path, monkeypatch):
     """A dataset with train/test only (IMDB's layout) exits 3 with a hint; --validation-split test scores on test,
     and --eval-split adds more splits of the dataset (a local folder knows train/validation/test only: here train)."""
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    folder = tmp_path / "imdb-like"
-    folder.mkdir()
-    write(folder / "train.csv", ROWS * 2)
-    write(folder / "test.csv", ROWS[:8])
+    folder = dataset_folder(tmp_path, monkeypatch, "imdb-like", "test")
     code, out, err = cli("finetune", "--dataset", folder, "--text-columns", "a,b", *own, "--out", tmp_path / "r")
     assert code == 3 and "--validation-split" in err and out == ""
     code, out, err = cli("finetune", "--dataset", folder, "--text-columns", "a,b", "--validation-split", "test",

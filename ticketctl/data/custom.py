@@ -184,7 +184,7 @@ def _class_key(v, integer_labels: bool) -> str:
     """The class name a label value stands for: integers as their decimal string, strings stripped of surrounding
     whitespace (a trailing space from a spreadsheet is not another class)."""
     if integer_labels and _is_integer_label(v):
-        return str(int(float(v)) if isinstance(v, float) else int(str(v).strip()) if isinstance(v, str) else v)
+        return str(int(v.strip()) if isinstance(v, str) else int(v))
     return v.strip() if isinstance(v, str) else str(v)
 
 

@@ -136,12 +136,11 @@ def load_model(folder: Path, num_labels: int, dropout: float | None, attention: 
                     setattr(config, key, dropout)
         if structure_of(config) is not None:
             return _load_pruned(folder, config)
-        head = check_checkpoint(folder, config)
-        if not head or not fresh_head:
-            return AutoModelForSequenceClassification.from_pretrained(str(folder), config=config)
+        redraw = fresh_head and bool(check_checkpoint(folder, config))
         model = AutoModelForSequenceClassification.from_pretrained(str(folder), config=config,
-                                                                   ignore_mismatched_sizes=True)
-        redraw_head(model)
+                                                                   ignore_mismatched_sizes=redraw)
+        if redraw:  # the folder's own head (of any size) is replaced by one drawn from the seed
+            redraw_head(model)
         return model
     except InputError:
         raise
