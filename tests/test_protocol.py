@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ticketctl.errors import UsageError
+
 SEEDS = "1-4"
 ALL = "dense,bagging,base,active,random"
 
@@ -330,6 +332,24 @@ def test_quick_preset_and_several_tasks(cli, tiny_args, tmp_path, monkeypatch):
     assert code == 0 and out.splitlines()[-1] == "4 to run, 0 done"
     assert sorted(line.split("\t")[3].split("-logits")[0] for line in out.splitlines()[:-1]) == \
         ["runs/mrpc", "runs/mrpc", "runs/rte", "runs/rte"]
+
+
+def test_active_chain_runs_within_each_seed_group_unless_asked_for_one_chain():
+    from ticketctl.protocol.plan import DEFAULTS, build
+    from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+
+    def priors(**options):
+        plan = build({**DEFAULTS, "seeds": "4,1,3,2", "schemes": "active", "groups": 2, "size": "2", **options},
+                     TrainConfig(), DataOptions(), RunOptions())
+        return {j.seed: (j.priors, j.deps) for j in plan.jobs_graph().values() if j.kind == "search"}
+
+    # groups are the seeds in ascending order cut in two ({1, 2}, {3, 4}); each chain follows the order given
+    assert priors() == {4: ((), ()), 1: ((), ()), 3: (("search:active:s4",), ("search:active:s4",)),
+                        2: (("search:active:s1",), ("search:active:s1",))}
+    chain = priors(active_chain="all")
+    assert chain[2] == (("search:active:s4", "search:active:s1", "search:active:s3"), ("search:active:s3",))
+    with pytest.raises(UsageError, match="--active-chain must be one of group, all"):
+        priors(active_chain="seed")
 
 
 def test_local_layout_keeps_jobs_times_threads_within_the_cores():

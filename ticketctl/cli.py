@@ -247,13 +247,14 @@ def protocol(
     task: Annotated[Optional[list[str]], typer.Option(
         "--task", "-t", metavar="TASK", autocompletion=choices(*TASK_NAMES), help="GLUE task (repeat for several: one report each, "
         "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
-    seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (in this order: the protocol's "
-                                             "groups and the ACTIVE-LT sequence follow it).")] = "1-3",
+    seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (the ACTIVE-LT sequence follows "
+                                             "this order).")] = "1-3",
     schemes: Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random"),
         help="Comma-separated: dense (BASELINE), bagging, base, active, random (BASE-LT, ACTIVE-LT, RANDOM-LT).")
     ] = "dense,bagging,base,active,random",
-    groups: Annotated[int, typer.Option(help="Split each scheme's seeds (in order) into G equal groups; ensembles "
-                                             "are combined within groups (the paper: 2 groups of 10).")] = 1,
+    groups: Annotated[int, typer.Option(help="Split each scheme's seeds (in ascending order) into G equal groups; "
+                                             "ensembles are combined within groups (the paper: 2 groups of 10).")
+                      ] = 1,
     size: Annotated[Optional[str], typer.Option(
         help="Ensemble sizes k, e.g. 2-5: Table 1 at the largest, Figure 3 over all. Default: 2 up to min(5, a "
              "group's seeds).")] = None,
@@ -272,6 +273,9 @@ def protocol(
                                                              "(default 1e-4).")] = None,
     search_epochs: Annotated[Optional[float], typer.Option(help="Epochs per IMP round (default: --epochs).")] = None,
     resamples: Annotated[int, typer.Option(help="Permutations of the report's tests.")] = 1000,
+    active_chain: Annotated[str, typer.Option(autocompletion=choices("group", "all"),
+        help="ACTIVE-LT's earlier members: those of the seed's group (group: the groups stay independent) or "
+             "every earlier seed (all).")] = "group",
     executor: Annotated[str, typer.Option(autocompletion=choices("local", "slurm"),
         help="local: a process pool on this machine; slurm: jobs submitted through submitit (pip install "
              "'ticketctl[slurm]').")] = "local",

@@ -10,8 +10,12 @@ Jobs (ids are ``KIND:SCHEME:sSEED``):
 - ``search:P:sN`` for P in base, random, active: IMP searches; ``finetune:P:sN`` finetunes that ticket;
 - ``search:base:sN`` waits for ``finetune:dense:sN`` when both are planned: IMP round 1 of ``base`` is that finetune
   and reuses it instead of training it twice;
-- ACTIVE-LT is sequential: ``search:active:sN`` is pushed away from the masks of the earlier seeds (in the order
-  given), so it waits for the previous seed's search; the first one runs with ``--prior none``.
+- ACTIVE-LT is sequential: ``search:active:sN`` is pushed away from the masks of the earlier seeds of its seed group
+  (in the order given), so it waits for the previous such search; the first of each group runs with ``--prior none``.
+  Groups are the ones the report combines within: the seeds in ascending order, cut into ``--groups`` equal parts
+  (as ``ticketctl stats --groups``). One chain per group keeps the groups independent draws of the scheme, which the
+  paper's averaging over groups assumes; ``--active-chain all`` makes one chain over every seed (the order given)
+  instead, as ``examples/multi_ticket.sh`` did.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 SCHEMES = ("dense", "bagging", "base", "active", "random")
 SEARCHED = ("base", "active", "random")  # schemes whose members are tickets found by IMP
 EXECUTORS = ("local", "slurm")
+ACTIVE_CHAINS = ("group", "all")  # ACTIVE-LT's earlier members: those of the seed group, or every earlier seed
 
 
 def parse_range(spec: str | int | list, what: str) -> list[int]:
@@ -83,6 +88,7 @@ class Plan:
     l1: Optional[float] = None  # tau of random/active (None: search's default)
     search_epochs: Optional[float] = None  # epochs per IMP round (None: --epochs)
     resamples: int = 1000
+    active_chain: str = "group"
     executor: str = "local"
     jobs: Optional[int] = None  # local: parallel jobs (default: cores / threads)
     jobs_per_gpu: Optional[int] = None
@@ -121,6 +127,8 @@ class Plan:
             raise UsageError("--search-epochs must be > 0")
         if self.resamples < 99:
             raise UsageError("--resamples must be >= 99")
+        if self.active_chain not in ACTIVE_CHAINS:
+            raise UsageError(f"--active-chain must be one of {', '.join(ACTIVE_CHAINS)}")
         if self.executor not in EXECUTORS:
             raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}")
         slurm = [n for n in ("slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism",
@@ -138,11 +146,17 @@ class Plan:
         self.data.validate()
         return self
 
+    def seed_group(self, seed: int) -> int:
+        """The 0-based seed group of ``seed``: the seeds in ascending order cut into ``groups`` equal parts (the
+        grouping of :func:`ticketctl.analysis.stats.load_groups`)."""
+        return sorted(self.seeds).index(seed) // (len(self.seeds) // self.groups)
+
     def jobs_graph(self) -> dict[str, "Job"]:
         """Every job of the plan, in an order where each job comes after its dependencies."""
         jobs: dict[str, Job] = {}
-        previous_active: list[str] = []
+        chains: dict[int, list[str]] = {}  # ACTIVE-LT: the searches so far, per chain
         for seed in self.seeds:
+            previous_active = chains.setdefault(self.seed_group(seed) if self.active_chain == "group" else 0, [])
             for scheme in self.schemes:
                 if scheme in ("dense", "bagging"):
                     j = Job(f"finetune:{scheme}:s{seed}", "finetune", scheme, seed)
@@ -246,7 +260,7 @@ def toml_text(values: dict, header: str = "") -> str:
 # Options of the command beyond the training options, with their command-line defaults (None: not given).
 DEFAULTS = {"task": None, "seeds": "1-3", "schemes": ",".join(SCHEMES), "groups": 1, "size": None,
             "report": "report", "bagging": 0.9, "sparsity": 0.3, "prune_step": 0.1, "l1": None, "search_epochs": None,
-            "resamples": 1000, "executor": "local", "jobs": None, "jobs_per_gpu": None, "slurm_partition": None,
+            "resamples": 1000, "active_chain": "group", "executor": "local", "jobs": None, "jobs_per_gpu": None, "slurm_partition": None,
             "slurm_gpus_per_job": None, "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None}
 
 
@@ -318,7 +332,8 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
                 l1=None if options["l1"] is None else _float(options["l1"], "--l1"),
                 search_epochs=None if options["search_epochs"] is None else _float(options["search_epochs"],
                                                                                   "--search-epochs"),
-                resamples=_int(options["resamples"], "--resamples"), executor=str(options["executor"]),
+                resamples=_int(options["resamples"], "--resamples"), active_chain=str(options["active_chain"]),
+                executor=str(options["executor"]),
                 jobs=_opt_int(options["jobs"], "--jobs"), jobs_per_gpu=_opt_int(options["jobs_per_gpu"],
                                                                                 "--jobs-per-gpu"),
                 slurm_partition=options["slurm_partition"],
