@@ -249,8 +249,10 @@ def protocol(
         "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
     seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (the ACTIVE-LT sequence follows "
                                              "this order).")] = "1-3",
-    schemes: Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random"),
-        help="Comma-separated: dense (BASELINE), bagging, base, active, random (BASE-LT, ACTIVE-LT, RANDOM-LT).")
+    schemes: Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random",
+                                                                "structured"),
+        help="Comma-separated: dense (BASELINE), bagging, base, active, random (BASE-LT, ACTIVE-LT, RANDOM-LT); "
+             "structured: Super Tickets' structured winning tickets at --structured-levels.")
     ] = "dense,bagging,base,active,random",
     groups: Annotated[int, typer.Option(help="Split each scheme's seeds (in ascending order) into G equal groups; "
                                              "ensembles are combined within groups (the paper: 2 groups of 10).")
@@ -269,6 +271,9 @@ def protocol(
     sparsity: Annotated[float, typer.Option(help="Tickets' fraction of pruned prunable weights.")] = 0.3,
     prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per IMP "
                                                    "round.")] = 0.1,
+    structured_levels: Annotated[Optional[str], typer.Option(
+        help="structured scheme: levels (fractions of heads and FFN sublayers pruned), e.g. 0.3,0.5; each level is a "
+             "scheme of its own in the report. Default: --sparsity.")] = None,
     l1: Annotated[Optional[float], typer.Option("--l1", help="tau of RANDOM-LT's and ACTIVE-LT's regularizer "
                                                              "(default 1e-4).")] = None,
     search_epochs: Annotated[Optional[float], typer.Option(help="Epochs per IMP round (default: --epochs).")] = None,
@@ -325,9 +330,7 @@ def protocol(
             for job, why in outcome.failures.items():
                 _error(f"{resolved.task + ' ' if len(plans) > 1 else ''}{job} failed: {why}")
             continue
-        members = outcome.members(outcome.state)
-        masks = {s: [outcome.state.targets[j.id][0] for j in outcome.state.jobs.values()
-                     if j.kind == "search" and j.scheme == s] for s in resolved.schemes}
+        members, masks = outcome.members(outcome.state), outcome.masks()
         print_paths([write_report(resolved, outcome, members, masks)])
     if failed:
         raise JobsFailed(f"{failed} of {total} jobs failed; the others are finished: rerun the same command to "

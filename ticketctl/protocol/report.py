@@ -40,12 +40,12 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     """The report's numbers from the members' dev logits (scheme -> paths in seed order) and the tickets' masks.
     Raises InputError where a scheme lacks members (a failed job)."""
     want = len(plan.seeds)
-    for scheme in plan.schemes:
+    for scheme in plan.member_schemes:
         have = len(members.get(scheme, []))
         if have != want:
             raise InputError(f"report: {scheme} has {have} of {want} members finished (rerun the protocol)")
-    paths = [str(p) for s in plan.schemes for p in members[s]]
-    loaded, grouped = stats.load_groups(paths, "policy")
+    paths = [str(p) for s in plan.member_schemes for p in members[s]]
+    loaded, grouped = stats.load_groups(paths, "scheme")
     ref = stats.pick_ref(grouped, None)
     scorer = stats.scorer_of(loaded, "probs")
     k = plan.k
@@ -69,7 +69,7 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     for g, idx in grouped.items():
         if len(idx) < 2:
             continue
-        sub = stats.load_groups([str(loaded.arts[i].path) for i in idx], "policy")[0]
+        sub = stats.load_groups([str(loaded.arts[i].path) for i in idx], "scheme")[0]
         table2[g] = (diversity.regression_summary(sub) if sub.task.is_regression
                      else diversity.summary(diversity.oracle(sub)))
     curves = stats.gain_curves(scorer, grouped, ref, plan.groups)
@@ -79,14 +79,10 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
         for kk, v in curve:
             c = compare(scorer, grouped[g], grouped[ref], kk, plan.groups, paired[g], 0, limit=None)
             figure3[g].append([kk, v, c.low, c.high])
-    mask_paths = [str(p) for s in plan.schemes for p in masks.get(s, [])]
-    figure4 = None
-    if len(mask_paths) >= 2:
-        arts = iou.load_masks(mask_paths)
-        labels = [iou.label(a) for a in arts]
-        figure4 = {"labels": labels, "masks": mask_paths, "iou": iou.iou_matrix(arts).round(6).tolist()}
+    figure4 = _iou([str(p) for s in plan.member_schemes if not s.startswith("structured") for p in masks.get(s, [])])
+    figure4s = _iou([str(p) for s in plan.member_schemes if s.startswith("structured") for p in masks.get(s, [])])
     member_rows = []
-    for scheme in plan.schemes:
+    for scheme in plan.member_schemes:
         for p in members[scheme]:
             art = read_artifact(p, "logits")
             cost = art.meta.get("cost") or {}
@@ -97,8 +93,17 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
                                 "nonzero_parameters": cost.get("nonzero_parameters")})
     return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref, "k": k,
             "metric": loaded.task.headline, "table1": rows, "parts": parts, "table2": table2,
-            "figure3": figure3, "figure4": figure4,
+            "figure3": figure3, "figure4": figure4, "figure4_structured": figure4s,
             "members": member_rows}
+
+
+def _iou(mask_paths: list[str]) -> dict | None:
+    """Figure 4's IoU matrix of masks of one method (weights, or structured units), None for fewer than two."""
+    if len(mask_paths) < 2:
+        return None
+    arts = iou.load_masks(mask_paths)
+    labels = [iou.label(a) for a in arts]
+    return {"labels": labels, "masks": mask_paths, "iou": iou.iou_matrix(arts).round(6).tolist()}
 
 
 def member_times(members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> list[dict]:
@@ -252,6 +257,12 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
                 for i, a in enumerate(f4["labels"])]
         lines += ["## Figure 4: IoU of the tickets' surviving weights", "", _table(rows, ["mask", *f4["labels"]]), "",
                   f"![Figure 4]({fig4})", ""]
+    if data.get("figure4_structured"):
+        f4 = data["figure4_structured"]
+        rows = [{"mask": a, **{b: f4["iou"][i][j] for j, b in enumerate(f4["labels"])}}
+                for i, a in enumerate(f4["labels"])]
+        lines += ["### IoU of the structured tickets' kept heads and FFN sublayers", "",
+                  _table(rows, ["mask", *f4["labels"]]), ""]
     lines += ["## Cost", "",
               f"This run: {run['jobs_run']} job(s) trained ({run['members_trained']} member(s)) in "
               f"{run['wall_seconds']:.1f} s wall time on {run['device']} ({run['workers']}, executor "

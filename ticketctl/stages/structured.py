@@ -105,15 +105,8 @@ def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: P
                                            "priors": sorted(m.digest() for m in prior_masks)}
 
     # identity -> finished already?
-    dense_identity = setup.training_identity(ctx, cfg, seed, ctx.train, train_fraction=train_fraction)
-    score_identity = {**dense_identity, "method": "structured", "importance": IMPORTANCE_VERSION}
-    targets = []
-    for kind in kinds:
-        for level in levels:
-            identity = {**score_identity, "ticket": kind, "sparsity": level, **diverse}
-            h = config_hash(identity, IDENTITY_DEFAULTS)
-            name = kind if policy == "base" else f"{kind}-{policy}"
-            targets.append((kind, level, identity, h, out / paths.mask_name(ctx.task.name, name, seed, level, h)))
+    dense_identity, score_identity, targets = _identities(ctx, cfg, seed, out, levels, kinds, train_fraction,
+                                                          policy, diverse)
     if setup.finished(ctx.log, [t[-1] for t in targets], "mask", force):
         return [t[-1] for t in targets]
 
@@ -156,6 +149,31 @@ def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: P
                      f"{int(mask.ffn.sum())}/{mask.ffn.size} FFNs, {remaining:.1%} of encoder weights -> {path}")
         written.append(path)
     return written
+
+
+def targets(ctx: Context, cfg: TrainConfig, seed: int, out: Path, levels: list[float], kinds=("winning",),
+            train_fraction: float = 1.0, subset_seed: int | None = None) -> list[Path]:
+    """The paths of the masks :func:`structured_context` writes with ``policy="base"`` (one per kind, then level),
+    whether or not they exist, computed without training: ``ctx`` and ``cfg`` as
+    :func:`ticketctl.stages.setup.start` resolves them."""
+    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
+    return [t[-1] for t in _identities(ctx, cfg, seed, out, [float(x) for x in levels], list(kinds),
+                                       float(train_fraction), "base", {})[2]]
+
+
+def _identities(ctx: Context, cfg: TrainConfig, seed: int, out: Path, levels: list[float], kinds: list[str],
+                train_fraction: float, policy: str, diverse: dict):
+    """(dense finetune identity, importance scores identity, [(kind, level, identity, hash, mask path)])."""
+    dense_identity = setup.training_identity(ctx, cfg, seed, ctx.train, train_fraction=train_fraction)
+    score_identity = {**dense_identity, "method": "structured", "importance": IMPORTANCE_VERSION}
+    found = []
+    for kind in kinds:
+        for level in levels:
+            identity = {**score_identity, "ticket": kind, "sparsity": level, **diverse}
+            h = config_hash(identity, IDENTITY_DEFAULTS)
+            name = kind if policy == "base" else f"{kind}-{policy}"
+            found.append((kind, level, identity, h, out / paths.mask_name(ctx.task.name, name, seed, level, h)))
+    return dense_identity, score_identity, found
 
 
 def compute_scores(ctx: Context, cfg: TrainConfig, seed: int, out: Path, dense_identity: dict, device, force: bool):
