@@ -20,13 +20,15 @@ import json
 import math
 import platform
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from ticketctl.analysis import diversity, iou, stats
+from ticketctl.analysis.render import row_of
 from ticketctl.analysis.significance import compare, compare_gain, pairing
-from ticketctl.analysis.tables import _cell
+from ticketctl.analysis.tables import _cell, note
 from ticketctl.errors import InputError
 from ticketctl.protocol.plan import Plan, toml_text
 from ticketctl.store.artifacts import read_artifact
@@ -49,14 +51,18 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     ref = stats.pick_ref(grouped, None)
     scorer = stats.scorer_of(loaded, "probs")
     k = plan.k
-    rows, _ = stats.table(loaded, grouped, ref, k, scorer, plan.groups, "permutation", plan.resamples)
-    parts = []
+    table1, _, notes = stats.table1_rows(loaded, grouped, ref, k, scorer, plan.groups, "permutation", plan.resamples)
+    for line in notes:
+        note(line)
     paired = {g: pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref])) for g in grouped}
-    for row in rows:  # test vs_ref itself: every combination, not stats' sample of at most 50 per group
-        g = row["group"]
+    rows = []
+    for row in table1:  # test vs_ref itself: every combination, not stats' sample of at most 50 per group
+        g = row.group
         if g != ref and min(len(grouped[g]), len(grouped[ref])) >= 2:
             c = compare(scorer, grouped[g], grouped[ref], k, plan.groups, paired[g], plan.resamples, limit=None)
-            row.update({"vs_ref": c.diff, "diff_low": c.low, "diff_high": c.high, "p_value": c.p})
+            row = replace(row, vs_ref=c.diff, diff_low=c.low, diff_high=c.high, p_value=c.p)
+        rows.append(row_of(row, drop_none=True))
+    parts = []
     for g in grouped:
         if g == ref:
             continue
@@ -70,8 +76,8 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
         if len(idx) < 2:
             continue
         sub = stats.load_groups([str(loaded.arts[i].path) for i in idx], "scheme")[0]
-        table2[g] = (diversity.regression_summary(sub) if sub.task.is_regression
-                     else diversity.summary(diversity.oracle(sub)))
+        table2[g] = [asdict(r) for r in (diversity.regression_summary(sub) if sub.task.is_regression
+                                         else diversity.summary(diversity.oracle(sub)))]
     curves = stats.gain_curves(scorer, grouped, ref, plan.groups)
     figure3 = {}
     for g, curve in curves.items():  # each point with the jackknife interval of its difference (all combinations)
@@ -101,9 +107,8 @@ def _iou(mask_paths: list[str]) -> dict | None:
     """Figure 4's IoU matrix of masks of one method (weights, or structured units), None for fewer than two."""
     if len(mask_paths) < 2:
         return None
-    arts = iou.load_masks(mask_paths)
-    labels = [iou.label(a) for a in arts]
-    return {"labels": labels, "masks": mask_paths, "iou": iou.iou_matrix(arts).round(6).tolist()}
+    matrix = iou.mask_iou(mask_paths)
+    return {"labels": matrix.labels, "masks": mask_paths, "iou": matrix.values.round(6).tolist()}
 
 
 def member_times(members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> list[dict]:
