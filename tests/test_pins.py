@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from itertools import combinations
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +20,6 @@ from safetensors.torch import load_file
 
 from ticketctl.data.batching import Encoded
 from ticketctl.hparams import TrainConfig
-from ticketctl.store.artifacts import read_artifact
 from ticketctl.train import loop as loop_mod
 
 # ---------------------------------------------------------------------------------------------- the training step
