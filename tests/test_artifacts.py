@@ -38,7 +38,17 @@ def test_write_read_roundtrip_and_metadata(tmp_path):
     assert art.meta["kind"] == "mask" and art.meta["task"] == "mrpc" and art.meta["config"] == {"lr": 1e-4}
     assert art.sha256 == provenance.file_sha256(p)
     assert [f.name for f in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left behind
-    assert oct(p.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
+    import os
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert oct(p.stat().st_mode & 0o777) == oct(0o666 & ~umask)  # a plain file's mode, not mkstemp's private 0o600
+    os.umask(0o077)
+    try:  # and it follows the umask
+        q = write_artifact(tmp_path / "private.safetensors", "mask", tensors, {"shapes": shapes})
+    finally:
+        os.umask(umask)
+    assert oct(q.stat().st_mode & 0o777) == oct(0o600)
 
 
 def test_bad_files_are_refused(tmp_path):

@@ -119,6 +119,10 @@ def test_active_policy_uses_priors_from_stdin(cli, tiny_args, tmp_path):
     art = read_artifact(out.strip(), "mask")
     assert art.meta["policy"] == "active"
     assert sorted(p["path"] for p in art.meta["parents"]) == sorted(paths)
+    # the priors shaped the ticket (the coefficients themselves: tests/test_pins.py): base's of seed 3 differs
+    code, base, err = cli("search", "--task", "mrpc", "--seed", "3", "--out", tmp_path, *tiny_args)
+    assert code == 0, err
+    assert not np.array_equal(read_artifact(base.strip()).mask().flat(), art.mask().flat())
 
 
 def test_eval_file_and_bagging(cli, tiny_args, tmp_path, glue_dir):
@@ -218,15 +222,39 @@ def test_cuda_request_without_a_gpu_is_a_usage_error(cli, tiny_args, tmp_path):
     assert code == 2 and "no CUDA device" in err
 
 
-def test_device_and_precision_resolution():
+def test_device_and_precision_resolution(monkeypatch):
+    """auto: CUDA, then MPS, then CPU; precision auto: bf16 on CUDA capability >= 8.0 and on a CPU with AMX, else
+    fp32 (the hardware faked here, so every branch is checked on any machine)."""
+    import io
+
     import torch
 
+    from ticketctl.train import device as device_mod
     from ticketctl.train.device import pick_device, resolve_precision
 
     assert pick_device("cpu").type == "cpu"
-    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    cuda, mps = [False], [False]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda[0])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps[0])
+    for has_cuda, has_mps, want in ((True, True, "cuda:0"), (False, True, "mps"), (False, False, "cpu")):
+        cuda[0], mps[0] = has_cuda, has_mps
+        assert str(pick_device("auto")) == want
+    for capability, want in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp32")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, c=capability: c)
+        assert resolve_precision("auto", torch.device("cuda", 0)) == want
+    for flags, want in (("fpu avx512_bf16 amx_bf16 amx_tile", "bf16"), ("fpu avx512f avx512_bf16", "fp32")):
+        monkeypatch.setattr(device_mod, "open", lambda path, f=flags: io.StringIO(f"flags\t\t: {f}\n"),
+                            raising=False)
+        assert resolve_precision("auto", torch.device("cpu")) == want
+
+    def unreadable(path):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(device_mod, "open", unreadable, raising=False)
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # an explicit choice is kept
     assert resolve_precision("auto", torch.device("mps")) == "fp32"
 
 

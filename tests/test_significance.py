@@ -110,7 +110,26 @@ def test_stats_cli_protocol_and_tests(cli, tmp_path):
     # two groups of 2 seeds: one 2-member ensemble per group, averaged
     want = np.mean([protocol_scores(scorer, [4, 5], 2, 1)[0], protocol_scores(scorer, [6, 7], 2, 1)[0]])
     assert rows[1]["combinations"] == 2 and rows[1]["ensemble_mean"] == pytest.approx(want)
-    assert rows[1]["test"] == "paired permutation (seeds)" and rows[1]["p_value"] >= 1 / 1001
+    assert rows[1]["test"] == "paired permutation (seeds)"
+    # the exact paired test by hand: the 2^4 exchanges of a seed's two members, statistic = difference of the
+    # two groups' mean 2-member ensemble accuracy (groups: seeds 0-1 and 2-3)
+    from itertools import product
+
+    probs = np.exp(outputs) / np.exp(outputs).sum(-1, keepdims=True)
+
+    def statistic(a, b):
+        acc = [np.mean(((probs[m[i]] + probs[m[i + 1]]) / 2).argmax(1) == labels) for m in (a, b) for i in (0, 2)]
+        return (acc[0] + acc[1]) / 2 - (acc[2] + acc[3]) / 2
+
+    a, b = [4, 5, 6, 7], [0, 1, 2, 3]
+    null = [statistic([b[s] if w else a[s] for s, w in enumerate(sw)], [a[s] if w else b[s] for s, w in enumerate(sw)])
+            for sw in product([0, 1], repeat=4)]
+    exact = np.mean(np.abs(null) >= abs(statistic(a, b)) - 1e-12)
+    assert exact == 2 / 16  # only the observed labelling and its mirror image are as extreme
+    assert rows[1]["p_value"] == pytest.approx(131 / 1001)  # seeded: 130 of 1,000 permutations, plus one
+    code, out, err = cli("stats", *paths, "--groups", "2", "--size", "2", "--format", "json", "--resamples", "20000")
+    many = [json.loads(x) for x in out.strip().split("\n")][1]["p_value"]
+    assert abs(many - exact) < 0.005  # Monte Carlo sigma 0.0023 at 20,000 permutations
     code, out, err = cli("stats", *paths, "--groups", "2", "--size", "2", "--test", "paper", "--format", "json")
     assert code == 0 and "optimistic" in err
     paper = [json.loads(x) for x in out.strip().split("\n")][1]
@@ -221,10 +240,15 @@ def test_compare_gain_is_the_ensembling_part_with_the_exact_permutation_p():
         pb = [a[s] if w else b[s] for s, w in enumerate(swap)]
         exact.append(gain(pa) - gain(pb))
     p_exact = np.mean(np.abs(exact) >= abs(observed) - 1e-12)
-    c = compare_gain(scorer, a, b, 3, 1, paired=True, resamples=1999)
+    c = compare_gain(scorer, a, b, 3, 1, paired=True, resamples=20000)
     assert c.diff == pytest.approx(observed)
-    assert c.p == pytest.approx(p_exact, abs=0.03)
-    assert c.low < c.diff < c.high
+    assert c.p == pytest.approx(p_exact, abs=0.005)  # Monte Carlo sigma <= 0.0035 at 20,000 permutations
+    # the interval by hand: leave one seed out of both schemes, jackknife standard error, t on 5 dof
+    from scipy import stats as sps
+
+    leave = np.array([gain([m for m in a if m != a[s]]) - gain([m for m in b if m != b[s]]) for s in range(6)])
+    half = sps.t.ppf(0.975, 5) * np.sqrt(5 / 6 * np.sum((leave - leave.mean()) ** 2))
+    assert (c.low, c.high) == pytest.approx((observed - half, observed + half))
     # the single part and the ensembling part add up to the ensembles' difference
     single = compare(scorer, a, b, 1, 1, paired=True, resamples=99)
     ens = compare(scorer, a, b, 3, 1, paired=True, resamples=99)

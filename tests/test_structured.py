@@ -249,7 +249,10 @@ def test_structured_cli_sweep_finetune_stats_share(cli, tiny4, glue_dir, tmp_pat
         m = art.structured()
         level = float(art.meta["target_sparsity"])
         assert m.heads.sum() == 12 - round(level * 12) and m.ffn.sum() == 3 - round(level * 3)
-        assert 0 < float(art.meta["weights_remaining"]) < 1
+        # by hand (H = 16, head size 4, FFN 32): a head owns Q/K/V with biases and its output-projection columns
+        # 4*16*4 + 3*4 = 268, an FFN 16*32 + 32 + 32*16 + 16 = 1072, a layer's LayerNorms and output bias 80
+        kept = 268 * m.heads.sum() + 1072 * m.ffn.sum() + 3 * 80
+        assert float(art.meta["weights_remaining"]) == pytest.approx(kept / (3 * (4 * 268 + 1072 + 80)), abs=1e-6)
     # the scores were computed once, and a second call reuses everything
     assert len(list((tmp_path / "runs" / "cache").glob("mrpc-importance-*"))) == 1
     code, out2, _ = cli("search", "--method", "structured", "--task", "mrpc", "--seed", "1", "--sparsity",
@@ -274,11 +277,30 @@ def test_structured_cli_sweep_finetune_stats_share(cli, tiny4, glue_dir, tmp_pat
     assert code == 0 and plot.stat().st_size > 0
     code, out, err = cli("stats", "--by", "sparsity", "--select", "best", *logits)
     assert code == 0 and len(out.split()) == 1 and "-mask-winning-" in out
+    # the level by hand: the winning ticket most accurate on the seeded half of the dev examples chosen for
+    # selection (numpy default_rng(0)'s permutation, first half), ties to the sparser level
+    chosen = np.sort(np.random.default_rng(0).permutation(8)[:4])
+    scored = []
+    for p in logits:
+        art = artifacts.read_artifact(p)
+        mask = artifacts.read_artifact(art.meta["parents"][0]["path"])
+        if mask.meta["policy"] == "winning":
+            right = art.tensors["outputs"][chosen].argmax(1) == art.tensors["labels"][chosen]
+            scored.append((right.mean(), float(mask.meta["target_sparsity"]), str(mask.path)))
+    assert len(scored) == 2
+    assert out.split() == [max(scored)[2]]
 
     saved = tmp_path / "ticket"
     code, out, err = cli("finetune", "--task", "mrpc", "--seed", "1", "--mask", masks[1], "--save-model",
                          str(saved), *args)
     assert code == 0, err
+    # weights_remaining against a direct count: the saved member (at the full shapes, zeros where heads and FFNs
+    # were pruned) keeps this many nonzero encoder-layer weights
+    from safetensors.numpy import load_file
+
+    layers = [v for k, v in load_file(str(saved / "model.safetensors")).items() if ".encoder.layer." in f".{k}"]
+    assert float(artifacts.read_artifact(masks[1]).meta["weights_remaining"]) == pytest.approx(
+        sum(int(np.count_nonzero(v)) for v in layers) / sum(v.size for v in layers), abs=1e-6)
     assert json.loads((saved / "config.json").read_text())["ticketctl_structure"]["ffn"] == \
         artifacts.read_artifact(masks[1]).structured().ffn.astype(int).tolist()
 

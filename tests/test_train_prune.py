@@ -68,7 +68,8 @@ def test_lr_reaches_zero_and_tau_follows(setup):
     assert len(lrs) == steps
     assert lrs[0] == pytest.approx(1e-3)
     assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decaying
-    assert lr_factor(steps, steps, 0) == 0.0  # zero after the last step
+    # warm-up then linear decay, by hand: 10 steps, 2 of warm-up -> 0.5, 1, then (10 - t) / 8
+    assert [lr_factor(t, 10, 2) for t in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
     assert lrs[-1] == pytest.approx(1e-3 / steps)
     for lr, tau in log:
         assert tau / 0.5 == pytest.approx(lr / 1e-3)  # tau follows the learning rate
@@ -108,7 +109,8 @@ def test_random_policy_coefficients():
     c2 = imp.random_coefficients(shapes, 0.3, seed=2)
     flat = torch.cat([c.ravel() for c in c1.values()])
     assert set(flat.unique().tolist()) == {0.0, 1.0}
-    assert (flat == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)  # P(0) = target sparsity
+    for name, c in c1.items():  # P(0) = target sparsity in every layer: within 5 sigma of 0.3
+        assert abs((c == 0).float().mean().item() - 0.3) < 5 * (0.3 * 0.7 / c.numel()) ** 0.5, name
     assert not torch.equal(c1["a"], c2["a"])
     assert torch.equal(c1["a"], imp.random_coefficients(shapes, 0.3, seed=1)["a"])
 
@@ -185,13 +187,14 @@ def test_gradient_is_clipped_after_masking_and_l1(monkeypatch):
     labels = np.array([0, 1] * 4)
     keep = {"inner.weight": torch.tensor([[0.0, 1, 1, 1], [1, 1, 1, 1]])}
     l1 = loop_mod.L1Regularizer(0.5, {"inner.weight": torch.ones(2, 4)})
-    for norm, bound in ((1.0, 1.0 + 1e-5), (0.0, None)):
+    for norm, bound in ((1.0, 1.0), (0.0, None)):
         seen.clear()
         zeroed.clear()
         cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3, dropout=0.0, max_grad_norm=norm)
         loop_mod.train(Wrapped(), enc, labels, cfg, 0, torch.device("cpu"), 0, keep=keep, l1=l1)
         assert all(z == 0.0 for z in zeroed)  # the masked weight's gradient stays exactly zero
-        if bound is not None:
-            assert max(seen) <= bound
+        if bound is not None:  # every step's gradient is far above 1: clipped to exactly 1 (a clip before the mask
+            # removes the masked entry's share after scaling and leaves less; tests/test_pins.py redoes the step)
+            assert seen == pytest.approx([bound] * len(seen), rel=1e-5)
         else:
             assert max(seen) > 10  # unclipped, the same steps have a far larger gradient

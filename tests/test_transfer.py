@@ -80,16 +80,37 @@ def test_importance_shares_sum_to_one_and_remaining(cli, args):
     code, out, err = cli("iou", "--importance", "--format", "json", *masks)
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    assert len(rows) == 2 * 2 + 2  # tiny model: 2 layers x 2 heads, 2 FFNs
-    for r in rows:
-        assert r["share_mrpc"] + r["share_rte"] + r["share_stsb"] == pytest.approx(1.0)
-        top = max(("mrpc", "rte", "stsb"), key=lambda t: r[f"share_{t}"])
-        assert r["dominated_by"] == (top if r[f"share_{top}"] >= 0.5 else "")
+    assert [r["unit"] for r in rows] == ["L0.H0", "L0.H1", "L1.H0", "L1.H1", "L0.FFN", "L1.FFN"]
+    # by hand from the scores each mask file holds: a task's head scores normalised to sum 1 (its FFN scores
+    # likewise), then each unit's share of the sum over tasks; a task holding half or more dominates the unit
+    tasks = ("mrpc", "rte", "stsb")
+    units = []
+    for path in masks:
+        t = artifacts.read_artifact(path).tensors
+        heads, ffn = t["head_scores"].astype(np.float64), t["ffn_scores"].astype(np.float64)
+        units.append(np.concatenate([heads.ravel() / heads.sum(), ffn / ffn.sum()]))
+    units = np.array(units)
+    for u, r in enumerate(rows):
+        shares = units[:, u] / units[:, u].sum()
+        assert [r[f"share_{t}"] for t in tasks] == pytest.approx(shares.tolist())
+        assert r["mean_importance"] == pytest.approx(units[:, u].mean())
+        assert r["dominated_by"] == (tasks[int(np.argmax(shares))] if shares.max() >= 0.5 else "")
     code, out, err = cli("iou", "--remaining", "--format", "json", masks[0])
     row = json.loads(out)
-    assert code == 0 and row["heads_kept"] == 2 and 0 < row["weights_remaining"] < 1
-    code, out, err = cli("iou", "--importance", masks[0], masks[0].replace("mrpc", "mrpc"))
-    assert code == 2  # the same file twice / one task only
+    # tiny model (H = 16, head size 8, FFN 32): a head owns 4*16*8 + 3*8 = 536 weights, an FFN 1,072, the rest of
+    # a layer 80; 2 of 4 heads and 1 of 2 FFNs kept
+    assert code == 0 and row["heads_kept"] == 2 and row["ffn_kept"] == 1
+    assert row["weights_remaining"] == pytest.approx((2 * 536 + 1072 + 2 * 80) / (2 * (2 * 536 + 1072 + 80)),
+                                                     abs=1e-6)
+    code, out, err = cli("iou", "--importance", masks[0], masks[0])
+    assert code == 2 and "are the same file" in err and out == ""
+    import shutil
+
+    copy = shutil.copy(masks[0], masks[0].replace(".safetensors", "-copy.safetensors"))
+    code, out, err = cli("iou", "--importance", masks[0], copy)
+    assert code == 2 and "have the same content" in err and out == ""
+    code, out, err = cli("iou", "--importance", masks[0])
+    assert code == 2 and "at least 2 masks" in err  # one task only
 
 
 def test_init_from_a_shared_encoder(cli, args, tiny_model, tmp_path):
