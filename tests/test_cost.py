@@ -13,7 +13,7 @@ from ticketctl.analysis.significance import Scorer, budget_interval, jackknife_i
 from ticketctl.data.tasks import get_task
 from ticketctl.masks.structured import StructuredMask, ticket
 from ticketctl.model.cost import Dims, flops_per_example, member_cost, parameters
-from ticketctl.stages.structured import diverse_scores
+from ticketctl.masks import policies
 from ticketctl.store.artifacts import read_artifact
 
 
@@ -130,6 +130,10 @@ def test_budget_interval_agrees_with_the_jackknife_at_equal_k():
     got = budget_interval(scorer, a, b, 2, 2, 1, True)
     assert got == pytest.approx(want, abs=1e-9)
     assert all(np.isnan(budget_interval(scorer, a, b, 5, 2, 1, True)))  # every ensemble holds every seed
+
+
+def diverse_scores(head, ffn, policy, strength, seed, priors):
+    return policies.get(policies.STRUCTURED, policy).apply(head, ffn, strength, seed, priors)
 
 
 def test_diverse_scores():

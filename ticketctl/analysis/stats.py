@@ -17,7 +17,7 @@ from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, pairing
 from ticketctl.analysis.members import Members, load_members
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
-from ticketctl.store.provenance import IDENTITY_DEFAULTS
+from ticketctl.store.identity import IDENTITY_DEFAULTS
 
 REF_PREFERENCE = ("dense", "base")
 
