@@ -8,7 +8,6 @@ from ticketctl.data import files
 from ticketctl.masks import weights
 from ticketctl.model import loading, units
 from ticketctl.masks.policies import active_coefficients, random_coefficients
-from ticketctl.stages import imp
 from ticketctl.data.tasks import get_task
 from ticketctl.data.batching import encode, length_grouped_batches
 from ticketctl.hparams import TrainConfig
