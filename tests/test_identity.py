@@ -129,3 +129,97 @@ def test_predict_names_are_pinned(run, tmp_path, glue_dir):
     # --init: named by the saved folder's content (which records the model's name, here a relative path)
     transfer = run("finetune", "--task", "mrpc", "--seed", "2", "--init", "member", "--train-fraction", "0.5")
     assert [Path(p).name for p in transfer] == ["mrpc-logits-dev-init-s2-b25ef6bf8d.safetensors"]
+
+
+# ---------------------------------------------------------------------------------------------- through RunIdentity
+
+
+@pytest.fixture()
+def mrpc(tiny_model, glue_dir, tmp_path):
+    """The resolved MRPC context and config of the tiny model, as ``context.start`` gives them to every stage."""
+    shutil.copytree(tiny_model, tmp_path / "tiny")
+    from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+    from ticketctl.stages import context
+
+    def start(task="mrpc", **train):
+        return context.start(task, TrainConfig(epochs=1, batch_size=8, precision="fp32", **train),
+                             DataOptions(data_dir=str(glue_dir)),
+                             RunOptions(model=str(tmp_path / "tiny"), out=tmp_path / "runs", device="cpu",
+                                        quiet=True))[:2]
+
+    return start
+
+
+def test_run_identity_names_a_finetune(mrpc):
+    from ticketctl.data.sampling import training_subset
+    from ticketctl.store.identity import IDENTITY_DEFAULTS, RunIdentity, finetune_scheme
+
+    ctx, cfg = mrpc()
+    dense = RunIdentity.training("mrpc", MODEL_FP, 1, MRPC_TRAIN_FP, cfg.as_dict(), train_fraction=1.0, init=None)
+    assert dense == ctx.identity(cfg, 1, train_fraction=1.0, init=None) and dense.defaults is IDENTITY_DEFAULTS
+    assert dense.paths("runs", [(s.name, s.fingerprint) for s in ctx.evals]) == [
+        Path("runs/mrpc-logits-dev-dense-s1-f149a6d924.safetensors")]
+    assert dense.dense_weights_path("runs") == Path("runs/cache/mrpc-dense-weights-s1-3ccd5baf19.safetensors")
+    bagged = training_subset(ctx.train, 1, bagging=0.5)
+    bagging = ctx.identity(cfg, 1, bagged, None, 0.5, scheme=finetune_scheme(None, 0.5), train_fraction=1.0,
+                           init=None)
+    assert [p.name for p, _ in bagging.logits("runs", [(ctx.evals[0].name, ctx.evals[0].fingerprint)])] == [
+        "mrpc-logits-dev-bagging-s1-00e1a76bff.safetensors"]
+    ctx, cfg = mrpc(lr=3e-5)
+    fraction = ctx.identity(cfg, 2, training_subset(ctx.train, 2, fraction=0.5), train_fraction=0.5, init=None)
+    assert fraction.paths("runs", [(s.name, s.fingerprint) for s in ctx.evals])[0].name == \
+        "mrpc-logits-dev-dense-s2-b571f72145.safetensors"
+
+
+def test_run_identity_names_an_imp_search(mrpc):
+    from ticketctl.store.identity import SEARCH_DEFAULTS
+
+    ctx, cfg = mrpc()
+    base = ctx.identity(cfg, 1, train_fraction=1.0).imp_search("base", 0.2, 0.1, 0.0, [])
+    assert base.defaults is SEARCH_DEFAULTS and base.scheme == "base"
+    assert base.paths("runs") == [Path("runs/mrpc-mask-base-20pct-s1-3dadd53f46.safetensors")]
+    assert base.round_path("runs", 2) == Path("runs/cache/mrpc-round2-base-s1-3dadd53f46.safetensors")
+    random = ctx.identity(cfg, 2, train_fraction=1.0).imp_search("random", 0.2, 0.1, 1e-4, [])
+    assert random.paths("runs")[0].name == "mrpc-mask-random-20pct-s2-0ee381552f.safetensors"
+
+
+def test_run_identity_names_a_structured_search(mrpc):
+    from ticketctl.masks import policies
+    from ticketctl.stages.structured import IMPORTANCE_VERSION
+
+    ctx, cfg = mrpc("rte")
+    scores = ctx.identity(cfg, 1, train_fraction=1.0).importance(IMPORTANCE_VERSION)
+    assert scores.importance_path("runs").name == "rte-importance-s1-9abe5250ab.safetensors"
+    assert [scores.structured_ticket(k, 0.5).paths("runs")[0].name for k in ("winning", "random")] == [
+        "rte-mask-winning-50pct-s1-a746f888d8.safetensors", "rte-mask-random-50pct-s1-d01c51d25f.safetensors"]
+    perturbed = policies.get(policies.STRUCTURED, "perturbed")
+    ticket = ctx.identity(cfg, 2, train_fraction=1.0).importance(IMPORTANCE_VERSION).structured_ticket(
+        "winning", 0.5, "perturbed", perturbed.identity(perturbed.strength(None), []))
+    assert ticket.paths("runs")[0].name == "rte-mask-winning-perturbed-50pct-s2-18b6cc718a.safetensors"
+
+
+def test_run_identity_names_share_and_predict_members(run, tmp_path, glue_dir):
+    """share's identities from its own function, predict's from RunIdentity.prediction, against the pinned names."""
+    from ticketctl.data import files
+    from ticketctl.data.tasks import get_task
+    from ticketctl.stages.predict import read_member, run_identity
+
+    run("finetune", "--task", "mrpc", "--seed", "1", "--save-model", "member")
+    member = read_member("member")
+    dev = files.load_split(get_task("mrpc"), "dev", glue_dir)
+    identity = run_identity(member, dev, "fp32")
+    assert identity.split_key is None and set(identity.fields) == {"member", "data", "max_length", "precision"}
+    assert identity.paths("runs", [(dev.name, dev.fingerprint)])[0].name == \
+        "mrpc-logits-dev-dense-s1-c578c6a385.safetensors"
+
+
+def test_share_identities_are_pinned(mrpc):
+    from ticketctl.stages.share import Member, run_identities
+
+    (rte, cfg), (mrpc_ctx, _) = mrpc("rte"), mrpc("mrpc")
+    members = [Member(rte, None), Member(mrpc_ctx, None)]
+    identities = run_identities(members, {"rte": None, "mrpc": None}, cfg, 1, "equal")
+    names = [p.name for m in members for p in identities[m.name].paths("runs", [(s.name, s.fingerprint)
+                                                                             for s in m.ctx.evals])]
+    assert names == ["rte-logits-dev-share-dense-s1-6d30733612.safetensors",
+                     "mrpc-logits-dev-share-dense-s1-7dab25bd07.safetensors"]
