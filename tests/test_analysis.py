@@ -12,7 +12,7 @@ from ticketctl.analysis import ensemble as ens
 from ticketctl.analysis.significance import split_groups
 from ticketctl.masks.weights import Mask
 from ticketctl.store.artifacts import read_artifact, write_artifact
-from ticketctl.analysis.members import load_members
+from ticketctl.analysis.members import load_ensemble_members as load_members
 from ticketctl.data.tasks import get_task
 
 
@@ -25,6 +25,15 @@ def logits_file(path, outputs, labels=None, ids=None, **meta):
     base = {"task": "mrpc", "split": "dev", "data_fingerprint": "d1", "model_fingerprint": "m1", "seed": "0",
             "policy": "dense"}
     return str(write_artifact(path, "logits", tensors, {**base, **meta}))
+
+
+def stub_artifacts(n: int) -> list:
+    """Stand-ins for n logits artifacts with seeds 0..n-1 (the members' outputs are given directly)."""
+    from pathlib import Path
+
+    from ticketctl.store.artifacts import Artifact
+
+    return [Artifact(Path(f"m{i}.safetensors"), {"kind": "logits", "seed": str(i)}, {}, "") for i in range(n)]
 
 
 def onehot_logits(pred, scale=3.0):
@@ -50,12 +59,12 @@ def test_ensemble_majority_and_combinations(three):
     # Equal-confidence members: mean probabilities = majority vote: [1,0,1,1,0,1] -> all correct.
     assert ens.all_member_scores(m, "probs")["accuracy"] == 1.0
     assert ens.all_member_scores(m, "vote")["accuracy"] == 1.0
-    rows = ens.size_table(m, [1, 2, 3], "probs")
-    assert [r["combinations"] for r in rows] == [3, 3, 1]
+    rows = ens.size_table(m, [1, 2, 3], "probs").rows
+    assert [r.combinations for r in rows] == [3, 3, 1]
     singles = [np.mean(np.array(p) == LABELS) for p in preds]
-    assert rows[0]["mean"] == pytest.approx(np.mean(singles))
-    assert rows[0]["min"] == pytest.approx(min(singles)) and rows[0]["max"] == pytest.approx(max(singles))
-    assert rows[2]["mean"] == 1.0 and rows[2]["std"] == 0.0
+    assert rows[0].mean == pytest.approx(np.mean(singles))
+    assert rows[0].min == pytest.approx(min(singles)) and rows[0].max == pytest.approx(max(singles))
+    assert rows[2].mean == 1.0 and rows[2].std == 0.0
 
 
 def test_combinations_match_brute_force():
@@ -84,9 +93,9 @@ def test_groups_protocol():
     b = combine.combination_scores(task, terms, labels, 2, [2, 3])["accuracy"]
     from ticketctl.analysis.members import Members
 
-    m = Members(task, "dev", [None] * 4, outputs, labels, np.arange(30))
-    row = ens.size_table(m, [2], "probs", groups=2)[0]
-    assert row["combinations"] == 2 and row["mean"] == pytest.approx(np.mean([a[0], b[0]]))
+    m = Members(task, "dev", stub_artifacts(4), outputs, labels, np.arange(30))
+    row = ens.size_table(m, [2], "probs", groups=2).rows[0]
+    assert row.combinations == 2 and row.mean == pytest.approx(np.mean([a[0], b[0]]))
 
 
 def test_ensemble_speed_20_members_2000_examples(tmp_path):
@@ -101,15 +110,15 @@ def test_ensemble_speed_20_members_2000_examples(tmp_path):
     labels = rng.integers(0, 2, 2000)
     from ticketctl.analysis.members import Members
 
-    m = Members(task, "dev", [None] * 20, outputs, labels, np.arange(2000))
+    m = Members(task, "dev", stub_artifacts(20), outputs, labels, np.arange(2000))
     start = time.perf_counter()
-    rows = ens.size_table(m, [2, 3, 4, 5], "probs")
+    rows = ens.size_table(m, [2, 3, 4, 5], "probs").rows
     seconds = time.perf_counter() - start
-    assert [r["combinations"] for r in rows] == [190, 1140, 4845, 15504]
+    assert [r.combinations for r in rows] == [190, 1140, 4845, 15504]
     probs = np.exp(outputs) / np.exp(outputs).sum(-1, keepdims=True)
     brute = [np.mean(probs[list(c)].mean(0).argmax(-1) == labels) for c in combinations(range(20), 2)]
-    assert rows[0]["mean"] == pytest.approx(np.mean(brute), abs=1e-12)
-    assert rows[0]["min"] == min(brute) and rows[0]["max"] == max(brute)
+    assert rows[0].mean == pytest.approx(np.mean(brute), abs=1e-12)
+    assert rows[0].min == min(brute) and rows[0].max == max(brute)
     assert seconds < 3.0, f"size table took {seconds:.2f} s"
 
 
@@ -120,7 +129,7 @@ def test_regression_ensemble_mean(tmp_path):
     m = load_members([p1, p2])
     assert ens.all_member_scores(m)["pearson"] == pytest.approx(1.0)
     rows = div.regression_summary(m)
-    vals = {r["metric"]: r["value"] for r in rows}
+    vals = {r.metric: r.value for r in rows}
     # ambiguity decomposition: ensemble error = mean member error - mean ambiguity
     assert vals["ensemble_squared_error"] == pytest.approx(vals["mean_member_squared_error"] - vals["mean_ambiguity"])
     assert vals["ensemble_squared_error"] == 0.0 and vals["mean_member_squared_error"] == pytest.approx(0.25)
@@ -136,23 +145,23 @@ def test_diversity_hand_computed():
     assert p["disagreement"][0, 1] == pytest.approx(3 / 4)
     assert p["negative_double_fault"][0, 1] == 0.0
     assert p["ratio_errors"][0, 1] == np.inf  # single faults, no double fault
-    rows = {r["metric"]: r["value"] for r in div.summary(correct)}
+    rows = {r.metric: r.value for r in div.summary(correct)}
     assert rows["ratio_errors"] == np.inf
 
 
 def test_diversity_degenerate_cases():
     same = np.array([[1, 0, 1, 0], [1, 0, 1, 0]], dtype=bool)
-    rows = {r["metric"]: r["value"] for r in div.summary(same)}
+    rows = {r.metric: r.value for r in div.summary(same)}
     assert rows["q_statistic"] == 1.0 and rows["correlation"] == 1.0 and rows["disagreement"] == 0.0
     assert rows["ratio_errors"] == 0.0 and rows["negative_double_fault"] == -0.5
     all_wrong = np.zeros((3, 5), dtype=bool)
-    rows = {r["metric"]: r["value"] for r in div.summary(all_wrong)}
+    rows = {r.metric: r.value for r in div.summary(all_wrong)}
     assert rows["negative_double_fault"] == -1.0 and rows["q_statistic"] == 1.0 and rows["ratio_errors"] == 0.0
     all_right = np.ones((2, 5), dtype=bool)
-    rows = {r["metric"]: r["value"] for r in div.summary(all_right)}
+    rows = {r.metric: r.value for r in div.summary(all_right)}
     assert rows["q_statistic"] == 1.0 and rows["ratio_errors"] == 0.0 and rows["disagreement"] == 0.0
     pooled = np.array([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=bool)
-    rows = {r["metric"]: r["value"] for r in div.summary(pooled)}
+    rows = {r.metric: r.value for r in div.summary(pooled)}
     p = div.pairwise(pooled)
     iu = np.triu_indices(3, 1)
     assert rows["ratio_errors"] == pytest.approx(p["_single"][iu].sum() / p["_double"][iu].sum())

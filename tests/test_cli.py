@@ -276,10 +276,11 @@ def test_dense_round_of_search_logs_its_training_curve(cli, tiny_model, glue_dir
 
 def test_python_api_matches_the_cli(cli, tiny_model, glue_dir, tmp_path, capsys):
     """README "From Python": the library functions the commands wrap give the CLI's artifacts (same names, same
-    outputs), and the analysis function prints the CLI's table."""
+    outputs), and the analysis function's records render as the CLI's table."""
     import numpy as np
 
-    from ticketctl.analysis.ensemble import ensemble
+    from ticketctl.analysis import render, tables
+    from ticketctl.analysis.ensemble import ensemble, size_table
     from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
     from ticketctl.stages.finetune import finetune
     from ticketctl.stages.imp import search
@@ -303,9 +304,8 @@ def test_python_api_matches_the_cli(cli, tiny_model, glue_dir, tmp_path, capsys)
     assert [p.name for p in members] == [Path(p).name for p in cli_members]
     for a, b in zip(members, cli_members):
         assert np.array_equal(read_artifact(a).tensors["outputs"], read_artifact(b).tensors["outputs"])
-    capsys.readouterr()
-    ensemble([str(p) for p in members], size="1-2", fmt="tsv")
-    py_table = capsys.readouterr().out
+    result = ensemble([str(p) for p in members], size="1-2")
+    py_table = tables.text(render.ensemble_table(size_table(result.members, result.sizes)), "tsv")
     code, out, err = cli("ensemble", "--size", "1-2", "--format", "tsv", *cli_members)
     assert code == 0 and py_table == out and out.startswith("k\tcombinations")
 

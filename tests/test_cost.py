@@ -104,17 +104,17 @@ def test_frontier_logic_on_synthetic_members():
     groups = {"dense": list(range(n)), "cheap": list(range(n, 2 * n))}
     costs = {"dense": 1.0, "cheap": 0.5}
     rows = frontier.frontier(scorer, groups, costs, "dense", 1, {"cheap": True})
-    by = {(r["budget"], r["group"]): r for r in rows}
-    assert max(b for b, _ in by) == 6 and by[(3, "cheap")]["k"] == 6 and by[(5, "dense")]["k"] == 5
+    by = {(r.budget, r.group): r for r in rows}
+    assert max(b for b, _ in by) == 6 and by[(3, "cheap")].k == 6 and by[(5, "dense")].k == 5
     mean_at = {g: [scorer.scores(np.eye(2 * n)[[groups[g][i] for i in c]].sum(0, keepdims=True))[0]
                    for c in combinations(range(n), 3)] for g in groups}
     four = np.mean([scorer.scores(np.eye(2 * n)[[groups["cheap"][i] for i in c]].sum(0, keepdims=True))[0]
                     for c in combinations(range(n), 4)])
-    assert by[(2, "cheap")]["k"] == 4 and by[(2, "cheap")]["mean"] == pytest.approx(four)  # budget 2: 4 cheap members
-    assert by[(3, "dense")]["mean"] == pytest.approx(np.mean(mean_at["dense"]))  # 3 dense members
+    assert by[(2, "cheap")].k == 4 and by[(2, "cheap")].mean == pytest.approx(four)  # budget 2: 4 cheap members
+    assert by[(3, "dense")].mean == pytest.approx(np.mean(mean_at["dense"]))  # 3 dense members
     r = by[(2, "cheap")]
-    assert r["vs_ref"] == pytest.approx(r["mean"] - by[(2, "dense")]["mean"])
-    assert r["diff_low"] < r["vs_ref"] < r["diff_high"]
+    assert r.vs_ref == pytest.approx(r.mean - by[(2, "dense")].mean)
+    assert r.diff_low < r.vs_ref < r.diff_high
     assert frontier.affordable(1.0, 0.34, 6) == 2 and frontier.affordable(1.0, 1.5, 6) == 0
 
 

@@ -458,3 +458,49 @@ def test_slurm_refusing_a_job_is_one_line(cli, tiny_args, tmp_path):
     assert ours[0].startswith("ticketctl: error: --executor slurm: the submission was refused:")
     assert "Invalid partition name" in ours[0]
     assert not list((tmp_path / "runs").glob("*.safetensors"))
+
+
+def test_own_data_without_labels_is_a_bad_plan(cli, tiny_args, tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("sentence\nthe cat sat\na dog ran\nthe bird flew\n")
+    args = [a for a in tiny_args if a not in ("--data-dir", tiny_args[tiny_args.index("--data-dir") + 1])]
+    code, out, err = cli("protocol", *args, "--task", "mine", "--train-file", train, "--validation-file", train,
+                         "--out", tmp_path / "runs", "--seeds", "1-2", "--schemes", "dense")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "no label column 'label'" in err, err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.safetensors"))
+    dev = tmp_path / "dev.csv"  # labelled training data, an unlabelled validation split: nothing to report on
+    train.write_text("sentence,label\nthe cat sat,a\na dog ran,b\nthe bird flew,a\n")
+    dev.write_text("sentence\nthe cat ran\na bird sat\n")
+    code, out, err = cli("protocol", *args, "--task", "mine", "--train-file", train, "--validation-file", dev,
+                         "--out", tmp_path / "runs", "--seeds", "1-2", "--schemes", "dense")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "split has no labels" in err, err
+
+
+def test_structured_scheme_runs_super_tickets_per_level_as_the_single_commands_make_them(tiny_model, glue_dir,
+                                                                                          tmp_path, cli):
+    cmd = _protocol(tiny_model, glue_dir, "--schemes", "dense,structured", "--structured-levels", "0.25,0.5",
+                    "--size", "2", "--jobs", 1, "--threads", 1)
+    proc = _run(cmd, tmp_path)
+    assert proc.stdout.strip() == "report/report.md"
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["group"] for r in data["table1"]] == ["dense", "winning-25%", "winning-50%"]
+    assert sorted({m["scheme"] for m in data["members"]}) == ["dense", "structured-25", "structured-50"]
+    # the importance scores came from the dense finetune of the same seed: one scoring pass, no second finetune
+    log = (tmp_path / "runs" / "protocol" / "logs" / "search-structured-s1.log").read_text()
+    assert "reusing the dense finetune of seed 1" in log
+    # the members are the ones `search --method structured` + `finetune --mask` make
+    opts = ["--model", tiny_model, "--data-dir", glue_dir, "--task", "mrpc", "--epochs", 1, "--batch-size", 8,
+            "--device", "cpu", "--threads", 1, "--out", tmp_path / "single", "--quiet"]
+    code, masks, err = cli("search", *opts, "--method", "structured", "--sparsity", "0.25,0.5", "--seed", 3)
+    assert code == 0, err
+    for mask in masks.split():
+        code, logits, _ = cli("finetune", *opts, "--mask", mask, "--seed", 3)
+        assert code == 0
+        logits = Path(logits.split()[0])
+        assert _same_tensors(tmp_path / "runs" / Path(mask).name, Path(mask))
+        assert _same_tensors(tmp_path / "runs" / logits.name, logits)
+    # the structured masks' IoU is its own matrix (weight masks and unit masks are not comparable)
+    assert data["figure4"] is None and len(data["figure4_structured"]["masks"]) == 8
+    again = _run([*cmd, "--dry-run"], tmp_path)
+    assert again.stdout.splitlines()[-1] == "0 to run, 16 done"  # 4 x (dense + search + 2 ticket finetunes)

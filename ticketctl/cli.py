@@ -256,8 +256,10 @@ def protocol(
         "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
     seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (the ACTIVE-LT sequence follows "
                                              "this order).")] = "1-3",
-    schemes: Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random"),
-        help="Comma-separated: dense (BASELINE), bagging, base, active, random (BASE-LT, ACTIVE-LT, RANDOM-LT).")
+    schemes: Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random",
+                                                                "structured"),
+        help="Comma-separated: dense (BASELINE), bagging, base, active, random (BASE-LT, ACTIVE-LT, RANDOM-LT); "
+             "structured: Super Tickets' structured winning tickets at --structured-levels.")
     ] = "dense,bagging,base,active,random",
     groups: Annotated[int, typer.Option(help="Split each scheme's seeds (in ascending order) into G equal groups; "
                                              "ensembles are combined within groups (the paper: 2 groups of 10).")
@@ -276,6 +278,9 @@ def protocol(
     sparsity: Annotated[float, typer.Option(help="Tickets' fraction of pruned prunable weights.")] = 0.3,
     prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per IMP "
                                                    "round.")] = 0.1,
+    structured_levels: Annotated[Optional[str], typer.Option(
+        help="structured scheme: levels (fractions of heads and FFN sublayers pruned), e.g. 0.3,0.5; each level is a "
+             "scheme of its own in the report. Default: --sparsity.")] = None,
     l1: Annotated[Optional[float], typer.Option("--l1", help="tau of RANDOM-LT's and ACTIVE-LT's regularizer "
                                                              "(default 1e-4).")] = None,
     search_epochs: Annotated[Optional[float], typer.Option(help="Epochs per IMP round (default: --epochs).")] = None,
@@ -332,9 +337,7 @@ def protocol(
             for job, why in outcome.failures.items():
                 _error(f"{resolved.task + ' ' if len(plans) > 1 else ''}{job} failed: {why}")
             continue
-        members = outcome.members(outcome.state)
-        masks = {s: [outcome.state.targets[j.id][0] for j in outcome.state.jobs.values()
-                     if j.kind == "search" and j.scheme == s] for s in resolved.schemes}
+        members, masks = outcome.members(outcome.state), outcome.masks()
         print_paths([write_report(resolved, outcome, members, masks)])
     if failed:
         raise JobsFailed(f"{failed} of {total} jobs failed; the others are finished: rerun the same command to "
@@ -371,10 +374,10 @@ def predict(
         print_paths(written)
         return
     from ticketctl.analysis.combine import combined_outputs, vote_shares
-    from ticketctl.analysis.members import load_members
+    from ticketctl.analysis.members import load_ensemble_members
     from ticketctl.stages.predict import write_predictions
 
-    members = load_members([str(p) for p in written])
+    members = load_ensemble_members([str(p) for p in written])
     shares = vote_shares(members.outputs) if combine == "vote" and not members.task.is_regression else None
     write_predictions(members.task, members.shown_ids, combined_outputs(members.task, members.outputs, combine),
                       output, shares)
@@ -419,10 +422,19 @@ def show(
         help="Draw the training curves (loss every 10 steps) of the logits artifacts to FILE.png / .svg.")] = None,
 ):
     """Print an artifact's metadata and a summary (sparsity per layer for masks, metrics for logits)."""
-    from ticketctl.analysis.show import show as run_show
+    from ticketctl.analysis import render
+    from ticketctl.analysis import show as data
+    from ticketctl.analysis.tables import note
     from ticketctl.store.artifacts import read_paths
 
-    run_show(read_paths(artifacts), json_output, verify, plot)
+    if plot:
+        note(f"wrote {plot} ({data.plot_curves(read_paths(artifacts), plot)} training curves)")
+        return
+    shown = []
+    for p in read_paths(artifacts):  # each printed as it is read, as far as the first unreadable one
+        shown.append(data.describe_one(p, verify))
+        render.show(shown[-1:], json_output)
+    data.unverified(shown)
 
 
 @app.command()
@@ -431,18 +443,28 @@ def ensemble(
     combine: Combine = "probs",
     size: Annotated[Optional[str], typer.Option(
         help="Score every k-member combination: k, a list 2,3,5, or a range 2-5 (mean, std, min, max).")] = None,
-    groups: Annotated[int, typer.Option(help="Split the members (in the order given) into this many groups and "
-                                             "pool combinations within groups (the paper's Appendix C).")] = 1,
+    groups: Annotated[int, typer.Option(help="Split the members (in seed order, as stats does) into this many groups "
+                                             "and pool combinations within groups (the paper's Appendix C).")] = 1,
     out: Annotated[Optional[Path], typer.Option(help="Write the ensemble's logits artifact into this folder and "
                                                      "print its path.")] = None,
     submission: Annotated[Optional[Path], typer.Option(help="Write GLUE's index<TAB>prediction file.")] = None,
     format: Format = "table",
 ):
     """Average member outputs and print the ensemble's metrics (or its artifact path with --out)."""
-    from ticketctl.analysis.ensemble import ensemble as run_ensemble
+    from ticketctl.analysis import ensemble as data
+    from ticketctl.analysis import render
+    from ticketctl.analysis.tables import note
     from ticketctl.store.artifacts import read_paths
 
-    run_ensemble(read_paths(members), combine, size, groups, out, submission, format)
+    result = data.ensemble(read_paths(members), combine, size)
+    if submission is not None:
+        data.write_submission(str(submission), result)
+        note(f"wrote GLUE submission {submission}")
+    if out is not None:
+        render.ensemble_written(result, data.write_ensemble(result, out))
+        return
+    sizes = data.size_table(result.members, result.sizes, combine, groups) if result.sizes else None
+    render.ensemble(result, sizes, format, submission is not None)
 
 
 @app.command()
@@ -453,10 +475,12 @@ def diversity(
 ):
     """Pairwise diversity of members: Q statistic, correlation, disagreement, negative double fault, ratio errors
     (classification); error correlation and ambiguity decomposition (regression)."""
-    from ticketctl.analysis.diversity import diversity as run_diversity
+    from ticketctl.analysis import render
+    from ticketctl.analysis.diversity import diversity as data
+    from ticketctl.analysis.tables import emit
     from ticketctl.store.artifacts import read_paths
 
-    run_diversity(read_paths(members), matrix, format)
+    emit(render.diversity_table(data(read_paths(members), matrix)), format)
 
 
 @app.command()
@@ -476,10 +500,29 @@ def iou(
 ):
     """Intersection over union of the surviving weights of masks, pairwise (the paper's Figure 4); of kept heads and
     FFN sublayers for structured masks."""
-    from ticketctl.analysis.iou import iou as run_iou
+    from ticketctl.analysis import iou as data
+    from ticketctl.analysis import render
+    from ticketctl.analysis.tables import emit, note
     from ticketctl.store.artifacts import read_paths
 
-    run_iou(read_paths(masks), layers, plot, format, importance, remaining, cross_task)
+    data.check_views(layers, importance, remaining)
+    paths = read_paths(masks)
+    if remaining:
+        emit(render.remaining_table(data.remaining(paths)), format)
+    elif layers:
+        emit(render.layer_iou_table(data.layer_iou(paths, cross_task)), format)
+    elif importance:
+        result = data.importance(paths)
+        emit(render.importance_table(result), format)
+        if plot:
+            data.plot_importance(result, plot, "importance across tasks")
+            note(f"wrote {plot}")
+    else:
+        result = data.mask_iou(paths, cross_task)
+        emit(render.iou_table(result), format)
+        if plot:
+            data.plot_heatmap(result.values, result.labels, plot, f"{result.task}: IoU of {render.iou_what(result)}")
+            note(f"wrote {plot}")
 
 
 @app.command()
@@ -516,11 +559,38 @@ def stats(
     --groups), and against the reference group the difference with a 95% interval and a calibrated p-value
     (permutation test over seeds; --test paper: the paper's t-test). --by sparsity prints the phase-transition table
     instead (metric vs sparsity per ticket kind, full model as reference)."""
-    from ticketctl.analysis.stats import stats as run_stats
+    from ticketctl.analysis import render
+    from ticketctl.analysis import stats as data
+    from ticketctl.analysis.tables import note
     from ticketctl.store.artifacts import read_paths
 
-    run_stats(read_paths(artifacts), by, ref, size, combine, plot, format, bootstrap, select, groups, test,
-              resamples, select_fraction, cost)
+    paths = read_paths(artifacts)
+    data.check_options(by, size, bootstrap, select)
+    if select:
+        render.super_ticket(data.super_ticket(paths, select_fraction))
+        return
+    if by in data.PIVOTS:
+        table = data.phase_transition(paths, by, resamples)
+        render.phase(table, format)
+        if plot:
+            data.plot_phase(table, plot, f"{table.on.task}: "
+                            + ("phase transition" if by == "sparsity" else "metric vs training data"))
+    elif cost:
+        from ticketctl.analysis import frontier
+
+        result = data.cost_frontier(paths, by, ref, combine, groups)
+        render.cost_frontier(result, format)
+        if plot:
+            frontier.plot(result.curves, result.on.metric, plot,
+                          f"{result.on.task}: {result.on.metric} vs inference cost, by {by}")
+    else:
+        result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot))
+        render.table1(result, format)
+        if plot:
+            data.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
+                           f"{result.on.task}: ensemble gain over {result.ref}")
+    if plot:
+        note(f"wrote {plot}")
 
 
 # ---------------------------------------------------------------------------------------------- entry point

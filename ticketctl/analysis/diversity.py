@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticketctl.analysis import tables
-from ticketctl.analysis.members import Members, load_members
+from ticketctl.analysis.members import Members, load_ensemble_members
+from ticketctl.analysis.records import Diversity, DiversityRow, PairDiversity
 from ticketctl.data.tasks import predictions
 from ticketctl.errors import UsageError
 
@@ -72,8 +72,9 @@ def pairwise(correct: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def summary(correct: np.ndarray) -> list[dict]:
-    """Each metric averaged over all pairs i < j."""
+def summary(correct: np.ndarray) -> list[DiversityRow]:
+    """Each metric averaged over all pairs i < j of the (M, N) oracle outputs ``correct``; ratio errors pooled
+    (summed single faults over summed double faults)."""
     p = pairwise(correct)
     iu = np.triu_indices(correct.shape[0], k=1)
     rows = []
@@ -83,20 +84,23 @@ def summary(correct: np.ndarray) -> list[dict]:
             value = float(s / d) if d else (float("inf") if s else 0.0)
         else:
             value = float(p[name][iu].mean())
-        rows.append({"metric": name, "value": value, "direction": DIRECTIONS[name]})
+        rows.append(DiversityRow(name, value, DIRECTIONS[name]))
     return rows
 
 
-def pair_rows(correct: np.ndarray, names: list[str]) -> list[dict]:
+def pair_rows(correct: np.ndarray, names: list[str]) -> list[PairDiversity]:
+    """Every pair i < j of the (M, N) oracle outputs ``correct``, named by ``names`` (M)."""
     p = pairwise(correct)
     rows = []
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
-            rows.append({"a": names[i], "b": names[j], **{m: float(p[m][i, j]) for m in DIRECTIONS}})
+            rows.append(PairDiversity(names[i], names[j], {m: float(p[m][i, j]) for m in DIRECTIONS}))
     return rows
 
 
-def regression_summary(members: Members) -> list[dict]:
+def regression_summary(members: Members) -> list[DiversityRow]:
+    """Regression members: the mean pairwise correlation of their errors, and the ambiguity decomposition of their
+    average (Krogh & Vedelsby, 1995) in squared label units."""
     pred = members.outputs[..., 0]
     y = members.labels.astype(np.float64)
     err = pred - y[None, :]
@@ -107,24 +111,26 @@ def regression_summary(members: Members) -> list[dict]:
     member_err = float(np.mean((pred - y) ** 2))
     ambiguity = float(np.mean((pred - ens) ** 2))
     return [
-        {"metric": "error_correlation", "value": float(corr[iu].mean()), "direction": "lower = more diverse"},
-        {"metric": "ensemble_squared_error", "value": ens_err, "direction": "= member error - ambiguity"},
-        {"metric": "mean_member_squared_error", "value": member_err, "direction": ""},
-        {"metric": "mean_ambiguity", "value": ambiguity, "direction": "higher = more diverse"},
+        DiversityRow("error_correlation", float(corr[iu].mean()), "lower = more diverse"),
+        DiversityRow("ensemble_squared_error", ens_err, "= member error - ambiguity"),
+        DiversityRow("mean_member_squared_error", member_err, ""),
+        DiversityRow("mean_ambiguity", ambiguity, "higher = more diverse"),
     ]
 
 
-def diversity(paths: list[str], matrix: bool = False, fmt: str = "table") -> None:
-    """Print the mean pairwise diversity of the members (every pair with ``matrix``)."""
-    members = load_members(paths, minimum=2)
+def diversity(paths: list[str], matrix: bool = False) -> Diversity:
+    """The members' diversity (logits artifacts among ``paths``): each metric's mean over pairs, or with ``matrix``
+    every pair (classification; regression always gives the averages).
+
+    Raises UsageError (fewer than two members, an unlabelled split) or InputError (members that must not mix)."""
+    members = load_ensemble_members(paths, minimum=2)
     if members.labels is None:
         raise UsageError("diversity needs a labelled split")
-    title = f"{members.task.name} {members.split}: diversity of {len(members)} members"
-    if members.task.is_regression:
-        tables.emit(regression_summary(members), ["metric", "value", "direction"], fmt, title)
-        return
-    correct = oracle(members)
-    if matrix:
-        tables.emit(pair_rows(correct, members.names), ["a", "b", *DIRECTIONS], fmt, title)
+    regression = members.task.is_regression
+    if regression:
+        rows = regression_summary(members)
+    elif matrix:
+        rows = pair_rows(oracle(members), members.names)
     else:
-        tables.emit(summary(correct), ["metric", "value", "direction"], fmt, title + " (mean over pairs)")
+        rows = summary(oracle(members))
+    return Diversity(members.evaluated, len(members), rows, regression)

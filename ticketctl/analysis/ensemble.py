@@ -1,73 +1,66 @@
-"""``ticketctl ensemble``: average member outputs; score every k-member combination (within groups)."""
+"""``ticketctl ensemble``: average member outputs; score every k-member combination (within groups of members in
+seed order, the paper's Appendix C)."""
 
 from __future__ import annotations
 
-import sys
 from math import comb
 from pathlib import Path
 
 import numpy as np
 
-from ticketctl.analysis import tables
 from ticketctl.analysis.combine import combination_scores, combined_outputs, member_terms
+from ticketctl.analysis.members import Members, load_ensemble_members
+from ticketctl.analysis.records import Ensemble, EnsembleScore, SizeRow, SizeTable
 from ticketctl.analysis.significance import parse_k, split_groups
-from ticketctl.analysis.members import Members, load_members
-from ticketctl.data.tasks import Task, predictions, score
+from ticketctl.data.tasks import predictions, score
 from ticketctl.errors import UsageError
 
 
-def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, groups: int = 1,
-             out: Path | None = None, submission: Path | None = None, fmt: str = "table") -> None:
-    """Print the ensemble's metrics (every k-member combination with ``size``); with ``out`` write its logits
-    artifact and print the path; with ``submission`` write GLUE's prediction file."""
-    members = load_members(paths)
-    task = members.task
-    combined = combined_outputs(task, members.outputs, combine)
+def ensemble(paths: list[str], combine: str = "probs", size: str | None = None) -> Ensemble:
+    """The logits artifacts among ``paths`` averaged (``combine``: probs | logits | vote), scored on a labelled
+    split; ``size`` (k, a list 2,3,5, a range 2-5, or ``all``) is parsed and checked for :func:`size_table`.
+
+    Raises UsageError (a bad --size, --size on an unlabelled split, a bad --combine) or InputError (members that
+    must not be mixed)."""
+    members = load_ensemble_members(paths)
+    combined = combined_outputs(members.task, members.outputs, combine)
     sizes = parse_k(size.replace("all", f"1-{len(members)}") if size else None)
-    metrics = {}
+    scored = None
     if members.labels is not None:
-        metrics = all_member_scores(members, combine, combined)
+        scored = ensemble_score(members, combine, combined)
     elif sizes:
         raise UsageError("--size needs a labelled split")
-    if submission is not None:
-        write_submission(str(submission), task, members.shown_ids, combined)
-        tables.note(f"wrote GLUE submission {submission}")
-    if out is not None:
-        path = write_ensemble(members, combined, combine, metrics, out)
-        if metrics:
-            tables.note(f"ensemble of {len(members)} ({combine}): " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        sys.stdout.write(f"{path}\n")
-        return
+    return Ensemble(members, combine, combined, scored, sizes)
+
+
+def cost_records(members: Members) -> list[dict] | None:
+    """Each member's inference cost record (``ticketctl.model.cost``), or None when any member has none (artifacts
+    made before costs were recorded)."""
     costs = [a.meta.get("cost") for a in members.arts]
-    costs = costs if all(costs) else None  # older artifacts have no cost record
-    if sizes:
-        rows = size_table(members, sizes, combine, groups)
-        cols = ["k", "combinations", "mean", "std", "min", "max"] + [f"mean_{m}" for m in task.metrics[1:]]
-        if costs:
-            mean_cost = float(np.mean([c["relative_flops"] for c in costs]))
-            for row in rows:
-                row["cost"] = round(row["k"] * mean_cost, 4)
-            cols.insert(2, "cost")
-        tables.emit(rows, cols, fmt, title=f"{task.name} {members.split}: {task.headline} of k-member ensembles "
-                                           f"({combine}, {len(members)} members, {groups} group(s))")
-    elif metrics:
-        rows = [{"members": len(members), "combine": combine, **metrics}]
-        cols = ["members", "combine", *task.metrics]
-        if costs:  # the whole ensemble: relative to one dense member, and absolute
-            rows[0]["cost"] = round(sum(c["relative_flops"] for c in costs), 4)
-            rows[0]["gflops"] = round(sum(c["flops_per_example"] for c in costs) / 1e9, 4)
-            cols += ["cost", "gflops"]
-        tables.emit(rows, cols, fmt, title=f"{task.name} {members.split} ensemble"
-                    + (" (cost: dense-member equivalents; gflops: per example)" if costs else ""))
-    elif submission is None:
-        tables.note("the split is unlabelled: nothing to score (use --out or --submission)")
+    return costs if all(costs) else None
 
 
-def write_ensemble(members: Members, combined: np.ndarray, combine: str, metrics: dict, out: Path) -> Path:
-    """The ensemble's outputs as a logits artifact (usable as a member, by ``stats``, ``--submission``)."""
+def ensemble_score(members: Members, combine: str = "probs", combined: np.ndarray | None = None) -> EnsembleScore:
+    """Every metric of the ensemble of all members, and its cost: relative FLOPs summed over members (dense-member
+    equivalents) and GFLOPs per example (None without cost records). Needs labels."""
+    metrics = all_member_scores(members, combine, combined)
+    costs = cost_records(members)
+    cost = gflops = None
+    if costs:
+        cost = round(sum(c["relative_flops"] for c in costs), 4)
+        gflops = round(sum(c["flops_per_example"] for c in costs) / 1e9, 4)
+    return EnsembleScore(members.evaluated, len(members), combine, metrics, cost, gflops)
+
+
+def write_ensemble(ens: Ensemble, out: Path) -> Path:
+    """The ensemble's outputs as a logits artifact in folder ``out`` (usable as a member, by ``stats``,
+    ``--submission``); returns its path."""
     from ticketctl.store import paths
     from ticketctl.store.artifacts import write_artifact
     from ticketctl.store.provenance import config_hash, provenance
+
+    members, combined, combine = ens.members, ens.outputs, ens.combine
+    metrics = ens.score.metrics if ens.score else None
 
     parents = [a.parent_ref() for a in members.arts]
     h = config_hash({"members": sorted(p["sha256"] for p in parents), "combine": combine})
@@ -90,14 +83,20 @@ def all_member_scores(members: Members, how: str = "probs", combined: np.ndarray
     return score(members.task, predictions(members.task, combined), members.labels)
 
 
-def size_table(members: Members, sizes: list[int], how: str, groups: int = 1) -> list[dict]:
+def size_table(members: Members, sizes: list[int], how: str = "probs", groups: int = 1) -> SizeTable:
     """One row per ensemble size k: the headline metric's mean/std/min/max over all k-member combinations (within
-    each group, pooled over groups), and the mean of the task's other metrics."""
+    each of ``groups`` equal groups of the members in seed order, pooled over groups: Kobayashi et al., 2022,
+    Appendix C), the mean of the task's other metrics, and the ensemble's cost (k x the mean member's relative
+    FLOPs) where members record it. Raises UsageError on an unlabelled split or a k a group cannot hold,
+    InputError when the members do not split into equal groups."""
     if members.labels is None:
         raise UsageError("the members' split is unlabelled: nothing to score")
     task = members.task
     terms = member_terms(task, members.outputs, how)
-    parts = split_groups(len(members), groups)
+    order = members.in_seed_order()
+    parts = [[order[i] for i in part] for part in split_groups(len(members), groups)]
+    costs = cost_records(members)
+    mean_cost = float(np.mean([c["relative_flops"] for c in costs])) if costs else None
     rows = []
     for k in sizes:
         if k < 1 or k > len(parts[0]):
@@ -105,18 +104,19 @@ def size_table(members: Members, sizes: list[int], how: str, groups: int = 1) ->
         per_group = [combination_scores(task, terms, members.labels, k, g) for g in parts]
         pooled = {m: np.concatenate([pg[m] for pg in per_group]) for m in task.metrics}
         head = pooled[task.headline]
-        row = {"k": k, "combinations": sum(comb(len(g), k) for g in parts), "mean": float(head.mean()),
-               "std": float(head.std(ddof=1)) if len(head) > 1 else 0.0, "min": float(head.min()),
-               "max": float(head.max())}
-        for m in task.metrics[1:]:
-            row[f"mean_{m}"] = float(pooled[m].mean())
-        rows.append(row)
-    return rows
+        rows.append(SizeRow(k, sum(comb(len(g), k) for g in parts), float(head.mean()),
+                            float(head.std(ddof=1)) if len(head) > 1 else 0.0, float(head.min()), float(head.max()),
+                            {m: float(pooled[m].mean()) for m in task.metrics[1:]},
+                            round(k * mean_cost, 4) if costs else None))
+    return SizeTable(members.evaluated, how, len(members), groups, rows)
 
 
-def write_submission(path: str, task: Task, ids, outputs: np.ndarray) -> None:
-    """GLUE's submission format: ``index<TAB>prediction`` with a header row; ids as the data wrote them."""
+def write_submission(path: str, ens: Ensemble) -> None:
+    """The ensemble's predictions in GLUE's submission format: ``index<TAB>prediction`` with a header row; ids as
+    the data wrote them, labels by name (regression: 3 decimals)."""
     from ticketctl.store.atomic import atomic_write_bytes
+
+    task, ids, outputs = ens.members.task, ens.members.shown_ids, ens.outputs
 
     pred = predictions(task, outputs)
     lines = ["index\tprediction"]

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from ticketctl.analysis.records import FrontierRow
 from ticketctl.analysis.significance import Scorer, budget_interval, protocol_scores
 from ticketctl.errors import InputError
 
@@ -52,7 +53,7 @@ def protocol_means(scorer: Scorer, groups: dict[str, list[int]], n_groups: int) 
 
 
 def frontier(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, float], ref: str, n_groups: int,
-             pairs: dict[str, bool], means: dict[str, list[float]] | None = None) -> list[dict]:
+             pairs: dict[str, bool], means: dict[str, list[float]] | None = None) -> list[FrontierRow]:
     """One row per budget and scheme: the members k it affords, their cost, the protocol mean of k-member ensembles
     (``means``, from :func:`protocol_means`), and the difference to ``ref`` at the same budget with a 95% jackknife
     interval."""
@@ -67,15 +68,14 @@ def frontier(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, floa
             k = affordable(budget, costs[g], sizes[g])
             if k < 1:
                 continue
-            row = {"budget": budget, "group": g, "k": k, "cost": round(k * costs[g], 4), "mean": means[g][k - 1],
-                   "vs_ref": float("nan"), "diff_low": float("nan"), "diff_high": float("nan")}
+            vs_ref = low = high = float("nan")
             if g != ref and k_ref >= 1:
-                row["vs_ref"] = means[g][k - 1] - means[ref][k_ref - 1]
+                vs_ref = means[g][k - 1] - means[ref][k_ref - 1]
                 if (g, k, k_ref) not in intervals:
                     intervals[g, k, k_ref] = budget_interval(scorer, groups[g], groups[ref], k, k_ref, n_groups,
                                                              pairs[g])
-                row["diff_low"], row["diff_high"] = intervals[g, k, k_ref]
-            rows.append(row)
+                low, high = intervals[g, k, k_ref]
+            rows.append(FrontierRow(budget, g, k, round(k * costs[g], 4), means[g][k - 1], vs_ref, low, high))
     return rows
 
 

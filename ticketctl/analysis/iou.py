@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticketctl.analysis import tables
 from ticketctl.analysis.members import check_compatible, check_distinct
+from ticketctl.analysis.records import Importance, IouMatrix, LayerIou, Remaining, UnitImportance
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
 
@@ -64,7 +64,7 @@ def iou_matrix(arts: list[Artifact], names: list[str] | None = None) -> np.ndarr
     return m
 
 
-def layer_rows(arts: list[Artifact]) -> list[dict]:
+def layer_rows(arts: list[Artifact]) -> list[LayerIou]:
     """Per prunable parameter: mean IoU over pairs, and its mean sparsity."""
     rows = []
     iu = np.triu_indices(len(arts), k=1)
@@ -72,7 +72,7 @@ def layer_rows(arts: list[Artifact]) -> list[dict]:
         m = iou_matrix(arts, [n])
         size = int(np.prod(shape))
         sparsity = float(np.mean([1 - popcount(a.tensors[n]) / size for a in arts]))
-        rows.append({"parameter": n, "mean_iou": float(m[iu].mean()), "sparsity": sparsity})
+        rows.append(LayerIou(n, float(m[iu].mean()), sparsity))
     return rows
 
 
@@ -110,15 +110,14 @@ def _units(a: Artifact) -> np.ndarray:
     return np.concatenate([m.heads.ravel(), m.ffn])
 
 
-def remaining_rows(arts: list[Artifact]) -> list[dict]:
+def remaining_rows(arts: list[Artifact]) -> list[Remaining]:
     """Per structured mask: what it keeps (the paper's Figure 3 tabulates the weights remaining per task)."""
     rows = []
     for a in arts:
         m = a.structured()
-        rows.append({"mask": a.path.name, "task": a.meta.get("task"), "ticket": a.meta.get("policy"),
-                     "seed": a.meta.get("seed"), "sparsity": float(a.meta.get("target_sparsity", m.sparsity)),
-                     "heads_kept": int(m.heads.sum()), "ffn_kept": int(m.ffn.sum()),
-                     "weights_remaining": float(a.meta.get("weights_remaining", "nan"))})
+        rows.append(Remaining(a.path.name, a.meta.get("task"), a.meta.get("policy"), a.meta.get("seed"),
+                              float(a.meta.get("target_sparsity", m.sparsity)), int(m.heads.sum()),
+                              int(m.ffn.sum()), float(a.meta.get("weights_remaining", "nan"))))
     return rows
 
 
@@ -146,7 +145,7 @@ def task_importance(arts: list[Artifact]) -> tuple[list[str], np.ndarray, list[s
     return tasks, scores, names
 
 
-def importance_rows(arts: list[Artifact], dominance: float = 0.5) -> list[dict]:
+def importance_rows(arts: list[Artifact], dominance: float = 0.5) -> Importance:
     """The paper's Figure 6: per head and FFN, the importance averaged over tasks and each task's share of it;
     ``dominated_by`` names a task whose share is at least ``dominance``."""
     tasks, scores, names = task_importance(arts)
@@ -157,31 +156,31 @@ def importance_rows(arts: list[Artifact], dominance: float = 0.5) -> list[dict]:
     rows = []
     for u, name in enumerate(names):
         top = int(np.argmax(shares[:, u]))
-        rows.append({"unit": name, "mean_importance": float(scores[:, u].mean()),
-                     **{f"share_{t}": float(shares[i, u]) for i, t in enumerate(tasks)},
-                     "dominated_by": tasks[top] if shares[top, u] >= dominance else ""})
-    return rows
+        rows.append(UnitImportance(name, float(scores[:, u].mean()),
+                                   {t: float(shares[i, u]) for i, t in enumerate(tasks)},
+                                   tasks[top] if shares[top, u] >= dominance else ""))
+    return Importance(tasks, rows)
 
 
-def plot_importance(rows: list[dict], tasks: list[str], path: str, title: str) -> None:
+def plot_importance(importance: Importance, path: str, title: str) -> None:
     """Stacked bars: each unit's mean importance split into the tasks' shares; heads and FFN sublayers in separate
     panels (each task's scores are normalised per kind, so the two scales differ)."""
     from ticketctl.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
-    heads = [r for r in rows if not r["unit"].endswith("FFN")]
-    ffn = [r for r in rows if r["unit"].endswith("FFN")]
+    heads = [r for r in importance.rows if not r.unit.endswith("FFN")]
+    ffn = [r for r in importance.rows if r.unit.endswith("FFN")]
     fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 0.12 * len(heads) + 4), 4),
                              gridspec_kw={"width_ratios": [max(1, len(heads)), max(4, 3 * len(ffn))]})
     for ax, part, what in ((axes[0], heads, "heads"), (axes[1], ffn, "FFN sublayers")):
         x = np.arange(len(part))
         bottom = np.zeros(len(part))
-        for t in tasks:
-            height = np.array([r["mean_importance"] * r[f"share_{t}"] for r in part])
+        for t in importance.tasks:
+            height = np.array([r.mean_importance * r.shares[t] for r in part])
             ax.bar(x, height, bottom=bottom, label=t, width=0.85)
             bottom += height
         step = max(1, len(part) // 24)
-        ax.set_xticks(x[::step], [r["unit"] for r in part][::step], rotation=70, fontsize=7)
+        ax.set_xticks(x[::step], [r.unit for r in part][::step], rotation=70, fontsize=7)
         ax.set_title(what)
     axes[0].set_ylabel("importance (mean over tasks)")
     axes[0].legend()
@@ -189,48 +188,51 @@ def plot_importance(rows: list[dict], tasks: list[str], path: str, title: str) -
     save_figure(fig, path)
 
 
-def iou(paths: list[str], layers: bool = False, plot: str | None = None, fmt: str = "table",
-        importance: bool = False, remaining: bool = False, cross_task: bool = False) -> None:
-    """Print the IoU matrix of the masks (per parameter with ``layers``; structured masks: ``importance`` across
-    tasks, ``remaining`` weights per ticket). Masks of different tasks are refused unless ``cross_task`` (or a
-    view that compares tasks by design: ``importance``, ``remaining``)."""
+# ---------------------------------------------------------------------------------------------- the views
+
+
+def check_views(layers: bool = False, importance: bool = False, remaining: bool = False) -> None:
+    """The command's views are exclusive: raises UsageError when more than one is asked for."""
     if layers + importance + remaining > 1:
         raise UsageError("--layers, --importance and --remaining are different views: pick one")
-    arts = load_masks(paths, minimum=1 if remaining else 2, tasks=cross_task or importance or remaining)
-    structured = arts[0].method == "structured"
-    if (importance or remaining) and not structured:
+
+
+def _structured_masks(paths: list[str], minimum: int) -> list[Artifact]:
+    arts = load_masks(paths, minimum=minimum, tasks=True)
+    if arts[0].method != "structured":
         raise UsageError("--importance and --remaining read structured masks (search --method structured)")
-    if layers and structured:
+    return arts
+
+
+def remaining(paths: list[str]) -> list[Remaining]:
+    """What each structured mask among ``paths`` keeps (Super Tickets' Figure 3); masks of several tasks welcome.
+    Raises UsageError for weight masks or none, InputError for masks of different models."""
+    return remaining_rows(_structured_masks(paths, 1))
+
+
+def importance(paths: list[str]) -> Importance:
+    """Importance of every head and FFN sublayer across the tasks of the structured masks among ``paths`` (Super
+    Tickets' Figure 6). Raises UsageError for weight masks or masks of fewer than two tasks."""
+    return importance_rows(_structured_masks(paths, 2))
+
+
+def layer_iou(paths: list[str], cross_task: bool = False) -> list[LayerIou]:
+    """Per prunable parameter, the mean IoU over pairs of the weight masks among ``paths`` (at least two) and their
+    mean sparsity. Raises UsageError for structured masks, InputError for masks that must not be compared."""
+    arts = load_masks(paths, minimum=2, tasks=cross_task)
+    if arts[0].method == "structured":
         raise UsageError("--layers compares weight masks; structured masks are compared per head/FFN already")
-    if remaining:
-        tables.emit(remaining_rows(arts), ["mask", "task", "ticket", "seed", "sparsity", "heads_kept",
-                                                   "ffn_kept", "weights_remaining"], fmt,
-                    "weights remaining in the encoder layers per structured ticket")
-        return
-    if importance:
-        rows = importance_rows(arts)
-        tasks = sorted({str(a.meta.get("task")) for a in arts})
-        tables.emit(rows, ["unit", "mean_importance", *[f"share_{t}" for t in tasks], "dominated_by"], fmt,
-                    "importance of heads and FFN sublayers: mean over tasks (each task normalised to sum 1 over "
-                    "heads and over FFNs) and each task's share")
-        if plot:
-            plot_importance(rows, tasks, plot, "importance across tasks")
-            tables.note(f"wrote {plot}")
-        return
+    return layer_rows(arts)
+
+
+def mask_iou(paths: list[str], cross_task: bool = False) -> IouMatrix:
+    """The IoU of every pair of the masks among ``paths`` (at least two): of surviving weights, or of kept heads
+    and FFN sublayers for structured masks (the paper's Figure 4). Masks of different tasks are refused (InputError)
+    unless ``cross_task``."""
+    arts = load_masks(paths, minimum=2, tasks=cross_task)
     labels = [label(a) for a in arts]
     if len(set(labels)) != len(labels):
         labels = [a.path.name for a in arts]
     if len(set(labels)) != len(labels):
         labels = [str(a.path) for a in arts]
-    if layers:
-        tables.emit(layer_rows(arts), ["parameter", "mean_iou", "sparsity"], fmt,
-                    "IoU of surviving weights per parameter (mean over pairs)")
-        return
-    m = iou_matrix(arts)
-    rows = [{"mask": labels[i], **{labels[j]: float(m[i, j]) for j in range(len(arts))}} for i in range(len(arts))]
-    what = "kept heads and FFN sublayers" if structured else "surviving weights"
-    tables.emit(rows, ["mask", *labels], fmt, f"IoU of {what}")
-    if plot:
-        task = arts[0].meta.get("task", "")
-        plot_heatmap(m, labels, plot, f"{task}: IoU of {what}")
-        tables.note(f"wrote {plot}")
+    return IouMatrix(labels, iou_matrix(arts), arts[0].method == "structured", str(arts[0].meta.get("task", "")))

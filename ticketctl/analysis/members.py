@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ticketctl.analysis.records import EvalSplit
 from ticketctl.analysis.tables import note
 from ticketctl.data.tasks import Task, task_of
 from ticketctl.errors import InputError, UsageError
@@ -14,6 +15,8 @@ from ticketctl.store.artifacts import Artifact, read_artifact
 
 @dataclass
 class Members:
+    """Logits artifacts that may be averaged: one task, split, evaluation data (and model), in the order given."""
+
     task: Task
     split: str
     arts: list[Artifact]
@@ -29,10 +32,30 @@ class Members:
         return [a.path.name for a in self.arts]
 
     @property
+    def evaluated(self) -> EvalSplit:
+        """The task, split and headline metric the members are scored on."""
+        return EvalSplit(self.task.name, str(self.split), self.task.headline)
+
+    def in_seed_order(self, idx=None) -> list[int]:
+        """Member indices ``idx`` (default all) in seed order: see :func:`in_seed_order`."""
+        return in_seed_order(self.arts, range(len(self.arts)) if idx is None else idx)
+
+    @property
     def shown_ids(self) -> list:
         """The examples' ids as the data file wrote them (strings such as ``r101``), else the integer ids."""
         names = self.arts[0].meta.get("id_names")
         return list(names) if isinstance(names, list) and len(names) == len(self.ids) else self.ids.tolist()
+
+
+def in_seed_order(arts: list[Artifact], idx) -> list[int]:
+    """Indices into ``arts`` sorted by the members' seed as a number (then file name; a seed that is not a number
+    counts as 0): the order of the paper's protocol groups and of pairing by seed, whatever order the files came in
+    (a shell glob puts s10 before s2)."""
+    def key(i):
+        seed = str(arts[i].meta.get("seed", "0"))
+        return int(seed) if seed.isdigit() else 0, arts[i].path.name
+
+    return sorted(idx, key=key)
 
 
 def check_compatible(arts: list[Artifact], keys=("task", "split", "data_fingerprint", "model_fingerprint")) -> None:
@@ -170,7 +193,8 @@ def select_artifacts(paths: list[str], kind: str, split: str | None = None, note
     return [a for a in keep if a.meta.get("split") == chosen]
 
 
-def load_members(paths: list[str], minimum: int = 1, same_model: bool = True, split: str | None = None) -> Members:
+def load_ensemble_members(paths: list[str], minimum: int = 1, same_model: bool = True,
+                          split: str | None = None) -> Members:
     """The logits artifacts among ``paths`` (see :func:`select_artifacts`) as ensemble members, after refusing
     what must not be mixed (tasks, task definitions, splits, evaluation data, models; the same member twice).
 

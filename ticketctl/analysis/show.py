@@ -1,43 +1,33 @@
-"""``ticketctl show``: an artifact's metadata and a summary."""
+"""``ticketctl show``: an artifact's metadata and a summary (records; ``render.show`` prints them)."""
 
 from __future__ import annotations
 
-import json
-import sys
-
-from ticketctl.analysis.tables import note
+from ticketctl.analysis.records import ArtifactSummary, ParentCheck
 from ticketctl.errors import InputError
 from ticketctl.store.artifacts import Artifact, read_artifact
 
 
-def summary(art: Artifact) -> dict:
-    meta = {k: v for k, v in art.meta.items()}
-    out = {"path": str(art.path), "sha256": art.sha256, **meta}
+def summary(art: Artifact) -> dict | None:
+    """What an artifact's tensors hold: for a weight mask its sparsity overall and per layer (fractions pruned); for
+    a structured mask the heads and FFN sublayers kept (per layer) and the weights remaining; for logits the examples
+    and the outputs' shape. None for other kinds."""
     if art.kind == "mask" and art.method == "structured":
         m = art.structured()
-        out["summary"] = {"heads_kept": int(m.heads.sum()), "heads": int(m.heads.size), "ffn_kept": int(m.ffn.sum()),
-                          "ffn": int(m.ffn.size), "head_sparsity": m.sparsity, "ffn_sparsity": m.ffn_sparsity,
-                          "weights_remaining": float(art.meta.get("weights_remaining", "nan")),
-                          "heads_per_layer": m.heads.sum(axis=1).tolist(), "ffn_keep": m.ffn.astype(int).tolist()}
-    elif art.kind == "mask":
+        return {"heads_kept": int(m.heads.sum()), "heads": int(m.heads.size), "ffn_kept": int(m.ffn.sum()),
+                "ffn": int(m.ffn.size), "head_sparsity": m.sparsity, "ffn_sparsity": m.ffn_sparsity,
+                "weights_remaining": float(art.meta.get("weights_remaining", "nan")),
+                "heads_per_layer": m.heads.sum(axis=1).tolist(), "ffn_keep": m.ffn.astype(int).tolist()}
+    if art.kind == "mask":
         mask = art.mask()
-        out["summary"] = {"prunable": mask.total, "pruned": mask.pruned, "sparsity": mask.sparsity,
-                          "layer_sparsity": mask.layer_sparsity()}
-    elif art.kind == "logits":
-        out["summary"] = {"examples": int(len(art.tensors["ids"])), "labelled": "labels" in art.tensors,
-                          "outputs": list(art.tensors["outputs"].shape)}
-    return out
+        return {"prunable": mask.total, "pruned": mask.pruned, "sparsity": mask.sparsity,
+                "layer_sparsity": mask.layer_sparsity()}
+    if art.kind == "logits":
+        return {"examples": int(len(art.tensors["ids"])), "labelled": "labels" in art.tensors,
+                "outputs": list(art.tensors["outputs"].shape)}
+    return None
 
 
-def cost_line(c: dict) -> str:
-    """A member's inference cost in words (``ticketctl.model.cost``)."""
-    zeros = c["params"] - c["nonzero_params"]
-    sparse = f", {zeros:,} of them zero (computed densely: no sparse kernel)" if zeros > 0.01 * c["params"] else ""
-    return (f"{c['relative_flops']:.3f} x a dense member: {c['flops_per_example'] / 1e9:.3f} GFLOPs per example at "
-            f"{c['mean_tokens']:.1f} tokens, {c['params']:,} parameters{sparse}")
-
-
-def verify(art: Artifact) -> list[dict]:
+def verify(art: Artifact) -> list[ParentCheck]:
     """Recompute each parent's content hash: ok, changed, or missing."""
     from pathlib import Path
 
@@ -52,61 +42,25 @@ def verify(art: Artifact) -> list[dict]:
             status = "missing"
         else:
             status = "ok" if file_sha256(path) == par["sha256"] else "changed"
-        rows.append({"path": par["path"], "status": status})
+        rows.append(ParentCheck(par["path"], status))
     return rows
 
 
-def show(paths: list[str], as_json: bool = False, check: bool = False, plot: str | None = None) -> None:
-    """Print each artifact; with ``check``, verify its parents (an InputError if any changed or is missing); with
-    ``plot``, draw the logits artifacts' training curves to that file instead."""
-    if plot:
-        n = plot_curves(paths, plot)
-        note(f"wrote {plot} ({n} training curves)")
-        return
-    all_ok = True
-    for p in paths:
-        art = read_artifact(p)
-        info = summary(art)
-        if check:
-            info["verify"] = verify(art)
-            all_ok &= all(r["status"] == "ok" for r in info["verify"])
-        if as_json:
-            sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
-            continue
-        sys.stdout.write(f"{info['path']}\n")
-        for k in ("kind", "method", "task", "split", "policy", "seed", "sparsity", "bagging", "model", "config_hash", "sha256"):
-            if k in info:
-                sys.stdout.write(f"  {k:12} {info[k]}\n")
-        spec = art.meta.get("task_spec")
-        if spec:
-            kind = "regression" if spec.get("labels") is None else "labels " + ", ".join(spec["labels"])
-            sys.stdout.write(f"  {'task_spec':12} {kind}; text {', '.join(spec['text_columns'])}; metrics "
-                             f"{', '.join(spec['metrics'])}\n")
-        if art.meta.get("metrics"):
-            sys.stdout.write(f"  {'metrics':12} {json.dumps(art.meta['metrics'], sort_keys=True)}\n")
-        if art.meta.get("cost"):
-            sys.stdout.write(f"  {'cost':12} {cost_line(art.meta['cost'])}\n")
-        s = info.get("summary", {})
-        if art.kind == "mask" and "heads_kept" in s:
-            sys.stdout.write(f"  {'heads':12} {s['heads_kept']} of {s['heads']} kept ({s['head_sparsity']:.1%} pruned)"
-                             f"; FFN sublayers {s['ffn_kept']} of {s['ffn']} kept\n")
-            sys.stdout.write(f"  {'weights':12} {s['weights_remaining']:.2%} of the encoder layers' weights remain\n")
-            for i, (h, f) in enumerate(zip(s["heads_per_layer"], s["ffn_keep"])):
-                sys.stdout.write(f"    layer {i:2}: {h:2} heads, FFN {'kept' if f else 'pruned'}\n")
-        elif art.kind == "mask":
-            sys.stdout.write(f"  {'pruned':12} {s['pruned']:,} of {s['prunable']:,} prunable weights "
-                             f"({s['sparsity']:.4%})\n")
-            for name, sp in s["layer_sparsity"].items():
-                sys.stdout.write(f"    {sp:7.2%}  {name}\n")
-        elif art.kind == "logits":
-            sys.stdout.write(f"  {'examples':12} {s['examples']} ({'labelled' if s['labelled'] else 'unlabelled'})\n")
-        parents = art.meta.get("parents") or []
-        status = {r["path"]: r["status"] for r in info.get("verify", [])}
-        for par in parents:
-            mark = f" [{status[par['path']]}]" if par["path"] in status else ""
-            sys.stdout.write(f"  {'parent':12} {par['path']} ({par['sha256'][:12]}){mark}\n")
-    sys.stdout.flush()
-    if not all_ok:
+def describe(paths: list[str], check: bool = False) -> list[ArtifactSummary]:
+    """Each artifact's header and summary; with ``check``, each parent's content hash recomputed (see
+    :func:`unverified`). Raises InputError for a file that is not an artifact."""
+    return [describe_one(p, check) for p in paths]
+
+
+def describe_one(path: str, check: bool = False) -> ArtifactSummary:
+    """One artifact's :class:`ArtifactSummary` (see :func:`describe`)."""
+    art = read_artifact(path)
+    return ArtifactSummary(str(art.path), art.sha256, dict(art.meta), summary(art), verify(art) if check else None)
+
+
+def unverified(shown: list[ArtifactSummary]) -> None:
+    """Raises InputError when a checked parent changed or is missing."""
+    if any(v.status != "ok" for s in shown for v in s.verify or []):
         raise InputError("a parent artifact changed or is missing (see [changed] / [missing] above)")
 
 

@@ -1,20 +1,25 @@
-"""``ticketctl stats``: the paper's Table 1 from logits artifacts — groups by a metadata key, single-member and
-k-member ensemble metrics by the paper's protocol, and each group against a reference group (difference, 95%
-interval, permutation test over seeds; ``ticketctl.analysis.significance``); the phase-transition table."""
+"""``ticketctl stats``: three reports from logits artifacts, each a function returning records.
+
+- :func:`table1`: the paper's Table 1 (Kobayashi et al., 2022) — groups by a metadata key, single-member and
+  k-member ensemble metrics by the paper's protocol, and each group against a reference group (difference, 95%
+  interval, permutation test over seeds; ``ticketctl.analysis.significance``).
+- :func:`phase_transition`: metric vs sparsity per ticket kind (Super Tickets, Liang et al., 2021), or vs the
+  training fraction per scheme; :func:`super_ticket` picks the best winning level on held-apart examples.
+- :func:`cost_frontier`: ensembles at equal inference cost (``ticketctl.analysis.frontier``).
+"""
 
 from __future__ import annotations
 
 import math
-import sys
 from collections import defaultdict
 
 import numpy as np
 
-from ticketctl.analysis import tables
 from ticketctl.analysis.combine import member_terms
+from ticketctl.analysis.members import Members, load_ensemble_members
+from ticketctl.analysis.records import (Cell, CostFrontier, PhaseRow, PhaseTable, SuperTicket, Table1, Table1Row)
 from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, pairing, paper_ttest, protocol_combinations,
                                              protocol_scores, smallest_p, split_groups)
-from ticketctl.analysis.members import Members, load_members
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
 from ticketctl.store.identity import IDENTITY_DEFAULTS
@@ -44,8 +49,9 @@ def group_value(art: Artifact, key: str) -> str:
 
 
 def load_groups(paths: list[str], by: str) -> tuple[Members, dict[str, list[int]]]:
-    """All members, and each group's member indices in seed order."""
-    members = load_members(paths)
+    """All members, and each group's member indices in seed order. Raises UsageError on an unlabelled split or a
+    missing key, InputError for a group that mixes configurations or sparsity levels."""
+    members = load_ensemble_members(paths)
     if members.labels is None:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
     grouped: dict[str, list[int]] = defaultdict(list)
@@ -55,21 +61,11 @@ def load_groups(paths: list[str], by: str) -> tuple[Members, dict[str, list[int]
         check_same_recipe(g, [members.arts[i] for i in idx])
         if by != "sparsity":
             check_same_level(g, [members.arts[i] for i in idx])
-        seed_sort(members, idx)
-    return members, dict(grouped)
+    return members, {g: members.in_seed_order(idx) for g, idx in grouped.items()}
 
 
 def seeds_of(members: Members, idx: list[int]) -> list[str]:
     return [str(members.arts[i].meta.get("seed", "?")) for i in idx]
-
-
-def seed_sort(members: Members, idx: list[int]) -> None:
-    """Member indices in seed order (then file name), in place: the order of the protocol's groups and of pairing."""
-    def key(i):
-        seed = str(members.arts[i].meta.get("seed", "0"))
-        return int(seed) if seed.isdigit() else 0, members.arts[i].path.name
-
-    idx.sort(key=key)
 
 
 PER_MEMBER_KEYS = {"seed", "mask", "train_data"}  # what may differ between members of one group
@@ -124,63 +120,79 @@ def scorer_of(members: Members, how: str) -> Scorer:
     return Scorer(members.task, member_terms(members.task, members.outputs, how), members.labels)
 
 
-def table(members: Members, groups: dict[str, list[int]], ref: str, k: int | None, scorer: Scorer, n_groups: int = 1,
-          test: str = "permutation", resamples: int = RESAMPLES, bootstrap: int = 0) -> tuple[list[dict], int]:
-    """Table 1 by the paper's protocol: per group, the single members' mean (over all seeds) and the mean of its
-    k-member ensembles (all combinations within each of ``n_groups`` seed-order groups, averaged within groups,
-    then over groups); against the reference group, the difference with a 95% interval and a p-value (the
-    calibrated permutation test over seeds, or the paper's t-test over combinations), for ensembles and single
-    members."""
+def protocol_size(groups: dict[str, list[int]], k: int | None, n_groups: int) -> int:
+    """The ensemble size k of Table 1 (default: min(5, the smallest protocol group)); raises UsageError when a group
+    cannot hold k members per protocol group, InputError when its members do not split into equal groups."""
+    for idx in groups.values():
+        split_groups(len(idx), n_groups)  # refuses members that do not split evenly
+    smallest = min(len(idx) // n_groups for idx in groups.values())
+    k = min(5, smallest) if k is None else k
+    if not 1 <= k <= smallest:
+        raise UsageError(f"--size {k}: every group needs at least {k} members per protocol group "
+                         f"(smallest has {smallest} with --groups {n_groups})")
+    return k
+
+
+def table1_rows(members: Members, groups: dict[str, list[int]], ref: str, k: int | None, scorer: Scorer,
+                n_groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
+                bootstrap: int = 0) -> tuple[list[Table1Row], int, list[str]]:
+    """Table 1 by the paper's protocol (Kobayashi et al., 2022): per group, the single members' mean (over all
+    seeds) and the mean of its k-member ensembles (all combinations within each of ``n_groups`` seed-order groups,
+    averaged within groups, then over groups); against the reference group, the difference with a 95% interval and
+    a p-value (the calibrated permutation test over seeds, or the paper's t-test over combinations), for ensembles
+    and single members. Returns the rows (reference first), k, and notes for people (tests that cannot reach
+    p < 0.05 with these seeds). Raises UsageError for a bad test, resamples below 99, or a k too large."""
     if test not in TESTS:
         raise UsageError(f"--test must be one of {', '.join(TESTS)}")
     if resamples < 99:
         raise UsageError("--resamples must be >= 99")
-    per_group = {g: len(idx) // n_groups for g, idx in groups.items()}
-    for g, idx in groups.items():
-        split_groups(len(idx), n_groups)  # refuses members that do not split evenly
-    smallest = min(per_group.values())
-    if k is None:
-        k = min(5, smallest)
-    if not 1 <= k <= smallest:
-        raise UsageError(f"--size {k}: every group needs at least {k} members per protocol group "
-                         f"(smallest has {smallest} with --groups {n_groups})")
+    k = protocol_size(groups, k, n_groups)
     ens = {g: protocol_scores(scorer, idx, k, n_groups) for g, idx in groups.items()}
     singles = {g: scorer.scores(np.eye(len(scorer))[idx]) for g, idx in groups.items()}
-    rows = []
+    rows, notes = [], []
+    nan = float("nan")
     for g in sorted(groups, key=lambda x: (x != ref, x)):
         s = singles[g]
         row = {"group": g, "members": len(groups[g]), "single_mean": float(s.mean()),
                "single_std": float(s.std(ddof=1)) if len(s) > 1 else 0.0, "k": k, "combinations": len(ens[g]),
                "ensemble_mean": float(ens[g].mean()), "ensemble_gain": float(ens[g].mean() - s.mean()),
-               "vs_ref": float(ens[g].mean() - ens[ref].mean())}
-        nan = float("nan")
-        row.update({"diff_low": nan, "diff_high": nan, "p_value": nan, "test": "ref", "p_single": nan})
+               "vs_ref": float(ens[g].mean() - ens[ref].mean()),
+               "diff_low": nan, "diff_high": nan, "p_value": nan, "test": "ref", "p_single": nan}
         if g != ref:
             paired = pairing(seeds_of(members, groups[g]), seeds_of(members, groups[ref]))
-            if test == "paper":
-                row.update({"p_value": paper_ttest(ens[g], ens[ref]), "test": "paper t-test (optimistic)",
-                            "p_single": paper_ttest(singles[g], singles[ref])})
-                c = compare(scorer, groups[g], groups[ref], k, n_groups, paired, resamples=0)
-                row.update({"diff_low": c.low, "diff_high": c.high})
-            elif len(groups[g]) < 2 or len(groups[ref]) < 2:
-                row["test"] = "n/a (one seed)"
-            else:
-                c = compare(scorer, groups[g], groups[ref], k, n_groups, paired, resamples)
-                c1 = compare(scorer, groups[g], groups[ref], 1, 1, paired, resamples)
-                floor = smallest_p(len(groups[g]), len(groups[ref]), paired)
-                if floor > 0.05:
-                    tables.note(f"note: {g} vs {ref}: with {len(groups[g])} and {len(groups[ref])} seeds"
-                                f"{' (paired)' if paired else ''} the permutation test cannot give p below "
-                                f"{floor:.3g}, so no difference is significant at 5% whatever the data; the "
-                                f"interval is a t approximation on {min(len(groups[g]), len(groups[ref])) - 1} "
-                                f"degree(s) of freedom and "
-                                f"can exclude 0 regardless: use more seeds (6 paired seeds reach p = 0.031)")
-                row.update({"diff_low": c.low, "diff_high": c.high, "p_value": c.p, "test": c.test,
-                            "p_single": c1.p, "p_paper": paper_ttest(ens[g], ens[ref])})
+            row.update(_against_ref(scorer, groups[g], groups[ref], ens[g], ens[ref], singles[g], singles[ref], k,
+                                    n_groups, paired, test, resamples))
+            notes += _few_seeds(g, ref, len(groups[g]), len(groups[ref]), paired) if "p_paper" in row else []
         if bootstrap:
             row.update(dict(zip(("ci_low", "ci_high"), example_interval(scorer, groups[g], k, n_groups, bootstrap))))
-        rows.append(row)
-    return rows, k
+        rows.append(Table1Row(**row))
+    return rows, k, notes
+
+
+def _against_ref(scorer: Scorer, a: list[int], b: list[int], ens_a, ens_b, single_a, single_b, k: int,
+                 n_groups: int, paired: bool, test: str, resamples: int) -> dict:
+    """Table 1's comparison of group ``a`` with the reference ``b``: interval, p-values and the test's name."""
+    if test == "paper":
+        c = compare(scorer, a, b, k, n_groups, paired, resamples=0)
+        return {"p_value": paper_ttest(ens_a, ens_b), "test": "paper t-test (optimistic)",
+                "p_single": paper_ttest(single_a, single_b), "diff_low": c.low, "diff_high": c.high}
+    if len(a) < 2 or len(b) < 2:
+        return {"test": "n/a (one seed)"}
+    c = compare(scorer, a, b, k, n_groups, paired, resamples)
+    c1 = compare(scorer, a, b, 1, 1, paired, resamples)
+    return {"diff_low": c.low, "diff_high": c.high, "p_value": c.p, "test": c.test, "p_single": c1.p,
+            "p_paper": paper_ttest(ens_a, ens_b)}
+
+
+def _few_seeds(group: str, ref: str, na: int, nb: int, paired: bool) -> list[str]:
+    """A note when the permutation test cannot give p below 0.05 with these seeds, whatever the data."""
+    floor = smallest_p(na, nb, paired)
+    if floor <= 0.05:
+        return []
+    return [f"note: {group} vs {ref}: with {na} and {nb} seeds{' (paired)' if paired else ''} the permutation test "
+            f"cannot give p below {floor:.3g}, so no difference is significant at 5% whatever the data; the interval "
+            f"is a t approximation on {min(na, nb) - 1} degree(s) of freedom and can exclude 0 regardless: use more "
+            f"seeds (6 paired seeds reach p = 0.031)"]
 
 
 def example_interval(scorer: Scorer, idx: list[int], k: int, n_groups: int, samples: int,
@@ -280,13 +292,14 @@ def row_value(art: Artifact, by: str) -> float:
 
 
 def phase_table(members: Members, by: str = "sparsity", examples: np.ndarray | None = None,
-                resamples: int = 0) -> tuple[list[dict], list[str], dict]:
-    """Metric vs ``by`` (rows), one column per scheme. ``--by sparsity`` is the Super Tickets phase transition:
-    columns are the ticket kinds, the full (unpruned) model is the reference column, each row gives the head and FFN
-    fractions its tickets really prune and (with ``resamples``) the winning tickets' difference to the full model
-    with the calibrated test over seeds. ``--by train_fraction`` is the transfer table (paper's Table 4): columns
-    are the schemes and the models they started from. Scores on ``examples`` (default all). Returns rows, the
-    columns, and {(column, row value): member indices}."""
+                resamples: int = 0) -> tuple[PhaseTable, dict[tuple[str, float], list[int]]]:
+    """Metric vs ``by`` (rows), one column per scheme. ``--by sparsity`` is the Super Tickets phase transition
+    (Liang et al., 2021): columns are the ticket kinds, the full (unpruned) model is the reference column, each row
+    gives the head and FFN fractions its tickets really prune and (with ``resamples``) the winning tickets'
+    difference to the full model with the calibrated test over seeds. ``--by train_fraction`` is the transfer table
+    (paper's Table 4): columns are the schemes and the models they started from. Scores on ``examples`` (default
+    all). Returns the table and {(column, row value): member indices in seed order}. Raises UsageError when no
+    member is pruned, InputError when members differ in more than seed, mask and the pivot key."""
     check_same_recipe("all", members.arts, ignore={"init", "train_fraction", "mask", "method"})
     cells: dict[tuple[str, float], list[int]] = defaultdict(list)
     full: list[int] = []
@@ -302,203 +315,179 @@ def phase_table(members: Members, by: str = "sparsity", examples: np.ndarray | N
     scorer = scorer_of(members, "probs")
     if examples is not None:
         scorer = scorer.on_examples(examples)
-    for idx in [*cells.values(), full]:
-        seed_sort(members, idx)
+    cells = {key: members.in_seed_order(idx) for key, idx in cells.items()}
+    full = members.in_seed_order(full)
     scores = scorer.scores(np.eye(len(scorer)))
-    full_mean = float(scores[full].mean()) if full else float("nan")
     rows = []
     for level in sorted({lv for _, lv in cells}):
-        row: dict = {by: level}
-        for k in kinds:
-            idx = cells.get((k, level), [])
-            s = scores[idx]
-            row[k] = float(s.mean()) if len(s) else float("nan")
-            row[f"{k}_std"] = float(s.std(ddof=1)) if len(s) > 1 else float("nan")
-            row[f"{k}_n"] = len(s)
+        row = PhaseRow(level, {k: _cell(scores[cells.get((k, level), [])]) for k in kinds})
         if by == "sparsity":
-            row["full"] = full_mean
-            row["full_n"] = len(full)
-            some = members.arts[next(i for k in kinds for i in cells.get((k, level), []))]
-            row["heads_pruned"] = float(some.meta.get("sparsity", "nan"))
-            row["ffn_pruned"] = float(some.meta.get("ffn_sparsity", "nan"))
-            win = cells.get(("winning", level), [])
-            row["vs_full"] = row.get("winning", float("nan")) - full_mean
-            row["p_vs_full"] = float("nan")
-            if resamples and len(win) >= 2 and len(full) >= 2:
-                paired = pairing(seeds_of(members, win), seeds_of(members, full))
-                row["p_vs_full"] = compare(scorer, win, full, 1, 1, paired, resamples).p
+            row = _against_full(members, scorer, scores, row, kinds, cells, full, resamples)
         rows.append(row)
-    return rows, kinds, dict(cells)
+    return PhaseTable(members.evaluated, by, kinds, rows), cells
 
 
-def best_level(rows: list[dict], kind: str = "winning") -> dict:
-    """The super ticket: the level where ``kind`` scores best (ties: the sparser one)."""
-    scored = [r for r in rows if kind in r and not math.isnan(r[kind])]
+def _cell(s: np.ndarray) -> Cell:
+    nan = float("nan")
+    return Cell(float(s.mean()) if len(s) else nan, float(s.std(ddof=1)) if len(s) > 1 else nan, len(s))
+
+
+def _against_full(members: Members, scorer: Scorer, scores: np.ndarray, row: PhaseRow, kinds: list[str],
+                  cells: dict, full: list[int], resamples: int) -> PhaseRow:
+    """A sparsity row with the full model's column, the fractions its tickets prune, and the winning tickets'
+    difference to the full model (permutation test over seeds with ``resamples``)."""
+    from dataclasses import replace
+
+    level = row.value
+    full_mean = float(scores[full].mean()) if full else float("nan")
+    some = members.arts[next(i for k in kinds for i in cells.get((k, level), []))]
+    win = cells.get(("winning", level), [])
+    p = float("nan")
+    if resamples and len(win) >= 2 and len(full) >= 2:
+        p = compare(scorer, win, full, 1, 1, pairing(seeds_of(members, win), seeds_of(members, full)), resamples).p
+    winning = row.cells["winning"].mean if "winning" in row.cells else float("nan")
+    return replace(row, full=Cell(full_mean, float("nan"), len(full)),
+                   heads_pruned=float(some.meta.get("sparsity", "nan")),
+                   ffn_pruned=float(some.meta.get("ffn_sparsity", "nan")), vs_full=winning - full_mean, p_vs_full=p)
+
+
+def best_level(table: PhaseTable, kind: str = "winning") -> PhaseRow:
+    """The super ticket: the level where ``kind`` scores best (ties: the sparser one). Raises UsageError when no
+    level has ``kind`` tickets."""
+    scored = [r for r in table.rows if kind in r.cells and not math.isnan(r.cells[kind].mean)]
     if not scored:
         raise UsageError(f"--select best: no {kind} tickets among the artifacts")
-    return max(scored, key=lambda r: (r[kind], r["sparsity"]))
+    return max(scored, key=lambda r: (r.cells[kind].mean, r.value))
 
 
-def plot_phase(rows: list[dict], kinds: list[str], metric: str, path: str, title: str, by: str = "sparsity") -> None:
+def plot_phase(table: PhaseTable, path: str, title: str) -> None:
+    """Each column's mean (±std over seeds) against the sparsity level or training fraction, in percent."""
     from ticketctl.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [100 * r[by] for r in rows]
-    for k in kinds:
-        ys = [100 * r[k] for r in rows]
-        err = [0 if math.isnan(r[f"{k}_std"]) else 100 * r[f"{k}_std"] for r in rows]
+    xs = [100 * r.value for r in table.rows]
+    for k in table.columns:
+        ys = [100 * r.cells[k].mean for r in table.rows]
+        err = [0 if math.isnan(r.cells[k].std) else 100 * r.cells[k].std for r in table.rows]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{k} tickets" if k in KIND_ORDER else k)
-    if by == "sparsity" and not math.isnan(rows[0]["full"]):
-        ax.axhline(100 * rows[0]["full"], color="grey", linestyle="--", linewidth=1, label="full model")
-    if by == "train_fraction":
+    if table.by == "sparsity" and not math.isnan(table.rows[0].full.mean):
+        ax.axhline(100 * table.rows[0].full.mean, color="grey", linestyle="--", linewidth=1, label="full model")
+    if table.by == "train_fraction":
         ax.set_xscale("log")
         ax.set_xlabel("training data used (%)")
     else:
         ax.set_xticks(xs)
         ax.set_xlabel("sparsity (% pruned)")
-    ax.set_ylabel(f"dev {metric} (mean over seeds)")
+    ax.set_ylabel(f"dev {table.on.metric} (mean over seeds)")
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
 
-# ---------------------------------------------------------------------------------------------- commands
+# ---------------------------------------------------------------------------------------------- the three reports
 
 
-def stats(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
-          combine: str = "probs", plot: str | None = None, fmt: str = "table", bootstrap: int = 0,
-          select: str | None = None, groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
-          select_fraction: float = 0.5, cost: bool = False) -> None:
-    """Print the paper's Table 1 (groups by ``by``), or with ``by="sparsity"`` the phase-transition table, or with
-    ``cost`` the accuracy-at-equal-cost frontier."""
+def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None) -> None:
+    """The command's flag combinations: raises UsageError for a negative --bootstrap, a --size below 1, a --select
+    other than best, or --select without --by sparsity."""
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
     if size is not None and size < 1:
         raise UsageError(f"--size {size}: an ensemble has at least one member")
     if select is not None and select != "best":
         raise UsageError("--select must be best")
-    if by in ("sparsity", "train_fraction"):
-        if select is not None and by != "sparsity":
-            raise UsageError("--select best needs --by sparsity")
-        return phase(paths, plot, fmt, select, by, resamples, select_fraction)
-    if select is not None:
+    if select is not None and by != "sparsity":
         raise UsageError("--select best needs --by sparsity")
+
+
+def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
+           combine: str = "probs", groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
+           bootstrap: int = 0, curves: bool = False) -> Table1:
+    """The paper's Table 1 from the logits artifacts among ``paths``, grouped by the metadata key ``by`` (see
+    :func:`table1_rows`; ``ref`` default: dense, else base, else the first group), with each k-member ensemble's
+    cost where members record one, and with ``curves`` Figure 3's gain over ``ref`` for k = 1, 2, ...
+
+    Raises UsageError (unlabelled split, unknown --ref or --test, k too large) or InputError (groups that mix
+    configurations or levels, members that do not split into ``groups`` equal groups)."""
     members, grouped = load_groups(paths, by)
     ref = pick_ref(grouped, ref)
     scorer = scorer_of(members, combine)
-    if cost:
-        return cost_frontier(members, grouped, ref, scorer, groups, by, combine, fmt, plot)
-    rows, k = table(members, grouped, ref, size, scorer, groups, test, resamples, bootstrap)
-    task = members.task
-    costs = None
+    rows, k, notes = table1_rows(members, grouped, ref, size, scorer, groups, test, resamples, bootstrap)
     if all(a.meta.get("cost") for a in members.arts):
-        from ticketctl.analysis.frontier import group_costs
-
-        costs = group_costs(members, grouped)
-        for row in rows:  # the k-member ensemble's cost: relative to one dense member, and GFLOPs per example
-            idx = grouped[row["group"]]
-            row["cost"] = round(row["k"] * costs[row["group"]], 4)
-            row["gflops"] = round(row["k"] * float(np.mean([members.arts[i].meta["cost"]["flops_per_example"]
-                                                            for i in idx])) / 1e9, 4)
-    cols = ["group", "members", "single_mean", "single_std", "k"] + (["cost", "gflops"] if costs else []) + [
-            "combinations", "ensemble_mean", "ensemble_gain",
-            "vs_ref", "diff_low", "diff_high", "p_value", "test", "p_single"]
-    cols += ["p_paper"] if test == "permutation" else []
-    cols += ["ci_low", "ci_high"] if bootstrap else []
-    what = ("permutation test over seeds" if test == "permutation" else
-            "the paper's t-test over combinations, optimistic: combinations share members")
-    tables.emit(rows, cols, fmt, f"{task.name} {members.split}: {task.headline} by {by} (k={k}, {combine}, "
-                                 f"{groups} seed group(s); vs {ref}: difference, 95% interval, {what})")
-    if test == "paper":
-        tables.note("note: --test paper is the t-test of Kobayashi et al. over k-member combinations; combinations "
-                    "share members, so its p-values are optimistic, too small (README: Statistics)")
-    if plot:
-        curves = gain_curves(scorer, grouped, ref, groups)
-        plot_gain(curves, ref, task.headline, plot, f"{task.name}: ensemble gain over {ref}")
-        tables.note(f"wrote {plot}")
+        rows = _with_costs(members, grouped, rows)
+    return Table1(members.evaluated, by, ref, k, combine, groups, test, bootstrap, rows, notes,
+                  gain_curves(scorer, grouped, ref, groups) if curves else None)
 
 
-def cost_frontier(members: Members, grouped: dict[str, list[int]], ref: str, scorer: Scorer, n_groups: int, by: str,
-                  combine: str, fmt: str, plot: str | None) -> None:
+def _with_costs(members: Members, grouped: dict[str, list[int]], rows: list[Table1Row]) -> list[Table1Row]:
+    """Each k-member ensemble's cost: relative to one dense member, and GFLOPs per example."""
+    from dataclasses import replace
+
+    from ticketctl.analysis.frontier import group_costs
+
+    costs = group_costs(members, grouped)
+    out = []
+    for row in rows:
+        idx = grouped[row.group]
+        flops = float(np.mean([members.arts[i].meta["cost"]["flops_per_example"] for i in idx]))
+        out.append(replace(row, cost=round(row.k * costs[row.group], 4), gflops=round(row.k * flops / 1e9, 4)))
+    return out
+
+
+def cost_frontier(paths: list[str], by: str = "policy", ref: str | None = None, combine: str = "probs",
+                  groups: int = 1) -> CostFrontier:
     """``stats --cost``: per budget (dense-member equivalents) and scheme, the largest affordable ensemble and its
-    difference to the reference at the same budget; ``--plot`` draws metric against cost."""
+    difference to the reference at the same budget (``ticketctl.analysis.frontier``), the members' costs, and each
+    scheme's metric-vs-cost curve. Raises InputError for a member without a cost record, or groups that do not
+    split into ``groups`` equal groups."""
     from ticketctl.analysis import frontier
 
-    for g, idx in grouped.items():
-        split_groups(len(idx), n_groups)
+    members, grouped = load_groups(paths, by)
+    ref = pick_ref(grouped, ref)
+    scorer = scorer_of(members, combine)
+    for idx in grouped.values():
+        split_groups(len(idx), groups)
     costs = frontier.group_costs(members, grouped)
     pairs = {g: pairing(seeds_of(members, idx), seeds_of(members, grouped[ref])) for g, idx in grouped.items()}
-    means = frontier.protocol_means(scorer, grouped, n_groups)
-    rows = frontier.frontier(scorer, grouped, costs, ref, n_groups, pairs, means)
-    task = members.task
-    tables.emit(rows, ["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"], fmt,
-                f"{task.name} {members.split}: {task.headline} of the largest ensemble within each inference budget (dense-member "
-                f"equivalents, analytic FLOPs; {combine}, {n_groups} seed group(s); vs {ref} at the same budget: "
-                f"difference and 95% jackknife interval)")
-    tables.note("member cost (x dense): " + ", ".join(f"{g} {costs[g]:.3f}" for g in sorted(costs))
-                + "; unstructured tickets cost a dense member (no sparse kernel)")
-    if plot:
-        frontier.plot(frontier.curves(means, costs), task.headline, plot,
-                      f"{task.name}: {task.headline} vs inference cost, by {by}")
-        tables.note(f"wrote {plot}")
+    means = frontier.protocol_means(scorer, grouped, groups)
+    rows = frontier.frontier(scorer, grouped, costs, ref, groups, pairs, means)
+    return CostFrontier(members.evaluated, by, ref, combine, groups, rows, costs, frontier.curves(means, costs))
 
 
-def phase(paths: list[str], plot: str | None, fmt: str, select: str | None, by: str = "sparsity",
-          resamples: int = RESAMPLES, select_fraction: float = 0.5) -> None:
-    """``stats --by sparsity``: the phase-transition table (metric vs sparsity per ticket kind); with
-    ``--select best`` only the super ticket's mask path(s), chosen on a seeded ``select_fraction`` of the
-    evaluation examples and reported on the rest. ``--by train_fraction``: metric vs training data per scheme
-    (transfer)."""
-    members = load_members(paths)
+def _labelled(paths: list[str]) -> Members:
+    members = load_ensemble_members(paths)
     if members.labels is None:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
-    if select:
-        if not 0 < select_fraction < 1:
-            raise UsageError("--select-fraction must be in (0, 1)")
-        n = len(members.ids)
-        order = np.random.default_rng(SELECT_SEED).permutation(n)
-        cut = max(1, min(n - 1, int(round(select_fraction * n))))
-        choose, report = np.sort(order[:cut]), np.sort(order[cut:])
-        rows, _, cells = phase_table(members, by, choose)
-        best = best_level(rows)
-        shown, _, _ = phase_table(members, by, report)
-        held = next(r for r in shown if r["sparsity"] == best["sparsity"])
-        for i in cells[("winning", best["sparsity"])]:
-            for par in members.arts[i].meta.get("parents") or []:
-                sys.stdout.write(f"{par['path']}\n")
-        tables.note(f"super ticket: winning at {best['sparsity']:.0%}, chosen on {len(choose)} of {n} "
-                    f"{members.split} examples (a seeded {select_fraction:g} of them); on the other {len(report)}: "
-                    f"{task_name(members)} {held['winning']:.4f} (full model {held['full']:.4f})")
-        return
-    rows, kinds, cells = phase_table(members, by, resamples=resamples)
-    task = members.task
-    full = ["full"] if by == "sparsity" else []
-    extra = ["heads_pruned", "ffn_pruned", "vs_full", "p_vs_full"] if by == "sparsity" else []
-    if fmt == "table" or fmt == "markdown":
-        shown = [{by: f"{r[by]:.0%}" if by == "sparsity" else f"{r[by]:g}",
-                  **{k: "" if math.isnan(r[k]) else f"{r[k]:.4f}" + (f" ±{r[k + '_std']:.4f}" if not math.isnan(
-                      r[k + "_std"]) else "") + f" ({r[k + '_n']})" for k in kinds},
-                  **({"full": "" if math.isnan(r["full"]) else f"{r['full']:.4f} ({r['full_n']})"} if full else {}),
-                  **({"heads/FFN pruned": f"{r['heads_pruned']:.1%} / {r['ffn_pruned']:.1%}",
-                      "winning vs full (p)": "" if math.isnan(r["vs_full"]) else f"{r['vs_full']:+.4f}"
-                      + ("" if math.isnan(r["p_vs_full"]) else f" ({r['p_vs_full']:.3g})")} if full else {})}
-                 for r in rows]
-        tables.emit(shown, [by, *kinds, *full] + (["heads/FFN pruned", "winning vs full (p)"] if full else []), fmt,
-                    f"{task.name} {members.split}: {task.headline} by {by} (mean ±std over seeds (n))"
-                    + ("; full = unpruned model; p: permutation test over seeds" if full else ""))
-    else:
-        cols = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")] + (["full", "full_n"] if full else [])
-        tables.emit(rows, cols + extra, fmt, f"{task.name} {members.split}: {task.headline} by {by}")
-    if plot:
-        plot_phase(rows, kinds, task.headline, plot,
-                   f"{task.name}: {'phase transition' if full else 'metric vs training data'}", by)
-        tables.note(f"wrote {plot}")
+    return members
+
+
+def phase_transition(paths: list[str], by: str = "sparsity", resamples: int = RESAMPLES) -> PhaseTable:
+    """``stats --by sparsity``: the phase-transition table (metric vs sparsity per ticket kind, the full model as
+    reference; Liang et al., 2021); ``--by train_fraction``: metric vs training data per scheme (transfer). See
+    :func:`phase_table`."""
+    return phase_table(_labelled(paths), by, resamples=resamples)[0]
+
+
+def super_ticket(paths: list[str], fraction: float = 0.5) -> SuperTicket:
+    """``stats --by sparsity --select best``: the sparsity level whose winning tickets score best on a seeded
+    ``fraction`` of the evaluation examples, its mask paths (the winning members' parents), and its score on the
+    other examples (so that the choice does not flatter it). Raises UsageError for a fraction outside (0, 1) or
+    no winning tickets."""
+    members = _labelled(paths)
+    if not 0 < fraction < 1:
+        raise UsageError("--select-fraction must be in (0, 1)")
+    n = len(members.ids)
+    order = np.random.default_rng(SELECT_SEED).permutation(n)
+    cut = max(1, min(n - 1, int(round(fraction * n))))
+    choose, report = np.sort(order[:cut]), np.sort(order[cut:])
+    chosen, cells = phase_table(members, "sparsity", choose)
+    best = best_level(chosen)
+    held = next(r for r in phase_table(members, "sparsity", report)[0].rows if r.value == best.value)
+    masks = [par["path"] for i in cells[("winning", best.value)] for par in members.arts[i].meta.get("parents") or []]
+    return SuperTicket(members.evaluated, best.value, masks, fraction, len(choose), n, len(report),
+                       held.cells["winning"].mean, held.full.mean)
 
 
 SELECT_SEED = 0  # the split of the evaluation examples into selection and report halves for --select best
-
-
-def task_name(members: Members) -> str:
-    return f"{members.split} {members.task.headline}"

@@ -8,6 +8,10 @@ Jobs (ids are ``KIND:SCHEME:sSEED``):
 
 - ``finetune:dense:sN``, ``finetune:bagging:sN``: finetunes without a mask;
 - ``search:P:sN`` for P in base, random, active: IMP searches; ``finetune:P:sN`` finetunes that ticket;
+- ``search:structured:sN``: a structured search (Super Tickets: the dense finetune, the importance of every head and
+  FFN sublayer, one winning ticket per ``--structured-levels`` level); ``finetune:structured-L:sN`` finetunes the
+  ticket at level L percent (trained physically pruned). It waits for ``finetune:dense:sN`` when both are planned and
+  reuses that finetune for the importance scores (same seed and training options), so it costs one scoring pass;
 - ``search:base:sN`` waits for ``finetune:dense:sN`` when both are planned: IMP round 1 of ``base`` is that finetune
   and reuses it instead of training it twice;
 - ACTIVE-LT is sequential: ``search:active:sN`` is pushed away from the masks of the earlier seeds of its seed group
@@ -28,10 +32,27 @@ from typing import Optional
 from ticketctl.errors import UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 
-SCHEMES = ("dense", "bagging", "base", "active", "random")
+PAPER_SCHEMES = ("dense", "bagging", "base", "active", "random")  # Kobayashi et al.'s five (the default)
+SCHEMES = PAPER_SCHEMES + ("structured",)  # + structured winning tickets (Liang et al.) at --structured-levels
 SEARCHED = ("base", "active", "random")  # schemes whose members are tickets found by IMP
 EXECUTORS = ("local", "slurm")
 ACTIVE_CHAINS = ("group", "all")  # ACTIVE-LT's earlier members: those of the seed group, or every earlier seed
+
+
+def structured_scheme(level: float) -> str:
+    """The scheme name of structured winning tickets at ``level`` (0.3 -> ``structured-30``)."""
+    return f"structured-{round(level * 100)}"
+
+
+def parse_levels(spec) -> list[float] | None:
+    """``"0.3,0.5"``, a number or a list of numbers -> floats (None stays None). Raises UsageError."""
+    if spec is None:
+        return None
+    parts = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    try:
+        return [float(x) for x in parts if str(x).strip()]
+    except ValueError:
+        raise UsageError(f"--structured-levels {spec!r}: give fractions such as 0.3,0.5") from None
 
 
 def parse_range(spec: str | int | list, what: str) -> list[int]:
@@ -85,6 +106,7 @@ class Plan:
     bagging: float = 0.9  # BAGGING: each member trains on this seed-dependent fraction
     sparsity: float = 0.3
     prune_step: float = 0.1
+    structured_levels: Optional[list[float]] = None  # structured winning tickets' levels (None: [sparsity])
     l1: Optional[float] = None  # tau of random/active (None: search's default)
     search_epochs: Optional[float] = None  # epochs per IMP round (None: --epochs)
     resamples: int = 1000
@@ -107,6 +129,19 @@ class Plan:
         return max(self.sizes)
 
     @property
+    def levels(self) -> list[float]:
+        """The structured tickets' levels (fraction of heads and FFN sublayers pruned)."""
+        return list(self.structured_levels) if self.structured_levels else [self.sparsity]
+
+    @property
+    def member_schemes(self) -> list[str]:
+        """The report's schemes, one per group of members: ``structured`` is one per level (``structured-30``)."""
+        out = []
+        for s in self.schemes:
+            out += [structured_scheme(level) for level in self.levels] if s == "structured" else [s]
+        return out
+
+    @property
     def search_train(self) -> TrainConfig:
         return self.train if self.search_epochs is None else dataclasses.replace(self.train, epochs=self.search_epochs)
 
@@ -123,6 +158,12 @@ class Plan:
                              f"({len(self.seeds)} seeds in {self.groups} group(s))")
         if not 0 < self.bagging < 1:
             raise UsageError("--bagging must be in (0, 1): the fraction each BAGGING member trains on")
+        if self.structured_levels is not None:
+            if "structured" not in self.schemes:
+                raise UsageError("--structured-levels belongs to the structured scheme (--schemes ...,structured)")
+            bad = [x for x in self.structured_levels if not 0 < x < 1]
+            if bad or len({structured_scheme(x) for x in self.structured_levels}) != len(self.structured_levels):
+                raise UsageError("--structured-levels: give distinct fractions in (0, 1), e.g. 0.3,0.5")
         if self.search_epochs is not None and self.search_epochs <= 0:
             raise UsageError("--search-epochs must be > 0")
         if self.resamples < 99:
@@ -161,6 +202,16 @@ class Plan:
                 if scheme in ("dense", "bagging"):
                     j = Job(f"finetune:{scheme}:s{seed}", "finetune", scheme, seed)
                     jobs[j.id] = j
+                    continue
+                if scheme == "structured":
+                    search = Job(f"search:structured:s{seed}", "search", scheme, seed,
+                                 (f"finetune:dense:s{seed}",) if "dense" in self.schemes else ())
+                    jobs[search.id] = search
+                    for i, level in enumerate(self.levels):
+                        name = structured_scheme(level)
+                        ticket = Job(f"finetune:{name}:s{seed}", "finetune", name, seed, (search.id,),
+                                     mask=search.id, mask_index=i)
+                        jobs[ticket.id] = ticket
                     continue
                 deps: tuple[str, ...] = ()
                 if scheme == "base" and "dense" in self.schemes:
@@ -201,6 +252,7 @@ class Job:
     deps: tuple[str, ...] = ()  # jobs that must finish first
     mask: Optional[str] = None  # finetune of a ticket: the search job whose mask it trains
     priors: tuple[str, ...] = ()  # ACTIVE-LT search: the earlier members' search jobs, in order
+    mask_index: int = 0  # finetune of a ticket: which of its search's masks (structured: one per level)
 
     @property
     def slug(self) -> str:
@@ -258,10 +310,11 @@ def toml_text(values: dict, header: str = "") -> str:
 
 
 # Options of the command beyond the training options, with their command-line defaults (None: not given).
-DEFAULTS = {"task": None, "seeds": "1-3", "schemes": ",".join(SCHEMES), "groups": 1, "size": None,
-            "report": "report", "bagging": 0.9, "sparsity": 0.3, "prune_step": 0.1, "l1": None, "search_epochs": None,
-            "resamples": 1000, "active_chain": "group", "executor": "local", "jobs": None, "jobs_per_gpu": None, "slurm_partition": None,
-            "slurm_gpus_per_job": None, "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None}
+DEFAULTS = {"task": None, "seeds": "1-3", "schemes": ",".join(PAPER_SCHEMES), "groups": 1, "size": None,
+            "report": "report", "bagging": 0.9, "sparsity": 0.3, "prune_step": 0.1, "structured_levels": None,
+            "l1": None, "search_epochs": None, "resamples": 1000, "active_chain": "group", "executor": "local",
+            "jobs": None, "jobs_per_gpu": None, "slurm_partition": None, "slurm_gpus_per_job": None,
+            "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None}
 
 
 def build_all(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
@@ -329,6 +382,7 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
                 sizes=sizes, report=Path(options["report"]), bagging=_float(options["bagging"], "--bagging"),
                 sparsity=_float(options["sparsity"], "--sparsity"),
                 prune_step=_float(options["prune_step"], "--prune-step"),
+                structured_levels=parse_levels(options["structured_levels"]),
                 l1=None if options["l1"] is None else _float(options["l1"], "--l1"),
                 search_epochs=None if options["search_epochs"] is None else _float(options["search_epochs"],
                                                                                   "--search-epochs"),

@@ -20,13 +20,15 @@ import json
 import math
 import platform
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from ticketctl.analysis import diversity, iou, stats
+from ticketctl.analysis.render import row_of
 from ticketctl.analysis.significance import compare, compare_gain, pairing
-from ticketctl.analysis.tables import _cell
+from ticketctl.analysis.tables import _cell, note
 from ticketctl.errors import InputError
 from ticketctl.protocol.plan import Plan, toml_text
 from ticketctl.store.artifacts import read_artifact
@@ -40,23 +42,27 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     """The report's numbers from the members' dev logits (scheme -> paths in seed order) and the tickets' masks.
     Raises InputError where a scheme lacks members (a failed job)."""
     want = len(plan.seeds)
-    for scheme in plan.schemes:
+    for scheme in plan.member_schemes:
         have = len(members.get(scheme, []))
         if have != want:
             raise InputError(f"report: {scheme} has {have} of {want} members finished (rerun the protocol)")
-    paths = [str(p) for s in plan.schemes for p in members[s]]
-    loaded, grouped = stats.load_groups(paths, "policy")
+    paths = [str(p) for s in plan.member_schemes for p in members[s]]
+    loaded, grouped = stats.load_groups(paths, "scheme")
     ref = stats.pick_ref(grouped, None)
     scorer = stats.scorer_of(loaded, "probs")
     k = plan.k
-    rows, _ = stats.table(loaded, grouped, ref, k, scorer, plan.groups, "permutation", plan.resamples)
-    parts = []
+    table1, _, notes = stats.table1_rows(loaded, grouped, ref, k, scorer, plan.groups, "permutation", plan.resamples)
+    for line in notes:
+        note(line)
     paired = {g: pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref])) for g in grouped}
-    for row in rows:  # test vs_ref itself: every combination, not stats' sample of at most 50 per group
-        g = row["group"]
+    rows = []
+    for row in table1:  # test vs_ref itself: every combination, not stats' sample of at most 50 per group
+        g = row.group
         if g != ref and min(len(grouped[g]), len(grouped[ref])) >= 2:
             c = compare(scorer, grouped[g], grouped[ref], k, plan.groups, paired[g], plan.resamples, limit=None)
-            row.update({"vs_ref": c.diff, "diff_low": c.low, "diff_high": c.high, "p_value": c.p})
+            row = replace(row, vs_ref=c.diff, diff_low=c.low, diff_high=c.high, p_value=c.p)
+        rows.append(row_of(row, drop_none=True))
+    parts = []
     for g in grouped:
         if g == ref:
             continue
@@ -69,9 +75,9 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     for g, idx in grouped.items():
         if len(idx) < 2:
             continue
-        sub = stats.load_groups([str(loaded.arts[i].path) for i in idx], "policy")[0]
-        table2[g] = (diversity.regression_summary(sub) if sub.task.is_regression
-                     else diversity.summary(diversity.oracle(sub)))
+        sub = stats.load_groups([str(loaded.arts[i].path) for i in idx], "scheme")[0]
+        table2[g] = [asdict(r) for r in (diversity.regression_summary(sub) if sub.task.is_regression
+                                         else diversity.summary(diversity.oracle(sub)))]
     curves = stats.gain_curves(scorer, grouped, ref, plan.groups)
     figure3 = {}
     for g, curve in curves.items():  # each point with the jackknife interval of its difference (all combinations)
@@ -79,14 +85,10 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
         for kk, v in curve:
             c = compare(scorer, grouped[g], grouped[ref], kk, plan.groups, paired[g], 0, limit=None)
             figure3[g].append([kk, v, c.low, c.high])
-    mask_paths = [str(p) for s in plan.schemes for p in masks.get(s, [])]
-    figure4 = None
-    if len(mask_paths) >= 2:
-        arts = iou.load_masks(mask_paths)
-        labels = [iou.label(a) for a in arts]
-        figure4 = {"labels": labels, "masks": mask_paths, "iou": iou.iou_matrix(arts).round(6).tolist()}
+    figure4 = _iou([str(p) for s in plan.member_schemes if not s.startswith("structured") for p in masks.get(s, [])])
+    figure4s = _iou([str(p) for s in plan.member_schemes if s.startswith("structured") for p in masks.get(s, [])])
     member_rows = []
-    for scheme in plan.schemes:
+    for scheme in plan.member_schemes:
         for p in members[scheme]:
             art = read_artifact(p, "logits")
             cost = art.meta.get("cost") or {}
@@ -97,8 +99,16 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
                                 "nonzero_parameters": cost.get("nonzero_parameters")})
     return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref, "k": k,
             "metric": loaded.task.headline, "table1": rows, "parts": parts, "table2": table2,
-            "figure3": figure3, "figure4": figure4,
+            "figure3": figure3, "figure4": figure4, "figure4_structured": figure4s,
             "members": member_rows}
+
+
+def _iou(mask_paths: list[str]) -> dict | None:
+    """Figure 4's IoU matrix of masks of one method (weights, or structured units), None for fewer than two."""
+    if len(mask_paths) < 2:
+        return None
+    matrix = iou.mask_iou(mask_paths)
+    return {"labels": matrix.labels, "masks": mask_paths, "iou": matrix.values.round(6).tolist()}
 
 
 def member_times(members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> list[dict]:
@@ -252,6 +262,12 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
                 for i, a in enumerate(f4["labels"])]
         lines += ["## Figure 4: IoU of the tickets' surviving weights", "", _table(rows, ["mask", *f4["labels"]]), "",
                   f"![Figure 4]({fig4})", ""]
+    if data.get("figure4_structured"):
+        f4 = data["figure4_structured"]
+        rows = [{"mask": a, **{b: f4["iou"][i][j] for j, b in enumerate(f4["labels"])}}
+                for i, a in enumerate(f4["labels"])]
+        lines += ["### IoU of the structured tickets' kept heads and FFN sublayers", "",
+                  _table(rows, ["mask", *f4["labels"]]), ""]
     lines += ["## Cost", "",
               f"This run: {run['jobs_run']} job(s) trained ({run['members_trained']} member(s)) in "
               f"{run['wall_seconds']:.1f} s wall time on {run['device']} ({run['workers']}, executor "

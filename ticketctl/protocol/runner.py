@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ticketctl.errors import InputError, TicketError
+from ticketctl.errors import InputError, TicketError, UsageError
 from ticketctl.log import Log
 from ticketctl.protocol import executors
 from ticketctl.protocol.plan import Job, Plan
 from ticketctl.stages import context, imp
 from ticketctl.stages import finetune as finetune_stage
+from ticketctl.stages import structured as structured_stage
 
 PROTOCOL_DIR = "protocol"  # inside --out: job logs, locks, the journal, Slurm's job folders
 
@@ -51,7 +52,7 @@ def _quiet(plan: Plan) -> Plan:
 def locate(plan: Plan) -> State:
     """The plan's jobs with their targets and finished ones, computed without training (loads the task's data and
     fingerprints the model once)."""
-    ctx, cfg, _ = context.start(plan.task, plan.train, plan.data, _quiet(plan).run, data_parallel=False)
+    ctx, cfg = _checked_start(plan)
     search_cfg = replace(cfg, epochs=plan.search_train.epochs)
     state = State(plan.jobs_graph())
     for job in state.jobs.values():
@@ -65,6 +66,20 @@ def locate(plan: Plan) -> State:
     return state
 
 
+def _checked_start(plan: Plan):
+    """The task's context and config, or a UsageError (a bad plan, exit 2, before anything trains) where its data
+    cannot make a report: unreadable or without labels in the training split or in the split members are scored
+    on."""
+    try:
+        ctx, cfg, _ = context.start(plan.task, plan.train, plan.data, _quiet(plan).run, data_parallel=False)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    if ctx.evals and ctx.evals[0].labels is None:
+        raise UsageError(f"{ctx.evals[0].source}: the {ctx.evals[0].name} split has no labels; the protocol's report "
+                         f"scores members on it (give a labelled --validation-file)")
+    return ctx, cfg
+
+
 def _existing(path: Path, kind: str) -> bool:
     from ticketctl.store.artifacts import existing
 
@@ -75,6 +90,8 @@ def _job_targets(plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: 
     """The artifact paths ``job`` writes, or None while an input it depends on (a mask) is not finished."""
     out = plan.run.out
     subset = plan.data.subset_seed
+    if job.kind == "search" and job.scheme == "structured":
+        return structured_stage.targets(ctx, cfg, job.seed, out, plan.levels, subset_seed=subset)
     if job.kind == "search":
         if any(p not in done for p in job.priors):
             return None
@@ -84,7 +101,8 @@ def _job_targets(plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: 
     if job.mask is not None:
         if job.mask not in done:
             return None
-        return finetune_stage.targets(ctx, cfg, job.seed, out, mask_path=str(known[job.mask][0]), subset_seed=subset)
+        return finetune_stage.targets(ctx, cfg, job.seed, out, mask_path=str(known[job.mask][job.mask_index]),
+                                      subset_seed=subset)
     bagging = plan.bagging if job.scheme == "bagging" else 1.0
     return finetune_stage.targets(ctx, cfg, job.seed, out, bagging=bagging, subset_seed=subset)
 
@@ -129,7 +147,7 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
     graph = plan.jobs_graph()
     for dep in _inputs(graph, job):  # the masks this job reads, earliest first
         paths = _job_targets(plan, graph[dep], ctx, cfg, search_cfg, known, done)
-        if paths is None or not _existing(paths[0], "mask"):
+        if paths is None or not all(_existing(p, "mask") for p in paths):
             raise InputError(f"{job.id}: its input {dep} is not finished (run the protocol again)")
         known[dep], _ = paths, done.add(dep)
     targets = _job_targets(plan, job, ctx, cfg, search_cfg, known, done)
@@ -138,7 +156,10 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
     with FileLock(str(locks / f"{targets[0].name}.lock")):
         kind = "mask" if job.kind == "search" else "logits"
         ran = not all(_existing(p, kind) for p in targets)
-        if job.kind == "search":
+        if job.kind == "search" and job.scheme == "structured":
+            written = structured_stage.structured_search(plan.task, job.seed, levels=plan.levels, train=plan.train,
+                                                         data=replace(plan.data, eval_files=[]), run=plan.run)
+        elif job.kind == "search":
             priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0])
                                                                                   for p in job.priors]
             written = [imp.search(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
@@ -146,7 +167,7 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
                                   data=replace(plan.data, eval_files=[]), run=plan.run)]  # as `search` takes it
         else:
             written = finetune_stage.finetune(
-                plan.task, job.seed, mask=str(known[job.mask][0]) if job.mask else None,
+                plan.task, job.seed, mask=str(known[job.mask][job.mask_index]) if job.mask else None,
                 bagging=plan.bagging if job.scheme == "bagging" else 1.0, train=plan.train, data=plan.data,
                 run=plan.run)
     seconds = time.perf_counter() - start
@@ -218,11 +239,20 @@ class Outcome:
     workers: str  # e.g. "2 jobs x 1 thread"
 
     def members(self, state: State) -> dict[str, list[Path]]:
-        """Scheme -> dev logits path of each member, in seed order (finished members only)."""
+        """Scheme (``Plan.member_schemes``) -> dev logits path of each member, in seed order (finished members
+        only)."""
         out: dict[str, list[Path]] = {}
         for job in state.jobs.values():
             if job.kind == "finetune" and job.id in state.targets:
                 out.setdefault(job.scheme, []).append(state.targets[job.id][0])
+        return out
+
+    def masks(self) -> dict[str, list[Path]]:
+        """Ticket scheme -> the mask each member was finetuned from, in seed order (finished searches only)."""
+        out: dict[str, list[Path]] = {}
+        for job in self.state.jobs.values():
+            if job.kind == "finetune" and job.mask is not None and job.mask in self.state.targets:
+                out.setdefault(job.scheme, []).append(self.state.targets[job.mask][job.mask_index])
         return out
 
 

@@ -74,9 +74,7 @@ def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: P
     diverse = chosen.identity(strength, [m.digest() for m in prior_masks])
 
     # identity -> finished already?
-    dense = ctx.identity(cfg, seed, train_fraction=train_fraction)
-    scores_identity = dense.importance(IMPORTANCE_VERSION)
-    targets = [scores_identity.structured_ticket(kind, level, policy, diverse) for kind in kinds for level in levels]
+    dense, scores_identity, targets = _identities(ctx, cfg, seed, levels, kinds, train_fraction, policy, diverse)
     paths = [t.paths(out)[0] for t in targets]
     if context.finished(ctx.log, paths, "mask", force):
         return paths
@@ -95,6 +93,25 @@ def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: P
         mask = ticket(chosen_head, chosen_ffn, level, kind, rng)
         _write_ticket(ctx, path, identity, mask, head, head_raw, ffn, scores, prior_arts)
     return paths
+
+
+def targets(ctx: Context, cfg: TrainConfig, seed: int, out: Path, levels: list[float], kinds=("winning",),
+            train_fraction: float = 1.0, subset_seed: int | None = None) -> list[Path]:
+    """The paths of the masks :func:`structured_context` writes with ``policy="base"`` (one per kind, then level),
+    whether or not they exist, computed without training: ``ctx`` and ``cfg`` as
+    :func:`ticketctl.stages.context.start` resolves them."""
+    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
+    found = _identities(ctx, cfg, seed, [float(x) for x in levels], list(kinds), float(train_fraction), "base", {})
+    return [t.paths(out)[0] for t in found[2]]
+
+
+def _identities(ctx: Context, cfg: TrainConfig, seed: int, levels: list[float], kinds: list[str],
+                train_fraction: float, policy: str, diverse: dict):
+    """(the dense finetune's identity, the importance scores', one per mask: kind, then level)."""
+    dense = ctx.identity(cfg, seed, train_fraction=train_fraction)
+    scores_identity = dense.importance(IMPORTANCE_VERSION)
+    masks = [scores_identity.structured_ticket(kind, level, policy, diverse) for kind in kinds for level in levels]
+    return dense, scores_identity, masks
 
 
 def _scores(ctx: Context, cfg: TrainConfig, device, out: Path, dense: RunIdentity, scores_identity: RunIdentity,

@@ -21,25 +21,25 @@ import os
 from ticketctl.errors import UsageError
 
 
-def world_size() -> int:
+def _launcher_int(name: str, default: int) -> int:
+    """An integer that torchrun (or Slurm's srun via torchrun) sets in the environment; ``default`` when unset or
+    not an integer."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
+        return int(os.environ.get(name, str(default)))
     except ValueError:
-        return 1
+        return default
+
+
+def world_size() -> int:
+    return _launcher_int("WORLD_SIZE", 1)
 
 
 def rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    return _launcher_int("RANK", 0)
 
 
 def local_rank() -> int:
-    try:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        return 0
+    return _launcher_int("LOCAL_RANK", 0)
 
 
 def is_main() -> bool:
