@@ -225,7 +225,8 @@ def time_search_vs_finetunes(folder, split, precision):
     """A 3-round search on a small subset against 3 x the same training, with the same process set-up."""
     from ticketctl.stages.finetune import finetune_context
     from ticketctl.stages.imp import search_context
-    from ticketctl.stages.setup import Context, Log
+    from ticketctl.log import Log
+    from ticketctl.stages.context import Context
 
     task = split.task
     sub = split.subset(np.arange(256))

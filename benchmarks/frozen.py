@@ -71,7 +71,10 @@ def main(dest: str) -> None:
     os.chdir(tmp)
     glue = write_glue(tmp / "glue")
     _write_mrpc(tmp / "extra.tsv", MRPC_ROWS[4:10])
-    model = build_tiny_bert(tmp / "tiny", layers=2, heads=4)
+    build_tiny_bert(tmp / "tiny", layers=2, heads=4)
+    # By its relative path: a saved member's config.json records the --model it was trained from, and --init's
+    # identity is the saved folder's content, so an absolute temporary path would rename the --init run every time.
+    model = "tiny"
     common = ["--model", model, "--data-dir", glue, "--epochs", "1", "--batch-size", "8", "--quiet", "--device",
               "cpu", "--out", "runs"]
     tables = {}

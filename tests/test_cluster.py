@@ -31,11 +31,11 @@ def test_plain_progress_lines_every_n_steps(cli, loud):
 
 
 def test_plain_progress_every_30_seconds_by_default(cli, loud, monkeypatch):
-    from ticketctl.stages import setup
+    from ticketctl import log as log_module
 
     code, out, err = cli("finetune", "--task", "mrpc", "--seed", "1", *loud)
     assert [x.split()[3] for x in err.splitlines() if x.startswith("finetune s1: step")] == ["3/3"]  # < 30 s: last
-    monkeypatch.setattr(setup, "PLAIN_SECONDS", 0.0)
+    monkeypatch.setattr(log_module, "PLAIN_SECONDS", 0.0)
     code, out, err = cli("finetune", "--task", "mrpc", "--seed", "2", *loud)
     assert [x.split()[3] for x in err.splitlines() if x.startswith("finetune s2: step")] == ["1/3", "2/3", "3/3"]
 

@@ -13,7 +13,7 @@ from ticketctl.analysis.significance import Scorer, budget_interval
 from ticketctl.data.tasks import get_task
 from ticketctl.masks.structured import StructuredMask, ticket
 from ticketctl.model.cost import Dims, flops_per_example, member_cost, parameters
-from ticketctl.stages.structured import diverse_scores
+from ticketctl.masks import policies
 from ticketctl.store.artifacts import read_artifact
 
 
@@ -203,6 +203,10 @@ def test_budget_interval_is_the_leave_one_seed_out_jackknife():
         assert got == pytest.approx(jackknife_by_hand(terms, labels, a, b, k_a, k_b, paired), abs=1e-9), \
             (k_a, k_b, paired)
     assert all(np.isnan(budget_interval(scorer, a, b, 5, 2, 1, True)))  # every ensemble holds every seed
+
+
+def diverse_scores(head, ffn, policy, strength, seed, priors):
+    return policies.get(policies.STRUCTURED, policy).apply(head, ffn, strength, seed, priors)
 
 
 def test_diverse_scores():

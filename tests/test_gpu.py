@@ -209,22 +209,20 @@ def test_an_operation_without_a_deterministic_kernel_is_one_line(cli, tiny_args,
 
 
 def _identity_rows(ctx, cfg, out):
-    from ticketctl.stages import setup
-
-    return setup.logits_paths(ctx, setup.training_identity(ctx, cfg, 0, ctx.train), "dense", 0, out)
+    return ctx.logits_rows(ctx.identity(cfg, 0), out)
 
 
 def _start(tiny_model, glue_dir, out, device, dropout):
     from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
-    from ticketctl.stages import setup
+    from ticketctl.stages import context
 
-    return setup.start("mrpc", TrainConfig(epochs=1, batch_size=8, dropout=dropout, precision="bf16"),
+    return context.start("mrpc", TrainConfig(epochs=1, batch_size=8, dropout=dropout, precision="bf16"),
                        DataOptions(data_dir=str(glue_dir)), RunOptions(model=str(tiny_model), out=out, device=device,
                                                                        quiet=True))
 
 
 def test_a_cpu_artifact_is_not_reused_for_a_gpu_run(cli, tiny_args, tmp_path, tiny_model, glue_dir, monkeypatch):
-    from ticketctl.stages import setup
+    from ticketctl.stages import context
 
     code, out, err = cli("finetune", "--task", "mrpc", "--precision", "bf16", *tiny_args, "--out", tmp_path)
     assert code == 0, err
@@ -240,8 +238,8 @@ def test_a_cpu_artifact_is_not_reused_for_a_gpu_run(cli, tiny_args, tmp_path, ti
     assert ctx.runtime["device"] == "cuda" and ctx.runtime["device_name"] == "Fake H100"
     gpu_rows = _identity_rows(ctx, cfg, tmp_path)
     assert [p for _, p, _ in gpu_rows] != cpu_paths  # torch's dropout stream: another computation, another name
-    assert not setup.finished(ctx.log, [p for _, p, _ in gpu_rows], "logits", False)
-    assert setup.finished(ctx.log, cpu_paths, "logits", False)
+    assert not context.finished(ctx.log, [p for _, p, _ in gpu_rows], "logits", False)
+    assert context.finished(ctx.log, cpu_paths, "logits", False)
     # Without dropout no stream is drawn: a GPU run is the same computation (to rounding) and keeps the name.
     ctx, cfg, _ = _start(tiny_model, glue_dir, tmp_path, "cuda", 0.0)
     assert _identity_rows(ctx, cfg, tmp_path)[0][1] == cpu_without_dropout[0][1]

@@ -176,15 +176,16 @@ def test_a_head_in_the_model_folder_is_drawn_from_the_seed(headed_model, glue_di
 def test_identity_of_a_headed_folder_differs(headed_model, tiny_model, glue_dir):
     """Artifacts made from a folder with a head (redrawn) are named apart from those made before the fix."""
     from ticketctl.hparams import DataOptions, TrainConfig
-    from ticketctl.stages import setup
+    from ticketctl.log import Log
+    from ticketctl.stages.context import Context
 
-    log = setup.Log(quiet=True)
-    ctx = setup.Context.create("mrpc", str(headed_model), DataOptions(data_dir=str(glue_dir)), log)
+    log = Log(quiet=True)
+    ctx = Context.create("mrpc", str(headed_model), DataOptions(data_dir=str(glue_dir)), log)
     assert ctx.model_head
-    identity = setup.training_identity(ctx, TrainConfig(), 1, ctx.train)
+    identity = ctx.identity(TrainConfig(), 1).as_dict()
     assert identity["model_head"] == "redrawn"
-    plain = setup.Context.create("mrpc", str(tiny_model), DataOptions(data_dir=str(glue_dir)), log)
-    assert "model_head" not in setup.training_identity(plain, TrainConfig(), 1, plain.train)
+    plain = Context.create("mrpc", str(tiny_model), DataOptions(data_dir=str(glue_dir)), log)
+    assert "model_head" not in plain.identity(TrainConfig(), 1).fields
 
 
 def test_pruned_heads_checkpoint_is_one_line_naming_weight_and_shapes(tiny_model, glue_dir, cli, tmp_path):

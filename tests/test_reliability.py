@@ -153,7 +153,8 @@ def test_config_hash_of_a_finetune_is_pinned():
     an artifact of the first release recorded (no max_grad_norm field) still hashes to its name, and today's
     default identity (clipping at 1.0, computation 4) is pinned too."""
     from ticketctl.hparams import TrainConfig
-    from ticketctl.store.provenance import COMPUTATION, IDENTITY_DEFAULTS, config_hash
+    from ticketctl.store.identity import COMPUTATION, IDENTITY_DEFAULTS
+    from ticketctl.store.provenance import config_hash
 
     first_release = {"task": "mrpc", "model": "f" * 64, "seed": 3, "train_data": "d" * 64,
                      **TrainConfig(precision="bf16").as_dict(), "mask": None, "bagging": 1.0, "computation": 1}
@@ -171,7 +172,7 @@ def test_config_hash_of_a_finetune_is_pinned():
 def test_computation_version_enters_the_hash():
     """Artifacts of an earlier training computation (same config, other numbers) must not be reused as current."""
     from ticketctl.store.provenance import config_hash
-    from ticketctl.store.provenance import COMPUTATION, IDENTITY_DEFAULTS
+    from ticketctl.store.identity import COMPUTATION, IDENTITY_DEFAULTS
 
     base = {"task": "mrpc", "seed": 3}
     assert COMPUTATION >= 2

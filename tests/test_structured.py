@@ -194,8 +194,10 @@ def test_share_updates_exactly_the_kept_structures(tiny4, glue_dir):
     from ticketctl.data.batching import encode
     from ticketctl.hparams import DataOptions, TrainConfig
     from ticketctl.model.loading import load_tokenizer
-    from ticketctl.stages.setup import Context, Log
-    from ticketctl.stages.share import Member, TicketHooks, build_models, mean_example_loss, moments
+    from ticketctl.log import Log
+    from ticketctl.stages.context import Context
+    from ticketctl.stages.share import Member, build_models
+    from ticketctl.train.sharing import TicketHooks, mean_example_loss, moments
     from ticketctl.train.loop import Loop
 
     masks = {"mrpc": MASK,

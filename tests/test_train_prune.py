@@ -7,7 +7,7 @@ import torch
 from ticketctl.data import files
 from ticketctl.masks import weights
 from ticketctl.model import loading, units
-from ticketctl.stages import imp
+from ticketctl.masks.policies import active_coefficients, random_coefficients
 from ticketctl.data.tasks import get_task
 from ticketctl.data.batching import encode, length_grouped_batches
 from ticketctl.hparams import TrainConfig
@@ -105,14 +105,14 @@ def test_pruned_weights_stay_zero_and_survivors_train(setup):
 
 def test_random_policy_coefficients():
     shapes = {"a": (200, 100), "b": (300,)}
-    c1 = imp.random_coefficients(shapes, 0.3, seed=1)
-    c2 = imp.random_coefficients(shapes, 0.3, seed=2)
+    c1 = random_coefficients(shapes, 0.3, seed=1)
+    c2 = random_coefficients(shapes, 0.3, seed=2)
     flat = torch.cat([c.ravel() for c in c1.values()])
     assert set(flat.unique().tolist()) == {0.0, 1.0}
     for name, c in c1.items():  # P(0) = target sparsity in every layer: within 5 sigma of 0.3
         assert abs((c == 0).float().mean().item() - 0.3) < 5 * (0.3 * 0.7 / c.numel()) ** 0.5, name
     assert not torch.equal(c1["a"], c2["a"])
-    assert torch.equal(c1["a"], imp.random_coefficients(shapes, 0.3, seed=1)["a"])
+    assert torch.equal(c1["a"], random_coefficients(shapes, 0.3, seed=1)["a"])
 
 
 def test_active_policy_coefficients_are_mean_of_priors(tmp_path):
@@ -123,7 +123,7 @@ def test_active_policy_coefficients_are_mean_of_priors(tmp_path):
     for i, bits in enumerate([[1, 0, 1, 1], [1, 1, 0, 1]]):
         t, s = Mask({"w": np.array(bits, dtype=bool)}).pack()
         arts.append(read_artifact(write_artifact(tmp_path / f"{i}.safetensors", "mask", t, {"shapes": s})))
-    coef = imp.active_coefficients(arts)
+    coef = active_coefficients({"w": (4,)}, 0.3, 1, [a.mask().keep for a in arts])
     assert coef["w"].tolist() == [1.0, 0.5, 0.5, 1.0]
 
 

@@ -44,6 +44,13 @@ def choices(*values: str):
     return complete
 
 
+def policy_choices(incomplete: str):
+    """Shell completion of ``--policy``: the registered pruning policies (``ticketctl.masks.policies``)."""
+    from ticketctl.masks import policies
+
+    return [v for v in policies.names() if v.startswith(incomplete)]
+
+
 TASK_NAMES = ("mrpc", "stsb", "rte", "cola", "sst2", "wnli", "qnli", "qqp", "mnli")  # ticketctl.data.tasks.TASKS
 
 
@@ -160,7 +167,7 @@ def search(
         help="imp: iterative magnitude pruning of weights (Multi-Ticket Ensemble). structured: one-shot pruning of "
         "attention heads and FFN sublayers by importance (Super Tickets).")] = "imp",
     policy: Annotated[str, typer.Option(
-        autocompletion=choices("base", "active", "random", "perturbed"),
+        autocompletion=policy_choices,
         help="imp: base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT). structured: base (plain winning "
         "tickets) | perturbed (seed-perturbed importance) | active (prefer the heads and FFNs --prior masks dropped): "
         "diverse winning tickets of the same size.")] = "base",
@@ -317,8 +324,8 @@ def protocol(
                 sys.stdout.write(line + "\n")
         sys.stdout.write(f"{sum(len(s.todo) for s in states)} to run, {sum(len(s.done) for s in states)} done\n")
         return
+    from ticketctl.log import Log
     from ticketctl.protocol.report import write_report
-    from ticketctl.stages.setup import Log
 
     log = Log(run.quiet, run.verbose)
     failed, total = 0, 0

@@ -3,7 +3,7 @@ flag. ``ticketctl.cli`` turns the fields into Typer options once, so every train
 with the same help and defaults as the library (and docs/cli.md lists them).
 
 ``TrainConfig`` is part of every training artifact's identity: its fields enter the config hash, and a field at its
-default is left out (``ticketctl.store.provenance.IDENTITY_DEFAULTS``). A new field must default to a no-op, or old
+default is left out (``ticketctl.store.identity.IDENTITY_DEFAULTS``). A new field must default to a no-op, or old
 artifact names change.
 """
 

@@ -22,7 +22,7 @@ from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, pairing
                                              protocol_scores, smallest_p, split_groups)
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
-from ticketctl.store.provenance import IDENTITY_DEFAULTS
+from ticketctl.store.identity import IDENTITY_DEFAULTS
 
 REF_PREFERENCE = ("dense", "base")
 

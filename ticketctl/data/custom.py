@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ticketctl.data.split import Split, empty_text, read_text, rows_text, stderr_notice, tsv_rows
-from ticketctl.data.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, Task
+from ticketctl.data.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, TASKS, Task
 from ticketctl.errors import InputError, UsageError
 
 FORMATS = ("csv", "tsv", "json", "jsonl")
@@ -394,3 +394,34 @@ def dataset_name(dataset: str, config: str | None) -> str:
     base = Path(dataset.rstrip("/")).name or "dataset"
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", base + (f"-{config}" if config else ""))
     return name.lstrip(".-_")[:64] or "dataset"
+
+
+def own_task_data(task_name: str | None, opts, warn):
+    """The own-data source of ``DataOptions`` ``opts`` (--train-file or --dataset): (task inferred from the data,
+    training split, evaluation splits: dev, each --eval-split, each --eval-file). Raises UsageError for a GLUE
+    task's name."""
+    if task_name and task_name.lower().replace("-", "") in TASKS:
+        raise UsageError(f"--task {task_name} is a GLUE task; name your own data differently (or leave --task out)")
+    text_columns = parse_columns(opts.text_columns)
+    label_column = opts.label_column or "label"
+    class_names: dict = {}
+    if opts.train_file:
+        name = task_name or "custom"
+        columns, rows = read_table(opts.train_file)
+        source = opts.train_file
+    else:
+        name = task_name or dataset_name(opts.dataset, opts.dataset_config)
+        columns, rows, source, class_names = hub_table(opts.dataset, opts.dataset_config, "train")
+    task = infer_task(name, columns, rows, text_columns, label_column, opts.metric, source,
+                      class_names.get(label_column), warn=warn)
+    train = split_of(task, columns, rows, source, "train", need_labels=True, warn=warn)
+    if opts.validation_file:
+        dev = read_split(task, opts.validation_file, "dev", warn=warn)
+    else:
+        columns, rows, source, _ = hub_table(opts.dataset, opts.dataset_config, opts.validation_split or "validation")
+        dev = split_of(task, columns, rows, source, "dev", warn=warn)
+    extra = []
+    for split in opts.eval_splits:
+        columns, rows, source, _ = hub_table(opts.dataset, opts.dataset_config, split)
+        extra.append(split_of(task, columns, rows, source, split, warn=warn))
+    return task, train, [dev] + extra + [read_split(task, f, warn=warn) for f in opts.eval_files]

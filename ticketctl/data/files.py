@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ticketctl.data.split import Split, empty_text, read_text, stderr_notice, tsv_rows
-from ticketctl.data.tasks import Task
-from ticketctl.errors import InputError
+from ticketctl.data.tasks import Task, get_task
+from ticketctl.errors import InputError, UsageError
 
 EMBEDDED_DIR = Path(__file__).parent / "glue"
 
@@ -152,3 +152,14 @@ def hub_split_of(task: Task, ds, split: str, source: str) -> Split:
     elif not task.is_regression and ((labels < 0) | (labels >= task.num_labels)).any():
         raise InputError(f"{source}: labels outside 0..{task.num_labels - 1} for {task.name}")
     return Split(task, split, texts, labels, np.asarray(ds["idx"], dtype=np.int64), source)
+
+
+def glue_task_data(task_name: str | None, opts, warn):
+    """The GLUE source of ``DataOptions`` ``opts``: (task, training split, evaluation splits: dev, then each
+    --eval-file). Raises UsageError without a task name."""
+    if not task_name:
+        raise UsageError("--task is required: a GLUE task, or your own data with --train-file / --dataset")
+    task = get_task(task_name)
+    evals = [load_split(task, "dev", opts.data_dir)]
+    evals += [read_tsv(task, f, warn=warn) for f in opts.eval_files]
+    return task, load_split(task, "train", opts.data_dir), evals

@@ -345,3 +345,8 @@ def resolve_init(init: str) -> tuple[Path, str]:
     if not list(path.glob("*.safetensors")):
         raise InputError(f"--init {init}: folder has no .safetensors weights")
     return path, model_fingerprint(path)
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's padding id (0 where it has none)."""
+    return tokenizer.pad_token_id or 0

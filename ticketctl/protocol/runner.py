@@ -17,10 +17,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ticketctl.errors import InputError, TicketError, UsageError
+from ticketctl.log import Log
 from ticketctl.protocol import executors
 from ticketctl.protocol.plan import Job, Plan
+from ticketctl.stages import context, imp
 from ticketctl.stages import finetune as finetune_stage
-from ticketctl.stages import imp, setup
 from ticketctl.stages import structured as structured_stage
 
 PROTOCOL_DIR = "protocol"  # inside --out: job logs, locks, the journal, Slurm's job folders
@@ -70,7 +71,7 @@ def _checked_start(plan: Plan):
     cannot make a report: unreadable or without labels in the training split or in the split members are scored
     on."""
     try:
-        ctx, cfg, _ = setup.start(plan.task, plan.train, plan.data, _quiet(plan).run, data_parallel=False)
+        ctx, cfg, _ = context.start(plan.task, plan.train, plan.data, _quiet(plan).run, data_parallel=False)
     except InputError as e:
         raise UsageError(str(e)) from None
     if ctx.evals and ctx.evals[0].labels is None:
@@ -138,7 +139,7 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
     from filelock import FileLock
 
     start = time.perf_counter()
-    state_ctx = setup.start(plan.task, plan.train, plan.data, _quiet(plan).run)
+    state_ctx = context.start(plan.task, plan.train, plan.data, _quiet(plan).run)
     ctx, cfg, device = state_ctx
     search_cfg = replace(cfg, epochs=plan.search_train.epochs)
     known: dict[str, list[Path]] = {}
@@ -271,7 +272,7 @@ def run_plan(plan: Plan, log=None) -> Outcome:
     """Run every job of ``plan`` that is not finished, on its executor; then locate the artifacts again.
     Failed jobs are listed in ``Outcome.failures`` (the others still run); raises UsageError for an executor that
     cannot start (no Slurm) and TicketError for a refused submission."""
-    log = log or setup.Log()
+    log = log or Log()
     pdir = protocol_dir(plan)
     if plan.executor == "slurm":
         executors.check_slurm()  # before anything else: one line where there is no Slurm

@@ -1,5 +1,8 @@
 """``ticketctl finetune``: finetune the pretrained model (dense, bagging, or a ticket's mask) and write its outputs
-on every evaluation split as logits artifacts."""
+on every evaluation split as logits artifacts.
+
+    identity -> finished already? -> setup -> loop -> write
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from typing import Sequence
 from ticketctl.data.sampling import training_subset
 from ticketctl.errors import UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
-from ticketctl.stages import setup
-from ticketctl.stages.setup import Context
+from ticketctl.stages import context, inputs, outputs
+from ticketctl.stages.context import Context
+from ticketctl.store.identity import RunIdentity, finetune_scheme
 
 
 def finetune(task: str, seed: int = 0, *, mask: str | None = None, bagging: float = 1.0, init: str | None = None,
@@ -24,7 +28,7 @@ def finetune(task: str, seed: int = 0, *, mask: str | None = None, bagging: floa
     if save_model is not None and len(fractions) > 1:
         raise UsageError("--save-model takes a single --train-fraction")
     data, run = data or DataOptions(), run or RunOptions()
-    ctx, cfg, device = setup.start(task, train, data, run)
+    ctx, cfg, device = context.start(task, train, data, run)
     return [p for f in fractions for p in finetune_context(
         ctx, cfg, device, seed, run.out, mask_path=mask, bagging=float(bagging), force=run.force, save_model=save_model,
         init=init, train_fraction=f, subset_seed=data.subset_seed)]
@@ -33,24 +37,28 @@ def finetune(task: str, seed: int = 0, *, mask: str | None = None, bagging: floa
 def targets(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: str | None = None, bagging: float = 1.0,
             train_fraction: float = 1.0, subset_seed: int | None = None) -> list[Path]:
     """The logits artifact paths (one per evaluation split) :func:`finetune_context` writes for these options,
-    whether or not they exist, computed without training (``ctx``, ``cfg`` as ``setup.start`` resolves them).
+    whether or not they exist, computed without training (``ctx``, ``cfg`` as ``context.start`` resolves them).
     Raises InputError for an unreadable mask."""
     train_split = training_subset(ctx.train, seed, float(bagging), float(train_fraction), subset_seed)
-    mask_art = setup.load_mask(ctx, mask_path) if mask_path else None
-    return [path for _, path, _ in _rows(ctx, cfg, seed, out, train_split, mask_art, float(bagging), None, None,
-                                         float(train_fraction))[0]]
+    mask_art = inputs.load_mask(ctx, mask_path) if mask_path else None
+    identity = run_identity(ctx, cfg, seed, train_split, mask_art, float(bagging), None, None, float(train_fraction))
+    return [path for _, path, _ in ctx.logits_rows(identity, out)]
 
 
-def _rows(ctx: Context, cfg: TrainConfig, seed: int, out: Path, train_split, mask_art, bagging: float, init,
-          init_fp, train_fraction: float):
-    """identity -> (logits rows from ``setup.logits_paths``, identity, scheme, mask)."""
-    structured = mask_art is not None and mask_art.method == "structured"
-    mask = (mask_art.structured() if structured else mask_art.mask()) if mask_art else None
-    identity = setup.training_identity(ctx, cfg, seed, train_split, mask.digest() if mask else None, bagging,
-                                       train_fraction=train_fraction, init=init_fp)
-    scheme = mask_art.meta.get("policy", "ticket") if mask_art else (
-        "bagging" if bagging < 1 else "init" if init else "dense")
-    return setup.logits_paths(ctx, identity, scheme, seed, out), identity, scheme, mask
+def run_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split, mask_art, bagging: float, init,
+                 init_fp: str | None, train_fraction: float) -> RunIdentity:
+    """The finetune's identity: its data, config, ticket (the mask's digest), bagging fraction, training fraction and
+    ``--init`` folder (its fingerprint); named by the ticket's policy, bagging, init or dense."""
+    mask = _ticket(mask_art)
+    scheme = finetune_scheme(mask_art.meta.get("policy", "ticket") if mask_art else None, bagging, init)
+    return ctx.identity(cfg, seed, train_split, mask.digest() if mask else None, bagging, scheme=scheme,
+                        train_fraction=train_fraction, init=init_fp)
+
+
+def _ticket(mask_art):
+    if mask_art is None:
+        return None
+    return mask_art.structured() if mask_art.method == "structured" else mask_art.mask()
 
 
 def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, mask_path: str | None = None,
@@ -62,76 +70,95 @@ def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Pat
 
     train_split = training_subset(ctx.train, seed, bagging, train_fraction, subset_seed)
     if save_model is not None:
-        setup.check_model_folder(save_model, "*")  # fails fast, before loading; which member is checked below
+        outputs.check_model_folder(save_model, "*")  # fails fast, before loading; which member is checked below
     init_dir, init_fp = loading.resolve_init(init) if init else (None, None)
-    mask_art = setup.load_mask(ctx, mask_path) if mask_path else None
-    structured = mask_art is not None and mask_art.method == "structured"
+    mask_art = inputs.load_mask(ctx, mask_path) if mask_path else None
+    identity = run_identity(ctx, cfg, seed, train_split, mask_art, bagging, init, init_fp, train_fraction)
+    rows = ctx.logits_rows(identity, out)
+    if _finished(ctx, rows, save_model, force, out):
+        return [p for _, p, _ in rows]
+    model, tokenizer, keep, extra = _setup(ctx, cfg, seed, device, mask_art, mask_path, init, init_dir)
+    extra = {"init_model": str(init) if init else "pretrained", "train_fraction": str(train_fraction),
+             "train_examples": str(len(train_split)), "subset_seed": subset_seed, **extra}
+    ctx = ctx.with_train(train_split)
+    losses, curve, seconds = _train(ctx, model, tokenizer, cfg, seed, device, identity.scheme, keep)
+    _write(ctx, model, tokenizer, cfg, device, out, identity, rows, mask_art, losses, curve, seconds, extra,
+           save_model)
+    return [path for _, path, _ in rows]
 
-    # identity -> finished already?
-    rows, identity, scheme, mask = _rows(ctx, cfg, seed, out, train_split, mask_art, bagging, init, init_fp,
-                                         train_fraction)
-    saved = save_model is not None and setup.check_model_folder(save_model, None if force else rows[0][2])
-    if (save_model is None or saved) and setup.finished(ctx.log, [p for _, p, _ in rows], "logits", force):
+
+def _finished(ctx: Context, rows, save_model: Path | None, force: bool, out: Path) -> bool:
+    """finished already? Every logits artifact exists (and, with --save-model, the folder holds this member)."""
+    saved = save_model is not None and outputs.check_model_folder(save_model, None if force else rows[0][2])
+    if (save_model is None or saved) and context.finished(ctx.log, [p for _, p, _ in rows], "logits", force):
         if saved:
             ctx.log.info(f"reusing the member saved in {save_model}")
-        return [p for _, p, _ in rows]
+        return True
     if saved:
         raise UsageError(f"--save-model {save_model}: holds this member, but its logits are not in {out}; "
                          "give an empty folder")
+    return False
 
-    # setup
+
+def _setup(ctx: Context, cfg: TrainConfig, seed: int, device, mask_art, mask_path, init, init_dir):
+    """The seeded model (from ``--init``'s encoder), its tokenizer, and the ticket: a weight mask as ``keep``
+    tensors, or a structured ticket pruned physically. Returns (model, tokenizer, keep, the ticket's metadata)."""
     import torch
 
     from ticketctl.masks.structured import weights_remaining
-    from ticketctl.model import units
+    from ticketctl.model import loading, units
 
-    model = setup.load_model(ctx, cfg, seed, device, move=False)
+    mask = _ticket(mask_art)
+    model = inputs.load_model(ctx, cfg, seed, device, move=False)
     if init_dir is not None:
         loading.load_encoder(model, init_dir)
         if mask is not None and units.structure_of(model.config) is not None:
             raise UsageError(f"--init {init}: a physically pruned model takes no --mask (it is the ticket already)")
     model.to(device)
-    tokenizer = setup.load_tokenizer(ctx, cfg, model)
-    keep = None
-    extra: dict = {"init_model": str(init) if init else "pretrained", "train_fraction": str(train_fraction),
-                   "train_examples": str(len(train_split)), "subset_seed": subset_seed}
-    if structured:
+    tokenizer = inputs.load_tokenizer(ctx, cfg, model)
+    if mask is not None and mask_art.method == "structured":
         units.check_fits(units.layout(model), mask, mask_path)
-        extra.update({"method": "structured", "ffn_sparsity": f"{mask.ffn_sparsity:.6f}",
-                      "weights_remaining": f"{weights_remaining(mask, units.unit_sizes(model)):.6f}"})
+        extra = {"method": "structured", "ffn_sparsity": f"{mask.ffn_sparsity:.6f}",
+                 "weights_remaining": f"{weights_remaining(mask, units.unit_sizes(model)):.6f}"}
         # Train the ticket physically pruned: the same function as the masked model (its pruned heads and FFNs
         # contribute exactly zero and get zero updates), at the compute of the structures it keeps.
         units.prune_physically(model, mask)
-    elif mask is not None:
-        setup.check_mask_fits(mask, units.prunable_parameters(model), mask_path)
-        keep = {n: torch.from_numpy(m) for n, m in mask.keep.items()}
+        return model, tokenizer, None, extra
+    if mask is not None:
+        inputs.check_mask_fits(mask, units.prunable_parameters(model), mask_path)
+        return model, tokenizer, {n: torch.from_numpy(m) for n, m in mask.keep.items()}, {}
+    return model, tokenizer, None, {}
 
-    # loop
-    ctx = ctx.with_train(train_split)
-    ctx.log.info(f"finetune {ctx.task.name} seed={seed} scheme={scheme} on {len(train_split)} examples, "
+
+def _train(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, scheme: str, keep):
+    ctx.log.info(f"finetune {ctx.task.name} seed={seed} scheme={scheme} on {len(ctx.train)} examples, "
                  f"{ctx.model_name}, {device.type}/{cfg.precision}")
-    losses, curve, train_time = setup.dense_train(ctx, model, tokenizer, cfg, seed, device, f"finetune s{seed}",
-                                                  keep=keep)
+    losses, curve, seconds = context.dense_train(ctx, model, tokenizer, cfg, seed, device, f"finetune s{seed}",
+                                                 keep=keep)
     ctx.log.debug("train loss per epoch: " + " ".join(f"{x:.4f}" for x in losses)
-                  + f"; {len(train_split) * cfg.epochs / train_time:.1f} examples/s")
+                  + f"; {len(ctx.train) * cfg.epochs / seconds:.1f} examples/s")
+    return losses, curve, seconds
 
-    # write
-    meta = {"seed": str(seed), "policy": scheme, "sparsity": f"{mask.sparsity:.6f}" if mask else "0",
-            "bagging": str(bagging), "config": {**identity}, "train_loss": " ".join(f"{x:.5f}" for x in losses),
-            "train_seconds": f"{train_time:.1f}", "parents": [mask_art.parent_ref()] if mask_art else [],
+
+def _write(ctx: Context, model, tokenizer, cfg: TrainConfig, device, out: Path, identity: RunIdentity, rows,
+           mask_art, losses, curve, seconds: float, extra: dict, save_model: Path | None) -> None:
+    """The logits of every evaluation split (a dense finetune also keeps its weights for a later search), and the
+    member's folder with --save-model."""
+    mask, seed, bagging = _ticket(mask_art), identity.seed, identity.fields["bagging"]
+    meta = {"seed": str(seed), "policy": identity.scheme, "sparsity": f"{mask.sparsity:.6f}" if mask else "0",
+            "bagging": str(bagging), "config": identity.as_dict(), "train_loss": " ".join(f"{x:.5f}" for x in losses),
+            "train_seconds": f"{seconds:.1f}", "parents": [mask_art.parent_ref()] if mask_art else [],
             "loss_curve": curve, **extra}
     if mask_art:
         meta["mask_seed"] = mask_art.meta.get("seed")
         if "target_sparsity" in mask_art.meta:
             meta["target_sparsity"] = mask_art.meta["target_sparsity"]
-    if mask is None and bagging == 1.0 and init is None:
-        setup.write_dense_finetune(ctx, model, tokenizer, cfg, seed, out, identity, device, meta)
+    if mask is None and bagging == 1.0 and identity.fields["init"] is None:
+        outputs.write_dense_finetune(ctx, model, tokenizer, cfg, out, identity, device, meta)
     else:
-        setup.write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
-    ctx.log.info(f"trained in {train_time:.1f}s")
+        outputs.write_outputs(ctx, model, tokenizer, cfg, device, rows, meta)
+    ctx.log.info(f"trained in {seconds:.1f}s")
     if save_model is not None:
-        setup.save_trained(ctx, model, tokenizer, save_model, cfg, {
-            "seed": seed, "policy": scheme, "sparsity": meta["sparsity"], "method": extra.get("method", "imp" if mask
-                                                                                              else None),
-            "config_hash": rows[0][2]})
-    return [path for _, path, _ in rows]
+        outputs.save_trained(ctx, model, tokenizer, save_model, cfg, {
+            "seed": seed, "policy": identity.scheme, "sparsity": meta["sparsity"],
+            "method": extra.get("method", "imp" if mask else None), "config_hash": rows[0][2]})

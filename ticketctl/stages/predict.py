@@ -18,9 +18,11 @@ import numpy as np
 from ticketctl.data.tasks import Task, task_of
 from ticketctl.errors import InputError, UsageError
 from ticketctl.hparams import RunOptions
-from ticketctl.stages import setup
+from ticketctl.log import Log, format_metrics
+from ticketctl.stages import context, outputs
 from ticketctl.store import atomic, paths
-from ticketctl.store.provenance import config_hash, file_sha256
+from ticketctl.store.identity import RunIdentity
+from ticketctl.store.provenance import file_sha256
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "merges.txt", "vocab.json", "spiece.model",
                    "special_tokens_map.json")
@@ -47,12 +49,12 @@ def read_member(folder: str | Path) -> Member:
     if not config_path.is_file():
         raise InputError(f"--model-dir {folder}: not a model folder (no config.json)")
     try:
-        info = json.loads(config_path.read_text()).get(setup.MEMBER_KEY)
+        info = json.loads(config_path.read_text()).get(outputs.MEMBER_KEY)
     except json.JSONDecodeError as e:
         raise InputError(f"{config_path}: not JSON ({e.msg})") from None
     if not isinstance(info, dict) or "task" not in info:
         raise InputError(f"--model-dir {folder}: not saved by `ticketctl finetune --save-model` (its config has no "
-                         f"{setup.MEMBER_KEY!r} entry naming the task)")
+                         f"{outputs.MEMBER_KEY!r} entry naming the task)")
     tok = tokenizer_digest(folder)
     task = task_of({"task": info["task"], "task_spec": info.get("task_spec")})
     return Member(folder, info, task, model_fingerprint(folder), tok)
@@ -114,16 +116,14 @@ def read_data(task: Task, path: str | Path, name: str | None = None):
 def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: int = 128, split: str | None = None,
             run: RunOptions | None = None) -> list[Path]:
     """Run every member on ``data_file``; returns the logits artifact paths, one per member, in order."""
-    from ticketctl.model import loading
     from ticketctl.train.device import describe, runtime
-    from ticketctl.train.loop import predict as run_model
 
     run = run or RunOptions()
     if not model_dirs:
         raise UsageError("give at least one --model-dir")
     if batch_size <= 0:
         raise UsageError("--batch-size must be > 0")
-    log = setup.Log(run.quiet, run.verbose, run.log_every)
+    log = Log(run.quiet, run.verbose, run.log_every)
     members = [read_member(d) for d in model_dirs]
     check_members(members)
     task = members[0].task
@@ -134,28 +134,41 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
     atomic.ensure_writable(run.out)
     written = []
     for m in members:
-        info = m.info
-        ctx = setup.Context(task, info.get("base_model", str(m.folder)), m.folder,
-                            info.get("base_model_fingerprint", m.fingerprint), data, [data], log,
-                            run.out / paths.CACHE_DIR, runtime=where)
-        h = config_hash({"member": m.fingerprint, "data": data.fingerprint, "max_length": m.max_length,
-                         "precision": precision})
-        seed = int(info.get("seed", 0))
-        path = run.out / paths.logits_name(task.name, data.name, str(info.get("policy", "member")), seed, h)
-        if not setup.finished(log, [path], "logits", run.force):
-            model = loading.load_model(m.folder, task.num_labels, None, loading.attention_for(device.type)).to(device)
-            tokenizer = loading.load_tokenizer(m.folder)
-            loading.fit_tokenizer(tokenizer, model)
-            enc = setup.encoded(ctx, tokenizer, data, m.max_length)
-            outputs = run_model(model, enc, device, setup.pad_id(tokenizer), precision, batch_size)
-            metrics = setup.write_logits(ctx, data, path, outputs, {
-                "seed": str(seed), "policy": str(info.get("policy", "member")), "sparsity": info.get("sparsity", "0"),
-                "method": info.get("method"), "config_hash": h, "member_model": str(m.folder),
-                "member_fingerprint": m.fingerprint, "produced_by": "predict", "cost": setup.inference_cost(model, enc),
-                "config": {"member": m.fingerprint, "max_length": m.max_length, "precision": precision}})
-            log.info(f"{m.folder}: {setup.format_metrics(metrics) or f'{len(data)} examples'} -> {path}")
+        ctx = context.Context(task, m.info.get("base_model", str(m.folder)), m.folder,
+                              m.info.get("base_model_fingerprint", m.fingerprint), data, [data], log,
+                              run.out / paths.CACHE_DIR, runtime=where)
+        identity = run_identity(m, data, precision)
+        path = identity.paths(run.out, [(data.name, data.fingerprint)])[0]
+        if not context.finished(log, [path], "logits", run.force):
+            _predict_member(ctx, m, identity, path, device, batch_size)
         written.append(path)
     return written
+
+
+def run_identity(member: Member, data, precision: str) -> RunIdentity:
+    """A prediction's identity: the member's content, the data's, the truncation length and the precision; named
+    by the member's policy and seed."""
+    return RunIdentity.prediction(member.task.name, int(member.info.get("seed", 0)),
+                                  str(member.info.get("policy", "member")), member.fingerprint, data.fingerprint,
+                                  member.max_length, precision)
+
+
+def _predict_member(ctx, m: Member, identity: RunIdentity, path: Path, device, batch_size: int) -> None:
+    from ticketctl.model import loading
+    from ticketctl.train.loop import predict as run_model
+
+    precision, data = identity.fields["precision"], ctx.train
+    model = loading.load_model(m.folder, ctx.task.num_labels, None, loading.attention_for(device.type)).to(device)
+    tokenizer = loading.load_tokenizer(m.folder)
+    loading.fit_tokenizer(tokenizer, model)
+    enc = ctx.encoded(tokenizer, data, m.max_length)
+    logits = run_model(model, enc, device, loading.pad_id(tokenizer), precision, batch_size)
+    metrics = outputs.write_logits(ctx, data, path, logits, {
+        "seed": str(identity.seed), "policy": identity.scheme, "sparsity": m.info.get("sparsity", "0"),
+        "method": m.info.get("method"), "config_hash": identity.hash(), "member_model": str(m.folder),
+        "member_fingerprint": m.fingerprint, "produced_by": "predict", "cost": outputs.inference_cost(model, enc),
+        "config": {"member": m.fingerprint, "max_length": m.max_length, "precision": precision}})
+    ctx.log.info(f"{m.folder}: {format_metrics(metrics) or f'{len(data)} examples'} -> {path}")
 
 
 def write_predictions(task: Task, ids, outputs: np.ndarray, path: Path | None,

@@ -6,8 +6,9 @@ does not keep are put back as they were, optimizer moments included: a structure
 exactly those tasks, one kept by a single task only by it, one kept by none never changes and is never used. Without
 masks this is the dense multi-task baseline.
 
-The training is the one loop (``ticketctl.train.loop.Loop``) over a task plan; :class:`TicketHooks` are what sharing
-adds to a step (the task's gates before the forward pass, the restore after the update).
+The training is the one loop (``ticketctl.train.loop.Loop``) over a task plan; ``ticketctl.train.sharing`` holds what
+sharing adds to it (the task plan, and ``TicketHooks``: the task's gates before the forward pass, the restore after
+the update).
 
 Task sampling: ``proportional`` (default; every task's batches of an epoch are shuffled together, so a task is drawn
 in proportion to its number of examples, as in MT-DNN) or ``equal`` (each step draws a task uniformly, cycling
@@ -24,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.data.batching import length_grouped_batches
 from ticketctl.errors import InputError, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
-from ticketctl.stages import setup
-from ticketctl.stages.setup import Context
+from ticketctl.stages import context, inputs, outputs
+from ticketctl.stages.context import Context
 from ticketctl.store.atomic import atomic_folder
+from ticketctl.store.identity import RunIdentity, share_scheme
 from ticketctl.train.seeds import derive_seed
+from ticketctl.train.sharing import TicketHooks, mean_example_loss, task_batches, task_plan
 
 SAMPLING = ("proportional", "equal")
 
@@ -41,7 +43,7 @@ def share(tasks: list[str], masks: list[str] | None = None, seed: int = 0, *, sa
     """Train ``tasks`` on one encoder, each through its structured mask (one per task, in order; none: the dense
     multi-task baseline); returns one logits artifact path per task and evaluation split."""
     run = run or RunOptions()
-    contexts, cfg, device = setup.start(list(tasks), train, data or DataOptions(), run,
+    contexts, cfg, device = context.start(list(tasks), train, data or DataOptions(), run,
                                         data_parallel=False)
     members = load_members(contexts, list(masks or []))
     return share_contexts(members, cfg, device, seed, run.out, sampling, force=run.force, save_model=save_model)
@@ -57,35 +59,33 @@ class Member:
         return self.ctx.task.name
 
 
-def task_plan(n_batches: dict[str, int], epochs: float, sampling: str, rng: np.random.Generator) -> list[str]:
-    """The task of every optimizer step. One epoch = as many steps as all tasks have batches."""
-    per_epoch = sum(n_batches.values())
-    total = max(1, int(round(epochs * per_epoch)))
-    names = sorted(n_batches)
-    plan: list[str] = []
-    while len(plan) < total:
-        if sampling == "proportional":
-            epoch = [t for t in names for _ in range(n_batches[t])]
-            plan.extend(epoch[i] for i in rng.permutation(len(epoch)))
-        else:
-            plan.extend(names[i] for i in rng.integers(0, len(names), per_epoch))
-    return plan[:total]
-
-
-def task_batches(plan: list[str], lengths: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator):
-    """The batch of every step of ``plan``: each task cycles through its own length-grouped batches, reshuffled when
-    they run out. Yields (task, batch, last step)."""
-    streams = {n: iter(()) for n in lengths}
-    for step, task in enumerate(plan):
-        idx = next(streams[task], None)
-        if idx is None:
-            streams[task] = iter(length_grouped_batches(lengths[task], batch_size, rng))
-            idx = next(streams[task])
-        yield task, idx, step == len(plan) - 1
-
-
 def share_contexts(members: list[Member], cfg: TrainConfig, device, seed: int, out: Path,
                    sampling: str = "proportional", force: bool = False, save_model: Path | None = None) -> list[Path]:
+    _check(members, sampling, save_model)
+    masks = {m.name: (m.mask_art.structured() if m.mask_art else None) for m in members}
+    identities = run_identities(members, masks, cfg, seed, sampling)
+    rows = {m.name: m.ctx.logits_rows(identities[m.name], out) for m in members}
+    every = [p for r in rows.values() for _, p, _ in r]
+    log = members[0].ctx.log
+    if save_model is None and context.finished(log, every, "logits", force):
+        return every
+    models, tokenizer, hooks, encs = _setup(members, masks, cfg, seed, device)
+    train_time = _train(members, models, hooks, encs, tokenizer, cfg, seed, device, sampling, identities)
+    for m in members:
+        if hooks is not None:
+            hooks.before_forward(m.name)
+        meta = {"seed": str(seed), "policy": identities[m.name].scheme, "sparsity": f"{masks[m.name].sparsity:.6f}"
+                if masks[m.name] is not None else "0", "bagging": "1.0", "config": identities[m.name].as_dict(),
+                "method": "share", "tasks": [n.name for n in members], "sampling": sampling,
+                "train_seconds": f"{train_time:.1f}", "parents": [m.mask_art.parent_ref()] if m.mask_art else []}
+        outputs.write_outputs(m.ctx, models[m.name], tokenizer, cfg, device, rows[m.name], meta, masks[m.name])
+    if save_model is not None:
+        names = [m.name for m in members]
+        save_shared(log, models, names, models[names[0]].base_model, tokenizer, masks, save_model)
+    return every
+
+
+def _check(members: list[Member], sampling: str, save_model: Path | None) -> None:
     if sampling not in SAMPLING:
         raise UsageError(f"--sampling must be one of {', '.join(SAMPLING)}")
     names = [m.name for m in members]
@@ -94,77 +94,65 @@ def share_contexts(members: list[Member], cfg: TrainConfig, device, seed: int, o
     if len(members) < 2:
         raise UsageError("share needs at least two --task")
     if save_model is not None:
-        setup.check_model_folder(save_model)
-    masks = {m.name: (m.mask_art.structured() if m.mask_art else None) for m in members}
-    scheme = "share" if members[0].mask_art else "share-dense"
+        outputs.check_model_folder(save_model)
 
-    # identity -> finished already?
-    shared_id = [{"task": m.name, "train_data": m.ctx.train.fingerprint,
-                  "mask": masks[m.name].digest() if masks[m.name] is not None else None} for m in sorted(
-                      members, key=lambda m: m.name)]
-    rows = {}
-    identities = {}
-    for m in members:
-        digest = masks[m.name].digest() if masks[m.name] is not None else None
-        identity = setup.training_identity(m.ctx, cfg, seed, m.ctx.train, digest, share=shared_id, sampling=sampling)
-        identities[m.name] = identity
-        rows[m.name] = setup.logits_paths(m.ctx, identity, scheme, seed, out)
-    every = [p for r in rows.values() for _, p, _ in r]
-    log = members[0].ctx.log
-    if save_model is None and setup.finished(log, every, "logits", force):
-        return every
 
-    # setup: one encoder, a head per task, each task's gates and frozen positions
+def run_identities(members: list[Member], masks: dict, cfg: TrainConfig, seed: int,
+                   sampling: str) -> dict[str, RunIdentity]:
+    """Each task's identity: its own training run, plus every task's data and ticket (``share``) and the sampling."""
+    digest = {n: None if m is None else m.digest() for n, m in masks.items()}
+    shared = [{"task": m.name, "train_data": m.ctx.train.fingerprint, "mask": digest[m.name]}
+              for m in sorted(members, key=lambda m: m.name)]
+    scheme = share_scheme(members[0].mask_art is not None)
+    return {m.name: m.ctx.identity(cfg, seed, m.ctx.train, digest[m.name], scheme=scheme, share=shared,
+                                   sampling=sampling) for m in members}
+
+
+def _setup(members: list[Member], masks: dict, cfg: TrainConfig, seed: int, device):
+    """One encoder, a head per task, each task's gates and frozen positions, and every task's tokens."""
     from ticketctl.train import distributed
-    from ticketctl.train.loop import Loop
 
     if distributed.world_size() > 1:
         raise UsageError("share does not run data-parallel (torchrun) yet; run it as one process")
     models = build_models(members, cfg, seed, device)
-    first = models[names[0]]
-    tokenizer = setup.load_tokenizer(members[0].ctx, cfg, first)
-    hooks = TicketHooks(first, masks, device) if masks[names[0]] is not None else None
+    first = models[members[0].name]
+    tokenizer = inputs.load_tokenizer(members[0].ctx, cfg, first)
+    hooks = TicketHooks(first, masks, device) if masks[members[0].name] is not None else None
     if hooks is not None:
-        report_overlap(log, masks)
-    pad = setup.pad_id(tokenizer)
-    encs = {m.name: setup.encoded(m.ctx, tokenizer, m.ctx.train, cfg.max_length) for m in members}
-    data = {m.name: (encs[m.name], m.ctx.train.labels) for m in members}
+        report_overlap(members[0].ctx.log, masks)
+    encs = {m.name: m.ctx.encoded(tokenizer, m.ctx.train, cfg.max_length) for m in members}
+    return models, tokenizer, hooks, encs
 
-    # loop
-    loop = Loop(models, data, cfg, seed, device, pad, hooks=hooks, loss=mean_example_loss)
+
+def _train(members: list[Member], models: dict, hooks, encs: dict, tokenizer, cfg: TrainConfig, seed: int, device,
+           sampling: str, identities: dict) -> float:
+    """The one loop over the task plan; returns its seconds."""
+    from ticketctl.model.loading import pad_id
+    from ticketctl.train.loop import Loop
+
+    names, log = [m.name for m in members], members[0].ctx.log
+    data = {m.name: (encs[m.name], m.ctx.train.labels) for m in members}
+    loop = Loop(models, data, cfg, seed, device, pad_id(tokenizer), hooks=hooks, loss=mean_example_loss)
     rng = np.random.default_rng(derive_seed(seed, "data-order"))
     n_batches = {n: math.ceil(len(encs[n]) / cfg.batch_size) for n in names}
     plan = task_plan(n_batches, cfg.epochs, sampling, np.random.default_rng(derive_seed(seed, "task-order")))
     total = len(plan)
-    log.info(f"share {'+'.join(names)} seed={seed} ({scheme}, {sampling} sampling): {total} steps over "
-             + ", ".join(f"{n} {len(encs[n])}" for n in names) + f" examples, {device.type}/{cfg.precision}")
+    log.info(f"share {'+'.join(names)} seed={seed} ({identities[names[0]].scheme}, {sampling} sampling): {total} "
+             "steps over " + ", ".join(f"{n} {len(encs[n])}" for n in names)
+             + f" examples, {device.type}/{cfg.precision}")
     start = time.perf_counter()
     with log.progress(f"share s{seed}", total, cfg.batch_size) as advance:
         loop.run(task_batches(plan, {n: encs[n].lengths for n in names}, cfg.batch_size, rng), total, advance)
     train_time = time.perf_counter() - start
     log.info(f"trained in {train_time:.1f}s")
-
-    # write
-    written = []
-    for m in members:
-        if hooks is not None:
-            hooks.before_forward(m.name)
-        meta = {"seed": str(seed), "policy": scheme, "sparsity": f"{masks[m.name].sparsity:.6f}" if masks[m.name]
-                is not None else "0", "bagging": "1.0", "config": identities[m.name], "method": "share",
-                "tasks": names, "sampling": sampling, "train_seconds": f"{train_time:.1f}",
-                "parents": [m.mask_art.parent_ref()] if m.mask_art else []}
-        setup.write_outputs(m.ctx, models[m.name], tokenizer, cfg, device, rows[m.name], meta, masks[m.name])
-        written.extend(p for _, p, _ in rows[m.name])
-    if save_model is not None:
-        save_shared(log, models, names, first.base_model, tokenizer, masks, save_model)
-    return written
+    return train_time
 
 
 def build_models(members: list[Member], cfg: TrainConfig, seed: int, device) -> dict:
     """A classifier per task, all on the first one's encoder; each task's head from its own seeded stream."""
     models = {}
     for m in members:
-        models[m.name] = setup.load_model(m.ctx, cfg, seed, device, head_seed=derive_seed(seed, f"head:{m.name}"),
+        models[m.name] = inputs.load_model(m.ctx, cfg, seed, device, head_seed=derive_seed(seed, f"head:{m.name}"),
                                           move=False)
     first = models[members[0].name]
     for name in list(models)[1:]:  # one encoder: every task's classifier runs on the first one's
@@ -172,63 +160,6 @@ def build_models(members: list[Member], cfg: TrainConfig, seed: int, device) -> 
     for model in models.values():
         model.to(device)
     return models
-
-
-def mean_example_loss(logits, target, global_batch: int):
-    """Mean over the batch of each example's loss (share runs as one process: the batch is the global batch)."""
-    from ticketctl.train.importance import example_losses
-
-    return example_losses(logits, target).mean()
-
-
-class TicketHooks:
-    """What ticket sharing adds to a training step: the forward pass of a task's batch goes through its ticket's
-    gates, and after the optimizer step every parameter outside the task's ticket (and its AdamW moments) is put
-    back as it was."""
-
-    def __init__(self, model, masks: dict, device):
-        import torch
-
-        from ticketctl.model import units
-        from ticketctl.model.gates import Gates
-
-        lay = units.layout(model)
-        named = dict(model.named_parameters())
-        self.gate_values: dict = {}
-        self.frozen: dict[str, list] = {}
-        for n, mask in masks.items():
-            units.check_fits(lay, mask, n)
-            self.gate_values[n] = (torch.from_numpy(mask.heads).float().to(device),
-                                   torch.from_numpy(mask.ffn).float().to(device))
-            keep = units.expand(model, mask)
-            # flat positions outside the ticket, found once: gathering and scattering them by index costs
-            # 7.6 ms a step for a 10% MiniLM ticket, boolean-mask indexing 62-73 ms (a nonzero() per tensor)
-            self.frozen[n] = [(named[p], (~k).reshape(-1).nonzero().squeeze(1).to(device))
-                              for p, k in keep.items() if not k.all()]
-        self.gates = Gates(model)
-
-    def before_forward(self, task) -> None:
-        self.gates.set(*self.gate_values[task])
-
-    def before_update(self, task, opt):
-        return [(p, i, p.detach().view(-1).index_select(0, i), [s.view(-1).index_select(0, i)
-                                                                 for s in moments(opt, p)])
-                for p, i in self.frozen.get(task, [])]
-
-    def after_update(self, task, opt, saved) -> None:
-        import torch
-
-        with torch.no_grad():
-            for p, i, value, kept in saved:
-                p.view(-1).index_copy_(0, i, value)
-                for s, v in zip(moments(opt, p), kept):
-                    s.view(-1).index_copy_(0, i, v)
-
-
-def moments(opt, p):
-    """AdamW's moments of ``p`` (none before its first step)."""
-    state = opt.state.get(p, {})
-    return [state[k] for k in ("exp_avg", "exp_avg_sq") if k in state]
 
 
 def report_overlap(log, masks) -> None:
@@ -267,7 +198,7 @@ def load_members(contexts: list[Context], mask_paths: list[str]) -> list[Member]
                          f"the dense multi-task baseline")
     members = []
     for i, ctx in enumerate(contexts):
-        art = setup.load_mask(ctx, mask_paths[i]) if mask_paths else None
+        art = inputs.load_mask(ctx, mask_paths[i]) if mask_paths else None
         if art is not None and art.method != "structured":
             raise InputError(f"{art.path}: share needs structured masks (search --method structured)")
         if art is not None and art.meta.get("task") != ctx.task.name:

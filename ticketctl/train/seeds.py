@@ -11,5 +11,5 @@ def derive_seed(seed: int, purpose: str) -> int:
 
 
 # The dropout stream of a one-process CPU run (ticketctl.train.fastcpu's masks): the value of an identity's
-# ``dropout_stream`` that the config hash leaves out (ticketctl.store.provenance.IDENTITY_DEFAULTS).
+# ``dropout_stream`` that the config hash leaves out (ticketctl.store.identity.IDENTITY_DEFAULTS).
 CPU_STREAM = "ticketctl-cpu"

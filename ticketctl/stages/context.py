@@ -1,0 +1,203 @@
+"""The setup step every training stage shares, and its loop step. Each stage (finetune, IMP search, structured
+search, share) is
+
+    identity -> finished already? -> setup -> loop -> write
+
+:class:`Context` is a task with its model and data resolved (and the run's identity built from them,
+``ticketctl.store.identity.RunIdentity``); :func:`start` resolves the device and precision once and makes the
+contexts; :func:`finished` is the reuse check; :func:`dense_train` runs the one training loop with progress on
+stderr. What a stage reads (masks, the seeded model, tokens) is ``ticketctl.stages.inputs``, what it writes
+``ticketctl.stages.outputs``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ticketctl.data import custom
+from ticketctl.data import files as data_files
+from ticketctl.data.batching import encode
+from ticketctl.data.tasks import Task
+from ticketctl.errors import InputError, UsageError
+from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.log import Log, recording
+from ticketctl.model import loading
+from ticketctl.store import atomic, paths, report
+from ticketctl.store.artifacts import existing, write_artifact
+from ticketctl.store.identity import RunIdentity
+from ticketctl.store.provenance import config_hash, provenance
+from ticketctl.train.seeds import CPU_STREAM
+
+
+@dataclass
+class Context:
+    """A task with its model and data resolved: what a training stage's results depend on besides its config."""
+
+    task: Task
+    model_name: str
+    model_dir: Path
+    model_fp: str
+    train: data_files.Split
+    evals: list[data_files.Split]
+    log: Log
+    cache_dir: Path | None = None  # where tokenised splits are kept (--out/cache); None: not kept
+    report_to: str | None = None  # --report-to: a tracker that also gets each run's loss curve and metrics
+    model_head: bool = False  # the --model folder holds a task head of its own (dropped: each seed draws one)
+    runtime: dict | None = None  # where the run computes (ticketctl.train.device.describe), in every artifact
+    dropout_stream: str = CPU_STREAM  # where its dropout masks come from (train.device.dropout_stream): identity
+
+    @classmethod
+    def create(cls, task_name: str | None, model: str | None, opts: DataOptions, log: Log) -> "Context":
+        opts.validate()
+        model_name, model_dir = loading.resolve_model(model)
+        model_fp = loading.model_fingerprint(model_dir)
+        source = custom.own_task_data if opts.custom else data_files.glue_task_data  # the data-source switch
+        task, train, evals = source(task_name, opts, log.info)
+        if train.labels is None:
+            raise InputError(f"{train.source}: the training split has no labels")
+        if opts.max_train_samples is not None:
+            train = train.subset(np.arange(min(opts.max_train_samples, len(train))))
+        names = [s.name for s in evals]
+        if len(set(names)) != len(names):
+            raise UsageError(f"two evaluation splits are both named {sorted(n for n in names if names.count(n) > 1)[0]!r}"
+                             f" (rename an --eval-file)")
+        if opts.max_eval_samples is not None:
+            evals = [s.subset(np.arange(min(opts.max_eval_samples, len(s)))) for s in evals]
+        log.debug(f"{task.name}: model {model_name} ({model_dir}, fingerprint {model_fp[:10]}); train {train.source} "
+                  f"({len(train)} examples); " + "; ".join(f"{s.name} {s.source} ({len(s)})" for s in evals))
+        if task.is_custom:
+            log.debug(f"{task.name}: text {', '.join(task.text_columns)}; "
+                      + (f"labels {', '.join(task.labels)}" if task.labels else "regression")
+                      + f"; metrics {', '.join(task.metrics)}")
+        model_head = loading.has_head(model_dir)
+        if model_head:
+            log.info(f"note: {model_name} holds a task head of its own; it is dropped and each seed draws its own")
+        return cls(task, model_name, model_dir, model_fp, train, evals, log, model_head=model_head)
+
+    def with_train(self, split: data_files.Split) -> "Context":
+        return replace(self, train=split)
+
+    def identity(self, cfg: TrainConfig, seed: int, train_split: data_files.Split | None = None,
+                 mask_digest: str | None = None, bagging: float = 1.0, scheme: str = "dense",
+                 **extra) -> RunIdentity:
+        """The identity of a training run on this context (``RunIdentity.training``): ``train_split`` (default: the
+        context's training set) names the data, ``extra`` adds the stage's fields."""
+        split = self.train if train_split is None else train_split
+        return RunIdentity.training(self.task.name, self.model_fp, seed, split.fingerprint, cfg.as_dict(),
+                                    mask=mask_digest, bagging=bagging, task_spec=self.task.spec(),
+                                    model_head=self.model_head, dropout_stream=self.dropout_stream, scheme=scheme,
+                                    **extra)
+
+    def logits_rows(self, identity: RunIdentity, out: Path) -> list[tuple[data_files.Split, Path, str]]:
+        """(split, logits path, config hash) of every evaluation split of this context for ``identity``."""
+        named = identity.logits(out, [(s.name, s.fingerprint) for s in self.evals])
+        return [(split, path, h) for split, (path, h) in zip(self.evals, named)]
+
+    def encoded(self, tokenizer, split: data_files.Split, max_length: int):
+        """``split`` tokenised, from the cache when this tokenizer, truncation length and data were tokenised before
+        by an earlier run into the same --out: a search and the later finetunes of the same data tokenise once. Keyed
+        by the model folder's fingerprint (which covers its tokenizer files), the tokenizer class,
+        max_length and the split's content fingerprint."""
+        from ticketctl.data.batching import Encoded
+        from ticketctl.train import distributed
+
+        key = config_hash({"model": self.model_fp, "tokenizer": type(tokenizer).__name__, "max_length": max_length,
+                           "data": split.fingerprint, "version": 2,
+                           "inputs": list(getattr(tokenizer, "model_input_names", []))})
+        path = None if self.cache_dir is None else self.cache_dir / paths.tokens_name(self.task.name, split.name, key)
+        cached = existing(path, "tokens") if path is not None else None
+        if cached is not None and cached.meta.get("key") == key:
+            t = cached.tensors
+            ends = np.cumsum(t["lengths"])
+            starts = ends - t["lengths"]
+            cut = lambda flat: [flat[a:b] for a, b in zip(starts, ends)]  # noqa: E731
+            enc = Encoded(cut(t["input_ids"]), cut(t["token_type_ids"]) if "token_type_ids" in t else None,
+                          t["lengths"].astype(np.int64), max_length, int(cached.meta.get("truncated", 0)),
+                          int(cached.meta.get("longest", 0)))
+            self.log.debug(f"{split.name}: tokens from {path}")
+        else:
+            enc = encode(tokenizer, split, max_length)
+            if path is not None and distributed.is_main():
+                tensors = {"input_ids": np.concatenate(enc.input_ids) if len(enc) else np.zeros(0, np.int64),
+                           "lengths": enc.lengths.astype(np.int64)}
+                if enc.token_type_ids is not None:
+                    tensors["token_type_ids"] = np.concatenate(enc.token_type_ids)
+                atomic.ensure_writable(path.parent)
+                write_artifact(path, "tokens", tensors, self.meta(key=key, split=split.name, max_length=str(max_length),
+                                                                  data_fingerprint=split.fingerprint,
+                                                                  truncated=str(enc.truncated), longest=str(enc.longest)))
+        _note_truncation(self.log, split, enc)
+        return enc
+
+    def meta(self, **fields) -> dict:
+        """This context's provenance (task, model, fingerprint, versions; a custom task's spec) plus an artifact's
+        own fields."""
+        spec = self.task.spec()
+        return provenance(self.task.name, self.model_name, self.model_fp, self.runtime,
+                          **({"task_spec": spec} if spec else {}), **fields)
+
+
+_TRUNCATION_NOTED: set = set()
+
+
+def _note_truncation(log: Log, split: data_files.Split, enc) -> None:
+    """Say once per split and length, also without --verbose, how many examples were cut to --max-length."""
+    key = (split.fingerprint, enc.max_length)
+    note = enc.truncation_note(split.name)
+    if note and key not in _TRUNCATION_NOTED:
+        _TRUNCATION_NOTED.add(key)
+        log.info(f"note: {note}")
+
+
+def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, run: RunOptions,
+          data_parallel: bool = True):
+    """Setup of a training command, before any training: the device and precision (once), the task(s) with model
+    and data, and the resolved, validated training config (``TrainConfig()`` when None). Returns (context or
+    contexts, config, device)."""
+    from ticketctl.train import distributed
+    from ticketctl.train.device import describe, dropout_stream, runtime
+
+    train = train or TrainConfig()
+
+    device, precision = runtime(run.device, train.precision, run.threads, data_parallel, run.deterministic)
+    cfg = replace(train, precision=precision)
+    world = distributed.world_size() if data_parallel else 1
+    where = {"runtime": describe(device, world, run.deterministic),
+             "dropout_stream": dropout_stream(device, world, cfg.dropout)}
+    log = Log(run.quiet, run.verbose, run.log_every)
+    single = task is None or isinstance(task, str)
+    tasks = [task] if single else list(task)
+    report.check(run.report_to)
+    contexts = [replace(Context.create(t, run.model, data, log), cache_dir=run.out / paths.CACHE_DIR,
+                        report_to=run.report_to, **where) for t in tasks]
+    log.debug(f"config: {cfg.as_dict()}")
+    cfg.validate()
+    atomic.ensure_writable(run.out)
+    return (contexts[0] if single else contexts), cfg, device
+
+
+def finished(log: Log, targets: list[Path], kind: str, force: bool) -> bool:
+    """The stage's "finished already?" step: every target exists as a readable artifact of ``kind``."""
+    if force or not all(existing(p, kind) for p in targets):
+        return False
+    log.info("finished already (same config): reusing " + ", ".join(str(p) for p in targets))
+    return True
+
+
+def dense_train(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, description: str,
+                keep=None, l1=None, enc=None) -> tuple[list[float], list, float]:
+    """Run the training loop on ``ctx``'s training set with progress on stderr; returns (epoch losses, loss curve,
+    seconds)."""
+    from ticketctl.train.loop import train
+
+    enc = ctx.encoded(tokenizer, ctx.train, cfg.max_length) if enc is None else enc
+    curve: list = []
+    start_time = time.perf_counter()
+    with ctx.log.progress(description, 1, cfg.batch_size) as advance:
+        losses = train(model, enc, ctx.train.labels, cfg, seed, device, loading.pad_id(tokenizer), keep=keep, l1=l1,
+                       on_step=recording(advance, curve))
+    return losses, curve, time.perf_counter() - start_time
