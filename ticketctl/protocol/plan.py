@@ -39,8 +39,8 @@ EXECUTORS = ("local", "slurm")
 ACTIVE_CHAINS = ("group", "all")  # ACTIVE-LT's earlier members: those of the seed group, or every earlier seed
 
 
-def structured_scheme(level: float) -> str:
-    """The scheme name of structured winning tickets at ``level`` (0.3 -> ``structured-30``)."""
+def level_scheme(level: float) -> str:
+    """The protocol's scheme name of structured winning tickets at ``level`` (0.3 -> ``structured-30``)."""
     return f"structured-{round(level * 100)}"
 
 
@@ -138,7 +138,7 @@ class Plan:
         """The report's schemes, one per group of members: ``structured`` is one per level (``structured-30``)."""
         out = []
         for s in self.schemes:
-            out += [structured_scheme(level) for level in self.levels] if s == "structured" else [s]
+            out += [level_scheme(level) for level in self.levels] if s == "structured" else [s]
         return out
 
     @property
@@ -162,7 +162,7 @@ class Plan:
             if "structured" not in self.schemes:
                 raise UsageError("--structured-levels belongs to the structured scheme (--schemes ...,structured)")
             bad = [x for x in self.structured_levels if not 0 < x < 1]
-            if bad or len({structured_scheme(x) for x in self.structured_levels}) != len(self.structured_levels):
+            if bad or len({level_scheme(x) for x in self.structured_levels}) != len(self.structured_levels):
                 raise UsageError("--structured-levels: give distinct fractions in (0, 1), e.g. 0.3,0.5")
         if self.search_epochs is not None and self.search_epochs <= 0:
             raise UsageError("--search-epochs must be > 0")
@@ -208,7 +208,7 @@ class Plan:
                                  (f"finetune:dense:s{seed}",) if "dense" in self.schemes else ())
                     jobs[search.id] = search
                     for i, level in enumerate(self.levels):
-                        name = structured_scheme(level)
+                        name = level_scheme(level)
                         ticket = Job(f"finetune:{name}:s{seed}", "finetune", name, seed, (search.id,),
                                      mask=search.id, mask_index=i)
                         jobs[ticket.id] = ticket
