@@ -20,7 +20,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,23 @@ NAMES = {"dense": "BASELINE", "bagging": "BAGGING", "base": "BASE-LT", "active":
 SEEDED = ("table1", "parts", "table2", "figure3", "figure4", "members")  # what depends only on the artifacts
 
 
+@dataclass
+class _Members:
+    """The members loaded once for every table: grouped by scheme, the reference group, the scorer, the pairing."""
+
+    loaded: object  # analysis.members.Members
+    grouped: dict[str, list[int]]
+    ref: str
+    scorer: object  # analysis.significance.Scorer
+    paired: dict
+
+    def vs_ref(self, g: str, k: int, groups: int, resamples: int, gain: bool = False):
+        """``g`` against the reference over every combination (not stats' sample of at most 50 per group)."""
+        test = compare_gain if gain else compare
+        return test(self.scorer, self.grouped[g], self.grouped[self.ref], k, groups, self.paired[g], resamples,
+                    limit=None)
+
+
 def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> dict:
     """The report's numbers from the members' dev logits (scheme -> paths in seed order) and the tickets' masks.
     Raises InputError where a scheme lacks members (a failed job)."""
@@ -46,61 +63,84 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
         have = len(members.get(scheme, []))
         if have != want:
             raise InputError(f"report: {scheme} has {have} of {want} members finished (rerun the protocol)")
-    paths = [str(p) for s in plan.member_schemes for p in members[s]]
-    loaded, grouped = stats.load_groups(paths, "scheme")
+    loaded, grouped = stats.load_groups([str(p) for s in plan.member_schemes for p in members[s]], "scheme")
     ref = stats.pick_ref(grouped, None)
-    scorer = stats.scorer_of(loaded, "probs")
-    k = plan.k
-    table1, _, notes = stats.table1_rows(loaded, grouped, ref, k, scorer, plan.groups, "permutation", plan.resamples)
+    m = _Members(loaded, grouped, ref, stats.scorer_of(loaded, "probs"),
+                 {g: pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref]))
+                  for g in grouped})
+    figure4 = _iou([str(p) for s in plan.member_schemes if not s.startswith("structured") for p in masks.get(s, [])])
+    figure4s = _iou([str(p) for s in plan.member_schemes if s.startswith("structured") for p in masks.get(s, [])])
+    return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref,
+            "k": plan.k, "metric": loaded.task.headline, "table1": _table1(plan, m), "parts": _parts(plan, m),
+            "table2": _table2(m), "figure3": _figure3(plan, m), "figure4": figure4, "figure4_structured": figure4s,
+            "members": _member_rows(plan, members, loaded.task.headline)}
+
+
+def _table1(plan: Plan, m: _Members) -> list[dict]:
+    """Table 1 (``stats``' rows), with vs_ref tested over every combination so the p-value is for it."""
+    table1, _, notes = stats.table1_rows(m.loaded, m.grouped, m.ref, plan.k, m.scorer, plan.groups, "permutation",
+                                         plan.resamples)
     for line in notes:
         note(line)
-    paired = {g: pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref])) for g in grouped}
     rows = []
-    for row in table1:  # test vs_ref itself: every combination, not stats' sample of at most 50 per group
+    for row in table1:
         g = row.group
-        if g != ref and min(len(grouped[g]), len(grouped[ref])) >= 2:
-            c = compare(scorer, grouped[g], grouped[ref], k, plan.groups, paired[g], plan.resamples, limit=None)
+        if g != m.ref and min(len(m.grouped[g]), len(m.grouped[m.ref])) >= 2:
+            c = m.vs_ref(g, plan.k, plan.groups, plan.resamples)
             row = replace(row, vs_ref=c.diff, diff_low=c.low, diff_high=c.high, p_value=c.p)
         rows.append(row_of(row, drop_none=True))
+    return rows
+
+
+def _parts(plan: Plan, m: _Members) -> list[dict]:
+    """vs_ref split into the single-member part and the ensembling part, each with interval and p-value."""
     parts = []
-    for g in grouped:
-        if g == ref:
+    for g in m.grouped:
+        if g == m.ref:
             continue
-        single = compare(scorer, grouped[g], grouped[ref], 1, 1, paired[g], plan.resamples, limit=None)
-        gain = compare_gain(scorer, grouped[g], grouped[ref], k, plan.groups, paired[g], plan.resamples, limit=None)
+        single = m.vs_ref(g, 1, 1, plan.resamples)
+        gain = m.vs_ref(g, plan.k, plan.groups, plan.resamples, gain=True)
         parts.append({"group": g, "single_diff": single.diff, "single_low": single.low, "single_high": single.high,
                       "p_single": single.p, "ensembling_diff": gain.diff, "ensembling_low": gain.low,
                       "ensembling_high": gain.high, "p_ensembling": gain.p, "test": gain.test})
+    return parts
+
+
+def _table2(m: _Members) -> dict[str, list[dict]]:
+    """Table 2: the diversity metrics of each group of at least two members."""
     table2 = {}
-    for g, idx in grouped.items():
+    for g, idx in m.grouped.items():
         if len(idx) < 2:
             continue
-        sub = stats.load_groups([str(loaded.arts[i].path) for i in idx], "scheme")[0]
+        sub = stats.load_groups([str(m.loaded.arts[i].path) for i in idx], "scheme")[0]
         table2[g] = [asdict(r) for r in (diversity.regression_summary(sub) if sub.task.is_regression
                                          else diversity.summary(diversity.oracle(sub)))]
-    curves = stats.gain_curves(scorer, grouped, ref, plan.groups)
+    return table2
+
+
+def _figure3(plan: Plan, m: _Members) -> dict[str, list[list]]:
+    """Figure 3: per group, [k, gain over the reference, the jackknife interval of that difference]."""
     figure3 = {}
-    for g, curve in curves.items():  # each point with the jackknife interval of its difference (all combinations)
+    for g, curve in stats.gain_curves(m.scorer, m.grouped, m.ref, plan.groups).items():
         figure3[g] = []
         for kk, v in curve:
-            c = compare(scorer, grouped[g], grouped[ref], kk, plan.groups, paired[g], 0, limit=None)
+            c = m.vs_ref(g, kk, plan.groups, 0)
             figure3[g].append([kk, v, c.low, c.high])
-    figure4 = _iou([str(p) for s in plan.member_schemes if not s.startswith("structured") for p in masks.get(s, [])])
-    figure4s = _iou([str(p) for s in plan.member_schemes if s.startswith("structured") for p in masks.get(s, [])])
-    member_rows = []
+    return figure3
+
+
+def _member_rows(plan: Plan, members: dict[str, list[Path]], headline: str) -> list[dict]:
+    """Each member: scheme, seed, path, dev metric and inference cost, from its artifact."""
+    rows = []
     for scheme in plan.member_schemes:
         for p in members[scheme]:
             art = read_artifact(p, "logits")
             cost = art.meta.get("cost") or {}
-            member_rows.append({"scheme": scheme, "seed": int(art.meta.get("seed", -1)), "path": str(p),
-                                "metric": loaded.task.headline,
-                                "dev": (art.meta.get("metrics") or {}).get(loaded.task.headline),
-                                "flops_per_example": cost.get("flops_per_example"),
-                                "nonzero_parameters": cost.get("nonzero_parameters")})
-    return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref, "k": k,
-            "metric": loaded.task.headline, "table1": rows, "parts": parts, "table2": table2,
-            "figure3": figure3, "figure4": figure4, "figure4_structured": figure4s,
-            "members": member_rows}
+            rows.append({"scheme": scheme, "seed": int(art.meta.get("seed", -1)), "path": str(p), "metric": headline,
+                         "dev": (art.meta.get("metrics") or {}).get(headline),
+                         "flops_per_example": cost.get("flops_per_example"),
+                         "nonzero_parameters": cost.get("nonzero_parameters")})
+    return rows
 
 
 def _iou(mask_paths: list[str]) -> dict | None:
