@@ -17,8 +17,6 @@ Takes a few seconds (no training).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import sys
@@ -29,17 +27,8 @@ import numpy as np
 FORMATS = ("table", "tsv", "json", "markdown")
 
 
-def run(*args) -> dict:
-    from ticketctl.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frozen import capture as run  # noqa: E402  (the CLI in this process: code, stdout, stderr)
 
 
 def synthetic(folder: Path) -> dict[str, list[str]]:

@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 
-def run(*args) -> str:
+def capture(*args) -> dict:
+    """Run the CLI in this process: {"code", "stdout", "stderr"}."""
     from ticketctl.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -42,9 +43,14 @@ def run(*args) -> str:
             code = 0
         except SystemExit as e:
             code = e.code
-    if code != 0:
-        raise RuntimeError(f"ticketctl {' '.join(map(str, args))}: exit {code}\n{err.getvalue()}")
-    return out.getvalue()
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+def run(*args) -> str:
+    result = capture(*args)
+    if result["code"] != 0:
+        raise RuntimeError(f"ticketctl {' '.join(map(str, args))}: exit {result['code']}\n{result['stderr']}")
+    return result["stdout"]
 
 
 def digests(root: Path) -> dict:
