@@ -276,8 +276,14 @@ def jackknife_interval(sub: Scorer, ka: np.ndarray, kb: np.ndarray, na: int, nb:
 
     def mean_without(scores, k_matrix, group, seed):
         keep = k_matrix[:, seed] == 0 if seed is not None else np.ones(len(k_matrix), bool)
-        means = [scores[keep & (group == g)].mean() for g in range(groups) if (keep & (group == g)).any()]
-        return float(np.mean(means)) if means else float("nan")  # k = group size: every ensemble has the seed
+        means = []
+        for g in range(groups):
+            if not (group == g).any():
+                continue
+            if not (keep & (group == g)).any():  # k = group size: every ensemble of the seed's group holds it, so
+                return float("nan")  # leaving it out would compare other groups only: undefined, not narrower
+            means.append(scores[keep & (group == g)].mean())
+        return float(np.mean(means))
 
     def pseudo(n, fn):
         full = fn(None)
