@@ -75,3 +75,14 @@ def test_an_example_structured_policy_runs_and_is_removed(example_policies, cli,
 def test_registering_a_name_twice_is_refused():
     with pytest.raises(ValueError, match="registered already"):
         policies.register(policies.ImpPolicy("random", "again", policies.random_coefficients))
+
+
+def test_a_policy_without_a_regularizer_needs_no_l1_and_refuses_one():
+    from ticketctl.masks import policies
+
+    plain = policies.ImpPolicy("plain", "IMP without a regularizer")
+    assert plain.resolve_l1(None) == 0.0
+    plain.check(plain.resolve_l1(None), [])  # no --l1 given: fine
+    with pytest.raises(policies.UsageError, match="--policy plain has no regularizer; use --policy active or random"):
+        plain.check(plain.resolve_l1(1e-4), [])
+    assert policies.get("imp", "random").resolve_l1(None) == policies.DEFAULT_L1

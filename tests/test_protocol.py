@@ -475,6 +475,10 @@ def test_own_data_without_labels_is_a_bad_plan(cli, tiny_args, tmp_path):
     code, out, err = cli("protocol", *args, "--task", "mine", "--train-file", train, "--validation-file", dev,
                          "--out", tmp_path / "runs", "--seeds", "1-2", "--schemes", "dense")
     assert code == 2 and out == "" and err.count("\n") == 1 and "split has no labels" in err, err
+    # other input errors stay what they are for every command: exit 3 (here an unreadable training file)
+    code, out, err = cli("protocol", *args, "--task", "mine", "--train-file", tmp_path / "missing.csv",
+                         "--validation-file", dev, "--out", tmp_path / "runs", "--seeds", "1-2", "--schemes", "dense")
+    assert code == 3 and out == "" and err.count("\n") == 1, err
 
 
 def test_structured_scheme_runs_super_tickets_per_level_as_the_single_commands_make_them(tiny_model, glue_dir,

@@ -197,7 +197,8 @@ def test_share_updates_exactly_the_kept_structures(tiny4, glue_dir):
     from ticketctl.log import Log
     from ticketctl.stages.context import Context
     from ticketctl.stages.share import Member, build_models
-    from ticketctl.train.sharing import TicketHooks, mean_example_loss, moments
+    from ticketctl.stages.share import mean_example_loss
+    from ticketctl.train.sharing import TicketHooks, moments
     from ticketctl.train.loop import Loop
 
     masks = {"mrpc": MASK,

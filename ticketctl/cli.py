@@ -328,6 +328,8 @@ def protocol(
     from ticketctl.protocol.report import write_report
 
     log = Log(run.quiet, run.verbose)
+    for resolved in plans:  # every task's data checked before the first task's jobs train
+        runner.check(resolved)
     failed, total = 0, 0
     for resolved in plans:
         outcome = runner.run_plan(resolved, log)

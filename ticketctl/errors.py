@@ -24,5 +24,10 @@ class InputError(TicketError):
     exit_code = EXIT_INPUT
 
 
+class NoLabels(InputError):
+    """A training split without labels (no label column, or every label a placeholder): exit 3 for a command, a bad
+    plan (exit 2) for ``protocol``, which checks it before anything trains."""
+
+
 class JobsFailed(TicketError):
     exit_code = EXIT_JOBS_FAILED

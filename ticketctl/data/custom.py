@@ -23,7 +23,7 @@ import numpy as np
 
 from ticketctl.data.split import Split, empty_text, read_text, rows_text, stderr_notice, tsv_rows
 from ticketctl.data.tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, TASKS, Task
-from ticketctl.errors import InputError, UsageError
+from ticketctl.errors import InputError, NoLabels, UsageError
 
 FORMATS = ("csv", "tsv", "json", "jsonl")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -211,7 +211,7 @@ def infer_task(name: str, columns: list[str], rows: list[dict], text_columns: tu
         raise UsageError(f"--task {name!r}: a task name is letters, digits, '.', '_' or '-' (it names the artifacts)")
     text = pick_text_columns(columns, text_columns, source)
     if label_column not in columns:
-        raise InputError(f"{source}: no label column {label_column!r} (columns: {', '.join(columns)}); "
+        raise NoLabels(f"{source}: no label column {label_column!r} (columns: {', '.join(columns)}); "
                          f"name it with --label-column")
     if metric is not None and metric not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
         raise UsageError(f"--metric {metric}: choose one of {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")

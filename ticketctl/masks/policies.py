@@ -30,13 +30,14 @@ DEFAULT_L1 = 1e-4  # see README "Choices": makes random/active masks differ from
 class ImpPolicy:
     """An IMP policy. ``coefficients(shapes, sparsity, seed, prior_keeps)`` returns l_s, one float tensor per
     prunable weight of ``shapes`` (name -> shape), or None for no regularizer; ``prior_keeps`` are the earlier
-    members' keep masks (name -> bool array), given only to a policy with ``takes_priors``. ``default_l1`` is tau
-    when ``--l1`` is not given; a policy whose default is 0 has no regularizer and refuses ``--l1 > 0``."""
+    members' keep masks (name -> bool array), given only to a policy with ``takes_priors``. A policy without
+    ``coefficients`` has no regularizer and refuses ``--l1 > 0``. ``default_l1`` is tau when ``--l1`` is not given
+    (None: ``DEFAULT_L1`` with coefficients, 0 without)."""
 
     name: str
     help: str
     coefficients: Callable | None = None
-    default_l1: float = DEFAULT_L1
+    default_l1: float | None = None
     takes_priors: bool = False
     method: str = IMP
 
@@ -45,17 +46,23 @@ class ImpPolicy:
         if l1 < 0:
             raise UsageError("--l1 (tau) must be >= 0")
         if self.coefficients is None and l1 > 0:
-            raise UsageError(f"--policy {self.name} has no regularizer; use --policy random or active with --l1")
+            regularized = " or ".join(n for n in names(IMP) if get(IMP, n).coefficients is not None)
+            raise UsageError(f"--policy {self.name} has no regularizer; use --policy {regularized} with --l1")
         if self.takes_priors and not prior_paths:
             raise UsageError(f"--policy {self.name} needs the earlier members' masks: --prior MASK ... (or - for "
                              "stdin), or --prior none for the first member of the sequence")
         if not self.takes_priors and prior_paths:
-            raise UsageError("--prior is only used by --policy active")
+            raise UsageError(f"--prior is only used by --policy "
+                             f"{' or '.join(n for n in names(IMP) if get(IMP, n).takes_priors)}")
         if "none" in prior_paths and list(prior_paths) != ["none"]:
             raise UsageError("--prior none stands alone (the first member of an active sequence)")
 
     def resolve_l1(self, l1: float | None) -> float:
-        return self.default_l1 if l1 is None else float(l1)
+        if l1 is not None:
+            return float(l1)
+        if self.default_l1 is not None:
+            return self.default_l1
+        return DEFAULT_L1 if self.coefficients is not None else 0.0
 
 
 def random_coefficients(shapes: dict[str, tuple[int, ...]], sparsity: float, seed: int, prior_keeps=()):
@@ -186,7 +193,7 @@ def get(method: str, name: str):
     return table[name]
 
 
-register(ImpPolicy("base", "BASE-LT: plain IMP, no regularizer", default_l1=0.0))
+register(ImpPolicy("base", "BASE-LT: plain IMP, no regularizer"))
 register(ImpPolicy("active", "ACTIVE-LT: L1 towards zero on the weights the earlier members (--prior) kept",
                    active_coefficients, takes_priors=True))
 register(ImpPolicy("random", "RANDOM-LT: L1 towards zero on a seed-drawn Bernoulli(1 - sparsity) set of weights",

@@ -45,14 +45,17 @@ def level_scheme(level: float) -> str:
 
 
 def parse_levels(spec) -> list[float] | None:
-    """``"0.3,0.5"``, a number or a list of numbers -> floats (None stays None). Raises UsageError."""
+    """``"0.3,0.5"``, a number or a list of numbers -> the levels, checked as ``search --sparsity`` checks them
+    (:func:`ticketctl.masks.structured.parse_levels`); None stays None. Raises UsageError."""
+    from ticketctl.masks.structured import parse_levels as parse_sparsities
+
     if spec is None:
         return None
-    parts = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    text = ",".join(map(str, spec)) if isinstance(spec, (list, tuple)) else str(spec)
     try:
-        return [float(x) for x in parts if str(x).strip()]
-    except ValueError:
-        raise UsageError(f"--structured-levels {spec!r}: give fractions such as 0.3,0.5") from None
+        return parse_sparsities(text)
+    except UsageError as e:
+        raise UsageError(str(e).replace("--sparsity", "--structured-levels")) from None
 
 
 def parse_range(spec: str | int | list, what: str) -> list[int]:

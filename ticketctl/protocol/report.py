@@ -35,7 +35,6 @@ from ticketctl.store.artifacts import read_artifact
 from ticketctl.store.provenance import versions
 
 NAMES = {"dense": "BASELINE", "bagging": "BAGGING", "base": "BASE-LT", "active": "ACTIVE-LT", "random": "RANDOM-LT"}
-SEEDED = ("table1", "parts", "table2", "figure3", "figure4", "members")  # what depends only on the artifacts
 
 
 @dataclass
@@ -152,8 +151,9 @@ def _iou(mask_paths: list[str]) -> dict | None:
 
 
 def member_times(members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> list[dict]:
-    """Each member's training cost as its artifacts record it: finetune seconds, and for a ticket the seconds of
-    its search's IMP rounds (a round reused from the dense finetune costs nothing)."""
+    """Each member's training cost as its artifacts record it: finetune seconds, and for an IMP ticket the seconds
+    of its search's rounds (a round reused from the dense finetune costs nothing). A structured ticket's search
+    (the importance pass, and the dense finetune where it was not reused) is not recorded in its mask: 0 here."""
     out = []
     for scheme, paths in members.items():
         for i, p in enumerate(paths):

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ticketctl.errors import InputError, TicketError, UsageError
+from ticketctl.errors import InputError, NoLabels, TicketError, UsageError
 from ticketctl.log import Log
 from ticketctl.protocol import executors
 from ticketctl.protocol.plan import Job, Plan
@@ -68,16 +68,22 @@ def locate(plan: Plan) -> State:
 
 def _checked_start(plan: Plan):
     """The task's context and config, or a UsageError (a bad plan, exit 2, before anything trains) where its data
-    cannot make a report: unreadable or without labels in the training split or in the split members are scored
-    on."""
+    cannot make a report: no labels in the training split or in the split members are scored on. Other input
+    errors (an unreadable file, a model folder without weights) stay InputError (exit 3), as in every command."""
     try:
         ctx, cfg, _ = context.start(plan.task, plan.train, plan.data, _quiet(plan).run, data_parallel=False)
-    except InputError as e:
+    except NoLabels as e:
         raise UsageError(str(e)) from None
     if ctx.evals and ctx.evals[0].labels is None:
         raise UsageError(f"{ctx.evals[0].source}: the {ctx.evals[0].name} split has no labels; the protocol's report "
                          f"scores members on it (give a labelled --validation-file)")
     return ctx, cfg
+
+
+def check(plan: Plan) -> None:
+    """Refuse a plan whose data cannot make a report (:func:`_checked_start`), without training: ``protocol`` checks
+    every task's plan before it runs the first."""
+    _checked_start(plan)
 
 
 def _existing(path: Path, kind: str) -> bool:
@@ -239,8 +245,8 @@ class Outcome:
     workers: str  # e.g. "2 jobs x 1 thread"
 
     def members(self, state: State) -> dict[str, list[Path]]:
-        """Scheme (``Plan.member_schemes``) -> dev logits path of each member, in seed order (finished members
-        only)."""
+        """Scheme (``Plan.member_schemes``) -> dev logits path of each member, in the order of ``--seeds`` (members
+        whose path is known)."""
         out: dict[str, list[Path]] = {}
         for job in state.jobs.values():
             if job.kind == "finetune" and job.id in state.targets:
@@ -248,7 +254,8 @@ class Outcome:
         return out
 
     def masks(self) -> dict[str, list[Path]]:
-        """Ticket scheme -> the mask each member was finetuned from, in seed order (finished searches only)."""
+        """Ticket scheme -> the mask each member is finetuned from, in the order of ``--seeds`` (searches whose mask
+        path is known: finished ones, and those whose name needs no earlier mask)."""
         out: dict[str, list[Path]] = {}
         for job in self.state.jobs.values():
             if job.kind == "finetune" and job.mask is not None and job.mask in self.state.targets:
@@ -291,4 +298,4 @@ def run_plan(plan: Plan, log=None) -> Outcome:
     return Outcome(final, results, failures, seconds, ",".join(devices), workers)
 
 
-__all__ = ["Outcome", "State", "describe", "locate", "run_job", "run_plan", "TicketError"]
+__all__ = ["check", "Outcome", "State", "describe", "locate", "run_job", "run_plan", "TicketError"]

@@ -22,7 +22,7 @@ from ticketctl.data import custom
 from ticketctl.data import files as data_files
 from ticketctl.data.batching import encode
 from ticketctl.data.tasks import Task
-from ticketctl.errors import InputError, UsageError
+from ticketctl.errors import InputError, NoLabels, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 from ticketctl.log import Log, recording
 from ticketctl.model import loading
@@ -58,7 +58,7 @@ class Context:
         source = custom.own_task_data if opts.custom else data_files.glue_task_data  # the data-source switch
         task, train, evals = source(task_name, opts, log.info)
         if train.labels is None:
-            raise InputError(f"{train.source}: the training split has no labels")
+            raise NoLabels(f"{train.source}: the training split has no labels")
         if opts.max_train_samples is not None:
             train = train.subset(np.arange(min(opts.max_train_samples, len(train))))
         names = [s.name for s in evals]

@@ -119,7 +119,12 @@ def _setup(s: Search, device) -> dict:
     shapes = {n: tuple(p.shape) for n, p in prunable.items()}
     coef = None
     if s.policy.coefficients is not None:
-        coef = s.policy.coefficients(shapes, s.identity.sparsity, s.seed, [p.mask().keep for p in s.priors])
+        keeps = [p.mask().keep for p in s.priors]
+        for prior, keep in zip(s.priors, keeps):  # named here, where the files are known
+            if set(keep) != set(shapes):
+                raise InputError(f"{prior.path}: prior mask covers other parameters than this model's prunable "
+                                 f"weights")
+        coef = s.policy.coefficients(shapes, s.identity.sparsity, s.seed, keeps)
     total = sum(p.numel() for p in prunable.values())
     ctx.log.info(f"search {ctx.task.name} policy={s.policy.name} seed={s.seed}: {s.rounds} rounds to "
                  f"{s.identity.sparsity:.0%} of {total:,} prunable weights (tau={s.l1:g}), {ctx.model_name}, "

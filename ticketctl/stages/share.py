@@ -32,10 +32,16 @@ from ticketctl.stages.context import Context
 from ticketctl.store.atomic import atomic_folder
 from ticketctl.store.identity import RunIdentity, share_scheme
 from ticketctl.train.seeds import derive_seed
-from ticketctl.train.sharing import TicketHooks, mean_example_loss, task_batches, task_plan
+from ticketctl.train.sharing import TicketHooks, task_batches, task_plan
 
 SAMPLING = ("proportional", "equal")
 
+
+def mean_example_loss(logits, target, global_batch: int):
+    """Mean over the batch of each example's loss (share runs as one process: the batch is the global batch)."""
+    from ticketctl.train.importance import example_losses
+
+    return example_losses(logits, target).mean()
 
 def share(tasks: list[str], masks: list[str] | None = None, seed: int = 0, *, sampling: str = "proportional",
           save_model: Path | None = None, train: TrainConfig | None = None, data: DataOptions | None = None,

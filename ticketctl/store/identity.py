@@ -44,7 +44,7 @@ SEARCH_DEFAULTS = {**IDENTITY_DEFAULTS, "prune_step": 0.1, "l1": 0.0, "priors": 
 LOGITS, MASK = "logits", "mask"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # two identities are the same run when their .hash() agree, not by ==
 class RunIdentity:
     """One run's identity. ``fields`` (JSON-able, read-only by convention) is what the hash covers and what artifacts
     record as ``config``; ``defaults`` the values left out of the hash; ``scheme`` the run's name in its file names

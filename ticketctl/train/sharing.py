@@ -37,13 +37,6 @@ def task_batches(plan: list[str], lengths: dict[str, np.ndarray], batch_size: in
         yield task, idx, step == len(plan) - 1
 
 
-def mean_example_loss(logits, target, global_batch: int):
-    """Mean over the batch of each example's loss (share runs as one process: the batch is the global batch)."""
-    from ticketctl.train.importance import example_losses
-
-    return example_losses(logits, target).mean()
-
-
 class TicketHooks:
     """What ticket sharing adds to a training step: the forward pass of a task's batch goes through its ticket's
     gates, and after the optimizer step every parameter outside the task's ticket (and its AdamW moments) is put
