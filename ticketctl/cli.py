@@ -328,18 +328,17 @@ def protocol(
     from ticketctl.protocol.report import write_report
 
     log = Log(run.quiet, run.verbose)
-    for resolved in plans:  # every task's data checked before the first task's jobs train
-        runner.check(resolved)
+    states = [runner.locate(p) for p in plans]  # every task's data checked before the first task's jobs train
     failed, total = 0, 0
-    for resolved in plans:
-        outcome = runner.run_plan(resolved, log)
+    for resolved, state in zip(plans, states):
+        outcome = runner.run_plan(resolved, log, state)
         total += len(outcome.state.jobs)
         if outcome.failures:
             failed += len(outcome.failures)
             for job, why in outcome.failures.items():
                 _error(f"{resolved.task + ' ' if len(plans) > 1 else ''}{job} failed: {why}")
             continue
-        members, masks = outcome.members(outcome.state), outcome.masks()
+        members, masks = outcome.members(), outcome.masks()
         print_paths([write_report(resolved, outcome, members, masks)])
     if failed:
         raise JobsFailed(f"{failed} of {total} jobs failed; the others are finished: rerun the same command to "

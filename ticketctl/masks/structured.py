@@ -105,18 +105,19 @@ def check_distinct_levels(levels: list[float], layers: int, heads: int) -> None:
         seen[counts] = level
 
 
-def parse_levels(text: str) -> list[float]:
+def parse_levels(text: str, option: str = "--sparsity") -> list[float]:
+    """``"0.3,0.5"`` -> structured levels, each in (0, 1), none twice; UsageError naming ``option`` otherwise."""
     try:
         levels = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UsageError(f"--sparsity {text!r}: expected a number or a comma-separated list") from None
+        raise UsageError(f"{option} {text!r}: expected a number or a comma-separated list") from None
     if not levels:
-        raise UsageError("--sparsity: no level given")
+        raise UsageError(f"{option}: no level given")
     for s in levels:
         if not 0 < s < 1:
-            raise UsageError(f"--sparsity must be in (0, 1), got {s:g}")
+            raise UsageError(f"{option} must be in (0, 1), got {s:g}")
     if len(set(levels)) != len(levels):
-        raise UsageError(f"--sparsity {text!r}: a level is given twice")
+        raise UsageError(f"{option} {text!r}: a level is given twice")
     return levels
 
 

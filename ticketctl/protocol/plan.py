@@ -52,10 +52,7 @@ def parse_levels(spec) -> list[float] | None:
     if spec is None:
         return None
     text = ",".join(map(str, spec)) if isinstance(spec, (list, tuple)) else str(spec)
-    try:
-        return parse_sparsities(text)
-    except UsageError as e:
-        raise UsageError(str(e).replace("--sparsity", "--structured-levels")) from None
+    return parse_sparsities(text, "--structured-levels")
 
 
 def parse_range(spec: str | int | list, what: str) -> list[int]:

@@ -80,12 +80,6 @@ def _checked_start(plan: Plan):
     return ctx, cfg
 
 
-def check(plan: Plan) -> None:
-    """Refuse a plan whose data cannot make a report (:func:`_checked_start`), without training: ``protocol`` checks
-    every task's plan before it runs the first."""
-    _checked_start(plan)
-
-
 def _existing(path: Path, kind: str) -> bool:
     from ticketctl.store.artifacts import existing
 
@@ -244,13 +238,13 @@ class Outcome:
     device: str
     workers: str  # e.g. "2 jobs x 1 thread"
 
-    def members(self, state: State) -> dict[str, list[Path]]:
+    def members(self) -> dict[str, list[Path]]:
         """Scheme (``Plan.member_schemes``) -> dev logits path of each member, in the order of ``--seeds`` (members
         whose path is known)."""
         out: dict[str, list[Path]] = {}
-        for job in state.jobs.values():
-            if job.kind == "finetune" and job.id in state.targets:
-                out.setdefault(job.scheme, []).append(state.targets[job.id][0])
+        for job in self.state.jobs.values():
+            if job.kind == "finetune" and job.id in self.state.targets:
+                out.setdefault(job.scheme, []).append(self.state.targets[job.id][0])
         return out
 
     def masks(self) -> dict[str, list[Path]]:
@@ -275,8 +269,9 @@ def describe(state: State) -> list[str]:
     return lines
 
 
-def run_plan(plan: Plan, log=None) -> Outcome:
-    """Run every job of ``plan`` that is not finished, on its executor; then locate the artifacts again.
+def run_plan(plan: Plan, log=None, state: State | None = None) -> Outcome:
+    """Run every job of ``plan`` that is not finished (``state``: :func:`locate`'s, when the caller has it already),
+    on its executor; then locate the artifacts again.
     Failed jobs are listed in ``Outcome.failures`` (the others still run); raises UsageError for an executor that
     cannot start (no Slurm) and TicketError for a refused submission."""
     log = log or Log()
@@ -284,11 +279,10 @@ def run_plan(plan: Plan, log=None) -> Outcome:
     if plan.executor == "slurm":
         executors.check_slurm()  # before anything else: one line where there is no Slurm
     pdir.mkdir(parents=True, exist_ok=True)
-    state = locate(plan)
+    state = state if state is not None else locate(plan)
     start = time.perf_counter()
     log.info(f"protocol: {len(state.jobs)} jobs, {len(state.todo)} to run, {len(state.done)} done")
     if plan.executor == "slurm":
-        executors.check_slurm()
         results, failures, workers = executors.run_slurm(plan, state.jobs, state.todo, state.done, run_job, pdir, log)
     else:
         results, failures, workers = executors.run_local(plan, state.jobs, state.todo, state.done, run_job, pdir, log)
@@ -298,4 +292,4 @@ def run_plan(plan: Plan, log=None) -> Outcome:
     return Outcome(final, results, failures, seconds, ",".join(devices), workers)
 
 
-__all__ = ["check", "Outcome", "State", "describe", "locate", "run_job", "run_plan", "TicketError"]
+__all__ = ["Outcome", "State", "describe", "locate", "run_job", "run_plan", "TicketError"]
