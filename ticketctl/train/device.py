@@ -59,12 +59,29 @@ def resolve_precision(precision: str, device) -> str:
         major, _ = torch.cuda.get_device_capability(device)
         return "bf16" if major >= 8 else "fp32"
     if device.type == "cpu":
-        try:
-            flags = open("/proc/cpuinfo").read()
-        except OSError:
-            return "fp32"
-        return "bf16" if "amx_bf16" in flags else "fp32"
+        return "bf16" if cpu_has_amx() else "fp32"
     return "fp32"
+
+
+AMX_ENV = "TICKETCTL_CPU_AMX"
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU counts as having AMX (``amx_bf16`` in ``/proc/cpuinfo``) for ``--precision auto``.
+
+    The environment variable ``TICKETCTL_CPU_AMX`` overrides the reading: ``1`` counts the CPU as having AMX, ``0``
+    as lacking it, anything else (or unset) reads ``/proc/cpuinfo``. Being an environment variable, it reaches every
+    process that resolves ``auto`` (subprocesses, pool workers, torchrun ranks, Slurm jobs): the tests use it to
+    run both precision paths on any CPU, and a planner can be given other hardware than its workers. Raises nothing;
+    an unreadable ``/proc/cpuinfo`` (macOS, Windows) counts as no AMX."""
+    forced = os.environ.get(AMX_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
 
 
 def set_deterministic(on: bool) -> None:
