@@ -9,6 +9,7 @@ A job whose dependency failed is not run; it is listed as failed ("dependency fa
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -36,29 +37,103 @@ def gpu_count() -> int:
 JOB_MEMORY_GB = 3  # a default-model search or finetune peaks at 2.3 GB resident (benchmarks/README.md "Memory")
 
 
-def memory_jobs() -> int:
-    """How many jobs this machine's memory holds at :data:`JOB_MEMORY_GB` each (at least 1)."""
+def gpu_ids(n_gpus: int, env: dict | None = None) -> list[str]:
+    """The ids of the ``n_gpus`` GPUs this process sees, as ``CUDA_VISIBLE_DEVICES`` names them for a child process:
+    the inherited value's entries (indices, ``GPU-`` UUIDs or ``MIG-`` ids, in its order; a Slurm allocation of GPUs
+    4 and 5 gives ``["4", "5"]``), or ``0..n-1`` where it is not set."""
+    env = os.environ if env is None else env
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return [str(i) for i in range(n_gpus)]
+    return [t.strip() for t in value.split(",") if t.strip()][:n_gpus]
+
+
+def check_local_device(device: str) -> None:
+    """``--device`` for ``--executor local``, whose jobs run on this machine: ``cuda`` needs a GPU here and
+    ``cuda:N`` GPU N (of those this process sees). Raises UsageError, one line."""
+    if not device.startswith("cuda"):
+        return
+    index = device[5:] if device.startswith("cuda:") else None
+    if index is not None and not index.isdigit():
+        raise UsageError(f"--device {device}: give cuda:N with N a GPU index")
+    n = gpu_count()
+    if n == 0:
+        raise UsageError(f"--device {device}: no CUDA device is available (--executor local runs its jobs on this "
+                         f"machine; --executor slurm runs them where Slurm puts them)")
+    if index is not None and int(index) >= n:
+        raise UsageError(f"--device {device}: only {n} GPU(s) (cuda:0..cuda:{n - 1})")
+
+
+def cgroup_memory_limit(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                        root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory limit in bytes of this process's control group (cgroup v2 ``memory.max`` of its group and every
+    parent, or v1 ``memory.limit_in_bytes``): the smallest set; None where none is (``max``, no cgroup file system,
+    not Linux). What a container, a Slurm job with ``--mem`` or a systemd slice lets the process use."""
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        hid, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hid == "0" and controllers == "":  # v2: one unified hierarchy
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):  # v1: the memory controller's hierarchy
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.strip("/").split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            try:
+                text = (base.joinpath(*parts[:depth]) / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 2**60:  # v1 writes a huge number for "no limit"
+                limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def job_memory_gb(model_dir: Path | None) -> float:
+    """Resident memory one search or finetune of the model in ``model_dir`` needs, estimated (GB): 1.5 GB of
+    runtime and data plus 8 times the weights' size (fp32 weights, their gradients, AdamW's two moments and the
+    activations of a batch). MiniLM (133 MB of weights) gives 2.6 GB (2.3 measured, benchmarks/README.md), BERT-base
+    (440 MB) 5.0 GB. Without weights files to measure: :data:`JOB_MEMORY_GB`."""
+    try:
+        files = [p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+        weights = sum(p.stat().st_size for p in files) / 2**30
+    except (OSError, TypeError):
+        return float(JOB_MEMORY_GB)
+    return 1.5 + 8 * weights if files else float(JOB_MEMORY_GB)
+
+
+def memory_jobs(per_job_gb: float = JOB_MEMORY_GB, cgroup_limit: int | None = None) -> int:
+    """How many jobs of ``per_job_gb`` the memory this process may use holds (at least 1): the machine's memory, or
+    its control group's limit where that is smaller (:func:`cgroup_memory_limit`)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         return 1
-    return max(1, int(total // JOB_MEMORY_GB))
+    limit = cgroup_memory_limit() if cgroup_limit is None else cgroup_limit
+    if limit is not None:
+        total = min(total, limit)
+    return max(1, int(total / 2**30 // per_job_gb))
 
 
 def local_layout(jobs: int | None, threads: int | None, jobs_per_gpu: int | None, n_cores: int,
-                 n_gpus: int, max_jobs: int | None = None) -> tuple[int, int, list[str]]:
-    """(parallel jobs, threads per job, GPU index of each worker slot or [] on CPU) such that jobs x threads <=
-    cores. Default: one job per core with one thread each (measured faster than one job with every core: 126 vs
-    115 members/hour on 2 cores, benchmarks/README.md), at most ``max_jobs`` (what memory holds); where there are
-    GPUs, one job per GPU. ``--jobs-per-gpu N`` runs N jobs on each GPU. Raises UsageError for a layout that
-    oversubscribes the cores."""
+                 n_gpus: int | list[str], max_jobs: int | None = None) -> tuple[int, int, list[str]]:
+    """(parallel jobs, threads per job, GPU id of each worker slot or [] on CPU) such that jobs x threads <=
+    cores. ``n_gpus``: a count (ids 0..n-1) or the GPUs' ids (:func:`gpu_ids`). Default: one job per core with one
+    thread each (measured faster than one job with every core: 126 vs 115 members/hour on 2 cores,
+    benchmarks/README.md), at most ``max_jobs`` (what memory holds); where there are GPUs, one job per GPU.
+    ``--jobs-per-gpu N`` runs N jobs on each GPU. Raises UsageError for a layout that oversubscribes the cores."""
+    ids = [str(g) for g in range(n_gpus)] if isinstance(n_gpus, int) else list(n_gpus)
     gpus: list[str] = []
-    if jobs_per_gpu is None and jobs is None and n_gpus:
+    if jobs_per_gpu is None and jobs is None and ids:
         jobs_per_gpu = 1  # on a GPU machine: one job per visible GPU unless told otherwise
-    if jobs_per_gpu is not None and n_gpus:
+    if jobs_per_gpu is not None and ids:
         if jobs is not None:
             raise UsageError("give --jobs or --jobs-per-gpu, not both")
-        gpus = [str(g) for g in range(n_gpus) for _ in range(jobs_per_gpu)]
+        gpus = [g for g in ids for _ in range(jobs_per_gpu)]
         jobs = len(gpus)
     if jobs is None:
         jobs = max(1, min(n_cores // (threads or 1), max_jobs or n_cores))
@@ -90,9 +165,9 @@ def _reason(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------- local
 
 
-def _init_worker(slots) -> None:
-    """A pool worker: die with the parent (Linux: a SIGKILLed protocol leaves no worker training on), and take a GPU
-    slot (CUDA_VISIBLE_DEVICES, before torch is imported) where there are GPUs."""
+def _init_worker(gpu: str | None) -> None:
+    """A worker: die with the parent (Linux: a SIGKILLed protocol leaves no worker training on), and take its GPU
+    (CUDA_VISIBLE_DEVICES, before torch is imported) where there are GPUs."""
     try:
         import ctypes
 
@@ -100,87 +175,175 @@ def _init_worker(slots) -> None:
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    if slots is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = slots.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def _worker_main(conn, gpu: str | None, work) -> None:
+    """A worker process: run the jobs the parent sends (``(plan, job_id, threads)``; None ends it) one at a time,
+    answering ``("ok", result)`` or ``("error", reason)``."""
+    _init_worker(gpu)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        try:
+            answer = ("ok", work(*message))
+        except BaseException as e:  # noqa: BLE001 - the job's failure is the parent's to report
+            answer = ("error", _reason(e))
+        conn.send(answer)
+
+
+def death(exitcode: int | None) -> str:
+    """Why a worker process ended without answering, from its exit code (negative: the signal that killed it)."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = "; the out-of-memory killer sends it: likely out of memory" if -exitcode == signal.SIGKILL else ""
+        return f"its worker was killed by signal {-exitcode} ({name}{hint})"
+    return f"its worker exited with code {exitcode} without a result"
+
+
+class _Worker:
+    """One worker process with its pipe, GPU slot and current job."""
+
+    def __init__(self, context, gpu: str | None, work):
+        self.gpu = gpu
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, gpu, work))
+        self.process.start()
+        child.close()
+        self.job: str | None = None
 
 
 def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Path, log):
-    """Run ``todo`` on a process pool (spawned workers), each job as soon as its dependencies are finished."""
+    """Run ``todo`` on worker processes of this machine (spawned, each running one job at a time), each job as soon
+    as its dependencies are finished. A worker that dies (the out-of-memory killer, SIGKILL, a segfault) fails only
+    the job it ran, named with its signal; a new worker takes its place and the other jobs go on."""
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from dataclasses import replace
+    from multiprocessing.connection import wait
 
     n_gpus = gpu_count() if not plan.run.device.startswith(("cpu", "mps")) else 0
-    n_jobs, threads, gpus = local_layout(plan.jobs, plan.run.threads, plan.jobs_per_gpu, cores(), n_gpus,
-                                         memory_jobs())
-    workers = f"{n_jobs} job(s) x {threads} thread(s)" + (f" on {n_gpus} GPU(s)" if gpus else "")
+    ids = gpu_ids(n_gpus)
+    if plan.run.device.startswith("cuda:") and ids:  # pinned: every job on that GPU, which its worker sees as cuda
+        ids = [ids[int(plan.run.device[5:])]]
+        plan = replace(plan, run=replace(plan.run, device="cuda"))
+    model_dir = None
+    try:
+        from ticketctl.model import loading
+
+        model_dir = loading.resolve_model(plan.run.model)[1]
+    except Exception:  # noqa: BLE001 - only the memory estimate needs it
+        pass
+    n_jobs, threads, gpus = local_layout(plan.jobs, plan.run.threads, plan.jobs_per_gpu, cores(), ids,
+                                         memory_jobs(job_memory_gb(model_dir)))
+    workers = f"{n_jobs} job(s) x {threads} thread(s)" + (f" on GPU(s) {','.join(sorted(set(gpus)))}" if gpus else "")
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
     if not todo:
         return results, failures, workers
     log.info(f"protocol: running {len(todo)} job(s), {workers}; logs in {pdir / 'logs'}")
     context = multiprocessing.get_context("spawn")
-    slots = None
-    if gpus:
-        slots = context.Queue()
-        for g in gpus:
-            slots.put(g)
-    pool = ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=context, initializer=_init_worker,
-                               initargs=(slots,))
+    slots: list[str | None] = list(gpus[:len(todo)]) if gpus else [None] * min(n_jobs, len(todo))
+    pool: list[_Worker] = []
     finished, failed = set(done), set()
     pending = list(todo)
-    running = {}
     try:
-        while pending or running:
+        while pending or any(w.job for w in pool):
             for j in _blocked(jobs, pending, failed):
                 pending.remove(j)
                 failed.add(j)
                 failures[j] = "not run: a job it depends on failed"
             for j in _ready(jobs, pending, finished):
-                if len(running) >= n_jobs:
+                idle = next((w for w in pool if w.job is None), None)
+                if idle is None and len(pool) < len(slots):
+                    taken = [w.gpu for w in pool]
+                    free = list(slots)
+                    for g in taken:
+                        free.remove(g)
+                    idle = _Worker(context, free[0], work)
+                    pool.append(idle)
+                if idle is None:
                     break
                 pending.remove(j)
-                running[pool.submit(work, plan, j, threads)] = j
+                idle.job = j
+                idle.conn.send((plan, j, threads))
                 log.info(f"protocol: started {j}")
-            if not running:
+            busy = [w for w in pool if w.job]
+            if not busy:
                 continue
-            complete, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in complete:
-                j = running.pop(fut)
-                try:
-                    results[j] = fut.result()
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for w in busy:
+                j = w.job
+                answer = None
+                if w.conn in ready or w.process.sentinel in ready:
+                    try:
+                        if w.conn.poll():
+                            answer = w.conn.recv()
+                    except (EOFError, OSError):
+                        answer = None
+                    if answer is None and w.process.sentinel not in ready and w.process.is_alive():
+                        continue
+                else:
+                    continue
+                w.job = None
+                if answer is not None and answer[0] == "ok":
+                    results[j] = answer[1]
                     finished.add(j)
                     log.info(f"protocol: finished {j} ({results[j]['seconds']:.1f} s)")
-                except Exception as e:  # a job's failure is reported; the others go on
-                    failed.add(j)
-                    failures[j] = f"{_reason(e)} (log: {_log_of(pdir, jobs[j])})"
-                    log.info(f"protocol: FAILED {j}: {failures[j]}")
+                    continue
+                if answer is None:  # the worker died mid-job: only this job fails, a new worker replaces it
+                    w.process.join(timeout=10)
+                    why = death(w.process.exitcode)
+                    w.conn.close()
+                    pool.remove(w)
+                else:
+                    why = answer[1]
+                failed.add(j)
+                failures[j] = f"{why} (log: {_log_of(pdir, jobs[j])})"
+                log.info(f"protocol: FAILED {j}: {failures[j]}")
     except BaseException:
         _stop(pool)
         raise
-    pool.shutdown(wait=True)
+    for w in pool:
+        try:
+            w.conn.send(None)
+        except (OSError, ValueError):
+            pass
+    _terminate(pool, grace=30)
     return results, failures, workers
 
 
-def _stop(pool) -> None:
-    """Interrupted: end the workers now (their jobs' temporary files are never read) and leave no orphans. Never
-    raises: the interruption that called it is what the command reports."""
+def _stop(pool: list) -> None:
+    """Interrupted (or done): end the workers now (their jobs' temporary files are never read) and leave no
+    orphans. Never raises: the interruption that called it is what the command reports."""
     if hasattr(signal, "SIGPIPE"):  # writing to a stopped worker's pipe must not kill us (the CLI restores SIG_DFL)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    for p in processes:
+    _terminate(pool)
+
+
+def _terminate(pool: list, grace: float = 0) -> None:
+    """Wait up to ``grace`` seconds for the workers to end, then terminate those still running and reap them."""
+    deadline = time.time() + grace
+    for w in pool:
         try:
-            p.terminate()
-        except (OSError, ValueError):
+            w.process.join(timeout=max(0.0, deadline - time.time()))
+            if w.process.is_alive():
+                w.process.terminate()
+        except (OSError, ValueError, AttributeError, AssertionError):
             pass
-    for p in processes:
+    for w in pool:
         try:
-            p.join(timeout=10)
+            w.process.join(timeout=10)
+            w.conn.close()
         except (OSError, ValueError, AssertionError):
             pass
-    try:
-        pool.shutdown(wait=False, cancel_futures=True)
-    except (OSError, RuntimeError):
-        pass
 
 
 # ---------------------------------------------------------------------------------------------- Slurm
@@ -211,25 +374,43 @@ def slurm_extra(text: str | None) -> dict:
     return out
 
 
+_SLURM_TIME = re.compile(r"^(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+)(?::(\d+))?)?)$")
+
+
 def slurm_minutes(text: str | None) -> int | None:
-    """``--slurm-time`` as minutes: ``90``, ``1:30:00`` (h:m:s), ``2-00:00:00`` (days-h:m:s). UsageError otherwise."""
+    """``--slurm-time`` read exactly as ``sbatch --time`` reads it, as whole minutes (Slurm rounds seconds up):
+    ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S`` (``30:00`` is 30 minutes, ``1:30`` 1 minute 30 s
+    = 2 minutes, ``2-12`` 2 days 12 hours = 3600). None stays None. Raises UsageError for any other form (also
+    Slurm's ``INFINITE``: a protocol job asks for a limit) and for zero."""
     if text is None:
         return None
-    try:
-        days, _, rest = text.rpartition("-")
-        parts = [int(x) for x in rest.split(":")]
-        if len(parts) == 1:
-            minutes = parts[0]
-        elif len(parts) == 2:
-            minutes = parts[0] * 60 + parts[1]
-        else:
-            minutes = parts[0] * 60 + parts[1] + (parts[2] > 0)
-        minutes += int(days or 0) * 24 * 60
-    except ValueError:
-        raise UsageError(f"--slurm-time {text!r}: give minutes, h:m:s or d-h:m:s") from None
-    if minutes <= 0:
+    m = _SLURM_TIME.match(str(text).strip())
+    if not m:
+        raise UsageError(f"--slurm-time {text!r}: give sbatch's --time forms: minutes, minutes:seconds, "
+                         f"hours:minutes:seconds, days-hours, days-hours:minutes or days-hours:minutes:seconds")
+    d, h, dm, ds, a, b, c = (int(x) if x is not None else None for x in m.groups())
+    if d is not None:
+        seconds = ((d * 24 + h) * 60 + (dm or 0)) * 60 + (ds or 0)
+    elif c is not None:  # hours:minutes:seconds
+        seconds = (a * 60 + b) * 60 + c
+    elif b is not None:  # minutes:seconds
+        seconds = a * 60 + b
+    else:
+        seconds = a * 60
+    if seconds <= 0:
         raise UsageError(f"--slurm-time {text!r}: must be positive")
-    return minutes
+    return -(-seconds // 60)
+
+
+def slurm_mem(text: str | None) -> str | None:
+    """``--slurm-mem`` as sbatch's ``--mem`` takes it (``16G``, ``4000M``, ``4000``: megabytes), checked; None stays
+    None. Raises UsageError otherwise."""
+    if text is None:
+        return None
+    value = str(text).strip().upper()
+    if not re.fullmatch(r"[1-9]\d*[KMGT]?", value):
+        raise UsageError(f"--slurm-mem {text!r}: give memory per job as sbatch --mem takes it, e.g. 16G or 4000M")
+    return value
 
 
 def check_slurm() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from ticketctl.errors import InputError, NoLabels, TicketError, UsageError
 from ticketctl.log import Log
 from ticketctl.protocol import executors
 from ticketctl.protocol.plan import Job, Plan
-from ticketctl.stages import context, imp
+from ticketctl.stages import imp
 from ticketctl.stages import finetune as finetune_stage
 from ticketctl.stages import structured as structured_stage
 
@@ -33,12 +34,17 @@ def protocol_dir(plan: Plan) -> Path:
 
 @dataclass
 class State:
-    """What is known of the plan's jobs before running: each job's target artifacts where they can be computed (a
-    ticket's finetune needs its mask, an ACTIVE-LT search the earlier masks), and which are finished."""
+    """What is known of the plan's jobs before running: each job's artifacts where they can be named (a ticket's
+    finetune needs its mask, an ACTIVE-LT search the earlier masks), and which are finished. ``targets`` holds, for a
+    finished job, the artifacts found (whatever hardware made them, :mod:`ticketctl.protocol.hardware`), for the
+    others what a job run on this machine would write (a dry run's guess); ``found`` the variant
+    (precision, dropout stream) each finished job was found under."""
 
     jobs: dict[str, Job]
     targets: dict[str, list[Path]] = field(default_factory=dict)  # job id -> artifact paths (search: the mask)
     done: set[str] = field(default_factory=set)
+    found: dict[str, tuple[str, str]] = field(default_factory=dict)  # finished job -> (precision, dropout stream)
+    also: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # finished job -> other variants present
 
     @property
     def todo(self) -> list[str]:
@@ -49,35 +55,78 @@ def _quiet(plan: Plan) -> Plan:
     return replace(plan, run=replace(plan.run, quiet=True, verbose=False))
 
 
+class Locator:
+    """The names a plan's jobs write, computed without deciding any hardware: the task's data and model are loaded
+    once (no device is picked, so a login node without a GPU plans GPU jobs), and each job's artifact names are
+    computed for every variant :func:`ticketctl.protocol.hardware.variants` allows. Raises UsageError for a plan
+    whose data cannot make a report (no labels), InputError for unreadable inputs."""
+
+    def __init__(self, plan: Plan):
+        from ticketctl.log import Log
+        from ticketctl.stages.context import Context
+        from ticketctl.store import atomic, paths
+
+        from ticketctl.protocol.hardware import local_variant, variants
+
+        self.plan = plan
+        try:
+            ctx = Context.create(plan.task, plan.run.model, plan.data, Log(True, False))
+        except NoLabels as e:
+            raise UsageError(str(e)) from None
+        if ctx.evals and ctx.evals[0].labels is None:
+            raise UsageError(f"{ctx.evals[0].source}: the {ctx.evals[0].name} split has no labels; the protocol's "
+                             f"report scores members on it (give a labelled --validation-file)")
+        ctx = replace(ctx, cache_dir=plan.run.out / paths.CACHE_DIR, report_to=plan.run.report_to)
+        replace(plan.train, precision="fp32").validate()
+        atomic.ensure_writable(plan.run.out)
+        dropout = plan.train.dropout
+        self.variants = variants(plan.run.device, plan.train.precision, dropout)
+        self.here = local_variant(plan.run.device, plan.train.precision, dropout)
+        self._ctx = {v: (replace(ctx, dropout_stream=v[1]), replace(plan.train, precision=v[0]),
+                         replace(plan.search_train, precision=v[0])) for v in self.variants}
+
+    def named(self, job: Job, known: dict, done: set, variant: tuple[str, str]) -> list[Path] | None:
+        """The artifacts ``job`` writes when computed with ``variant``; None while an input (a mask) is missing."""
+        ctx, cfg, search_cfg = self._ctx[variant]
+        return _job_targets(self.plan, job, ctx, cfg, search_cfg, known, done)
+
+    def find(self, job: Job, known: dict, done: set) -> tuple[list[Path] | None, tuple[str, str] | None, list]:
+        """(paths, variant, other variants present) of ``job``'s finished artifacts under the first variant that has
+        them all; (None, None, []) when none has or an input is missing."""
+        kind = "mask" if job.kind == "search" else "logits"
+        hits = []
+        for v in self.variants:
+            paths = self.named(job, known, done, v)
+            if paths is None:
+                return None, None, []
+            if all(_existing(p, kind) for p in paths):
+                hits.append((paths, v))
+        if not hits:
+            return None, None, []
+        return hits[0][0], hits[0][1], [v for _, v in hits[1:]]
+
+    def key(self, job: Job, known: dict, done: set) -> str:
+        """A name of the job that no hardware changes (its artifact's name under the first variant): its lock."""
+        return self.named(job, known, done, self.variants[0])[0].name
+
+
 def locate(plan: Plan) -> State:
-    """The plan's jobs with their targets and finished ones, computed without training (loads the task's data and
-    fingerprints the model once)."""
-    ctx, cfg = _checked_start(plan)
-    search_cfg = replace(cfg, epochs=plan.search_train.epochs)
+    """The plan's jobs with their targets and finished ones, computed without training and without deciding any
+    hardware (loads the task's data and fingerprints the model once): the same on every machine."""
+    loc = Locator(plan)
     state = State(plan.jobs_graph())
     for job in state.jobs.values():
-        paths = _job_targets(plan, job, ctx, cfg, search_cfg, state.targets, state.done)
-        if paths is None:
-            continue
-        state.targets[job.id] = paths
-        kind = "mask" if job.kind == "search" else "logits"
-        if all(_existing(p, kind) for p in paths):
+        paths, variant, also = loc.find(job, state.targets, state.done)
+        if paths is not None:
+            state.targets[job.id], state.found[job.id] = paths, variant
             state.done.add(job.id)
+            if also:
+                state.also[job.id] = also
+            continue
+        guess = loc.named(job, state.targets, state.done, loc.here)
+        if guess is not None:
+            state.targets[job.id] = guess
     return state
-
-
-def _checked_start(plan: Plan):
-    """The task's context and config, or a UsageError (a bad plan, exit 2, before anything trains) where its data
-    cannot make a report: no labels in the training split or in the split members are scored on. Other input
-    errors (an unreadable file, a model folder without weights) stay InputError (exit 3), as in every command."""
-    try:
-        ctx, cfg, _ = context.start(plan.task, plan.train, plan.data, _quiet(plan).run, data_parallel=False)
-    except NoLabels as e:
-        raise UsageError(str(e)) from None
-    if ctx.evals and ctx.evals[0].labels is None:
-        raise UsageError(f"{ctx.evals[0].source}: the {ctx.evals[0].name} split has no labels; the protocol's report "
-                         f"scores members on it (give a labelled --validation-file)")
-    return ctx, cfg
 
 
 def _existing(path: Path, kind: str) -> bool:
@@ -139,24 +188,25 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
     from filelock import FileLock
 
     start = time.perf_counter()
-    state_ctx = context.start(plan.task, plan.train, plan.data, _quiet(plan).run)
-    ctx, cfg, device = state_ctx
-    search_cfg = replace(cfg, epochs=plan.search_train.epochs)
+    loc = Locator(plan)
     known: dict[str, list[Path]] = {}
     done: set[str] = set()
     graph = plan.jobs_graph()
-    for dep in _inputs(graph, job):  # the masks this job reads, earliest first
-        paths = _job_targets(plan, graph[dep], ctx, cfg, search_cfg, known, done)
-        if paths is None or not all(_existing(p, "mask") for p in paths):
+    for dep in _inputs(graph, job):  # the masks this job reads, earliest first, whatever hardware made them
+        paths, _, _ = loc.find(graph[dep], known, done)
+        if paths is None:
             raise InputError(f"{job.id}: its input {dep} is not finished (run the protocol again)")
         known[dep], _ = paths, done.add(dep)
-    targets = _job_targets(plan, job, ctx, cfg, search_cfg, known, done)
     locks = pdir / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / f"{targets[0].name}.lock")):
-        kind = "mask" if job.kind == "search" else "logits"
-        ran = not all(_existing(p, kind) for p in targets)
-        if job.kind == "search" and job.scheme == "structured":
+    with FileLock(str(locks / f"{loc.key(job, known, done)}.lock")):
+        found, variant, _ = loc.find(job, known, done)
+        ran = found is None
+        if found is not None:  # made by another run, maybe on other hardware: the planner finds it there too
+            sys.stderr.write(f"{job.id}: finished already ({variant[0]}, {variant[1]}): reusing "
+                             + ", ".join(str(p) for p in found) + "\n")
+            written = found
+        elif job.kind == "search" and job.scheme == "structured":
             written = structured_stage.structured_search(plan.task, job.seed, levels=plan.levels, train=plan.train,
                                                          data=replace(plan.data, eval_files=[]), run=plan.run)
         elif job.kind == "search":
@@ -172,9 +222,24 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
                 run=plan.run)
     seconds = time.perf_counter() - start
     result = {"job": job.id, "paths": [str(p) for p in written], "seconds": round(seconds, 2), "ran": ran,
-              "device": str(device), "pid": os.getpid(), "threads": run.threads}
-    _journal(pdir, job.id, "done", ran=ran, seconds=round(seconds, 2))
+              "pid": os.getpid(), "threads": run.threads, **_made_on(written[0])}
+    _journal(pdir, job.id, "done", ran=ran, seconds=round(seconds, 2), device=result["device"],
+             precision=result["precision"], stream=result["stream"])
     return result
+
+
+def _made_on(path) -> dict:
+    """Where an artifact was computed, from its own record: device type, precision, dropout stream."""
+    from ticketctl.store.artifacts import read_artifact
+    from ticketctl.train.seeds import CPU_STREAM
+
+    try:
+        meta = read_artifact(path).meta
+    except Exception:  # noqa: BLE001 - a record for the report, not a reason to fail a finished job
+        return {"device": "-", "precision": "-", "stream": "-"}
+    config = meta.get("config") or {}
+    return {"device": (meta.get("runtime") or {}).get("device", "-"), "precision": config.get("precision", "fp32"),
+            "stream": config.get("dropout_stream", CPU_STREAM)}
 
 
 def _inputs(graph: dict[str, Job], job: Job) -> list[str]:
@@ -243,7 +308,7 @@ class Outcome:
         whose path is known)."""
         out: dict[str, list[Path]] = {}
         for job in self.state.jobs.values():
-            if job.kind == "finetune" and job.id in self.state.targets:
+            if job.kind == "finetune" and job.id in self.state.done:
                 out.setdefault(job.scheme, []).append(self.state.targets[job.id][0])
         return out
 
@@ -252,7 +317,7 @@ class Outcome:
         path is known: finished ones, and those whose name needs no earlier mask)."""
         out: dict[str, list[Path]] = {}
         for job in self.state.jobs.values():
-            if job.kind == "finetune" and job.mask is not None and job.mask in self.state.targets:
+            if job.kind == "finetune" and job.mask is not None and job.mask in self.state.done:
                 out.setdefault(job.scheme, []).append(self.state.targets[job.mask][job.mask_index])
         return out
 
@@ -269,6 +334,16 @@ def describe(state: State) -> list[str]:
     return lines
 
 
+def check(plan: Plan) -> None:
+    """What the plan's executor needs of this machine, checked before anything is located or trained: Slurm's
+    commands and controller (``--executor slurm``), the GPU ``--device cuda[:N]`` names (``--executor local``: the
+    jobs run here). Raises UsageError, one line."""
+    if plan.executor == "slurm":
+        executors.check_slurm()
+    else:
+        executors.check_local_device(plan.run.device)
+
+
 def run_plan(plan: Plan, log=None, state: State | None = None) -> Outcome:
     """Run every job of ``plan`` that is not finished (``state``: :func:`locate`'s, when the caller has it already),
     on its executor; then locate the artifacts again.
@@ -276,8 +351,7 @@ def run_plan(plan: Plan, log=None, state: State | None = None) -> Outcome:
     cannot start (no Slurm) and TicketError for a refused submission."""
     log = log or Log()
     pdir = protocol_dir(plan)
-    if plan.executor == "slurm":
-        executors.check_slurm()  # before anything else: one line where there is no Slurm
+    check(plan)  # before anything else: one line where the executor cannot run this plan here
     pdir.mkdir(parents=True, exist_ok=True)
     state = state if state is not None else locate(plan)
     start = time.perf_counter()
@@ -288,7 +362,7 @@ def run_plan(plan: Plan, log=None, state: State | None = None) -> Outcome:
         results, failures, workers = executors.run_local(plan, state.jobs, state.todo, state.done, run_job, pdir, log)
     seconds = time.perf_counter() - start
     final = locate(plan)
-    devices = sorted({r["device"] for r in results.values()}) or ["-"]
+    devices = sorted({f"{r['device']} {r['precision']}" for r in results.values()}) or ["-"]
     return Outcome(final, results, failures, seconds, ",".join(devices), workers)
 
 
