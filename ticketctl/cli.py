@@ -296,9 +296,13 @@ def protocol(
     jobs_per_gpu: Annotated[Optional[int], typer.Option(help="local, where GPUs exist: N jobs per GPU, each worker "
                                                              "pinned with CUDA_VISIBLE_DEVICES.")] = None,
     slurm_partition: Annotated[Optional[str], typer.Option(help="slurm: partition.")] = None,
-    slurm_gpus_per_job: Annotated[Optional[int], typer.Option(help="slurm: GPUs per job.")] = None,
-    slurm_time: Annotated[Optional[str], typer.Option(help="slurm: time limit per job (minutes, h:m:s or "
-                                                           "d-h:m:s).")] = None,
+    slurm_gpus_per_job: Annotated[Optional[int], typer.Option(help="slurm: GPUs per job (1: a job trains on one "
+                                                                   "GPU).")] = None,
+    slurm_time: Annotated[Optional[str], typer.Option(help="slurm: time limit per job, as sbatch --time reads it "
+                                                           "(M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; default 1-0).")
+                          ] = None,
+    slurm_mem: Annotated[Optional[str], typer.Option(help="slurm: memory per job, as sbatch --mem (16G, 4000M).")
+                         ] = None,
     slurm_array_parallelism: Annotated[Optional[int], typer.Option(help="slurm: array tasks running at once.")
                                        ] = None,
     slurm_extra: Annotated[Optional[str], typer.Option(help="slurm: more sbatch options, e.g. \"--qos=high "
@@ -328,6 +332,8 @@ def protocol(
     from ticketctl.protocol.report import write_report
 
     log = Log(run.quiet, run.verbose)
+    for p in plans:  # the executor can run here (Slurm answers; a GPU named for local jobs is here)
+        runner.check(p)
     states = [runner.locate(p) for p in plans]  # every task's data checked before the first task's jobs train
     failed, total = 0, 0
     for resolved, state in zip(plans, states):

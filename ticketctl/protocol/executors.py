@@ -427,12 +427,130 @@ def check_slurm() -> None:
         raise UsageError(f"--executor slurm: the Slurm controller does not answer ({probe.stderr.strip()})")
 
 
+JOBS_TSV = "slurm-jobs.tsv"  # in OUT/protocol: protocol job <TAB> Slurm job id, one line per submission
+# Pending reasons that never clear by waiting: the job asks for more than its partition, account or QOS allows, or a
+# dependency can never be satisfied. A job pending for one of these is reported and cancelled.
+NEVER_STARTS = {"PartitionTimeLimit", "PartitionNodeLimit", "PartitionConfig", "BadConstraints", "InvalidAccount",
+                "InvalidQOS", "AccountNotAllowed", "QOSMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit",
+                "QOSMaxCpuPerJobLimit", "QOSMaxGRESPerJob", "QOSMaxNodePerJobLimit", "AssocMaxCpuPerJobLimit",
+                "AssocMaxNodePerJobLimit", "DependencyNeverSatisfied"}
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+
+
+def recorded_jobs(pdir: Path) -> dict[str, str]:
+    """``OUT/protocol/slurm-jobs.tsv``: protocol job -> the Slurm job id it was last submitted as."""
+    out: dict[str, str] = {}
+    try:
+        for line in (pdir / JOBS_TSV).read_text(encoding="utf-8").splitlines():
+            job, _, slurm_id = line.partition("\t")
+            if job and slurm_id:
+                out[job] = slurm_id.strip()
+    except OSError:
+        pass
+    return out
+
+
+def _record(pdir: Path, pairs: list[tuple[str, str]]) -> None:
+    """Append submissions to the journal of Slurm ids at once (so a planner killed now is re-attached on rerun)."""
+    with open(pdir / JOBS_TSV, "a", encoding="utf-8") as f:
+        f.write("".join(f"{j}\t{i}\n" for j, i in pairs))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def queue_states(ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """``squeue`` for these job ids only (array tasks as ``ID_TASK``): id -> (state, reason) of those Slurm still
+    holds; None when squeue failed for another reason than ids it no longer knows."""
+    if not ids:
+        return {}
+    q = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r"], capture_output=True,
+                       text=True)
+    if q.returncode != 0:
+        return {} if "Invalid job id" in q.stderr else None
+    out = {}
+    for line in q.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            out[parts[0]] = (parts[1], parts[2])
+    return out
+
+
+def parse_scontrol_job(text: str) -> dict[str, str]:
+    """``scontrol show job ID`` output -> its ``Key=Value`` fields (JobState, Reason, ExitCode, TimeLimit, ...; the
+    first record where an array prints several)."""
+    fields: dict[str, str] = {}
+    for token in text.split():
+        key, eq, value = token.partition("=")
+        if eq and key not in fields:
+            fields[key] = value
+    return fields
+
+
+def parse_sacct(text: str) -> dict[str, tuple[str, str]]:
+    """``sacct -n -P -o JobID,State,ExitCode`` output -> job id -> (state, exit code); the job's own line, not its
+    ``.batch``/``.extern`` steps. ``CANCELLED by 123`` reads CANCELLED."""
+    out: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 3 and "." not in parts[0]:
+            out[parts[0]] = (parts[1].split()[0] if parts[1] else "", parts[2])
+    return out
+
+
+def final_state(slurm_id: str) -> tuple[str, str]:
+    """(state, exit code) of a job that left the queue, from what the cluster has: ``scontrol show job`` while
+    Slurm keeps the job (MinJobAge), else ``sacct`` where accounting is on; ("", "") when neither knows it."""
+    q = subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True, text=True)
+    if q.returncode == 0:
+        fields = parse_scontrol_job(q.stdout)
+        if fields.get("JobState"):
+            return fields["JobState"], fields.get("ExitCode", "")
+    if shutil.which("sacct"):
+        q = subprocess.run(["sacct", "-n", "-P", "-j", slurm_id, "-o", "JobID,State,ExitCode"], capture_output=True,
+                           text=True)
+        if q.returncode == 0:
+            row = parse_sacct(q.stdout).get(slurm_id)
+            if row and row[0]:
+                return row
+    return "", ""
+
+
+def describe_end(state: str, exit_code: str) -> str:
+    """One phrase for how a Slurm job ended without a result: its state, and the exit status or the signal that
+    ended it (``ExitCode=0:9`` is signal 9)."""
+    if not state:
+        return "left Slurm's queue without a result (Slurm no longer knows its state)"
+    words = {"OUT_OF_MEMORY": "ran out of memory (give more with --slurm-mem)",
+             "TIMEOUT": "reached its time limit (give more with --slurm-time)",
+             "NODE_FAIL": "lost its node", "PREEMPTED": "was preempted", "CANCELLED": "was cancelled",
+             "BOOT_FAIL": "could not boot its node", "DEADLINE": "missed its deadline", "FAILED": "failed",
+             "COMPLETED": "ended without a result"}
+    code, _, sig = exit_code.partition(":")
+    detail = f", killed by signal {sig}" if sig not in ("", "0") else (f", exit code {code}" if code not in ("", "0")
+                                                                         else "")
+    return f"{state}: it {words.get(state, 'ended')}{detail}"
+
+
+def _partition_limit(partition: str | None) -> str:
+    """`` (partition P's MaxTime is T)`` from ``scontrol show partition``, or '' where it cannot be read."""
+    cmd = ["scontrol", "show", "partition"] + ([partition] if partition else [])
+    q = subprocess.run(cmd, capture_output=True, text=True)
+    fields = parse_scontrol_job(q.stdout) if q.returncode == 0 else {}
+    if fields.get("MaxTime"):
+        return f" (partition {fields.get('PartitionName', partition)}'s MaxTime is {fields['MaxTime']})"
+    return ""
+
+
 def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Path, log):
-    """Submit ``todo`` through submitit: the jobs without unfinished dependencies as one job array, each other job
-    on its own with ``afterok`` dependencies on its dependencies' Slurm jobs (``--kill-on-invalid-dep``, so a failed
-    prior ends its chain instead of leaving it pending), then wait for all of them."""
+    """Submit ``todo`` through submitit and wait for it: the jobs without unfinished dependencies as one job array,
+    each other job on its own, named by its protocol job (``finetune:dense:s3``), with ``afterok`` dependencies on
+    its dependencies' Slurm jobs (``--kill-on-invalid-dep``, so a failed prior ends its chain instead of leaving it
+    pending). A job that an earlier run submitted (``OUT/protocol/slurm-jobs.tsv``) and Slurm still holds is
+    re-attached, never submitted again."""
     check_slurm()
     import submitit
+    from submitit.slurm.slurm import SlurmJob
 
     threads = plan.run.threads or 1
     workers = f"Slurm, {threads} CPU(s) per job" + (f", {plan.slurm_gpus_per_job} GPU(s) per job"
@@ -441,9 +559,21 @@ def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
     failures: dict[str, str] = {}
     if not todo:
         return results, failures, workers
-    executor = submitit.AutoExecutor(folder=str(pdir / "slurm" / "%j"), cluster="slurm")
+    folder = pdir / "slurm" / "%j"
+    submitted: dict[str, object] = {}
+    earlier = {j: i for j, i in recorded_jobs(pdir).items() if j in todo}
+    alive = queue_states(list(earlier.values())) or {}
+    for j, slurm_id in earlier.items():
+        if alive.get(slurm_id, ("", ""))[0] in ACTIVE_STATES:
+            submitted[j] = SlurmJob(folder=str(folder), job_id=slurm_id)
+    if submitted:
+        log.info(f"protocol: re-attached to {len(submitted)} Slurm job(s) an earlier run submitted: " + " ".join(
+            f"{j}={h.job_id}" for j, h in submitted.items()))
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     extra = {"kill_on_invalid_dep": "yes", **slurm_extra(plan.slurm_extra)}
-    params = {"cpus_per_task": threads, "tasks_per_node": 1, "nodes": 1, "name": "ticketctl-protocol"}
+    if plan.slurm_mem:
+        extra["mem"] = slurm_mem(plan.slurm_mem)
+    params = {"cpus_per_task": threads, "tasks_per_node": 1, "nodes": 1}
     if plan.slurm_partition:
         params["slurm_partition"] = plan.slurm_partition
     if plan.slurm_gpus_per_job:
@@ -451,49 +581,49 @@ def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
     params["timeout_min"] = slurm_minutes(plan.slurm_time) if plan.slurm_time else DEFAULT_SLURM_MINUTES
     if plan.slurm_array_parallelism:
         params["slurm_array_parallelism"] = plan.slurm_array_parallelism
-    executor.update_parameters(**params, slurm_additional_parameters=extra)
-    submitted: dict[str, object] = {}
-    first = [j for j in todo if not any(d in todo for d in jobs[j].deps)]
+    tag = f"{plan.task}:" if plan.task else ""
+    new = [j for j in todo if j not in submitted]
+    first = [j for j in new if not any(d in todo for d in jobs[j].deps)]
     try:
-        with executor.batch():
-            handles = [executor.submit(work, plan, j, threads) for j in first]
-        submitted.update(zip(first, handles))
-        for j in todo:
+        if first:
+            name = f"ticketctl:{tag}{first[0]}" if len(first) == 1 else f"ticketctl:{tag}wave1-{len(first)}-jobs"
+            executor.update_parameters(**params, name=name, slurm_additional_parameters=extra)
+            with executor.batch():
+                handles = [executor.submit(work, plan, j, threads) for j in first]
+            submitted.update(zip(first, handles))
+            _record(pdir, [(j, h.job_id) for j, h in zip(first, handles)])
+        for j in new:
             if j in submitted:
                 continue
             after = [submitted[d].job_id for d in jobs[j].deps if d in submitted]
-            executor.update_parameters(slurm_additional_parameters={**extra,
-                                                                    "dependency": "afterok:" + ":".join(after)})
+            executor.update_parameters(**params, name=f"ticketctl:{tag}{j}", slurm_additional_parameters={
+                **extra, **({"dependency": "afterok:" + ":".join(after)} if after else {})})
             submitted[j] = executor.submit(work, plan, j, threads)
+            _record(pdir, [(j, submitted[j].job_id)])
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
-        for job in submitted.values():
-            job.cancel(check=False)
+        for j in new:
+            if j in submitted:
+                submitted[j].cancel(check=False)
         raise TicketError(f"--executor slurm: the submission was refused: {_reason(e)}") from None
-    log.info(f"protocol: submitted {len(submitted)} Slurm job(s): " + " ".join(
-        f"{j}={h.job_id}" for j, h in submitted.items()))
-    with open(pdir / "slurm-jobs.tsv", "a", encoding="utf-8") as f:  # which Slurm job ran which protocol job
-        for j, h in submitted.items():
-            f.write(f"{j}\t{h.job_id}\n")
-    _wait_slurm(submitted, jobs, results, failures, pdir, log)
+    if new:
+        log.info(f"protocol: submitted {len(new)} Slurm job(s): " + " ".join(
+            f"{j}={submitted[j].job_id}" for j in new))
+    _wait_slurm(submitted, jobs, results, failures, pdir, log, partition=plan.slurm_partition)
     return results, failures, workers
 
 
-def _in_queue() -> set[str] | None:
-    """Job ids Slurm still holds (pending or running; array tasks as ``ID_TASK``); None if squeue failed."""
-    q = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
-    if q.returncode != 0:
-        return None
-    return {line.strip() for line in q.stdout.splitlines() if line.strip()}
-
-
 def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir: Path, log,
-                poll: float = 2.0) -> None:
-    """Wait until every submitted job has a result or has left Slurm's queue without one (killed, refused, or
-    cancelled because a dependency failed). Reads submitit's result files and squeue: no accounting (sacct) needed."""
+                poll: float = 2.0, max_poll: float = 10.0, partition: str | None = None) -> None:
+    """Wait until every submitted job has a result or has left Slurm's queue without one. One ``squeue`` call per
+    poll for this run's jobs only, every ``poll`` seconds at first, growing to ``max_poll``. A job that leaves the
+    queue without a result is named by its Slurm state (``scontrol show job``, else ``sacct``); a job pending for a
+    reason that never clears (:data:`NEVER_STARTS`) is cancelled and reported."""
     open_jobs = dict(submitted)
     gone_since: dict[str, float] = {}
+    wait = poll
     while open_jobs:
-        queue = _in_queue()
+        queue = queue_states([h.job_id for h in open_jobs.values()])
+        stuck = []
         for j, handle in list(open_jobs.items()):
             if handle.paths.result_pickle.exists():
                 del open_jobs[j]
@@ -504,15 +634,41 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
                     failures[j] = f"{_reason(e)} (log: {_log_of(pdir, jobs[j])}; Slurm: {handle.paths.stderr})"
                     log.info(f"protocol: FAILED {j}: {failures[j]}")
                 continue
-            if queue is not None and handle.job_id not in queue:
-                # left the queue: give the result file a moment to appear on a shared file system
-                gone_since.setdefault(j, time.time())
-                if time.time() - gone_since[j] > 10:
-                    del open_jobs[j]
-                    deps_failed = any(d in failures for d in jobs[j].deps)
-                    failures[j] = ("not run: a job it depends on failed" if deps_failed else
-                                   f"Slurm job {handle.job_id} ended without a result (log: {_log_of(pdir, jobs[j])}; "
-                                   f"Slurm: {handle.paths.stderr})")
-                    log.info(f"protocol: FAILED {j}: {failures[j]}")
+            if queue is None:
+                continue
+            state, reason = queue.get(handle.job_id, ("", ""))
+            if state == "PENDING" and reason in NEVER_STARTS:
+                stuck.append((j, handle, reason))
+                continue
+            if state in ACTIVE_STATES:
+                gone_since.pop(j, None)
+                continue
+            # left the queue: give the result file a moment to appear on a shared file system
+            gone_since.setdefault(j, time.time())
+            if time.time() - gone_since[j] > 10 or handle.paths.result_pickle.exists():
+                if handle.paths.result_pickle.exists():
+                    continue  # read on the next pass
+                del open_jobs[j]
+                end_state, code = final_state(handle.job_id)
+                deps_failed = any(d in failures for d in jobs[j].deps)
+                if deps_failed and end_state in ("", "CANCELLED", "PENDING"):
+                    failures[j] = "not run: a job it depends on failed"
+                else:
+                    failures[j] = (f"Slurm job {handle.job_id} {describe_end(end_state, code)} (log: "
+                                   f"{_log_of(pdir, jobs[j])}; Slurm: {handle.paths.stderr})")
+                log.info(f"protocol: FAILED {j}: {failures[j]}")
+        for j, handle, reason in stuck:
+            subprocess.run(["scancel", handle.job_id], capture_output=True)
+            del open_jobs[j]
+            if reason == "DependencyNeverSatisfied":
+                failures[j] = "not run: a job it depends on failed"
+            else:
+                hint = (_partition_limit(partition) + ": give a shorter --slurm-time" if reason == "PartitionTimeLimit"
+                        else _partition_limit(partition) if reason == "PartitionConfig" else "")
+                failures[j] = (f"Slurm job {handle.job_id} was pending with reason {reason}, which never clears"
+                               f"{hint}; cancelled (log: {handle.paths.stderr})")
+            log.info(f"protocol: FAILED {j}: {failures[j]}")
         if open_jobs:
-            time.sleep(poll)
+            time.sleep(wait)
+            wait = min(max_poll, wait * 1.25)
+

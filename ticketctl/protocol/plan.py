@@ -119,6 +119,7 @@ class Plan:
     slurm_time: Optional[str] = None
     slurm_array_parallelism: Optional[int] = None
     slurm_extra: Optional[str] = None
+    slurm_mem: Optional[str] = None  # memory per job, as sbatch --mem (16G)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataOptions = field(default_factory=DataOptions)
     run: RunOptions = field(default_factory=RunOptions)
@@ -173,7 +174,7 @@ class Plan:
         if self.executor not in EXECUTORS:
             raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}")
         slurm = [n for n in ("slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism",
-                             "slurm_extra") if getattr(self, n) is not None]
+                             "slurm_extra", "slurm_mem") if getattr(self, n) is not None]
         if self.executor != "slurm" and slurm:
             raise UsageError(f"--{slurm[0].replace('_', '-')} belongs to --executor slurm")
         if self.executor == "slurm" and (self.jobs is not None or self.jobs_per_gpu is not None):
@@ -181,6 +182,13 @@ class Plan:
         for name in ("jobs", "jobs_per_gpu", "slurm_gpus_per_job", "slurm_array_parallelism"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.slurm_gpus_per_job is not None and self.slurm_gpus_per_job > 1:
+            raise UsageError(f"--slurm-gpus-per-job {self.slurm_gpus_per_job}: a protocol job trains one process on one "
+                             f"GPU (no data-parallel jobs); give 1 and let Slurm run more jobs at once")
+        from ticketctl.protocol.executors import slurm_mem, slurm_minutes
+
+        slurm_minutes(self.slurm_time)  # sbatch's forms, or one line now rather than a refused submission later
+        slurm_mem(self.slurm_mem)
         if self.run.force:
             raise UsageError("--force does not fit a protocol (it would retrain every member); delete the artifacts "
                              "to recompute")
@@ -314,7 +322,8 @@ DEFAULTS = {"task": None, "seeds": "1-3", "schemes": ",".join(PAPER_SCHEMES), "g
             "report": "report", "bagging": 0.9, "sparsity": 0.3, "prune_step": 0.1, "structured_levels": None,
             "l1": None, "search_epochs": None, "resamples": 1000, "active_chain": "group", "executor": "local",
             "jobs": None, "jobs_per_gpu": None, "slurm_partition": None, "slurm_gpus_per_job": None,
-            "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None}
+            "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None,
+            "slurm_mem": None}
 
 
 def build_all(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
@@ -394,7 +403,8 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
                 slurm_gpus_per_job=_opt_int(options["slurm_gpus_per_job"], "--slurm-gpus-per-job"),
                 slurm_time=None if options["slurm_time"] is None else str(options["slurm_time"]),
                 slurm_array_parallelism=_opt_int(options["slurm_array_parallelism"], "--slurm-array-parallelism"),
-                slurm_extra=options["slurm_extra"], train=train, data=data, run=run)
+                slurm_extra=options["slurm_extra"],
+                slurm_mem=None if options["slurm_mem"] is None else str(options["slurm_mem"]), train=train, data=data, run=run)
     return plan.validate()
 
 

@@ -1,0 +1,329 @@
+"""The protocol on a real cluster (#31): a plan that any machine makes the same, a local executor that survives its
+workers, GPU slots from CUDA_VISIBLE_DEVICES, the memory budget from the cgroup, and Slurm as clusters run it
+(sbatch's --time forms, states named, a pending-forever job cancelled, re-attaching after a lost planner).
+
+The Slurm tests talk to the real single-node Slurm that ``.ci/slurm-up`` starts (never a mock): they fail where CI
+is set and Slurm is not usable, and are skipped elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ticketctl.errors import UsageError
+from ticketctl.protocol import executors
+from ticketctl.protocol.hardware import variants
+from ticketctl.protocol.plan import Job
+
+
+def _env(**more) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **more}
+
+
+def _journal(out: Path) -> list[dict]:
+    path = out / "protocol" / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _trained(events: list[dict]) -> list[str]:
+    return [e["job"] for e in events if e["event"] == "done" and e["ran"]]
+
+
+def _need_slurm() -> None:
+    why = None
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        why = "Slurm is not installed (run .ci/slurm-up as root)"
+    else:
+        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+        if state.returncode != 0 or not {"idle", "mix", "alloc"} & set(state.stdout.split()):
+            why = f"no usable Slurm node (sinfo: {state.stdout.strip() or state.stderr.strip()})"
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but Slurm is not usable: {why}")
+        pytest.skip(why)
+
+
+# ---------------------------------------------------------------------------------------------- any machine
+
+
+def test_variants_are_fixed_by_the_options_not_the_machine():
+    assert variants("cpu", "auto", 0.1) == [("fp32", "ticketctl-cpu"), ("bf16", "ticketctl-cpu")]
+    assert variants("cpu", "fp32", 0.1) == [("fp32", "ticketctl-cpu")]
+    assert variants("cuda:1", "auto", 0.1) == [("fp32", "torch-cuda"), ("bf16", "torch-cuda")]
+    assert variants("auto", "auto", 0.1) == [("fp32", "ticketctl-cpu"), ("bf16", "ticketctl-cpu"),
+                                             ("fp32", "torch-cuda"), ("bf16", "torch-cuda"), ("fp32", "torch-mps")]
+    assert variants("auto", "bf16", 0.0) == [("bf16", "ticketctl-cpu")]  # no dropout: nothing drawn, one stream
+
+
+@pytest.mark.parametrize("planner_amx, worker_amx", [(False, "1"), (True, "0")])
+def test_planner_on_other_hardware_finds_every_member_and_a_rerun_runs_nothing(cli, tiny_args, tmp_path,
+                                                                               monkeypatch, planner_amx,
+                                                                               worker_amx):
+    """The workers (spawned processes: the environment switch of #30) resolve --precision auto one way, the planner
+    (faked in its process alone) the other: every member is still found, the report written, a rerun runs 0 jobs."""
+    from ticketctl.train import device
+
+    monkeypatch.setenv("TICKETCTL_CPU_AMX", worker_amx)
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: planner_amx)
+    args = ["protocol", *tiny_args, "--task", "mrpc", "--seeds", "1-2", "--schemes", "dense,random", "--size", "2",
+            "--jobs", "1", "--threads", "1", "--resamples", "199", "--out", tmp_path / "runs", "--report",
+            tmp_path / "report"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert sorted(m["scheme"] for m in data["members"]) == ["dense", "dense", "random", "random"]
+    want = "bf16" if worker_amx == "1" else "fp32"
+    events = [e for e in _journal(tmp_path / "runs") if e["event"] == "done"]
+    assert len(events) == 6 and {e["precision"] for e in events} == {want}
+    code, out, err = cli(*args, "--dry-run")
+    assert code == 0 and out.splitlines()[-1] == "0 to run, 6 done", out
+    code, out, err = cli(*args)
+    assert code == 0 and len(_trained(_journal(tmp_path / "runs"))) == 6  # the rerun trained nothing
+
+
+# ---------------------------------------------------------------------------------------------- local executor
+
+
+def _echo_gpu(plan, job_id, threads):
+    """A stand-in job (module level: it pickles): which GPU its worker was given."""
+    return {"job": job_id, "seconds": 0.0, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+
+
+def _dies_on_s1(plan, job_id, threads):
+    """A stand-in job whose worker is killed mid-job (as the out-of-memory killer does) for seed 1."""
+    if job_id.endswith(":s1"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"job": job_id, "seconds": 0.0, "pid": os.getpid()}
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, text):
+        self.lines.append(text)
+
+
+def _plan(**run):
+    from dataclasses import replace
+
+    from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+    from ticketctl.protocol.plan import DEFAULTS, build
+
+    plan = build({**DEFAULTS, "seeds": "1-4", "schemes": "dense", "size": "2"}, TrainConfig(), DataOptions(),
+                 RunOptions())
+    return replace(plan, run=replace(plan.run, **run))
+
+
+def test_inherited_cuda_visible_devices_pin_the_workers(monkeypatch, tmp_path):
+    assert executors.gpu_ids(2, {"CUDA_VISIBLE_DEVICES": "4,5"}) == ["4", "5"]
+    assert executors.gpu_ids(2, {"CUDA_VISIBLE_DEVICES": "GPU-8f2c,MIG-1a2b"}) == ["GPU-8f2c", "MIG-1a2b"]
+    assert executors.gpu_ids(3, {}) == ["0", "1", "2"]
+    monkeypatch.setattr(executors, "gpu_count", lambda: 2)  # the GPU count faked: CUDA is not needed here
+    monkeypatch.setattr(executors, "cores", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    plan = _plan(device="auto")
+    jobs = plan.jobs_graph()
+    results, failures, workers = executors.run_local(plan, jobs, list(jobs), set(), _echo_gpu, tmp_path, _Log())
+    assert not failures and {r["gpu"] for r in results.values()} == {"4", "5"} and "on GPU(s) 4,5" in workers
+    # --device cuda:1: every job on the second GPU given (5), which its worker sees as its only one
+    results, failures, _ = executors.run_local(_plan(device="cuda:1"), jobs, list(jobs), set(), _echo_gpu, tmp_path,
+                                               _Log())
+    assert not failures and {r["gpu"] for r in results.values()} == {"5"}
+    with pytest.raises(UsageError, match=r"--device cuda:2: only 2 GPU\(s\) \(cuda:0..cuda:1\)"):
+        executors.check_local_device("cuda:2")
+    monkeypatch.setattr(executors, "gpu_count", lambda: 0)
+    with pytest.raises(UsageError, match="--device cuda: no CUDA device is available"):
+        executors.check_local_device("cuda")
+
+
+def test_a_killed_worker_fails_only_its_job(tmp_path):
+    plan = _plan(device="cpu")
+    jobs = plan.jobs_graph()
+    log = _Log()
+    results, failures, _ = executors.run_local(plan, jobs, list(jobs), set(), _dies_on_s1, tmp_path, log)
+    assert sorted(results) == ["finetune:dense:s2", "finetune:dense:s3", "finetune:dense:s4"]
+    assert list(failures) == ["finetune:dense:s1"]
+    assert failures["finetune:dense:s1"].startswith("its worker was killed by signal 9 (SIGKILL; the out-of-memory "
+                                                    "killer sends it: likely out of memory) (log: ")
+
+
+def test_kill_9_of_a_worker_mid_job_exit_4_no_traceback_and_a_rerun_runs_only_that_job(tiny_model, glue_dir,
+                                                                                      tmp_path):
+    cmd = [sys.executable, "-m", "ticketctl", "protocol", "--task", "mrpc", "--model", str(tiny_model), "--data-dir",
+           str(glue_dir), "--epochs", "3", "--batch-size", "4", "--device", "cpu", "--seeds", "1-2", "--schemes",
+           "dense", "--size", "2", "--jobs", "1", "--threads", "1", "--resamples", "199", "--out", "runs"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and not _journal(tmp_path / "runs") and proc.poll() is None:
+        time.sleep(0.05)
+    first = _journal(tmp_path / "runs")[0]
+    os.kill(first["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    events = _journal(tmp_path / "runs")
+    assert not [e for e in events if e["job"] == first["job"] and e["event"] == "done"], "finished before the kill"
+    assert proc.returncode == 4 and out == "" and "Traceback" not in err, err
+    mine = [line for line in err.splitlines() if line.startswith(f"ticketctl: error: {first['job']} failed:")]
+    assert len(mine) == 1 and "killed by signal 9 (SIGKILL" in mine[0]
+    assert f"runs/protocol/logs/{first['job'].replace(':', '-')}.log" in mine[0]
+    assert len(_trained(events)) == 1  # the other job finished
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert _trained(_journal(tmp_path / "runs")[len(events):]) == [first["job"]]
+
+
+def test_memory_budget_reads_the_cgroup_limit_and_the_model(tmp_path):
+    (tmp_path / "cg" / "user.slice" / "job").mkdir(parents=True)
+    (tmp_path / "cg" / "user.slice" / "job" / "memory.max").write_text("max\n")
+    (tmp_path / "cg" / "user.slice" / "memory.max").write_text(str(7 * 2**30) + "\n")
+    (tmp_path / "self").write_text("0::/user.slice/job\n")
+    assert executors.cgroup_memory_limit(tmp_path / "self", tmp_path / "cg") == 7 * 2**30  # a parent's limit holds
+    (tmp_path / "v1" / "memory" / "slurm").mkdir(parents=True)
+    (tmp_path / "v1" / "memory" / "slurm" / "memory.limit_in_bytes").write_text(str(5 * 2**30))
+    (tmp_path / "self1").write_text("12:cpu,cpuacct:/slurm\n9:memory:/slurm\n")
+    assert executors.cgroup_memory_limit(tmp_path / "self1", tmp_path / "v1") == 5 * 2**30
+    assert executors.cgroup_memory_limit(tmp_path / "missing", tmp_path / "cg") is None
+    assert executors.memory_jobs(2.5, cgroup_limit=7 * 2**30) == 2  # 7 GB hold two 2.5 GB jobs, whatever the RAM
+    model = tmp_path / "bert-base"
+    model.mkdir()
+    with open(model / "model.safetensors", "wb") as f:
+        f.truncate(440 * 2**20)  # BERT-base's size (sparse: no disk used)
+    assert executors.job_memory_gb(model) == pytest.approx(1.5 + 8 * 440 / 1024)
+    assert executors.job_memory_gb(tmp_path / "nothing-here") == executors.JOB_MEMORY_GB
+
+
+# ---------------------------------------------------------------------------------------------- Slurm
+
+
+TIME_SPELLINGS = ["30", "30:00", "1:30", "0:59", "1:00:00", "2-12", "2-12:30", "1-2:03:04", "90"]
+
+
+def test_slurm_time_is_read_as_sbatch_reads_it():
+    """Every spelling of sbatch --time, submitted to the real Slurm and read back from `scontrol show job`."""
+    assert [executors.slurm_minutes(t) for t in ("30:00", "2-12", "90", "1:30")] == [30, 3600, 90, 2]
+    for bad in ("1h", "UNLIMITED", "0", "1:2:3:4"):
+        with pytest.raises(UsageError, match="--slurm-time"):
+            executors.slurm_minutes(bad)
+    _need_slurm()
+    for spec in TIME_SPELLINGS:
+        sub = subprocess.run(["sbatch", "--parsable", "--hold", "-J", "ticketctl-time-test", f"--time={spec}",
+                              "--wrap", "true", "-o", "/dev/null"], capture_output=True, text=True)
+        assert sub.returncode == 0, sub.stderr
+        slurm_id = sub.stdout.strip().split(";")[0]
+        try:
+            shown = executors.parse_scontrol_job(subprocess.run(["scontrol", "show", "job", slurm_id],
+                                                                capture_output=True, text=True).stdout)
+        finally:
+            subprocess.run(["scancel", slurm_id])
+        limit = shown["TimeLimit"]  # [D-]HH:MM:SS
+        days, _, hms = limit.rpartition("-")
+        h, m, s = (int(x) for x in hms.split(":"))
+        minutes = int(days or 0) * 1440 + h * 60 + m + (s > 0)
+        assert executors.slurm_minutes(spec) == minutes, (spec, limit)
+
+
+RECORDED_SCONTROL_OOM = """JobId=4242 JobName=ticketctl:mrpc:finetune:dense:s3
+   UserId=ana(1000) GroupId=ana(1000) MCS_label=N/A
+   Priority=1 Nice=0 Account=lab QOS=normal
+   JobState=OUT_OF_MEMORY Reason=OutOfMemory Dependency=(null)
+   Requeue=1 Restarts=0 BatchFlag=1 Reboot=0 ExitCode=0:125
+   RunTime=00:03:12 TimeLimit=1-00:00:00 TimeMin=N/A
+"""
+RECORDED_SACCT_PREEMPTED = """4243|PREEMPTED|0:0
+4243.batch|CANCELLED|0:15
+4243.extern|COMPLETED|0:0
+4244_3|CANCELLED by 1000|0:0
+"""
+
+
+def test_states_clusters_report_are_named_from_recorded_output():
+    """OUT_OF_MEMORY and PREEMPTED cannot happen on CI's Slurm: read from output recorded on clusters."""
+    fields = executors.parse_scontrol_job(RECORDED_SCONTROL_OOM)
+    assert (fields["JobState"], fields["ExitCode"]) == ("OUT_OF_MEMORY", "0:125")
+    assert executors.describe_end("OUT_OF_MEMORY", "0:125") == \
+        "OUT_OF_MEMORY: it ran out of memory (give more with --slurm-mem), killed by signal 125"
+    rows = executors.parse_sacct(RECORDED_SACCT_PREEMPTED)
+    assert rows == {"4243": ("PREEMPTED", "0:0"), "4244_3": ("CANCELLED", "0:0")}
+    assert executors.describe_end(*rows["4243"]) == "PREEMPTED: it was preempted"
+    assert executors.describe_end("TIMEOUT", "0:0") == "TIMEOUT: it reached its time limit (give more with " \
+                                                       "--slurm-time)"
+    assert executors.describe_end("FAILED", "0:9") == "FAILED: it failed, killed by signal 9"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--slurm-time", "1h"], "--slurm-time '1h': give sbatch's --time forms"),
+    (["--slurm-mem", "lots"], "--slurm-mem 'lots': give memory per job as sbatch --mem takes it"),
+    (["--slurm-gpus-per-job", "2"], "--slurm-gpus-per-job 2: a protocol job trains one process on one GPU"),
+])
+def test_slurm_options_that_cannot_apply_are_one_line(cli, tiny_args, tmp_path, args, message):
+    code, out, err = cli("protocol", *tiny_args, "--task", "mrpc", "--out", tmp_path / "runs", "--seeds", "1-2",
+                         "--schemes", "dense", "--executor", "slurm", *args)
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+
+
+def _slurm_cmd(tiny_model, glue_dir, *args) -> list[str]:
+    return [sys.executable, "-m", "ticketctl", "protocol", "--task", "mrpc", "--model", str(tiny_model), "--data-dir",
+            str(glue_dir), "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--threads", "1", "--seeds",
+            "1-2", "--schemes", "dense", "--size", "2", "--resamples", "199", "--out", "runs", "--report", "report",
+            "--executor", "slurm", *map(str, args)]
+
+
+def test_slurm_job_pending_for_a_partition_limit_is_reported_and_cancelled(tiny_model, glue_dir, tmp_path):
+    _need_slurm()
+    part = f"tctl-short-{os.getpid()}"
+    made = subprocess.run(["scontrol", "create", f"PartitionName={part}", "Nodes=ALL", "MaxTime=1", "State=UP"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    try:
+        proc = subprocess.run(_slurm_cmd(tiny_model, glue_dir, "--slurm-partition", part, "--slurm-time", "5"),
+                              cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+        ids = executors.recorded_jobs(tmp_path / "runs" / "protocol")
+        assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("ticketctl: error: finetune")]
+        # Slurm names it PartitionTimeLimit (a single job) or PartitionConfig (this array's tasks)
+        assert len(errors) == 2 and all(re.search(r"was pending with reason Partition(TimeLimit|Config), which never "
+                                                  r"clears \(partition tctl-short-\d+'s MaxTime is 00:01:00\).*; "
+                                                  r"cancelled", e) for e in errors), proc.stderr
+        assert executors.queue_states(list(ids.values())) == {}  # cancelled: nothing of this run left in Slurm
+    finally:
+        subprocess.run(["scontrol", "delete", f"PartitionName={part}"], capture_output=True)
+
+
+def test_slurm_planner_killed_after_submission_rerun_reattaches_never_submitting_twice(tiny_model, glue_dir,
+                                                                                     tmp_path):
+    """The jobs wait 15 s to start (sbatch --begin), so the rerun finds them queued: it re-attaches to them, and
+    Slurm's own completion records hold one job per protocol job."""
+    _need_slurm()
+    cmd = _slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10", "--slurm-extra", "--begin=now+15")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    pdir = tmp_path / "runs" / "protocol"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < 2:
+        time.sleep(0.1)
+    proc.kill()  # the login session is lost right after submitting
+    proc.wait()
+    first = executors.recorded_jobs(pdir)
+    assert len(first) == 2, "the planner was not killed after submitting"
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert "re-attached to 2 Slurm job(s)" in again.stderr, again.stderr
+    assert executors.recorded_jobs(pdir) == first and len((pdir / executors.JOBS_TSV).read_text().splitlines()) == 2
+    assert sorted(_trained(_journal(tmp_path / "runs"))) == ["finetune:dense:s1", "finetune:dense:s2"]
+    assert (tmp_path / "report" / "report.md").exists()
+    deadline = time.time() + 30  # Slurm's completion records: jobs that ran in this folder
+    records: list[str] = []
+    while time.time() < deadline and len(records) < 2:
+        log = Path("/var/log/slurm/jobcomp.log")
+        records = [r for r in (log.read_text().splitlines() if log.exists() else []) if f"WorkDir={tmp_path} " in r]
+        time.sleep(0.5)
+    assert len(records) == 2, records
