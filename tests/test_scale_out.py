@@ -327,3 +327,80 @@ def test_slurm_planner_killed_after_submission_rerun_reattaches_never_submitting
         records = [r for r in (log.read_text().splitlines() if log.exists() else []) if f"WorkDir={tmp_path} " in r]
         time.sleep(0.5)
     assert len(records) == 2, records
+
+
+def test_slurm_job_killed_is_failed_with_its_signal_and_one_cancelled_is_cancelled(tiny_model, glue_dir, tmp_path):
+    """Three finetunes, two at a time: the first one's process gets kill -9 mid-job, the third is scancel'ed while
+    it waits; the second finishes. Each failure is named by Slurm's state, with its log."""
+    _need_slurm()
+    cmd = [*_slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10", "--slurm-array-parallelism", "2"), "--seeds",
+           "1-3", "--epochs", "40"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    pdir = tmp_path / "runs" / "protocol"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < 3:
+        time.sleep(0.1)
+    ids = executors.recorded_jobs(pdir)
+    subprocess.run(["scancel", ids["finetune:dense:s3"]], check=True)
+    started = []
+    while time.time() < deadline and not started:
+        started = [e for e in _journal(tmp_path / "runs") if e["event"] == "start" and e["job"] == "finetune:dense:s1"]
+        time.sleep(0.05)
+    assert started, "finetune:dense:s1 never started"
+    time.sleep(1)
+    os.kill(started[0]["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 4 and "Traceback" not in err, err
+    errors = {line.split(" failed: ")[0].split()[-1]: line.split(" failed: ")[1] for line in err.splitlines()
+              if line.startswith("ticketctl: error: finetune")}
+    assert sorted(errors) == ["finetune:dense:s1", "finetune:dense:s3"], err
+    assert errors["finetune:dense:s1"].startswith(f"Slurm job {ids['finetune:dense:s1']} FAILED: it failed"), err
+    assert "log: runs/protocol/logs/finetune-dense-s1.log" in errors["finetune:dense:s1"]
+    assert errors["finetune:dense:s3"].startswith(f"Slurm job {ids['finetune:dense:s3']} CANCELLED: it was "
+                                                  f"cancelled"), err
+    assert _trained(_journal(tmp_path / "runs")) == ["finetune:dense:s2"]
+
+
+def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_last_round(tiny_model, glue_dir,
+                                                                                           tmp_path):
+    """``scancel --signal=USR2`` after the first IMP round, as Slurm signals a job 90 s before its limit or on
+    preemption: the job is requeued under its id, resumes from its round-1 checkpoint, and the mask and the ticket's
+    logits are those of an uninterrupted run. (Slurm holds a requeued job about 2 minutes before it may start
+    again; the test lets it start at once with ``scontrol update StartTime=now``.)"""
+    _need_slurm()
+    opts = ["--schemes", "random", "--seeds", "1", "--size", "1", "--search-epochs", "300"]
+    local = tmp_path / "local"
+    local.mkdir()
+    cmd = _slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10")
+    proc = subprocess.run([*cmd[:cmd.index("--executor")], *opts], cwd=local, capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    run = subprocess.Popen([*cmd, *opts], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=_env())
+    pdir = tmp_path / "runs" / "protocol"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "runs" / "cache").glob("mrpc-round1-random-s1-*")):
+        time.sleep(0.1)
+    slurm_id = executors.recorded_jobs(pdir)["search:random:s1"]
+    assert not list((tmp_path / "runs").glob("mrpc-mask-random-s1-*")), "the search ended before the signal"
+    subprocess.run(["scancel", "--signal=USR2", slurm_id], check=True)
+    while time.time() < deadline:  # requeued: pending again under its id; let it start now
+        state = executors.queue_states([slurm_id]).get(slurm_id, ("", ""))
+        if state == ("PENDING", "BeginTime"):
+            subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True)
+            break
+        time.sleep(0.2)
+    out, err = run.communicate(timeout=180)
+    assert run.returncode == 0, err
+    fields = executors.parse_scontrol_job(subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True,
+                                                         text=True).stdout)
+    assert fields["Restarts"] == "1" and fields["JobState"] == "COMPLETED"
+    log = (pdir / "logs" / "search-random-s1.log").read_text()
+    assert "round 1/3: finished already, resuming from" in log
+    from ticketctl.store.artifacts import read_artifact
+
+    for pattern in ("mrpc-mask-random-s1-*", "mrpc-logits-dev-random-s1-*"):
+        mine, theirs = list((tmp_path / "runs").glob(pattern)), list((local / "runs").glob(pattern))
+        assert len(mine) == len(theirs) == 1 and mine[0].name == theirs[0].name
+        a, b = read_artifact(mine[0]).tensors, read_artifact(theirs[0]).tensors
+        assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)

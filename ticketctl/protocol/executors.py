@@ -542,6 +542,28 @@ def _partition_limit(partition: str | None) -> str:
     return ""
 
 
+MAX_REQUEUES = 3  # times a job is requeued after its time limit (submitit's slurm_max_num_timeout); preemption: always
+
+
+class Requeueable:
+    """A Slurm job's function made checkpointable the way submitit checks it (``submitit.helpers.Checkpointable``:
+    a ``checkpoint`` method): when Slurm signals the job (USR2, ``--signal=USR2@90`` before its time limit or on
+    preemption), submitit requeues it with the same call, at most :data:`MAX_REQUEUES` times after a timeout. The
+    job then starts again: an IMP search resumes from its last finished round (checkpointed in ``OUT/cache``), a
+    finetune from its start."""
+
+    def __init__(self, work):
+        self.work = work
+
+    def __call__(self, *args):
+        return self.work(*args)
+
+    def checkpoint(self, *args, **kwargs):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
+
+
 def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Path, log):
     """Submit ``todo`` through submitit and wait for it: the jobs without unfinished dependencies as one job array,
     each other job on its own, named by its protocol job (``finetune:dense:s3``), with ``afterok`` dependencies on
@@ -569,11 +591,12 @@ def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
     if submitted:
         log.info(f"protocol: re-attached to {len(submitted)} Slurm job(s) an earlier run submitted: " + " ".join(
             f"{j}={h.job_id}" for j, h in submitted.items()))
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
     extra = {"kill_on_invalid_dep": "yes", **slurm_extra(plan.slurm_extra)}
     if plan.slurm_mem:
         extra["mem"] = slurm_mem(plan.slurm_mem)
     params = {"cpus_per_task": threads, "tasks_per_node": 1, "nodes": 1}
+    work = Requeueable(work)
     if plan.slurm_partition:
         params["slurm_partition"] = plan.slurm_partition
     if plan.slurm_gpus_per_job:
