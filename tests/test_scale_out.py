@@ -88,6 +88,23 @@ def test_planner_on_other_hardware_finds_every_member_and_a_rerun_runs_nothing(c
     assert code == 0 and out.splitlines()[-1] == "0 to run, 6 done", out
     code, out, err = cli(*args)
     assert code == 0 and len(_trained(_journal(tmp_path / "runs"))) == 6  # the rerun trained nothing
+    # the report's run section over every invocation, from the members' own records (this one trained nothing)
+    record = json.loads((tmp_path / "report" / "report.json").read_text())["members_record"]
+    assert record["made_on"] == {f"cpu {want} ticketctl-cpu": 4} and record["also_present"] == {}
+    assert record["job_seconds"] == pytest.approx(sum(t["finetune_seconds"] + t["search_seconds"] for t in
+                                                      json.loads((tmp_path / "report" / "report.json").read_text())
+                                                      ["run"]["member_times"]), abs=0.11)
+    if planner_amx:
+        return
+    # the same member made on other hardware too (here fp32 by `finetune`): found, and the report says which it used
+    code, out, err = cli("finetune", *tiny_args, "--task", "mrpc", "--seed", "1", "--out", tmp_path / "runs")
+    assert code == 0 and out.split()[0].startswith(str(tmp_path / "runs" / "mrpc-logits-dev-dense-s1-")), err
+    code, out, err = cli(*args)
+    assert code == 0 and len(_trained(_journal(tmp_path / "runs"))) == 6, err
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["members_record"]["also_present"] == {"finetune:dense:s1": ["bf16 ticketctl-cpu"]}
+    assert data["members_record"]["made_on"] == {"cpu bf16 ticketctl-cpu": 3, "cpu fp32 ticketctl-cpu": 1}
+    assert "finetune:dense:s1: also bf16 ticketctl-cpu" in (tmp_path / "report" / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- local executor
@@ -356,6 +373,7 @@ def test_slurm_job_killed_is_failed_with_its_signal_and_one_cancelled_is_cancell
               if line.startswith("ticketctl: error: finetune")}
     assert sorted(errors) == ["finetune:dense:s1", "finetune:dense:s3"], err
     assert errors["finetune:dense:s1"].startswith(f"Slurm job {ids['finetune:dense:s1']} FAILED: it failed"), err
+    assert "signal 9" in errors["finetune:dense:s1"]
     assert "log: runs/protocol/logs/finetune-dense-s1.log" in errors["finetune:dense:s1"]
     assert errors["finetune:dense:s3"].startswith(f"Slurm job {ids['finetune:dense:s3']} CANCELLED: it was "
                                                   f"cancelled"), err
@@ -382,7 +400,7 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
     while time.time() < deadline and not list((tmp_path / "runs" / "cache").glob("mrpc-round1-random-s1-*")):
         time.sleep(0.1)
     slurm_id = executors.recorded_jobs(pdir)["search:random:s1"]
-    assert not list((tmp_path / "runs").glob("mrpc-mask-random-s1-*")), "the search ended before the signal"
+    assert not list((tmp_path / "runs").glob("mrpc-mask-random-*-s1-*")), "the search ended before the signal"
     subprocess.run(["scancel", "--signal=USR2", slurm_id], check=True)
     while time.time() < deadline:  # requeued: pending again under its id; let it start now
         state = executors.queue_states([slurm_id]).get(slurm_id, ("", ""))
@@ -399,7 +417,7 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
     assert "round 1/3: finished already, resuming from" in log
     from ticketctl.store.artifacts import read_artifact
 
-    for pattern in ("mrpc-mask-random-s1-*", "mrpc-logits-dev-random-s1-*"):
+    for pattern in ("mrpc-mask-random-*-s1-*", "mrpc-logits-dev-random-s1-*"):
         mine, theirs = list((tmp_path / "runs").glob(pattern)), list((local / "runs").glob(pattern))
         assert len(mine) == len(theirs) == 1 and mine[0].name == theirs[0].name
         a, b = read_artifact(mine[0]).tensors, read_artifact(theirs[0]).tensors

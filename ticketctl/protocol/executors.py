@@ -1,5 +1,5 @@
-"""Where a protocol's jobs run: a local process pool (``--executor local``) or Slurm through submitit
-(``--executor slurm``). Both take the job graph, the ids to run and ``work(plan, job_id, threads) -> dict`` (a
+"""Where a protocol's jobs run: worker processes on this machine (``--executor local``; a worker that dies fails
+only its job) or Slurm through submitit (``--executor slurm``). Both take the job graph, the ids to run and ``work(plan, job_id, threads) -> dict`` (a
 module-level function, so it pickles), and return ``(results, failures, workers)``: each finished job's result, one
 line per failed job naming its log, and how the work was spread.
 
@@ -519,6 +519,8 @@ def final_state(slurm_id: str) -> tuple[str, str]:
 def describe_end(state: str, exit_code: str) -> str:
     """One phrase for how a Slurm job ended without a result: its state, and the exit status or the signal that
     ended it (``ExitCode=0:9`` is signal 9)."""
+    if state == "CANCELLED?":  # a pending array task scancel'ed: Slurm drops it without a record
+        return "CANCELLED: it was cancelled while pending (Slurm keeps no record of a pending array task cancelled)"
     if not state:
         return "left Slurm's queue without a result (Slurm no longer knows its state)"
     words = {"OUT_OF_MEMORY": "ran out of memory (give more with --slurm-mem)",
@@ -527,8 +529,12 @@ def describe_end(state: str, exit_code: str) -> str:
              "BOOT_FAIL": "could not boot its node", "DEADLINE": "missed its deadline", "FAILED": "failed",
              "COMPLETED": "ended without a result"}
     code, _, sig = exit_code.partition(":")
-    detail = f", killed by signal {sig}" if sig not in ("", "0") else (f", exit code {code}" if code not in ("", "0")
-                                                                         else "")
+    if sig not in ("", "0"):
+        detail = f", killed by signal {sig}"
+    elif code.isdigit() and int(code) > 128:  # srun reports a step killed by signal N as exit code 128 + N
+        detail = f", exit code {code} (killed by signal {int(code) - 128})"
+    else:
+        detail = f", exit code {code}" if code not in ("", "0") else ""
     return f"{state}: it {words.get(state, 'ended')}{detail}"
 
 
@@ -643,6 +649,7 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
     reason that never clears (:data:`NEVER_STARTS`) is cancelled and reported."""
     open_jobs = dict(submitted)
     gone_since: dict[str, float] = {}
+    last_seen: dict[str, str] = {}  # the state squeue last showed
     wait = poll
     while open_jobs:
         queue = queue_states([h.job_id for h in open_jobs.values()])
@@ -665,6 +672,7 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
                 continue
             if state in ACTIVE_STATES:
                 gone_since.pop(j, None)
+                last_seen[j] = state
                 continue
             # left the queue: give the result file a moment to appear on a shared file system
             gone_since.setdefault(j, time.time())
@@ -673,6 +681,8 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
                     continue  # read on the next pass
                 del open_jobs[j]
                 end_state, code = final_state(handle.job_id)
+                if not end_state and last_seen.get(j) == "PENDING" and "_" in handle.job_id:
+                    end_state = "CANCELLED?"  # only scancel takes a pending array task out of the queue
                 deps_failed = any(d in failures for d in jobs[j].deps)
                 if deps_failed and end_state in ("", "CANCELLED", "PENDING"):
                     failures[j] = "not run: a job it depends on failed"

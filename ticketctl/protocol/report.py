@@ -29,10 +29,11 @@ from ticketctl.analysis import diversity, iou, stats
 from ticketctl.analysis.render import row_of
 from ticketctl.analysis.significance import compare, compare_gain, pairing
 from ticketctl.analysis.tables import _cell, note
-from ticketctl.errors import InputError
+from ticketctl.errors import InputError, UsageError
 from ticketctl.protocol.plan import Plan, toml_text
 from ticketctl.store.artifacts import read_artifact
 from ticketctl.store.provenance import versions
+from ticketctl.train.seeds import CPU_STREAM
 
 NAMES = {"dense": "BASELINE", "bagging": "BAGGING", "base": "BASE-LT", "active": "ACTIVE-LT", "random": "RANDOM-LT"}
 
@@ -62,7 +63,7 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
         have = len(members.get(scheme, []))
         if have != want:
             raise InputError(f"report: {scheme} has {have} of {want} members finished (rerun the protocol)")
-    loaded, grouped = stats.load_groups([str(p) for s in plan.member_schemes for p in members[s]], "scheme")
+    loaded, grouped = load_schemes([str(p) for s in plan.member_schemes for p in members[s]])
     ref = stats.pick_ref(grouped, None)
     m = _Members(loaded, grouped, ref, stats.scorer_of(loaded, "probs"),
                  {g: pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref]))
@@ -105,13 +106,39 @@ def _parts(plan: Plan, m: _Members) -> list[dict]:
     return parts
 
 
+# What may differ between members of one scheme in a protocol besides the seed: the hardware each job ran on
+# decides them (ticketctl.protocol.hardware), and the report says which made each member.
+HARDWARE_KEYS = frozenset({"precision", "dropout_stream"})
+
+
+def load_schemes(paths: list[str]):
+    """``stats.load_groups(paths, "scheme")``, except that members of one scheme may differ in precision and dropout
+    stream (made on different hardware: one scheme all the same). Returns (members, scheme -> indices in seed
+    order). Raises UsageError for an unlabelled split, InputError for a scheme that mixes other configurations or
+    sparsity levels."""
+    from collections import defaultdict
+
+    from ticketctl.analysis.members import load_ensemble_members
+
+    loaded = load_ensemble_members(paths)
+    if loaded.labels is None:
+        raise UsageError("the artifacts' split is unlabelled: nothing to score")
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for i, a in enumerate(loaded.arts):
+        grouped[stats.group_value(a, "scheme")].append(i)
+    for g, idx in grouped.items():
+        stats.check_same_recipe(g, [loaded.arts[i] for i in idx], ignore=HARDWARE_KEYS)
+        stats.check_same_level(g, [loaded.arts[i] for i in idx])
+    return loaded, {g: loaded.in_seed_order(idx) for g, idx in grouped.items()}
+
+
 def _table2(m: _Members) -> dict[str, list[dict]]:
     """Table 2: the diversity metrics of each group of at least two members."""
     table2 = {}
     for g, idx in m.grouped.items():
         if len(idx) < 2:
             continue
-        sub = stats.load_groups([str(m.loaded.arts[i].path) for i in idx], "scheme")[0]
+        sub = load_schemes([str(m.loaded.arts[i].path) for i in idx])[0]
         table2[g] = [asdict(r) for r in (diversity.regression_summary(sub) if sub.task.is_regression
                                          else diversity.summary(diversity.oracle(sub)))]
     return table2
@@ -162,10 +189,28 @@ def member_times(members: dict[str, list[Path]], masks: dict[str, list[Path]]) -
             if scheme in masks and i < len(masks[scheme]):
                 rounds = (read_artifact(masks[scheme][i], "mask").meta.get("metrics") or {}).get("rounds", [])
                 search = sum(float(r.get("seconds", 0)) for r in rounds)
+            config = art.meta.get("config") or {}
             out.append({"scheme": scheme, "seed": int(art.meta.get("seed", -1)),
                         "finetune_seconds": float(art.meta.get("train_seconds", "nan")),
-                        "search_seconds": round(search, 1)})
+                        "search_seconds": round(search, 1),
+                        "made_on": " ".join([(art.meta.get("runtime") or {}).get("device", "cpu"),
+                                             config.get("precision", "fp32"),
+                                             config.get("dropout_stream", CPU_STREAM)])})
     return out
+
+
+def _record_line(record: dict) -> str:
+    """The report's run section over every invocation that made the members (from their own records)."""
+    made = ", ".join(f"{k} ({n})" for k, n in sorted(record["made_on"].items()))
+    line = (f"Over every invocation that made them: {record['members']} member(s), {record['job_seconds']:.1f} s of "
+            f"training (finetunes and their searches)" + (f", {record['members_per_job_hour']} members per hour of "
+                                                         f"job time" if record["members_per_job_hour"] else "")
+            + f"; made on (device, precision, dropout stream): {made}.")
+    if record["also_present"]:
+        line += (" Jobs whose result also exists under other hardware (the report uses the first of CPU fp32, CPU "
+                 "bf16, CUDA fp32, CUDA bf16, MPS fp32 that exists, the same on every machine): "
+                 + "; ".join(f"{j}: also {', '.join(v)}" for j, v in sorted(record["also_present"].items())) + ".")
+    return line
 
 
 def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dict[str, list[Path]]) -> Path:
@@ -175,13 +220,25 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     data = analyse(plan, members, masks)
     trained = [r for r in outcome.results.values() if r.get("ran")]
     n_members = sum(1 for r in trained if r["job"].startswith("finetune:"))
+    times = member_times(members, masks)
+    job_seconds = sum(t["finetune_seconds"] + t["search_seconds"] for t in times
+                      if not math.isnan(t["finetune_seconds"]))
+    made_on: dict[str, int] = {}
+    for t in times:
+        made_on[t["made_on"]] = made_on.get(t["made_on"], 0) + 1
+    data["members_record"] = {
+        "members": len(times), "job_seconds": round(job_seconds, 1),
+        "members_per_job_hour": round(len(times) / (job_seconds / 3600), 2) if job_seconds else None,
+        "made_on": made_on,
+        "also_present": {j: [" ".join(v) for v in vs] for j, vs in outcome.state.also.items()},
+    }
     data["run"] = {
         "executor": plan.executor, "workers": outcome.workers, "device": outcome.device,
         "wall_seconds": round(outcome.seconds, 1), "jobs_run": len(trained),
         "members_trained": n_members,
         "members_per_hour": round(n_members / (outcome.seconds / 3600), 2) if n_members and outcome.seconds else None,
         "job_seconds": {r["job"]: r["seconds"] for r in outcome.results.values()},
-        "member_times": member_times(members, masks), "versions": versions(), "machine": machine(),
+        "member_times": times, "versions": versions(), "machine": machine(),
         "written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     data["plan"] = plan.options_dict()
@@ -314,8 +371,10 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
               f"{run['executor']}); " + (f"{run['members_per_hour']} members per hour." if run["members_per_hour"]
                                          else "nothing to train: every member was finished already."),
               f"Machine: {run['machine']}. Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()) + ".",
+              "", _record_line(data["members_record"]),
               "", "Each member's training cost (from its artifacts) and inference cost:", ""]
     times = {(t["scheme"], t["seed"]): t for t in run["member_times"]}
     rows = [{**m, **times.get((m["scheme"], m["seed"]), {})} for m in data["members"]]
-    lines += [_table(rows, ["scheme", "seed", "dev", "finetune_seconds", "search_seconds", "flops_per_example"]), ""]
+    lines += [_table(rows, ["scheme", "seed", "dev", "finetune_seconds", "search_seconds", "made_on",
+                            "flops_per_example"]), ""]
     return "\n".join(lines)

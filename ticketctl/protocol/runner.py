@@ -1,10 +1,11 @@
 """Run a protocol plan: find which jobs are finished already (from the artifacts' identities, the config-hash names
-of ``ticketctl.store.paths``), run the others on an executor, and return what every member is.
+of ``ticketctl.store.paths``, under every hardware variant the plan allows: :class:`Locator`), run the others on an
+executor, and return what every member is. Nothing here picks a device: each job decides its own where it runs.
 
 Each job calls the library function its command calls (:func:`ticketctl.stages.imp.search`,
 :func:`ticketctl.stages.finetune.finetune`) with the plan's options, so a member made here is the one ``search`` and
-``finetune`` make with the same options. A job holds a per-identity lock (``filelock``, ``OUT/protocol/locks``)
-while it runs, so two protocol runs on one ``--out`` never train the same member at once: the second waits and then
+``finetune`` make with the same options. A job holds a lock named by its identity under the first variant
+(``filelock``, ``OUT/protocol/locks``; the same whatever hardware runs it) while it runs, so two protocol runs on one ``--out`` never train the same member at once: the second waits and then
 reuses the first one's artifact.
 """
 
