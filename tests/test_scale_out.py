@@ -422,3 +422,29 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
         assert len(mine) == len(theirs) == 1 and mine[0].name == theirs[0].name
         a, b = read_artifact(mine[0]).tensors, read_artifact(theirs[0]).tensors
         assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
+
+
+def test_slurm_status_and_cancel_after_the_planner_is_gone(tiny_model, glue_dir, tmp_path):
+    _need_slurm()
+    cmd = _slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10", "--slurm-extra", "--begin=now+300")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    pdir = tmp_path / "runs" / "protocol"
+    deadline = time.time() + 60
+    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < 2:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    ids = executors.recorded_jobs(pdir)
+    try:
+        shown = subprocess.run([*cmd, "--status"], cwd=tmp_path, capture_output=True, text=True, env=_env())
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines() == [f"finetune:dense:s1\tPENDING (BeginTime)\t{ids['finetune:dense:s1']}",
+                                             f"finetune:dense:s2\tPENDING (BeginTime)\t{ids['finetune:dense:s2']}",
+                                             "0 done, 2 in Slurm, 0 to run"]
+        cancelled = subprocess.run([*cmd, "--cancel"], cwd=tmp_path, capture_output=True, text=True, env=_env())
+        assert cancelled.returncode == 0 and cancelled.stderr.startswith("cancelled 2 Slurm job(s): "), cancelled.stderr
+        assert executors.queue_states(list(ids.values())) == {}
+        shown = subprocess.run([*cmd, "--status"], cwd=tmp_path, capture_output=True, text=True, env=_env())
+        assert shown.stdout.splitlines()[-1] == "0 done, 0 in Slurm, 2 to run"
+    finally:
+        subprocess.run(["scancel", *ids.values()])

@@ -274,6 +274,11 @@ def protocol(
              "options given on the command line win.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the jobs (id, done/todo, dependencies, "
                                                             "artifact) and 'N to run, M done'; run nothing.")] = False,
+    status: Annotated[bool, typer.Option("--status", help="Print each job's state (done, its Slurm state while an "
+                                                          "earlier run's job is queued or running, todo); run "
+                                                          "nothing.")] = False,
+    cancel: Annotated[bool, typer.Option("--cancel", help="scancel the Slurm jobs earlier runs of this plan "
+                                                          "submitted that are still queued or running.")] = False,
     bagging: Annotated[float, typer.Option(help="BAGGING members train on this seed-dependent fraction.")] = 0.9,
     sparsity: Annotated[float, typer.Option(help="Tickets' fraction of pruned prunable weights.")] = 0.3,
     prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per IMP "
@@ -321,6 +326,16 @@ def protocol(
     plans = build_all({**values, "report": str(report)}, train, data, run, plan)
     from ticketctl.protocol import runner
 
+    if cancel:
+        for p in plans:
+            done = runner.cancel(p)
+            sys.stderr.write(f"cancelled {len(done)} Slurm job(s)" + (": " + " ".join(done) if done else "") + "\n")
+        return
+    if status:
+        for p in plans:
+            for line in runner.status(p, runner.locate(p)):
+                sys.stdout.write(line + "\n")
+        return
     if dry_run:
         states = [runner.locate(p) for p in plans]
         for state in states:

@@ -335,6 +335,41 @@ def describe(state: State) -> list[str]:
     return lines
 
 
+def status(plan: Plan, state: State) -> list[str]:
+    """``--status``: one line per job, ``JOB  STATE  SLURM_ID``, where STATE is ``done``, the Slurm state of the job
+    an earlier run submitted (``PENDING (Reason)``, ``RUNNING``, ...) while Slurm holds it, else ``todo``; then
+    ``N done, M in Slurm, K to run``. Reads ``OUT/protocol/slurm-jobs.tsv`` and ``squeue`` for those ids only."""
+    recorded = executors.recorded_jobs(protocol_dir(plan))
+    ids = [recorded[j] for j in state.todo if j in recorded]
+    queue = (executors.queue_states(ids) or {}) if ids and executors.shutil.which("squeue") else {}
+    lines, held = [], 0
+    for job in state.jobs:
+        slurm_id = recorded.get(job, "-")
+        if job in state.done:
+            word = "done"
+        elif slurm_id in queue:
+            held += 1
+            st, reason = queue[slurm_id]
+            word = st + (f" ({reason})" if st == "PENDING" and reason not in ("", "None") else "")
+        else:
+            word = "todo"
+        lines.append(f"{job}\t{word}\t{slurm_id}")
+    lines.append(f"{len(state.done)} done, {held} in Slurm, {len(state.todo) - held} to run")
+    return lines
+
+
+def cancel(plan: Plan) -> list[str]:
+    """``--cancel``: ``scancel`` every job an earlier run of this plan submitted (``OUT/protocol/slurm-jobs.tsv``)
+    that Slurm still holds. Returns the ``JOB=SLURM_ID`` pairs cancelled. Raises UsageError without Slurm."""
+    executors.check_slurm()
+    recorded = executors.recorded_jobs(protocol_dir(plan))
+    queue = executors.queue_states(list(recorded.values())) or {}
+    held = [(j, i) for j, i in recorded.items() if queue.get(i, ("", ""))[0] in executors.ACTIVE_STATES]
+    if held:
+        executors.subprocess.run(["scancel", *[i for _, i in held]], capture_output=True)
+    return [f"{j}={i}" for j, i in held]
+
+
 def check(plan: Plan) -> None:
     """What the plan's executor needs of this machine, checked before anything is located or trained: Slurm's
     commands and controller (``--executor slurm``), the GPU ``--device cuda[:N]`` names (``--executor local``: the
