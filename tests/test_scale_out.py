@@ -22,7 +22,6 @@ import pytest
 from ticketctl.errors import UsageError
 from ticketctl.protocol import executors
 from ticketctl.protocol.hardware import variants
-from ticketctl.protocol.plan import Job
 
 
 def _env(**more) -> dict:
@@ -391,7 +390,8 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
     local = tmp_path / "local"
     local.mkdir()
     cmd = _slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10")
-    proc = subprocess.run([*cmd[:cmd.index("--executor")], *opts], cwd=local, capture_output=True, text=True, env=_env())
+    proc = subprocess.run([*cmd[:cmd.index("--executor")], *opts], cwd=local, capture_output=True, text=True,
+                          env=_env())
     assert proc.returncode == 0, proc.stderr
     run = subprocess.Popen([*cmd, *opts], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=_env())

@@ -1,7 +1,7 @@
 """Where a protocol's jobs run: worker processes on this machine (``--executor local``; a worker that dies fails
-only its job) or Slurm through submitit (``--executor slurm``). Both take the job graph, the ids to run and ``work(plan, job_id, threads) -> dict`` (a
-module-level function, so it pickles), and return ``(results, failures, workers)``: each finished job's result, one
-line per failed job naming its log, and how the work was spread.
+only its job) or Slurm through submitit (``--executor slurm``). Both take the job graph, the ids to run and
+``work(plan, job_id, threads) -> dict`` (a module-level function, so it pickles), and return ``(results, failures,
+workers)``: each finished job's result, one line per failed job naming its log, and how the work was spread.
 
 A job whose dependency failed is not run; it is listed as failed ("dependency failed"). The others go on.
 """

@@ -183,8 +183,8 @@ class Plan:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
         if self.slurm_gpus_per_job is not None and self.slurm_gpus_per_job > 1:
-            raise UsageError(f"--slurm-gpus-per-job {self.slurm_gpus_per_job}: a protocol job trains one process on one "
-                             f"GPU (no data-parallel jobs); give 1 and let Slurm run more jobs at once")
+            raise UsageError(f"--slurm-gpus-per-job {self.slurm_gpus_per_job}: a protocol job trains one process on "
+                             f"one GPU (no data-parallel jobs); give 1 and let Slurm run more jobs at once")
         from ticketctl.protocol.executors import slurm_mem, slurm_minutes
 
         slurm_minutes(self.slurm_time)  # sbatch's forms, or one line now rather than a refused submission later
@@ -404,7 +404,8 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
                 slurm_time=None if options["slurm_time"] is None else str(options["slurm_time"]),
                 slurm_array_parallelism=_opt_int(options["slurm_array_parallelism"], "--slurm-array-parallelism"),
                 slurm_extra=options["slurm_extra"],
-                slurm_mem=None if options["slurm_mem"] is None else str(options["slurm_mem"]), train=train, data=data, run=run)
+                slurm_mem=None if options["slurm_mem"] is None else str(options["slurm_mem"]), train=train, data=data,
+                run=run)
     return plan.validate()
 
 

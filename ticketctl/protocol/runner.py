@@ -5,8 +5,8 @@ executor, and return what every member is. Nothing here picks a device: each job
 Each job calls the library function its command calls (:func:`ticketctl.stages.imp.search`,
 :func:`ticketctl.stages.finetune.finetune`) with the plan's options, so a member made here is the one ``search`` and
 ``finetune`` make with the same options. A job holds a lock named by its identity under the first variant
-(``filelock``, ``OUT/protocol/locks``; the same whatever hardware runs it) while it runs, so two protocol runs on one ``--out`` never train the same member at once: the second waits and then
-reuses the first one's artifact.
+(``filelock``, ``OUT/protocol/locks``; the same whatever hardware runs it) while it runs, so two protocol runs on
+one ``--out`` never train the same member at once: the second waits and then reuses the first one's artifact.
 """
 
 from __future__ import annotations
