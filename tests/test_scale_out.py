@@ -280,11 +280,15 @@ def test_states_clusters_report_are_named_from_recorded_output():
     (["--slurm-time", "1h"], "--slurm-time '1h': give sbatch's --time forms"),
     (["--slurm-mem", "lots"], "--slurm-mem 'lots': give memory per job as sbatch --mem takes it"),
     (["--slurm-gpus-per-job", "2"], "--slurm-gpus-per-job 2: a protocol job trains one process on one GPU"),
+    (["--executor", "local", "--report", "FILE/report"], "/FILE is not a folder, so the report cannot be written"),
 ])
 def test_slurm_options_that_cannot_apply_are_one_line(cli, tiny_args, tmp_path, args, message):
+    (tmp_path / "FILE").write_text("a file where the report's folder would go\n")
+    args = [str(tmp_path / a) if a.startswith("FILE") else a for a in args]
     code, out, err = cli("protocol", *tiny_args, "--task", "mrpc", "--out", tmp_path / "runs", "--seeds", "1-2",
                          "--schemes", "dense", "--executor", "slurm", *args)
     assert code == 2 and out == "" and err.count("\n") == 1 and message in err, err
+    assert not list(tmp_path.rglob("*.safetensors"))
 
 
 def _slurm_cmd(tiny_model, glue_dir, *args) -> list[str]:
@@ -448,3 +452,39 @@ def test_slurm_status_and_cancel_after_the_planner_is_gone(tiny_model, glue_dir,
         assert shown.stdout.splitlines()[-1] == "0 done, 0 in Slurm, 2 to run"
     finally:
         subprocess.run(["scancel", *ids.values()])
+
+
+# ---------------------------------------------------------------------------------------------- shared file systems
+
+
+def test_job_lock_on_a_file_system_without_flock_and_a_stale_lock_of_a_dead_process(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    import socket
+
+    from ticketctl.protocol.runner import job_lock
+
+    def no_flock(*args, **kwargs):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)  # NFS without lockd, Lustre without flock (faked)
+    path = tmp_path / "job.lock"
+    with job_lock(path, timeout=5):
+        with pytest.raises(TimeoutError):  # still exclusive
+            with job_lock(path, timeout=0.5, poll=0.1):
+                pass
+    with job_lock(path, timeout=5):  # released
+        pass
+    # a lock left by a killed job: its process is gone; the next job takes it instead of waiting for ever
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = job_lock(path, timeout=5, poll=0.1)
+    lock.owner.write_text(f"{socket.gethostname()} {dead.pid}\n")
+    lock._acquire_owner_file()
+    assert lock.owner.read_text().split()[1] == str(os.getpid())
+    lock.__exit__(None, None, None)
+    # a live owner on another node is waited for (here: until the timeout)
+    lock.owner.write_text("another-node 1\n")
+    with pytest.raises(TimeoutError, match="held by another-node 1"):
+        job_lock(path, timeout=0.3, poll=0.1)._acquire_owner_file()
+    lock.owner.unlink()

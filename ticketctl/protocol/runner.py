@@ -11,6 +11,7 @@ one ``--out`` never train the same member at once: the second waits and then reu
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -186,8 +187,6 @@ def run_job(plan: Plan, job_id: str, threads: int | None = None) -> dict:
 
 
 def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
-    from filelock import FileLock
-
     start = time.perf_counter()
     loc = Locator(plan)
     known: dict[str, list[Path]] = {}
@@ -200,7 +199,7 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
         known[dep], _ = paths, done.add(dep)
     locks = pdir / "locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / f"{loc.key(job, known, done)}.lock")):
+    with job_lock(locks / f"{loc.key(job, known, done)}.lock"):
         found, variant, _ = loc.find(job, known, done)
         ran = found is None
         if found is not None:  # made by another run, maybe on other hardware: the planner finds it there too
@@ -227,6 +226,85 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
     _journal(pdir, job.id, "done", ran=ran, seconds=round(seconds, 2), device=result["device"],
              precision=result["precision"], stream=result["stream"])
     return result
+
+
+class job_lock:
+    """The lock a job holds while it runs: ``filelock.FileLock`` (``flock``: the kernel releases it when its process
+    dies, on any node), or, on a file system without ``flock`` (NFS without lockd, Lustre mounted without
+    ``flock``: ENOSYS, ENOLCK, EOPNOTSUPP), a lock file made with ``O_EXCL`` (``PATH.owner``) that names its owner
+    (host, pid, Slurm job). An owner lock is stale, and is removed, when its process is gone from this host or its
+    Slurm job has left the queue, so a lock left by a killed job does not hang a rerun. The same with every
+    ``filelock`` the project allows (4.x falls back by itself; 3.x raises, and this falls back). ``timeout``
+    (seconds, None: wait for ever) raises TimeoutError."""
+
+    FALLBACK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP}
+
+    def __init__(self, path: Path, timeout: float | None = None, poll: float = 1.0):
+        self.path, self.timeout, self.poll = Path(path), timeout, poll
+        self._lock = None
+        self.owner = Path(str(path) + ".owner")
+
+    def __enter__(self):
+        from filelock import FileLock
+
+        lock = FileLock(str(self.path))
+        try:
+            lock.acquire(timeout=-1 if self.timeout is None else self.timeout)
+            self._lock = lock
+            return self
+        except (NotImplementedError, OSError) as e:
+            if isinstance(e, TimeoutError) or isinstance(e, OSError) and e.errno not in self.FALLBACK:
+                raise
+        self._acquire_owner_file()
+        return self
+
+    def _acquire_owner_file(self) -> None:
+        import socket
+
+        me = f"{socket.gethostname()} {os.getpid()} {os.environ.get('SLURM_JOB_ID', '')}".strip()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            try:
+                fd = os.open(self.owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.write(fd, (me + "\n").encode())
+                os.close(fd)
+                return
+            except FileExistsError:
+                if _stale(self.owner):
+                    self.owner.unlink(missing_ok=True)
+                    continue
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.owner}: held by {self.owner.read_text().strip()}")
+            time.sleep(self.poll)
+
+    def __exit__(self, *exc):
+        if self._lock is not None:
+            self._lock.release()
+        else:
+            self.owner.unlink(missing_ok=True)
+
+
+def _stale(owner: Path) -> bool:
+    """An owner lock file whose process is gone from this host, or whose Slurm job Slurm no longer runs."""
+    import socket
+
+    try:
+        host, pid, *job = owner.read_text().split()
+    except (OSError, ValueError):
+        return False  # being written, or unreadable: not ours to break
+    if job:
+        states = executors.queue_states(job) if executors.shutil.which("squeue") else None
+        if states is not None:
+            return states.get(job[0], ("", ""))[0] not in executors.ACTIVE_STATES
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
 
 def _made_on(path) -> dict:
@@ -378,6 +456,19 @@ def check(plan: Plan) -> None:
         executors.check_slurm()
     else:
         executors.check_local_device(plan.run.device)
+    _check_writable(Path(plan.report), "--report")
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """``folder`` can be made and written (its nearest existing ancestor is a writable folder), checked without
+    creating anything. Raises UsageError, one line."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{option} {folder}: {probe} is not a folder, so the report cannot be written there")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {folder}: {probe} is not writable")
 
 
 def run_plan(plan: Plan, log=None, state: State | None = None) -> Outcome:
