@@ -18,8 +18,8 @@ import numpy as np
 from ticketctl.analysis.combine import member_terms
 from ticketctl.analysis.members import Members, load_ensemble_members
 from ticketctl.analysis.records import (Cell, CostFrontier, PhaseRow, PhaseTable, SuperTicket, Table1, Table1Row)
-from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, pairing, paper_ttest, protocol_combinations,
-                                             protocol_scores, smallest_p, split_groups)
+from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, difference, pairing, paper_ttest,
+                                             protocol_combinations, protocol_scores, smallest_p, split_groups)
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
 from ticketctl.store.identity import IDENTITY_DEFAULTS
@@ -155,8 +155,8 @@ def table1_rows(members: Members, groups: dict[str, list[int]], ref: str, k: int
         s = singles[g]
         row = {"group": g, "members": len(groups[g]), "single_mean": float(s.mean()),
                "single_std": float(s.std(ddof=1)) if len(s) > 1 else 0.0, "k": k, "combinations": len(ens[g]),
-               "ensemble_mean": float(ens[g].mean()), "ensemble_gain": float(ens[g].mean() - s.mean()),
-               "vs_ref": float(ens[g].mean() - ens[ref].mean()),
+               "ensemble_mean": float(ens[g].mean()), "ensemble_gain": difference(ens[g].mean(), s.mean()),
+               "vs_ref": difference(ens[g].mean(), ens[ref].mean()),
                "diff_low": nan, "diff_high": nan, "p_value": nan, "test": "ref", "p_single": nan}
         if g != ref:
             paired = pairing(seeds_of(members, groups[g]), seeds_of(members, groups[ref]))
