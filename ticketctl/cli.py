@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ticketctl.data.task_table import TASKS
 from ticketctl.errors import EXIT_INTERRUPTED, JobsFailed, TicketError, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 
@@ -49,9 +50,6 @@ def policy_choices(incomplete: str):
     from ticketctl.masks import policies
 
     return [v for v in policies.names() if v.startswith(incomplete)]
-
-
-TASK_NAMES = ("mrpc", "stsb", "rte", "cola", "sst2", "wnli", "qnli", "qqp", "mnli")  # ticketctl.data.tasks.TASKS
 
 
 def options(**groups: type):
@@ -99,7 +97,7 @@ def options(**groups: type):
 
 
 Task = Annotated[Optional[str], typer.Option(
-    "--task", "-t", autocompletion=choices(*TASK_NAMES), help="GLUE task: mrpc, stsb, rte, cola, sst2, wnli, qnli, qqp, mnli; with --train-file or --dataset, "
+    "--task", "-t", autocompletion=choices(*TASKS), help=f"GLUE task: {', '.join(TASKS)}; with --train-file or --dataset, "
     "the name of your task.")]
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
 TrainFraction = Annotated[float, typer.Option(
@@ -252,7 +250,7 @@ def protocol(
     data: DataOptions,
     run: RunOptions,
     task: Annotated[Optional[list[str]], typer.Option(
-        "--task", "-t", metavar="TASK", autocompletion=choices(*TASK_NAMES), help="GLUE task (repeat for several: one report each, "
+        "--task", "-t", metavar="TASK", autocompletion=choices(*TASKS), help="GLUE task (repeat for several: one report each, "
         "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
     seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (the ACTIVE-LT sequence follows "
                                              "this order).")] = "1-3",

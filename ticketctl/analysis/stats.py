@@ -320,14 +320,15 @@ def phase_table(members: Members, by: str = "sparsity", examples: np.ndarray | N
     scores = scorer.scores(np.eye(len(scorer)))
     rows = []
     for level in sorted({lv for _, lv in cells}):
-        row = PhaseRow(level, {k: _cell(scores[cells.get((k, level), [])]) for k in kinds})
+        row = PhaseRow(level, {k: _summary(scores[cells.get((k, level), [])]) for k in kinds})
         if by == "sparsity":
             row = _against_full(members, scorer, scores, row, kinds, cells, full, resamples)
         rows.append(row)
     return PhaseTable(members.evaluated, by, kinds, rows), cells
 
 
-def _cell(s: np.ndarray) -> Cell:
+def _summary(s: np.ndarray) -> Cell:
+    """A phase-transition cell: mean, sample standard deviation and count of these scores (NaN where undefined)."""
     nan = float("nan")
     return Cell(float(s.mean()) if len(s) else nan, float(s.std(ddof=1)) if len(s) > 1 else nan, len(s))
 

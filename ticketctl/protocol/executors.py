@@ -78,7 +78,8 @@ def _blocked(jobs, pending: list[str], failed: set[str]) -> list[str]:
     return [j for j in pending if any(d in failed for d in jobs[j].deps)]
 
 
-def _log_of(pdir: Path, job) -> Path:
+def job_log(pdir: Path, job) -> Path:
+    """A protocol job's log file, ``OUT/protocol/logs/SLUG.log`` (``runner.run_job`` writes it; failures name it)."""
     return pdir / "logs" / f"{job.slug}.log"
 
 
@@ -152,7 +153,7 @@ def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
                     log.info(f"protocol: finished {j} ({results[j]['seconds']:.1f} s)")
                 except Exception as e:  # a job's failure is reported; the others go on
                     failed.add(j)
-                    failures[j] = f"{_reason(e)} (log: {_log_of(pdir, jobs[j])})"
+                    failures[j] = f"{_reason(e)} (log: {job_log(pdir, jobs[j])})"
                     log.info(f"protocol: FAILED {j}: {failures[j]}")
     except BaseException:
         _stop(pool)
@@ -320,7 +321,7 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
                     results[j] = handle.result()
                     log.info(f"protocol: finished {j} ({results[j]['seconds']:.1f} s, Slurm job {handle.job_id})")
                 except Exception as e:
-                    failures[j] = f"{_reason(e)} (log: {_log_of(pdir, jobs[j])}; Slurm: {handle.paths.stderr})"
+                    failures[j] = f"{_reason(e)} (log: {job_log(pdir, jobs[j])}; Slurm: {handle.paths.stderr})"
                     log.info(f"protocol: FAILED {j}: {failures[j]}")
                 continue
             if queue is not None and handle.job_id not in queue:
@@ -330,7 +331,7 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
                     del open_jobs[j]
                     deps_failed = any(d in failures for d in jobs[j].deps)
                     failures[j] = ("not run: a job it depends on failed" if deps_failed else
-                                   f"Slurm job {handle.job_id} ended without a result (log: {_log_of(pdir, jobs[j])}; "
+                                   f"Slurm job {handle.job_id} ended without a result (log: {job_log(pdir, jobs[j])}; "
                                    f"Slurm: {handle.paths.stderr})")
                     log.info(f"protocol: FAILED {j}: {failures[j]}")
         if open_jobs:
