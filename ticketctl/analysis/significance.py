@@ -5,7 +5,7 @@ split into G equal groups; every k-member ensemble inside a group is scored; sco
 then over groups. With G = 1 every k-member combination of all members is scored.
 
 Why not a t-test over those combinations: combinations share members, so their scores are far from independent and
-a t-test over them is optimistic (README "Statistics" measures its false-positive rate). The default test here is a
+a t-test over them is optimistic (docs/statistics.md measures its false-positive rate). The default test here is a
 permutation test over seeds: under the null hypothesis that the two schemes' members come from one distribution,
 exchanging scheme A's and scheme B's member of a seed (paired: they share the seed's head, data order and dropout)
 or, without pairing, reassigning members to schemes at random, leaves the distribution of the statistic unchanged.
