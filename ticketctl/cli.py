@@ -34,6 +34,22 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ticketctl import __version__
+
+        print(f"ticketctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print ticketctl's version and exit.")] = False) -> None:
+    """Find lottery-ticket subnetworks of a pretrained language model, finetune them, and ensemble them.
+
+    Results (artifact paths, tables) go to stdout; progress and logs go to stderr."""
+
+
 # ---------------------------------------------------------------------------------------------- options
 
 
