@@ -32,10 +32,12 @@ def setup_block(readme: str) -> str:
 
 
 def test_setup_block_is_a_bare_machine_s_commands_in_order():
-    """Get the code, enter it, a virtual environment, the CPU torch line, the install, the main job: in order."""
+    """Get the code, enter it, a virtual environment, the CPU torch line, the lock, the install, the main job: in
+    order."""
     lines = [line.split("#")[0].strip() for line in setup_block((ROOT / "README.md").read_text()).splitlines()]
     steps = [r"git clone <ticketctl's repository URL> ticketctl", r"cd ticketctl", r"python3 -m venv \.venv",
-             r"\. \.venv/bin/activate", r"pip install torch==2\.13\.0", r"pip install (-e \.|-r \S+ -e \.)",
+             r"\. \.venv/bin/activate", r"pip install torch==2\.13\.0", r"pip install -r requirements\.lock",
+             r"pip install (--no-deps )?-e \.",
              r"ticketctl search .* \| xargs .*ticketctl finetune .*"]
     at = [next((i for i, line in enumerate(lines) if re.fullmatch(step, line)), None) for step in steps]
     assert None not in at and at == sorted(at), dict(zip(steps, at))
