@@ -2,7 +2,7 @@
 resolves to a heading that exists.
 
 Two kinds of pointer are checked, wherever they stand (the package's code, so its help text too, README, docs/,
-examples/, benchmarks/; CHANGELOG.md is history and is left as written):
+examples/, benchmarks/, tests/; CHANGELOG.md is history and is left as written):
 
 - a link with an anchor, ``[text](docs/x.md#anchor)``, ``[text](x.md#anchor)`` or ``[text](#anchor)``, and a bare
   ``docs/x.md#anchor`` in code: the anchor must be the slug of a heading of that file (GitHub's and mkdocs' rule:
@@ -31,7 +31,7 @@ def sources() -> list[Path]:
     files = sorted((ROOT / "ticketctl").rglob("*.py")) + sorted((ROOT / "docs").rglob("*.md"))
     files += [ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "mkdocs.yml"]
     files += sorted(p for p in (ROOT / "examples").rglob("*") if p.is_file())
-    files += sorted((ROOT / "benchmarks").glob("*.py"))
+    files += sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "tests").glob("*.py"))
     return [p for p in files if p.suffix in {".py", ".md", ".sh", ".yml", ""}]
 
 
