@@ -1,4 +1,4 @@
-"""Calibration of ``stats``' tests, by simulation (README "Statistics").
+"""Calibration of ``stats``' tests, by simulation (docs/statistics.md "Statistics").
 
 Simulated members: a binary task; every member's margin is the class signal plus an example effect shared by all
 members (some examples are hard for everyone) plus a seed effect shared by a seed's two members (the dense and the
@@ -66,7 +66,7 @@ def test_permutation_test_is_calibrated_under_the_null(k, groups):
 
 def test_permutation_test_detects_a_real_difference():
     """Power at 8 paired seeds, 300 examples, 3-member ensembles: a scheme better by 5.6 points of ensemble
-    accuracy is detected in 100 of 100 simulations, one better by 2.9 points in 58 (README "Statistics")."""
+    accuracy is detected in 100 of 100 simulations, one better by 2.9 points in 58 (docs/statistics.md "Statistics")."""
     rate_large, _, _ = rejection_rates(60, 0.2, 3, 1, seed=1)
     rate_small, _, _ = rejection_rates(60, 0.1, 3, 1, seed=2)
     assert rate_large >= 0.9 and 0.3 <= rate_small < rate_large
