@@ -5,7 +5,7 @@ Two substitutions, and only these: ``git clone <ticketctl's repository URL>`` cl
 HEAD: the install from the local checkout, no network for the code), and the main job's ``ticketctl search`` and
 ``ticketctl finetune`` get options that shorten it (the tests' tiny BERT and GLUE-shaped data, one epoch, CPU):
 the commands and their order are README's. pip installs from the configured package index and its cache, as a
-user's pip does (not ``--system-site-packages``, which would test this environment, not README's): about a minute
+user's pip does (not ``--system-site-packages``, which would test this environment, not README's): about two minutes
 with a warm pip cache, most of it unpacking torch. Slow tier (``-m slow``).
 """
 
