@@ -1,12 +1,11 @@
 """The GLUE task table: each task's name, files, text and label columns, labels and metrics; custom tasks from
-their recorded spec. No numpy: the CLI reads the task names from here at start-up (``--task``'s help and
-completion), and ``ticketctl.data.tasks`` re-exports all of it beside the metrics."""
+their recorded spec. Plain data, importing nothing of ticketctl or numpy: the CLI reads the task names from here at
+start-up (``--task``'s help and completion); ``ticketctl.data.tasks`` re-exports it beside the metrics and
+``get_task``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from ticketctl.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -82,21 +81,3 @@ TASKS: dict[str, Task] = {
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")
-
-
-def task_of(meta: dict) -> Task:
-    """The task an artifact was made for: a custom task from its recorded spec, else the GLUE task it names."""
-    spec = meta.get("task_spec")
-    if spec:
-        try:
-            return Task.from_spec(spec)
-        except (KeyError, TypeError):
-            raise UsageError(f"artifact's task_spec is malformed: {str(spec)[:80]}") from None
-    return get_task(meta["task"])
-
-
-def get_task(name: str) -> Task:
-    key = name.lower().replace("-", "")
-    if key not in TASKS:
-        raise UsageError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[key]

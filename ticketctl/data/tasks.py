@@ -7,12 +7,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticketctl.data.task_table import (CLASSIFICATION_METRICS, REGRESSION_METRICS, TASKS, Task, get_task,
-                                       task_of)
+from ticketctl.data.task_table import CLASSIFICATION_METRICS, REGRESSION_METRICS, TASKS, Task
 from ticketctl.errors import UsageError
 
 __all__ = ["CLASSIFICATION_METRICS", "REGRESSION_METRICS", "TASKS", "Task", "get_task", "task_of", "predictions",
            "metric", "score", "undefined_note"]
+
+
+def task_of(meta: dict) -> Task:
+    """The task an artifact was made for: a custom task from its recorded spec, else the GLUE task it names."""
+    spec = meta.get("task_spec")
+    if spec:
+        try:
+            return Task.from_spec(spec)
+        except (KeyError, TypeError):
+            raise UsageError(f"artifact's task_spec is malformed: {str(spec)[:80]}") from None
+    return get_task(meta["task"])
+
+
+def get_task(name: str) -> Task:
+    key = name.lower().replace("-", "")
+    if key not in TASKS:
+        raise UsageError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+    return TASKS[key]
 
 
 # ---------------------------------------------------------------------------------------------- metrics
