@@ -7,7 +7,7 @@
 #   examples/multi_ticket.sh --quick               # MRPC, dense and RANDOM-LT, 3 seeds, the full training set:
 #                                                  # finetunes of 2 epochs, IMP rounds of 1; under 30 min on 2 cores.
 #                                                  # A speed preset: it shows the pipeline runs, not that the
-#                                                  # method works (README, "The --quick preset")
+#                                                  # method works (README "The `--quick` preset is a speed preset")
 #   TASKS="mrpc stsb" SEEDS="$(seq 1 20)" SCHEMES="dense bagging base active random" examples/multi_ticket.sh
 #
 # Environment: TASKS, SEEDS, SCHEMES, SEED_GROUPS (the protocol's groups), SIZE (largest k), ARGS (extra options for
@@ -19,7 +19,7 @@ set -euo pipefail
 # shellcheck disable=SC2206  # ARGS: extra ticketctl options, word-split on purpose (e.g. ARGS="--model DIR")
 EXTRA=(${ARGS:-})
 if [[ "${1:-}" == "--quick" ]]; then
-  # the named preset `--plan quick` (README "The whole protocol in one command"); the environment still overrides it
+  # the named preset `--plan quick` (docs/protocol.md "The whole protocol in one command"); the environment still overrides it
   opts=(--plan quick)
   [[ -n "${TASKS:-}" ]] && for t in $TASKS; do opts+=(--task "$t"); done
   [[ -n "${SEEDS:-}" ]] && opts+=(--seeds "$(echo $SEEDS | tr ' ' ',')")

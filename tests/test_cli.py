@@ -320,7 +320,7 @@ def test_dense_round_of_search_logs_its_training_curve(cli, tiny_model, glue_dir
 
 
 def test_python_api_matches_the_cli(cli, tiny_model, glue_dir, tmp_path, capsys):
-    """README "From Python": the library functions the commands wrap give the CLI's artifacts (same names, same
+    """docs/training.md "From Python": the library functions the commands wrap give the CLI's artifacts (same names, same
     outputs), and the analysis function's records render as the CLI's table."""
     import numpy as np
 

@@ -133,6 +133,12 @@ def line_pattern(shown: str) -> re.Pattern:
     return re.compile("".join({"…": r"[^|]*?", "<hash>": r"[0-9a-f]+"}.get(p, re.escape(p)) for p in parts))
 
 
+def without_setup(text: str) -> str:
+    """README without its "Set up" section: those commands make a virtual environment of their own and run in one
+    (tests/test_setup.py), not in the environment running these tests."""
+    return re.sub(r"^## Set up\n.*?(?=^## )", "", text, flags=re.S | re.M)
+
+
 def test_readme_blocks_are_found():
     blocks = readme_blocks((ROOT / "README.md").read_text())
     assert len(blocks) >= 4 and sum(expected is not None for _, expected in blocks) >= 2
@@ -160,7 +166,7 @@ esac
            "TICKETCTL_DOCS_ARGS": f"--model {tiny_model} --data-dir {glue_dir} --epochs 1 --batch-size 8 "
                                   "--device cpu --quiet"}
     start = time.perf_counter()
-    for block, expected in readme_blocks((ROOT / "README.md").read_text()):
+    for block, expected in readme_blocks(without_setup((ROOT / "README.md").read_text())):
         script = adapt(block)
         if not script.strip():
             continue

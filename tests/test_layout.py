@@ -1,4 +1,4 @@
-"""The package's shape (README "Architecture"): measured from the source by benchmarks/layout.py."""
+"""The package's shape (docs/architecture.md "Architecture"): measured from the source by benchmarks/layout.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ticketctl protocol``: the whole protocol in one command, on the tiny model (README "The whole protocol in one
+"""``ticketctl protocol``: the whole protocol in one command, on the tiny model (docs/protocol.md "The whole protocol in one
 command"). The report's numbers are compared with the analysis commands run on the same artifacts, a protocol
 member with the one ``search`` + ``finetune`` make, a killed run's rerun with an uninterrupted run."""
 

@@ -1,4 +1,4 @@
-"""Calibration of ``stats``' tests, by simulation (README "Statistics").
+"""Calibration of ``stats``' tests, by simulation (docs/statistics.md "Statistics").
 
 Simulated members: a binary task; every member's margin is the class signal plus an example effect shared by all
 members (some examples are hard for everyone) plus a seed effect shared by a seed's two members (the dense and the
@@ -66,7 +66,7 @@ def test_permutation_test_is_calibrated_under_the_null(k, groups):
 
 def test_permutation_test_detects_a_real_difference():
     """Power at 8 paired seeds, 300 examples, 3-member ensembles: a scheme better by 5.6 points of ensemble
-    accuracy is detected in 100 of 100 simulations, one better by 2.9 points in 58 (README "Statistics")."""
+    accuracy is detected in 100 of 100 simulations, one better by 2.9 points in 58 (docs/statistics.md "Statistics")."""
     rate_large, _, _ = rejection_rates(60, 0.2, 3, 1, seed=1)
     rate_small, _, _ = rejection_rates(60, 0.1, 3, 1, seed=2)
     assert rate_large >= 0.9 and 0.3 <= rate_small < rate_large
@@ -253,3 +253,39 @@ def test_compare_gain_is_the_ensembling_part_with_the_exact_permutation_p():
     single = compare(scorer, a, b, 1, 1, paired=True, resamples=99)
     ens = compare(scorer, a, b, 3, 1, paired=True, resamples=99)
     assert single.diff + c.diff == pytest.approx(ens.diff)
+
+
+def test_compare_gain_interval_is_nan_where_compare_is():
+    """One jackknife: at k = a group's size (every ensemble of a group holds each of its seeds) the ensembling
+    part's interval is undefined, as the ensembles' difference is, not narrowed to the other groups."""
+    from ticketctl.analysis.significance import compare_gain
+
+    scorer, _, _ = simulate(np.random.default_rng(3), n=6, examples=200, margin=0.4)
+    b, a = list(range(6)), list(range(6, 12))
+    for paired in (True, False):
+        c, g = (f(scorer, a, b, 3, 2, paired, resamples=99, limit=None) for f in (compare, compare_gain))
+        assert np.isnan(c.low) and np.isnan(c.high)
+        assert np.isnan(g.low) and np.isnan(g.high) and np.isfinite(g.diff)
+        g2 = compare_gain(scorer, a, b, 2, 2, paired, resamples=99, limit=None)  # k below the group's size
+        assert g2.low < g2.diff < g2.high
+
+
+def test_a_zero_difference_is_zero():
+    """Two schemes whose members are the same outputs under other seeds: every difference is exactly 0.0 (not the
+    2.2e-16 of summing the same scores in another order), and the paper's t-test warns of nothing."""
+    import warnings
+
+    from ticketctl.analysis.significance import compare_gain, difference
+
+    assert difference(0.1 + 0.2, 0.3) == 0.0 and difference(0.3, 0.2) == pytest.approx(0.1)
+    scorer, _, _ = simulate(np.random.default_rng(5), n=6, examples=97, margin=0.0)
+    x = np.concatenate([scorer.x[:6], scorer.x[:6][::-1]])  # B's members are A's in reverse seed order
+    twin = scorer.subset(list(range(6)))._with(x, scorer.labels)
+    a, b = list(range(6)), list(range(6, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for f in (compare, compare_gain):
+            c = f(twin, a, b, 3, 1, False, resamples=99, limit=None)
+            assert c.diff == 0.0 and str(c.diff) == "0.0"
+        assert np.isnan(paper_ttest(np.full(10, 0.8), np.full(10, 0.8)))
+        assert 0 < paper_ttest(np.full(10, 0.8123456789), np.linspace(0.7, 0.9, 10)) < 1  # scipy would warn here

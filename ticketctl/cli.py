@@ -1,26 +1,26 @@
 """The command line: each command is a few lines over a library function (``ticketctl.stages``,
 ``ticketctl.analysis``) that Python code can call the same way.
 
-The training options come from the dataclasses in ``ticketctl.hparams`` (:func:`options`): each field is one
-option, declared once, with its help text beside it. Importing this module must not import torch (fast ``--help``
+The training options come from the dataclasses in ``ticketctl.hparams`` (``cli_options.options``): each field is
+one option, declared once, with its help text beside it; how a command ends (errors, signals, exit statuses) is
+``ticketctl.cli_exit``. Importing this module must not import torch (fast ``--help``
 and shell completion): every command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
 import os
-import signal
 import sys
-import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ticketctl.errors import EXIT_INTERRUPTED, JobsFailed, TicketError, UsageError
+from ticketctl.cli_exit import error_line as _error  # the name the protocol command's body calls
+from ticketctl.cli_exit import run
+from ticketctl.cli_options import choices, options, policy_choices
+from ticketctl.data.task_table import TASKS
+from ticketctl.errors import JobsFailed, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 
 app = typer.Typer(
@@ -33,73 +33,27 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ticketctl import __version__
+
+        print(f"ticketctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print ticketctl's version and exit.")] = False) -> None:
+    """Find lottery-ticket subnetworks of a pretrained language model, finetune them, and ensemble them.
+
+    Results (artifact paths, tables) go to stdout; progress and logs go to stderr."""
+
+
 # ---------------------------------------------------------------------------------------------- options
 
 
-def choices(*values: str):
-    """Shell completion of an option's values (the option still validates them itself, with its own message)."""
-    def complete(incomplete: str):
-        return [v for v in values if v.startswith(incomplete)]
-
-    return complete
-
-
-def policy_choices(incomplete: str):
-    """Shell completion of ``--policy``: the registered pruning policies (``ticketctl.masks.policies``)."""
-    from ticketctl.masks import policies
-
-    return [v for v in policies.names() if v.startswith(incomplete)]
-
-
-TASK_NAMES = ("mrpc", "stsb", "rte", "cola", "sst2", "wnli", "qnli", "qqp", "mnli")  # ticketctl.data.tasks.TASKS
-
-
-def options(**groups: type):
-    """Give a command the fields of the option dataclasses as Typer options: ``@options(train=TrainConfig)`` adds
-    one option per field of ``TrainConfig`` (its flag, help and default from the field) and passes
-    the command a ``train`` argument built from them. A group given as ``(cls, {"field", ...})`` leaves those
-    fields out."""
-
-    def wrap(fn):
-        params = [p for p in inspect.signature(fn).parameters.values() if p.name not in groups]
-        hints = typing.get_type_hints(fn, include_extras=True)
-        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in params]
-        built: dict[str, tuple[type, list[str]]] = {}
-        for arg, spec in groups.items():
-            cls, exclude = spec if isinstance(spec, tuple) else (spec, set())
-            types = typing.get_type_hints(cls)
-            names = []
-            for f in dataclasses.fields(cls):
-                if f.name in exclude:
-                    continue
-                meta = f.metadata
-                decls = []  # Typer's own flag from the name (a bool gets --x / --no-x) unless the field names one
-                if meta.get("flag") or meta.get("short"):
-                    decls = [meta.get("flag") or "--" + f.name.replace("_", "-")] + [meta["short"]] * bool(meta["short"])
-                default = None if f.default is dataclasses.MISSING else f.default
-                extra = {"autocompletion": choices(*meta["choices"])} if meta.get("choices") else {}
-                params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                                annotation=Annotated[types[f.name], typer.Option(
-                                                    *decls, help=meta["help"], **extra)]))
-                names.append(f.name)
-            built[arg] = (cls, names)
-
-        @functools.wraps(fn)
-        def command(**kwargs):
-            for arg, (cls, names) in built.items():
-                kwargs[arg] = cls(**{n: kwargs.pop(n) for n in names})
-            return fn(**kwargs)
-
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        del command.__wrapped__  # Typer must read the signature above, not the function's own
-        return command
-
-    return wrap
-
-
 Task = Annotated[Optional[str], typer.Option(
-    "--task", "-t", autocompletion=choices(*TASK_NAMES), help="GLUE task: mrpc, stsb, rte, cola, sst2, wnli, qnli, qqp, mnli; with --train-file or --dataset, "
+    "--task", "-t", autocompletion=choices(*TASKS), help=f"GLUE task: {', '.join(TASKS)}; with --train-file or --dataset, "
     "the name of your task.")]
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
 TrainFraction = Annotated[float, typer.Option(
@@ -252,7 +206,7 @@ def protocol(
     data: DataOptions,
     run: RunOptions,
     task: Annotated[Optional[list[str]], typer.Option(
-        "--task", "-t", metavar="TASK", autocompletion=choices(*TASK_NAMES), help="GLUE task (repeat for several: one report each, "
+        "--task", "-t", metavar="TASK", autocompletion=choices(*TASKS), help="GLUE task (repeat for several: one report each, "
         "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
     seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (the ACTIVE-LT sequence follows "
                                              "this order).")] = "1-3",
@@ -618,90 +572,9 @@ def stats(
 # ---------------------------------------------------------------------------------------------- entry point
 
 
-class _Signalled(BaseException):
-    """Raised by our signal handlers: unlike KeyboardInterrupt, Typer does not swallow it, so ``main`` can print
-    one line and exit with 128 + the signal number. Temporary files are removed on the way out."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-
-
-def _raise_signalled(signum, frame):
-    raise _Signalled(signum)
-
-
-def _error(msg: str) -> None:
-    sys.stderr.write(f"ticketctl: error: {msg}\n")
-    sys.stderr.flush()
-
-
-def _click_exceptions():
-    """Typer 0.20+ vendors click as ``typer._click``; older Typer uses the click package."""
-    try:
-        from typer._click import exceptions
-    except ImportError:  # pragma: no cover - depends on the Typer version
-        from click import exceptions
-    return exceptions
-
-
-def _finite_floats(command) -> None:
-    """Every float option of every command refuses ``nan`` and ``inf`` (which float() accepts), with one line and
-    exit 2, as any other bad option value: each float option's callback checks the parsed value first."""
-    import math
-
-    exceptions = _click_exceptions()
-
-    def is_float(param) -> bool:
-        descriptor = getattr(param, "type_descriptor", None)
-        annotation = getattr(descriptor, "annotation", None)
-        return annotation is float or float in typing.get_args(annotation)
-
-    def finite(callback):
-        def check(ctx, param, value):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise exceptions.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
-            return callback(ctx, param, value) if callback is not None else value
-
-        return check
-
-    for cmd in getattr(command, "commands", {}).values():
-        for param in cmd.params:
-            if is_float(param):
-                param.callback = finite(param.callback)
-
-
 def main(argv: list[str] | None = None) -> None:
-    click = _click_exceptions()
-    signal.signal(signal.SIGTERM, _raise_signalled)
-    if hasattr(signal, "SIGPIPE"):  # `ticketctl show ... | head`: end quietly like any Unix tool (exit 141)
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # leave an inherited "ignore" alone
-        signal.signal(signal.SIGINT, _raise_signalled)
-    try:
-        command = typer.main.get_command(app)
-        _finite_floats(command)
-        rv = command.main(args=argv, prog_name="ticketctl", standalone_mode=False)
-    except TicketError as e:
-        _error(str(e))
-        sys.exit(e.exit_code)
-    except click.UsageError as e:
-        _error(e.format_message().replace("\n", " "))
-        sys.exit(2)
-    except click.ClickException as e:
-        _error(e.format_message())
-        sys.exit(e.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        _error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
-    except _Signalled as e:
-        _error("interrupted" if e.signum == signal.SIGINT else "terminated")
-        sys.exit(128 + e.signum)
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): exit quietly, without a second error while flushing.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(141)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    """The ``ticketctl`` entry point: the app, with one-line errors and exit statuses (:func:`cli_exit.run`)."""
+    run(app, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Exit codes (README "Exit codes and guarantees").
+# Exit codes (docs/artifacts.md "Exit codes and guarantees").
 EXIT_FAILURE = 1  # unexpected failure: a bug or the environment (a traceback is printed)
 EXIT_USAGE = 2  # bad command line: unknown option or task, value out of range
 EXIT_INPUT = 3  # bad or incompatible input: unreadable artifact, mixed tasks, malformed TSV, ...

@@ -28,11 +28,11 @@ def option(default=None, help: str = "", *, flag: str | None = None, short: str 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation hyperparameters (the paper's setting; lr measured for the default model, see README)."""
+    """Optimisation hyperparameters (the paper's setting; lr measured for the default model: docs/choices.md)."""
 
     epochs: float = option(3.0, "Training epochs (per IMP round for search).")
     batch_size: int = option(32, "Training batch size.")
-    lr: float = option(1e-4, "Peak learning rate (AdamW, linear decay to zero, no warm-up).", flag="--lr")
+    lr: float = option(1e-4, "Peak learning rate (AdamW: linear warm-up over --warmup, then linear decay to zero).", flag="--lr")
     max_length: int = option(128, "Maximum tokens per example (truncation; batches are padded dynamically).")
     weight_decay: float = option(0.0, "AdamW weight decay (not on biases and LayerNorm).")
     warmup: float = option(0.0, "Fraction of the steps used for linear warm-up.")
@@ -166,7 +166,7 @@ class RunOptions:
     deterministic: bool = option(
         False, "Deterministic algorithms only (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8, no "
         "cuDNN autotuning): on a GPU, two runs give bit-identical results. Recorded in every artifact; not part of "
-        "its name (README \"GPUs and data parallelism\").", flag="--deterministic")
+        "its name (docs/scale-out.md \"GPUs and data parallelism\").", flag="--deterministic")
     quiet: bool = option(False, "No progress or logs on stderr.", short="-q")
     verbose: bool = option(False, "More logs on stderr: resolved configuration, data sources, per-epoch losses, "
                            "timings.", short="-v")

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from ticketctl.analysis.records import FrontierRow
-from ticketctl.analysis.significance import Scorer, budget_interval, protocol_scores
+from ticketctl.analysis.significance import Scorer, budget_interval, difference, protocol_scores
 from ticketctl.errors import InputError
 
 
@@ -70,7 +70,7 @@ def frontier(scorer: Scorer, groups: dict[str, list[int]], costs: dict[str, floa
                 continue
             vs_ref = low = high = float("nan")
             if g != ref and k_ref >= 1:
-                vs_ref = means[g][k - 1] - means[ref][k_ref - 1]
+                vs_ref = difference(means[g][k - 1], means[ref][k_ref - 1])
                 if (g, k, k_ref) not in intervals:
                     intervals[g, k, k_ref] = budget_interval(scorer, groups[g], groups[ref], k, k_ref, n_groups,
                                                              pairs[g])

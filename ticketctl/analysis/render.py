@@ -124,7 +124,7 @@ def importance_table(result: Importance) -> Table:
 # ---------------------------------------------------------------------------------------------- statistics
 
 PAPER_NOTE = ("note: --test paper is the t-test of Kobayashi et al. over k-member combinations; combinations share "
-              "members, so its p-values are optimistic, too small (README: Statistics)")
+              "members, so its p-values are optimistic, too small (docs/statistics.md)")
 
 
 def table1_table(result: Table1) -> Table:

@@ -18,8 +18,8 @@ import numpy as np
 from ticketctl.analysis.combine import member_terms
 from ticketctl.analysis.members import Members, load_ensemble_members
 from ticketctl.analysis.records import (Cell, CostFrontier, PhaseRow, PhaseTable, SuperTicket, Table1, Table1Row)
-from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, pairing, paper_ttest, protocol_combinations,
-                                             protocol_scores, smallest_p, split_groups)
+from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, difference, pairing, paper_ttest,
+                                             protocol_combinations, protocol_scores, smallest_p, split_groups)
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
 from ticketctl.store.identity import IDENTITY_DEFAULTS
@@ -155,8 +155,8 @@ def table1_rows(members: Members, groups: dict[str, list[int]], ref: str, k: int
         s = singles[g]
         row = {"group": g, "members": len(groups[g]), "single_mean": float(s.mean()),
                "single_std": float(s.std(ddof=1)) if len(s) > 1 else 0.0, "k": k, "combinations": len(ens[g]),
-               "ensemble_mean": float(ens[g].mean()), "ensemble_gain": float(ens[g].mean() - s.mean()),
-               "vs_ref": float(ens[g].mean() - ens[ref].mean()),
+               "ensemble_mean": float(ens[g].mean()), "ensemble_gain": difference(ens[g].mean(), s.mean()),
+               "vs_ref": difference(ens[g].mean(), ens[ref].mean()),
                "diff_low": nan, "diff_high": nan, "p_value": nan, "test": "ref", "p_single": nan}
         if g != ref:
             paired = pairing(seeds_of(members, groups[g]), seeds_of(members, groups[ref]))
@@ -320,14 +320,15 @@ def phase_table(members: Members, by: str = "sparsity", examples: np.ndarray | N
     scores = scorer.scores(np.eye(len(scorer)))
     rows = []
     for level in sorted({lv for _, lv in cells}):
-        row = PhaseRow(level, {k: _cell(scores[cells.get((k, level), [])]) for k in kinds})
+        row = PhaseRow(level, {k: _summary(scores[cells.get((k, level), [])]) for k in kinds})
         if by == "sparsity":
             row = _against_full(members, scorer, scores, row, kinds, cells, full, resamples)
         rows.append(row)
     return PhaseTable(members.evaluated, by, kinds, rows), cells
 
 
-def _cell(s: np.ndarray) -> Cell:
+def _summary(s: np.ndarray) -> Cell:
+    """A phase-transition cell: mean, sample standard deviation and count of these scores (NaN where undefined)."""
     nan = float("nan")
     return Cell(float(s.mean()) if len(s) else nan, float(s.std(ddof=1)) if len(s) > 1 else nan, len(s))
 

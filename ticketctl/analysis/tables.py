@@ -16,7 +16,9 @@ from ticketctl.errors import UsageError
 FORMATS = ("table", "tsv", "json", "markdown")
 
 
-def _cell(v, blank_nan: bool = False) -> str:
+def format_cell(v, blank_nan: bool = False) -> str:
+    """A value as a table prints it: floats to 4 decimals (3 significant digits below 1e-3, 0 as 0.0000), NaN as
+    ``nan`` (blank with ``blank_nan``), infinities as ``inf``/``-inf``, anything else by ``str``."""
     if isinstance(v, float):
         if math.isnan(v):
             return "" if blank_nan else "nan"
@@ -68,14 +70,14 @@ def emit(table: Table, fmt: str = "table", out=None) -> None:
     elif fmt == "tsv":
         out.write("\t".join(columns) + "\n")
         for r in rows:
-            out.write("\t".join(_cell(r.get(c, "")) for c in columns) + "\n")
+            out.write("\t".join(format_cell(r.get(c, "")) for c in columns) + "\n")
     elif fmt == "markdown":
         if title:
             out.write(f"**{title}**\n\n")
         out.write("| " + " | ".join(columns) + " |\n")
         out.write("|" + "|".join(" --- " for _ in columns) + "|\n")
         for r in rows:
-            out.write("| " + " | ".join(_cell(r.get(c, ""), blank_nan=True) for c in columns) + " |\n")
+            out.write("| " + " | ".join(format_cell(r.get(c, ""), blank_nan=True) for c in columns) + " |\n")
     else:
         _rich(rows, columns, title, out)
     out.flush()
@@ -92,7 +94,7 @@ def _rich(rows: list[dict], columns: list[str], title: str | None, out) -> None:
     for c in columns:
         table.add_column(c, justify="left" if c in LEFT else "right")
     for r in rows:
-        table.add_row(*[_cell(r.get(c, ""), blank_nan=True) for c in columns])
+        table.add_row(*[format_cell(r.get(c, ""), blank_nan=True) for c in columns])
     console = Console(file=out, highlight=False, width=max(100, len(columns) * 12, len(title or "") + 2))
     if title:
         console.print(title, markup=False, style="italic")

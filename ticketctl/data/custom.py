@@ -63,12 +63,40 @@ def _loads(text: str):
     return json.loads(text, object_pairs_hook=_json_object)
 
 
-def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
+def read_table(path: str | Path, warn=stderr_notice) -> tuple[list[str], list[dict]]:
     """(column names, rows as dicts of strings or JSON values) of one data file. Blank lines are skipped in every
-    line-based format (CSV, TSV, JSON Lines); a header or record that names a column twice is refused.
+    line-based format (CSV, TSV, JSON Lines); a header or record that names a column twice is refused. Column names
+    are stripped of surrounding whitespace, with a notice through ``warn`` (:func:`strip_header`), so that every
+    column option (``--text-columns``, ``--label-column``, also stripped) finds ``"review "`` as ``review``.
 
     Raises InputError (missing file, bad format, ragged rows, duplicate columns) or UsageError (unknown format)."""
-    path = Path(path)
+    columns, rows = _read_records(Path(path))
+    return strip_header(columns, rows, str(path), warn)
+
+
+def strip_header(columns: list[str], rows: list[dict], source: str, warn) -> tuple[list[str], list[dict]]:
+    """The one rule for column names, in every format and reader (CSV, TSV, JSON, JSON Lines, hub datasets): a name
+    with surrounding whitespace is read without it, and ``warn`` gets one line naming it. Raises InputError where
+    two names become one (``"label"`` and ``"label "``)."""
+    padded = [c for c in columns if isinstance(c, str) and c != c.strip()]
+    if not padded:
+        return columns, rows
+    stripped = [c.strip() if isinstance(c, str) else c for c in columns]
+    _unique_columns(stripped, f"{source} (column names stripped of surrounding whitespace)")
+    out = []
+    for n, row in enumerate(rows):
+        new = {k.strip() if isinstance(k, str) else k: v for k, v in row.items()}
+        if len(new) != len(row):
+            raise InputError(f"{source}: record {n + 1} names a field twice once surrounding whitespace is stripped "
+                             f"({', '.join(repr(k) for k in row if isinstance(k, str) and k != k.strip())})")
+        out.append(new)
+    warn(f"{source}: column name{'s' if len(padded) > 1 else ''} {', '.join(map(repr, padded))} read without "
+         f"surrounding whitespace, as {', '.join(repr(c.strip()) for c in padded)}")
+    return stripped, out
+
+
+def _read_records(path: Path) -> tuple[list[str], list[dict]]:
+    """:func:`read_table` before the header rule."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     fmt = file_format(path)
@@ -132,7 +160,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict]]:
 def parse_columns(text_columns: str | None) -> tuple[str, ...] | None:
     if text_columns is None:
         return None
-    cols = tuple(c.strip() for c in text_columns.split(","))
+    cols = tuple(c.strip() for c in text_columns.split(","))  # as column names are read (strip_header)
     if not 1 <= len(cols) <= 2 or not all(cols):
         raise UsageError(f"--text-columns {text_columns!r}: give one column or two (a,b) for sentence pairs")
     return cols
@@ -354,7 +382,7 @@ def split_of(task: Task, columns: list[str], rows: list[dict], source: str, name
 
 def read_split(task: Task, path: str | Path, name: str | None = None, need_labels: bool = False,
                warn=stderr_notice) -> Split:
-    columns, rows = read_table(path)
+    columns, rows = read_table(path, warn)
     return split_of(task, columns, rows, str(path), name or Path(path).name.split(".")[0], need_labels, warn)
 
 
@@ -386,7 +414,8 @@ def hub_table(dataset: str, config: str | None, split: str) -> tuple[list[str], 
             for r in rows:
                 r[col] = names[r[col]] if r[col] is not None and r[col] >= 0 else None
     source = f"dataset:{dataset}" + (f"/{config}" if config else "") + f"[{split}]"
-    return columns, rows, source, class_names
+    columns, rows = strip_header(columns, rows, source, stderr_notice)
+    return columns, rows, source, {c.strip(): names for c, names in class_names.items()}
 
 
 def dataset_name(dataset: str, config: str | None) -> str:
@@ -403,11 +432,11 @@ def own_task_data(task_name: str | None, opts, warn):
     if task_name and task_name.lower().replace("-", "") in TASKS:
         raise UsageError(f"--task {task_name} is a GLUE task; name your own data differently (or leave --task out)")
     text_columns = parse_columns(opts.text_columns)
-    label_column = opts.label_column or "label"
+    label_column = (opts.label_column or "label").strip()  # as column names are read (strip_header)
     class_names: dict = {}
     if opts.train_file:
         name = task_name or "custom"
-        columns, rows = read_table(opts.train_file)
+        columns, rows = read_table(opts.train_file, warn)
         source = opts.train_file
     else:
         name = task_name or dataset_name(opts.dataset, opts.dataset_config)

@@ -20,7 +20,7 @@ from ticketctl.errors import InputError, UsageError
 from ticketctl.train.seeds import derive_seed
 
 IMP, STRUCTURED = "imp", "structured"
-DEFAULT_L1 = 1e-4  # see README "Choices": makes random/active masks differ from base's across seeds
+DEFAULT_L1 = 1e-4  # see docs/choices.md: makes random/active masks differ from base's across seeds
 
 
 # ---------------------------------------------------------------------------------------------- IMP

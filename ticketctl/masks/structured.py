@@ -105,8 +105,10 @@ def check_distinct_levels(levels: list[float], layers: int, heads: int) -> None:
         seen[counts] = level
 
 
-def parse_levels(text: str, option: str = "--sparsity") -> list[float]:
-    """``"0.3,0.5"`` -> structured levels, each in (0, 1), none twice; UsageError naming ``option`` otherwise."""
+def parse_levels(text: str | float | list | tuple, option: str = "--sparsity") -> list[float]:
+    """``"0.3,0.5"`` (or a number, or a list of numbers, as a TOML plan gives them) -> structured levels, each in
+    (0, 1), none twice; UsageError naming ``option`` otherwise."""
+    text = ",".join(map(str, text)) if isinstance(text, (list, tuple)) else str(text)
     try:
         levels = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:

@@ -153,7 +153,8 @@ def _blocked(jobs, pending: list[str], failed: set[str]) -> list[str]:
     return [j for j in pending if any(d in failed for d in jobs[j].deps)]
 
 
-def _log_of(pdir: Path, job) -> Path:
+def job_log(pdir: Path, job) -> Path:
+    """A protocol job's log file, ``OUT/protocol/logs/SLUG.log`` (``runner.run_job`` writes it; failures name it)."""
     return pdir / "logs" / f"{job.slug}.log"
 
 
@@ -306,7 +307,7 @@ def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
                 else:
                     why = answer[1]
                 failed.add(j)
-                failures[j] = f"{why} (log: {_log_of(pdir, jobs[j])})"
+                failures[j] = f"{why} (log: {job_log(pdir, jobs[j])})"
                 log.info(f"protocol: FAILED {j}: {failures[j]}")
     except BaseException:
         _stop(pool)
@@ -661,7 +662,7 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
                     results[j] = handle.result()
                     log.info(f"protocol: finished {j} ({results[j]['seconds']:.1f} s, Slurm job {handle.job_id})")
                 except Exception as e:
-                    failures[j] = f"{_reason(e)} (log: {_log_of(pdir, jobs[j])}; Slurm: {handle.paths.stderr})"
+                    failures[j] = f"{_reason(e)} (log: {job_log(pdir, jobs[j])}; Slurm: {handle.paths.stderr})"
                     log.info(f"protocol: FAILED {j}: {failures[j]}")
                 continue
             if queue is None:
@@ -688,7 +689,7 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
                     failures[j] = "not run: a job it depends on failed"
                 else:
                     failures[j] = (f"Slurm job {handle.job_id} {describe_end(end_state, code)} (log: "
-                                   f"{_log_of(pdir, jobs[j])}; Slurm: {handle.paths.stderr})")
+                                   f"{job_log(pdir, jobs[j])}; Slurm: {handle.paths.stderr})")
                 log.info(f"protocol: FAILED {j}: {failures[j]}")
         for j, handle, reason in stuck:
             subprocess.run(["scancel", handle.job_id], capture_output=True)

@@ -44,17 +44,6 @@ def level_scheme(level: float) -> str:
     return f"structured-{round(level * 100)}"
 
 
-def parse_levels(spec) -> list[float] | None:
-    """``"0.3,0.5"``, a number or a list of numbers -> the levels, checked as ``search --sparsity`` checks them
-    (:func:`ticketctl.masks.structured.parse_levels`); None stays None. Raises UsageError."""
-    from ticketctl.masks.structured import parse_levels as parse_sparsities
-
-    if spec is None:
-        return None
-    text = ",".join(map(str, spec)) if isinstance(spec, (list, tuple)) else str(spec)
-    return parse_sparsities(text, "--structured-levels")
-
-
 def parse_range(spec: str | int | list, what: str) -> list[int]:
     """``"1-20"``, ``"1,3,5"``, ``"1-3,7"``, an int or a list of ints -> the ints in that order (no repeats).
     Raises UsageError naming ``what`` (the option) for anything else."""
@@ -380,6 +369,8 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
     """The validated plan from the command line's values (``options``: the keys of :data:`DEFAULTS`) and, with
     ``plan_file``, a TOML plan whose values fill every option the command line left at its default. Raises
     UsageError (one line) for an unknown key, a bad value or a plan that does not fit (:meth:`Plan.validate`)."""
+    from ticketctl.masks import structured
+
     options, train, data, run = merge(options, train, data, run, plan_file)
     seeds = parse_range(options["seeds"], "--seeds")
     n_groups = _int(options["groups"], "--groups")
@@ -391,7 +382,8 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
                 sizes=sizes, report=Path(options["report"]), bagging=_float(options["bagging"], "--bagging"),
                 sparsity=_float(options["sparsity"], "--sparsity"),
                 prune_step=_float(options["prune_step"], "--prune-step"),
-                structured_levels=parse_levels(options["structured_levels"]),
+                structured_levels=None if options["structured_levels"] is None else structured.parse_levels(
+                    options["structured_levels"], "--structured-levels"),
                 l1=None if options["l1"] is None else _float(options["l1"], "--l1"),
                 search_epochs=None if options["search_epochs"] is None else _float(options["search_epochs"],
                                                                                   "--search-epochs"),

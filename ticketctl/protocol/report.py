@@ -28,7 +28,7 @@ import numpy as np
 from ticketctl.analysis import diversity, iou, stats
 from ticketctl.analysis.render import row_of
 from ticketctl.analysis.significance import compare, compare_gain, pairing
-from ticketctl.analysis.tables import _cell, note
+from ticketctl.analysis.tables import format_cell, note
 from ticketctl.errors import InputError, UsageError
 from ticketctl.protocol.plan import Plan, toml_text
 from ticketctl.store.artifacts import read_artifact
@@ -301,7 +301,7 @@ def _jsonable(v):
 def _table(rows: list[dict], columns: list[str], headers: list[str] | None = None) -> str:
     out = ["| " + " | ".join(headers or columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     for r in rows:
-        out.append("| " + " | ".join(_cell(r.get(c, ""), blank_nan=True) if r.get(c) is not None else ""
+        out.append("| " + " | ".join(format_cell(r.get(c, ""), blank_nan=True) if r.get(c) is not None else ""
                                      for c in columns) + " |")
     return "\n".join(out)
 

@@ -168,7 +168,7 @@ def run_job(plan: Plan, job_id: str, threads: int | None = None) -> dict:
     False when the artifact was finished already (another run made it). Raises what the stage raises."""
     job = plan.jobs_graph()[job_id]
     pdir = protocol_dir(plan)
-    log_path = pdir / "logs" / f"{job.slug}.log"
+    log_path = executors.job_log(pdir, job)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     run = replace(plan.run, threads=threads if threads is not None else plan.run.threads, quiet=False)
     plan = replace(plan, run=run)

@@ -22,7 +22,7 @@ from ticketctl.data import custom
 from ticketctl.data import files as data_files
 from ticketctl.data.batching import encode
 from ticketctl.data.tasks import Task
-from ticketctl.errors import InputError, NoLabels, UsageError
+from ticketctl.errors import NoLabels, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 from ticketctl.log import Log, recording
 from ticketctl.model import loading
