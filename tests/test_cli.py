@@ -243,10 +243,17 @@ def test_device_and_precision_resolution(monkeypatch):
     for capability, want in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp32")):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, c=capability: c)
         assert resolve_precision("auto", torch.device("cuda", 0)) == want
+    monkeypatch.delenv("TICKETCTL_CPU_AMX", raising=False)  # conftest sets it: here the CPU's own flags decide
     for flags, want in (("fpu avx512_bf16 amx_bf16 amx_tile", "bf16"), ("fpu avx512f avx512_bf16", "fp32")):
         monkeypatch.setattr(device_mod, "open", lambda path, f=flags: io.StringIO(f"flags\t\t: {f}\n"),
                             raising=False)
         assert resolve_precision("auto", torch.device("cpu")) == want
+        # TICKETCTL_CPU_AMX overrides the flags either way; other values leave them to decide
+        for forced, forced_want in (("1", "bf16"), ("0", "fp32"), ("yes", want), ("", want)):
+            monkeypatch.setenv("TICKETCTL_CPU_AMX", forced)
+            assert resolve_precision("auto", torch.device("cpu")) == forced_want, (flags, forced)
+            assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice is kept
+        monkeypatch.delenv("TICKETCTL_CPU_AMX")
 
     def unreadable(path):
         raise OSError("no /proc")
@@ -256,6 +263,16 @@ def test_device_and_precision_resolution(monkeypatch):
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # an explicit choice is kept
     assert resolve_precision("auto", torch.device("mps")) == "fp32"
+
+
+def test_precision_auto_follows_the_amx_switch_in_a_subprocess(amx, tiny_args, tmp_path):
+    """TICKETCTL_CPU_AMX reaches a process started from this one (as pool workers, torchrun ranks and Slurm jobs
+    are): the finetune resolves --precision auto by it, records it, and is named by it."""
+    out = subprocess.run([sys.executable, "-m", "ticketctl", "finetune", "--task", "mrpc", "--seed", "1", "--out",
+                          str(tmp_path), *tiny_args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    art = read_artifact(out.stdout.strip())
+    assert art.meta["config"]["precision"] == amx
 
 
 def test_active_first_member_with_prior_none(cli, tiny_args, tmp_path):
