@@ -3,6 +3,8 @@ written here, or on inputs whose answer is known by hand."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
@@ -208,3 +210,99 @@ def test_registry_directions_and_vote():
     # vote: predictions from vote shares, ties broken by mean probability
     logits = np.array([[[2.0, 0.0]], [[0.0, 1.0]]])  # one vote each; class 0 more probable on average
     assert M.combine_members(logits, "vote", regression=False).predictions.tolist() == [0]
+
+
+# ---------------------------------------------------------------------------------------------- ensemble --scores
+
+
+def _members(tmp_path, m=4, n=60, task="mrpc", seed=9):
+    from ticketctl.store.artifacts import write_artifact
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    paths = []
+    for i in range(m):
+        if task == "stsb":
+            gold = rng.uniform(0, 5, n) if i == 0 else gold  # noqa: F821 (set on the first member)
+            labels = gold.astype(np.float32)
+            outputs = (gold + rng.normal(0, 0.5, n)).astype(np.float32)[:, None]
+        else:
+            outputs = (np.eye(2)[labels] * 2 + rng.normal(0, 2, (n, 2))).astype(np.float32)
+        meta = {"task": task, "split": "dev", "data_fingerprint": "d1", "model_fingerprint": "m1", "seed": str(i),
+                "policy": "dense"}
+        paths.append(str(write_artifact(tmp_path / f"{task}{i}.safetensors", "logits",
+                                        {"outputs": outputs, "ids": np.arange(n), "labels": labels}, meta)))
+    return paths, labels
+
+
+def _cli(*args):
+    import contextlib
+    import io
+
+    from ticketctl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_ensemble_scores_in_json_match_the_functions(tmp_path):
+    import json
+
+    from ticketctl.store.artifacts import read_artifact
+
+    paths, y = _members(tmp_path)
+    code, out, err = _cli("ensemble", "--format", "json", "--scores", "nll,brier,ece,mutual_information",
+                          "--ece-bins", "10", *paths)
+    assert code == 0, err
+    row = json.loads(out.splitlines()[0])
+    logits = np.stack([read_artifact(p).tensors["outputs"] for p in paths]).astype(np.float64)
+    member = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    mean = member.mean(0)
+    assert row["nll"] == pytest.approx(log_loss(y, mean), rel=1e-9)
+    assert row["brier"] == pytest.approx(((mean - np.eye(2)[y]) ** 2).sum(-1).mean(), rel=1e-9)
+    assert row["ece"] == pytest.approx(M.ece(mean, y, 10))
+    assert row["accuracy"] == pytest.approx(np.mean(mean.argmax(-1) == y))
+    # without --scores: the table the task always printed, no further column
+    code, out, _ = _cli("ensemble", "--format", "json", *paths)
+    assert set(json.loads(out.splitlines()[0])) == {"members", "combine", "accuracy", "f1"}
+
+
+def test_ensemble_size_scores_average_over_combinations(tmp_path):
+    import json
+
+    from ticketctl.store.artifacts import read_artifact
+
+    paths, y = _members(tmp_path)
+    code, out, err = _cli("ensemble", "--format", "json", "--size", "2", "--scores", "nll,aurc", *paths)
+    assert code == 0, err
+    row = json.loads(out.splitlines()[0])
+    logits = np.stack([read_artifact(p).tensors["outputs"] for p in paths]).astype(np.float64)
+    member = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    pairs = list(itertools.combinations(range(4), 2))
+    want = np.mean([log_loss(y, member[list(c)].mean(0)) for c in pairs])
+    assert row["mean_nll"] == pytest.approx(want, rel=1e-9)
+    aurcs = [_aurc_direct(list(member[list(c)].mean(0).max(-1)), list(member[list(c)].mean(0).argmax(-1) == y))
+             for c in pairs]
+    assert row["mean_aurc"] == pytest.approx(np.mean(aurcs), rel=1e-9)
+
+
+def test_ensemble_scores_refusals_and_vote(tmp_path):
+    paths, _ = _members(tmp_path)
+    code, out, err = _cli("ensemble", "--scores", "nope", *paths)
+    assert code != 0 and "unknown score" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, out, err = _cli("ensemble", "--ece-bins", "0", "--scores", "ece", *paths)
+    assert code != 0 and "--ece-bins" in err and "Traceback" not in err
+    code, out, err = _cli("ensemble", "--format", "tsv", "--combine", "vote", "--scores", "nll,ece", *paths)
+    assert code == 0 and "nll, ece undefined under --combine vote" in err
+    assert "nll" not in out.splitlines()[0].split("\t")
+    stsb, _ = _members(tmp_path, task="stsb")
+    code, out, err = _cli("ensemble", "--scores", "nll", *stsb)
+    assert code != 0 and "regression" in err
+    code, out, err = _cli("ensemble", "--format", "tsv", "--scores", "all", *stsb)
+    assert code == 0 and "gaussian_nll" in out.splitlines()[0], err

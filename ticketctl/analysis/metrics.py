@@ -432,3 +432,30 @@ def combine_members(outputs: np.ndarray, combine: str, regression: bool) -> Comb
     else:
         pred = probs.argmax(-1)
     return Combined(pred, probs, mean, entropy(member).mean(axis=-2))
+
+
+CHUNK_ELEMENTS = 2_000_000  # bound on the (ensembles x members x examples x classes) block held at once
+
+
+def combination_values(outputs: np.ndarray, labels: np.ndarray, combos: np.ndarray, names: list[str], combine: str,
+                       regression: bool, options: Options = Options()) -> dict[str, np.ndarray]:
+    """Each named metric of every ensemble whose members are a row of ``combos`` (B, k) indices into the members'
+    raw outputs (m, n, C): arrays of B values, computed in chunks."""
+    combos = np.asarray(combos, dtype=np.int64)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    if not names:
+        return {}
+    per = max(1, CHUNK_ELEMENTS // max(1, combos.shape[1] * outputs.shape[1] * outputs.shape[2]))
+    for start in range(0, len(combos), per):
+        block = outputs[combos[start : start + per]]  # (b, k, n, C)
+        for n, v in evaluate(names, combine_members(block, combine, regression), labels, options).items():
+            parts[n].append(np.atleast_1d(v))
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def vote_note(undefined: list[str]) -> str:
+    """The notice for metrics left out under ``--combine vote``; "" when none."""
+    if not undefined:
+        return ""
+    return (f"{', '.join(undefined)} undefined under --combine vote (vote shares are not probabilities: the NLL of "
+            "a zero share is infinite): left out")
