@@ -259,7 +259,11 @@ def fit_temperature(log_probs: np.ndarray, gold: np.ndarray, weights: np.ndarray
         grad = (w * (ez - zy)).sum(axis=-1) / total
         hess = (w * var).sum(axis=-1) / total
         step = np.where(hess > 1e-12, grad / np.where(hess > 1e-12, hess, 1.0), np.sign(grad) * 0.5)
-        beta = np.clip(beta - np.clip(step, -beta / 2, beta), 1e-3, 1e3)  # at most halve or double per step
+        new = np.clip(beta - np.clip(step, -beta / 2, beta), 1e-3, 1e3)  # at most halve or double per step
+        done = np.all(np.abs(new - beta) <= 1e-9 * beta)
+        beta = new
+        if done:  # Newton converges quadratically from beta = 1: a handful of steps in practice
+            break
     return 1.0 / beta
 
 
@@ -339,9 +343,14 @@ def _adaptive_ece(c, gold, o):
     return adaptive_ece(c.probs, gold, o.ece_bins)
 
 
+_SCALED: list = [None, None]  # the last (key, result) of _scaled: ts_nll and ts_ece of one ensemble share a fit
+
+
 def _scaled(c, gold, o):
-    log_probs = np.log(np.clip(c.probs, EPS, None))
-    return cross_fitted_scaling(log_probs, gold, o.folds)
+    key = (id(c.probs), id(gold), o.folds)
+    if _SCALED[0] != key:
+        _SCALED[:] = [key, cross_fitted_scaling(np.log(np.clip(c.probs, EPS, None)), gold, o.folds)]
+    return _SCALED[1]
 
 
 @register("temperature", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
@@ -440,17 +449,48 @@ CHUNK_ELEMENTS = 2_000_000  # bound on the (ensembles x members x examples x cla
 def combination_values(outputs: np.ndarray, labels: np.ndarray, combos: np.ndarray, names: list[str], combine: str,
                        regression: bool, options: Options = Options()) -> dict[str, np.ndarray]:
     """Each named metric of every ensemble whose members are a row of ``combos`` (B, k) indices into the members'
-    raw outputs (m, n, C): arrays of B values, computed in chunks."""
-    combos = np.asarray(combos, dtype=np.int64)
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    raw outputs (m, n, C): arrays of B values, computed in chunks. Each member's probabilities and entropy are
+    computed once; a chunk's ensembles are a membership matrix times them (one matrix product), as in
+    ``significance.Scorer``."""
+    from ticketctl.analysis.combine import softmax
+
     if not names:
         return {}
-    per = max(1, CHUNK_ELEMENTS // max(1, combos.shape[1] * outputs.shape[1] * outputs.shape[2]))
+    combos = np.asarray(combos, dtype=np.int64)
+    x = np.asarray(outputs, dtype=np.float64)
+    m, n, c = x.shape
+    k = combos.shape[1]
+    if regression:
+        flat = x[..., 0]
+        squares = flat**2
+    else:
+        member = softmax(x)
+        flat = member.reshape(m, n * c)
+        logits = x.reshape(m, n * c) if combine == "logits" else None
+        member_entropy = entropy(member)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    per = max(1, CHUNK_ELEMENTS // max(1, n * c))
     for start in range(0, len(combos), per):
-        block = outputs[combos[start : start + per]]  # (b, k, n, C)
-        for n, v in evaluate(names, combine_members(block, combine, regression), labels, options).items():
-            parts[n].append(np.atleast_1d(v))
-    return {n: np.concatenate(v) for n, v in parts.items()}
+        chunk = combos[start : start + per]
+        w = np.zeros((len(chunk), m))
+        np.put_along_axis(w, chunk, 1.0 / k, axis=1)
+        if regression:
+            mean = w @ flat
+            var = np.maximum(w @ squares - mean**2, 0.0)
+            combined = Combined(mean, spread=np.sqrt(var))
+        else:
+            mean = (w @ flat).reshape(len(chunk), n, c)
+            if combine == "vote":
+                probs = None
+                shares = (w @ np.eye(c)[x.argmax(-1)].reshape(m, n * c)).reshape(len(chunk), n, c)
+                pred = (shares + 1e-4 * mean).argmax(-1)
+            else:
+                probs = mean if combine == "probs" else softmax((w @ logits).reshape(len(chunk), n, c))
+                pred = probs.argmax(-1)
+            combined = Combined(pred, probs, mean, w @ member_entropy)
+        for name, v in evaluate(names, combined, labels, options).items():
+            parts[name].append(np.atleast_1d(v))
+    return {name: np.concatenate(v) for name, v in parts.items()}
 
 
 def vote_note(undefined: list[str]) -> str:
