@@ -250,12 +250,15 @@ def fit_temperature(log_probs: np.ndarray, gold: np.ndarray, weights: np.ndarray
                                                                         z.shape[:-1])
     total = w.sum(axis=-1)
     beta = np.ones(z.shape[:-2])
+    cols = [np.ascontiguousarray(z[..., j]) for j in range(z.shape[-1])]  # sums over a few classes: slice by slice
     for _ in range(steps):
-        s = beta[..., None, None] * z
-        p = np.exp(s - s.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-        ez = (p * z).sum(axis=-1)
-        var = (p * z * z).sum(axis=-1) - ez**2
+        b = beta[..., None]
+        top = np.maximum.reduce([b * col for col in cols])
+        e = [np.exp(b * col - top) for col in cols]
+        norm = sum(e)
+        ez = sum(ei * col for ei, col in zip(e, cols)) / norm
+        ez2 = sum(ei * col * col for ei, col in zip(e, cols)) / norm
+        var = ez2 - ez**2
         grad = (w * (ez - zy)).sum(axis=-1) / total
         hess = (w * var).sum(axis=-1) / total
         step = np.where(hess > 1e-12, grad / np.where(hess > 1e-12, hess, 1.0), np.sign(grad) * 0.5)
