@@ -306,3 +306,37 @@ def test_ensemble_scores_refusals_and_vote(tmp_path):
     assert code != 0 and "regression" in err
     code, out, err = _cli("ensemble", "--format", "tsv", "--scores", "all", *stsb)
     assert code == 0 and "gaussian_nll" in out.splitlines()[0], err
+
+
+def test_class_axis_helpers_agree_with_numpy_ties_included():
+    rng = np.random.default_rng(10)
+    for c in (2, 3, 12):
+        a = rng.integers(0, 3, (50, 7, c)).astype(np.float64)  # many ties
+        best, arg = M._top(a)
+        np.testing.assert_array_equal(arg, a.argmax(-1))
+        np.testing.assert_array_equal(best, a.max(-1))
+        np.testing.assert_allclose(M._csum(a), a.sum(-1))
+
+
+def test_combination_values_match_one_ensemble_at_a_time():
+    """The membership-matrix path (every k-member ensemble at once) against combine_members on each ensemble alone:
+    classification under probs and logits, and regression (spread as the members' population std)."""
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 3, 40)
+    x = rng.normal(0, 2, (5, 40, 3))
+    combos = np.array(list(itertools.combinations(range(5), 3)))
+    names = ["accuracy", "nll", "brier", "ece", "aurc", "mutual_information", "ts_nll"]
+    for how in ("probs", "logits"):
+        got = M.combination_values(x, y, combos, names, how, regression=False)
+        for b, combo in enumerate(combos):
+            one = M.evaluate(names, M.combine_members(x[combo], how, regression=False), y)
+            for name in names:
+                assert got[name][b] == pytest.approx(one[name], rel=1e-9, abs=1e-12), (how, name)
+    gold = rng.uniform(0, 5, 40)
+    r = rng.normal(2, 1, (5, 40, 1))
+    got = M.combination_values(r, gold, combos, ["pearson", "gaussian_nll", "spread_error_corr"], "probs", True)
+    for b, combo in enumerate(combos):
+        one = M.evaluate(["pearson", "gaussian_nll", "spread_error_corr"], M.combine_members(r[combo], "probs", True),
+                         gold)
+        for name, v in one.items():
+            assert got[name][b] == pytest.approx(v, rel=1e-9), name
