@@ -340,3 +340,16 @@ def test_combination_values_match_one_ensemble_at_a_time():
                          gold)
         for name, v in one.items():
             assert got[name][b] == pytest.approx(v, rel=1e-9), name
+
+
+def test_shared_fits_are_not_reused_for_other_inputs():
+    """ts_nll/ts_ece and aurc/eaurc share one computation per ensemble: a new ensemble (even built in a loop where the
+    old one is freed) gets its own."""
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 2, 40)
+    for _ in range(5):
+        x = rng.normal(0, 3, (2, 40, 2))
+        got = M.evaluate(["aurc", "ts_nll"], M.combine_members(x, "probs", regression=False), y)
+        p = M.combine_members(x, "probs", regression=False).probs
+        assert got["aurc"] == pytest.approx(_aurc_direct(list(p.max(-1)), list(p.argmax(-1) == y)), rel=1e-12)
+        assert got["ts_nll"] == pytest.approx(M.nll(M.cross_fitted_scaling(np.log(p), y)[0], y), rel=1e-12)

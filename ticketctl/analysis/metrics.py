@@ -368,12 +368,17 @@ def _adaptive_ece(c, gold, o):
     return adaptive_ece(c.probs, gold, o.ece_bins)
 
 
-_SCALED: list = [None, None]  # the last (key, result) of _scaled: ts_nll and ts_ece of one ensemble share a fit
+def _same(key, cached) -> bool:
+    """Whether a cache entry was made for these very objects (held by the entry, so their ids cannot be reused)."""
+    return cached is not None and len(key) == len(cached) and all(a is b for a, b in zip(key, cached))
+
+
+_SCALED: list = [None, None]  # the last (inputs, result) of _scaled: ts_nll and ts_ece of one ensemble share a fit
 
 
 def _scaled(c, gold, o):
-    key = (id(c.probs), id(gold), o.folds)
-    if _SCALED[0] != key:
+    key = (c.probs, gold, o)
+    if not _same(key, _SCALED[0]):
         _SCALED[:] = [key, cross_fitted_scaling(np.log(np.clip(c.probs, EPS, None)), gold, o.folds)]
     return _SCALED[1]
 
@@ -401,17 +406,28 @@ def _confidence_correct(c, gold):
     return conf, top == np.asarray(gold)
 
 
+_AURC: list = [None, None]  # the last (key, (aurc, correct)): aurc and eaurc of one ensemble share a sort
+
+
+def _aurc_and_correct(c, gold):
+    key = (c.probs, gold)
+    if not _same(key, _AURC[0]):
+        conf, correct = _confidence_correct(c, gold)
+        _AURC[:] = [key, (aurc(conf, correct), correct)]
+    return _AURC[1]
+
+
 @register("aurc", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Geifman & El-Yaniv (2017)")
 def _aurc(c, gold, o):
-    return aurc(*_confidence_correct(c, gold))
+    return _aurc_and_correct(c, gold)[0]
 
 
 @register("eaurc", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Geifman et al. (2019)")
 def _eaurc(c, gold, o):
-    conf, correct = _confidence_correct(c, gold)
-    return aurc(conf, correct) - oracle_aurc(correct)
+    value, correct = _aurc_and_correct(c, gold)
+    return value - oracle_aurc(correct)
 
 
 @register("total_entropy", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
