@@ -424,22 +424,36 @@ def ensemble(
     out: Annotated[Optional[Path], typer.Option(help="Write the ensemble's logits artifact into this folder and "
                                                      "print its path.")] = None,
     submission: Annotated[Optional[Path], typer.Option(help="Write GLUE's index<TAB>prediction file.")] = None,
+    scores: Annotated[Optional[str], typer.Option(
+        help="Further columns after the task's metrics, comma-separated, or 'all': probability calibration "
+             "(nll, brier, ece, adaptive_ece; ts_nll, ts_ece and the temperature after cross-fitted temperature "
+             "scaling), selective prediction (aurc, eaurc), uncertainty (total_entropy, expected_entropy, "
+             "mutual_information); regression: gaussian_nll, spread_error_corr (docs/calibration.md).")] = None,
+    ece_bins: Annotated[int, typer.Option(help="Bins of ece, adaptive_ece and ts_ece (equal width; adaptive: equal "
+                                               "mass).")] = 15,
     format: Format = "table",
 ):
     """Average member outputs and print the ensemble's metrics (or its artifact path with --out)."""
     from ticketctl.analysis import ensemble as data
-    from ticketctl.analysis import render
+    from ticketctl.analysis import metrics, render
     from ticketctl.analysis.tables import note
+    from ticketctl.errors import UsageError
     from ticketctl.store.artifacts import read_paths
 
-    result = data.ensemble(read_paths(members), combine, size)
+    if ece_bins < 1:
+        raise UsageError(f"--ece-bins {ece_bins}: needs at least 1 bin")
+    options = metrics.Options(ece_bins=ece_bins)
+    result = data.ensemble(read_paths(members), combine, size, scores, options)
+    if result.undefined:
+        note(metrics.vote_note(result.undefined))
     if submission is not None:
         data.write_submission(str(submission), result)
         note(f"wrote GLUE submission {submission}")
     if out is not None:
         render.ensemble_written(result, data.write_ensemble(result, out))
         return
-    sizes = data.size_table(result.members, result.sizes, combine, groups) if result.sizes else None
+    sizes = (data.size_table(result.members, result.sizes, combine, groups, result.scores, options) if result.sizes
+             else None)
     render.ensemble(result, sizes, format, submission is not None)
 
 

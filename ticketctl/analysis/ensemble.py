@@ -3,12 +3,15 @@ seed order, the paper's Appendix C)."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from math import comb
 from pathlib import Path
 
 import numpy as np
 
 from ticketctl.analysis.combine import combination_scores, combined_outputs, member_terms
+from ticketctl.analysis.metrics import Options, combination_values, combine_members, evaluate, parse_scores
 from ticketctl.analysis.members import Members, load_ensemble_members
 from ticketctl.analysis.records import Ensemble, EnsembleScore, SizeRow, SizeTable
 from ticketctl.analysis.significance import parse_k, split_groups
@@ -16,21 +19,29 @@ from ticketctl.data.tasks import predictions, score
 from ticketctl.errors import UsageError
 
 
-def ensemble(paths: list[str], combine: str = "probs", size: str | None = None) -> Ensemble:
+def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, scores: str | None = None,
+             options: Options = Options()) -> Ensemble:
     """The logits artifacts among ``paths`` averaged (``combine``: probs | logits | vote), scored on a labelled
-    split; ``size`` (k, a list 2,3,5, a range 2-5, or ``all``) is parsed and checked for :func:`size_table`.
+    split; ``size`` (k, a list 2,3,5, a range 2-5, or ``all``) is parsed and checked for :func:`size_table`;
+    ``scores`` (``--scores``: names or ``all``, :func:`ticketctl.analysis.metrics.parse_scores`): further registered
+    metrics added after the task's own; those undefined under ``combine`` are left out and listed in the record.
 
-    Raises UsageError (a bad --size, --size on an unlabelled split, a bad --combine) or InputError (members that
-    must not be mixed)."""
+    Raises UsageError (a bad --size, --size on an unlabelled split, a bad --combine, an unknown score) or InputError
+    (members that must not be mixed)."""
     members = load_ensemble_members(paths)
+    chosen, undefined = parse_scores(scores, members.task.is_regression, combine)
     combined = combined_outputs(members.task, members.outputs, combine)
     sizes = parse_k(size.replace("all", f"1-{len(members)}") if size else None)
     scored = None
     if members.labels is not None:
         scored = ensemble_score(members, combine, combined)
+        if chosen:
+            extra = evaluate(chosen, combine_members(members.outputs, combine, members.task.is_regression),
+                             members.labels, options)
+            scored = dataclasses.replace(scored, metrics={**scored.metrics, **extra})
     elif sizes:
         raise UsageError("--size needs a labelled split")
-    return Ensemble(members, combine, combined, scored, sizes)
+    return Ensemble(members, combine, combined, scored, sizes, chosen, undefined)
 
 
 def cost_records(members: Members) -> list[dict] | None:
@@ -83,11 +94,13 @@ def all_member_scores(members: Members, how: str = "probs", combined: np.ndarray
     return score(members.task, predictions(members.task, combined), members.labels)
 
 
-def size_table(members: Members, sizes: list[int], how: str = "probs", groups: int = 1) -> SizeTable:
+def size_table(members: Members, sizes: list[int], how: str = "probs", groups: int = 1, scores: list[str] = (),
+               options: Options = Options()) -> SizeTable:
     """One row per ensemble size k: the headline metric's mean/std/min/max over all k-member combinations (within
     each of ``groups`` equal groups of the members in seed order, pooled over groups: Kobayashi et al., 2022,
     Appendix C), the mean of the task's other metrics, and the ensemble's cost (k x the mean member's relative
-    FLOPs) where members record it. Raises UsageError on an unlabelled split or a k a group cannot hold,
+    FLOPs) where members record it; ``scores``: the mean of further registered metrics over the same combinations.
+    Raises UsageError on an unlabelled split or a k a group cannot hold,
     InputError when the members do not split into equal groups."""
     if members.labels is None:
         raise UsageError("the members' split is unlabelled: nothing to score")
@@ -103,10 +116,14 @@ def size_table(members: Members, sizes: list[int], how: str = "probs", groups: i
             raise UsageError(f"--size {k}: needs between 1 and {len(parts[0])} members per group")
         per_group = [combination_scores(task, terms, members.labels, k, g) for g in parts]
         pooled = {m: np.concatenate([pg[m] for pg in per_group]) for m in task.metrics}
+        if scores:
+            combos = np.asarray([c for g in parts for c in itertools.combinations(g, k)], dtype=np.int64)
+            pooled.update(combination_values(members.outputs, members.labels, combos, list(scores), how,
+                                             task.is_regression, options))
         head = pooled[task.headline]
         rows.append(SizeRow(k, sum(comb(len(g), k) for g in parts), float(head.mean()),
                             float(head.std(ddof=1)) if len(head) > 1 else 0.0, float(head.min()), float(head.max()),
-                            {m: float(pooled[m].mean()) for m in task.metrics[1:]},
+                            {m: float(pooled[m].mean()) for m in [*task.metrics[1:], *scores]},
                             round(k * mean_cost, 4) if costs else None))
     return SizeTable(members.evaluated, how, len(members), groups, rows)
 

@@ -59,6 +59,8 @@ class Ensemble:
     outputs: np.ndarray  # (N, C): log mean probability (probs), mean logits, vote share; (N, 1) regression
     score: EnsembleScore | None  # None on an unlabelled split
     sizes: list[int] = field(default_factory=list)  # the ensemble sizes --size asked for (k, all spelled out)
+    scores: list[str] = field(default_factory=list)  # further registered metrics asked for (--scores), computed
+    undefined: list[str] = field(default_factory=list)  # those asked for but undefined under this combine: left out
 
 
 @dataclass(frozen=True)
