@@ -40,7 +40,7 @@ def _keep(path):
 
 
 def test_an_example_imp_policy_runs_through_the_cli(example_policies, cli, tiny_args, tmp_path):
-    from ticketctl.cli import policy_choices
+    from ticketctl.cli_options import policy_choices
 
     assert "uniform" in policy_choices("un") and policies.names(policies.IMP) == ("base", "active", "random",
                                                                                    "uniform")

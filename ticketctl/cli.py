@@ -1,24 +1,20 @@
 """The command line: each command is a few lines over a library function (``ticketctl.stages``,
-``ticketctl.analysis``) that Python code can call the same way.
-
-The training options come from the dataclasses in ``ticketctl.hparams`` (``cli_options.options``): each field is
-one option, declared once, with its help text beside it; how a command ends (errors, signals, exit statuses) is
-``ticketctl.cli_exit``. Importing this module must not import torch (fast ``--help``
-and shell completion): every command imports what it needs when it runs.
+``ticketctl.analysis``) that Python code can call the same way. Its options are declared in ``ticketctl.cli_params``
+(the dataclass groups through ``cli_options.options``); how a command ends is ``ticketctl.cli_exit``. Importing this
+module must not import torch (fast ``--help`` and completion): every command imports what it needs when it runs.
 """
-
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ticketctl import cli_params as opt
 from ticketctl.cli_exit import error_line as _error  # the name the protocol command's body calls
-from ticketctl.cli_exit import run
-from ticketctl.cli_options import choices, options, policy_choices
+from ticketctl.cli_exit import print_paths, run
+from ticketctl.cli_options import choices, options
 from ticketctl.data.task_table import TASKS
 from ticketctl.errors import JobsFailed, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
@@ -33,70 +29,22 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-def _print_version(value: bool) -> None:
-    if value:
-        from ticketctl import __version__
-
-        print(f"ticketctl {__version__}")
-        raise typer.Exit()
-
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                help="Print ticketctl's version and exit.")] = False) -> None:
+def _root(version: opt.Version = False) -> None:
     """Find lottery-ticket subnetworks of a pretrained language model, finetune them, and ensemble them.
 
     Results (artifact paths, tables) go to stdout; progress and logs go to stderr."""
 
 
-# ---------------------------------------------------------------------------------------------- options
-
-
-Task = Annotated[Optional[str], typer.Option(
-    "--task", "-t", autocompletion=choices(*TASKS), help=f"GLUE task: {', '.join(TASKS)}; with --train-file or --dataset, "
-    "the name of your task.")]
-Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
-TrainFraction = Annotated[float, typer.Option(
-    help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")]
-TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits"}), "run": RunOptions}
-CUSTOM_DATA = {"train_file", "validation_file", "dataset", "dataset_config", "validation_split", "text_columns",
-               "label_column", "metric"}
-SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "subset_seed", *CUSTOM_DATA}),
-           "run": RunOptions}
-
-
-def print_paths(paths: list[Path]) -> None:
-    """Artifact paths on stdout, one per line (process 0 speaks for a data-parallel run)."""
-    if os.environ.get("RANK", "0") != "0":
-        return
-    for p in paths:
-        sys.stdout.write(f"{p}\n")
-    sys.stdout.flush()
-
-
 # ---------------------------------------------------------------------------------------------- training commands
-
 
 @app.command()
 @options(train=TrainConfig, data=DataOptions, run=RunOptions)
 def finetune(
-    train: TrainConfig,
-    data: DataOptions,
-    run: RunOptions,
-    task: Task = None,
-    seed: Seed = 0,
-    mask: Annotated[Optional[str], typer.Option(help="Mask artifact from `search`: finetune that ticket.")] = None,
-    bagging: Annotated[float, typer.Option(help="Train on a seed-dependent random fraction of the training set.")] = 1.0,
-    save_model: Annotated[Optional[Path], typer.Option(
-        help="Also save the finetuned model as a transformers folder (a structured ticket at the full model's "
-        "shapes with zeros for its pruned heads and FFNs: stock transformers loads it, ticketctl prunes it again); "
-        "a rerun into a folder holding the same member reuses it.")] = None,
-    init: Annotated[Optional[str], typer.Option(
-        help="Start from the encoder saved in this folder (finetune/share --save-model) instead of the pretrained "
-        "one, with a fresh task head (transfer).")] = None,
-    train_fraction: Annotated[Optional[str], typer.Option(
-        help="Train on a seed-dependent fraction of the training set (nested across fractions); a comma-separated "
-        "list runs one finetune per fraction.")] = None,
+    train: TrainConfig, data: DataOptions, run: RunOptions, task: opt.Task = None, seed: opt.Seed = 0,
+    mask: opt.FinetuneMask = None, bagging: opt.FinetuneBagging = 1.0, save_model: opt.FinetuneSaveModel = None,
+    init: opt.FinetuneInit = None, train_fraction: opt.FinetuneTrainFraction = None,
 ):
     """Finetune the pretrained model (dense, bagging, or a ticket) and write dev-set logits.
 
@@ -110,51 +58,22 @@ def finetune(
 
 
 @app.command()
-@options(**TRAINING)
+@options(**opt.TRAINING)
 def search(
-    train: TrainConfig,
-    data: DataOptions,
-    run: RunOptions,
-    task: Task = None,
-    seed: Seed = 0,
-    method: Annotated[str, typer.Option(autocompletion=choices("imp", "structured"),
-        help="imp: iterative magnitude pruning of weights (Multi-Ticket Ensemble). structured: one-shot pruning of "
-        "attention heads and FFN sublayers by importance (Super Tickets).")] = "imp",
-    policy: Annotated[str, typer.Option(
-        autocompletion=policy_choices,
-        help="imp: base | active | random (the paper's BASE-LT, ACTIVE-LT, RANDOM-LT). structured: base (plain winning "
-        "tickets) | perturbed (seed-perturbed importance) | active (prefer the heads and FFNs --prior masks dropped): "
-        "diverse winning tickets of the same size.")] = "base",
-    sparsity: Annotated[str, typer.Option(
-        help="Target fraction to prune: of prunable weights (imp), of heads and of FFN sublayers (structured; a "
-        "comma-separated list writes one mask per level).")] = "0.3",
-    ticket: Annotated[str, typer.Option(autocompletion=choices("winning", "random", "losing"),
-        help="structured: winning | random | losing, or a comma-separated list (one mask per kind and level).")] = "winning",
-    train_fraction: TrainFraction = 1.0,
-    prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per round.")] = 0.1,
-    l1: Annotated[Optional[float], typer.Option(
-        "--l1", help="tau of the L1 regularizer (random/active); decays with the learning rate. Default 1e-4 for "
-        "random/active, 0 for base.")] = None,
-    diversity: Annotated[Optional[float], typer.Option(
-        help="structured --policy perturbed: sigma of the log-normal noise on the importance scores (default 0.5); "
-        "active: weight of the earlier members' drops (default 1.0).")] = None,
-    prior: Annotated[Optional[list[str]], typer.Option(
-        "--prior", help="Earlier members' masks for --policy active (repeatable; - reads paths from stdin; none for the "
-        "first member, which is plain IMP recorded as active).")] = None,
+    train: TrainConfig, data: DataOptions, run: RunOptions, task: opt.Task = None, seed: opt.Seed = 0,
+    method: opt.SearchMethod = "imp", policy: opt.SearchPolicy = "base", sparsity: opt.SearchSparsity = "0.3",
+    ticket: opt.SearchTicket = "winning", train_fraction: opt.TrainFraction = 1.0,
+    prune_step: opt.SearchPruneStep = 0.1, l1: opt.SearchL1 = None, diversity: opt.SearchDiversity = None,
+    prior: opt.SearchPrior = None,
 ):
     """Find a lottery ticket: by iterative magnitude pruning with rewinding (--method imp), or a structured super
     ticket of heads and FFN sublayers (--method structured). Prints the mask artifact path(s)."""
-    from ticketctl.masks.structured import parse_levels
+    from ticketctl.stages.inputs import search_levels
+    from ticketctl.store.artifacts import read_paths
 
-    if method not in ("imp", "structured"):
-        raise UsageError("--method must be imp or structured")
-    levels = parse_levels(sparsity)
+    levels = search_levels(method, sparsity, ticket=ticket, l1=l1, diversity=diversity)
     if method == "structured":
         from ticketctl.stages.structured import parse_tickets, structured_search
-
-        if l1 is not None:
-            raise UsageError("--l1 belongs to --method imp")
-        from ticketctl.store.artifacts import read_paths
 
         print_paths(structured_search(task, seed, levels=levels, kinds=parse_tickets(ticket),
                                       train_fraction=train_fraction, policy=policy, diversity=diversity,
@@ -162,33 +81,17 @@ def search(
                                       data=data, run=run))
         return
     from ticketctl.stages.imp import search as run_search
-    from ticketctl.store.artifacts import read_paths
 
-    if len(levels) != 1:
-        raise UsageError("--method imp takes one --sparsity level")
-    if ticket != "winning":
-        raise UsageError("--ticket belongs to --method structured")
-    if diversity is not None:
-        raise UsageError("--diversity belongs to --method structured (imp's policies use --l1)")
     priors = ["none"] if prior == ["none"] else read_paths(prior) if prior else []
     print_paths([run_search(task, seed, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
                             priors=priors, train_fraction=train_fraction, train=train, data=data, run=run)])
 
 
 @app.command()
-@options(**SHARING)
+@options(**opt.SHARING)
 def share(
-    task: Annotated[list[str], typer.Option("--task", "-t", help="A task to train on (repeat: --task rte --task mrpc).")],
-    train: TrainConfig,
-    data: DataOptions,
-    run: RunOptions,
-    mask: Annotated[Optional[list[str]], typer.Option(
-        help="The structured mask of each --task, in the same order (repeat). None: dense multi-task baseline.")] = None,
-    seed: Seed = 0,
-    sampling: Annotated[str, typer.Option(autocompletion=choices("proportional", "equal"),
-        help="proportional: tasks drawn in proportion to their training examples; equal: uniformly.")] = "proportional",
-    save_model: Annotated[Optional[Path], typer.Option(
-        help="Save the shared encoder (a transformers folder usable as --model) with the task heads and masks.")] = None,
+    task: opt.ShareTask, train: TrainConfig, data: DataOptions, run: RunOptions, mask: opt.ShareMask = None,
+    seed: opt.Seed = 0, sampling: opt.ShareSampling = "proportional", save_model: opt.ShareSaveModel = None,
 ):
     """Multi-task ticket sharing: one encoder, a head per task, each task's batches through its structured mask.
 
@@ -323,18 +226,9 @@ def protocol(
 @app.command()
 @options(run=(RunOptions, {"model"}))
 def predict(
-    data_file: Annotated[Path, typer.Argument(
-        help="New text: .csv, .tsv, .json or .jsonl with the task's text columns (a GLUE task also reads its TSV "
-        "layout); a label column, where present, is scored.")],
-    run: RunOptions,
-    model_dir: Annotated[list[Path], typer.Option(
-        "--model-dir", "-m", help="A member saved by `finetune --save-model` (repeat for an ensemble).")],
-    ensemble: Annotated[bool, typer.Option(
-        help="Also average the members and print id<TAB>prediction<TAB>p_<label>... (to --output FILE if given).")] = False,
-    output: Annotated[Optional[Path], typer.Option(help="With --ensemble: write the predictions here, not to stdout.")] = None,
-    combine: Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"), help="How --ensemble averages classification members: probs | logits | vote.")] = "probs",
-    batch_size: Annotated[int, typer.Option(help="Examples per forward pass.")] = 128,
-    split: Annotated[Optional[str], typer.Option(help="Split name in the artifacts (default: the file's stem).")] = None,
+    data_file: opt.PredictDataFile, run: RunOptions, model_dir: opt.PredictModelDir,
+    ensemble: opt.PredictEnsemble = False, output: opt.PredictOutput = None, combine: opt.PredictCombine = "probs",
+    batch_size: opt.PredictBatchSize = 128, split: opt.PredictSplit = None,
 ):
     """Run saved members on new text: one logits artifact per member (for `ensemble`, `stats`, `--submission`), and
     with --ensemble the averaged predictions with the task's label names.
@@ -349,29 +243,16 @@ def predict(
     if not ensemble:
         print_paths(written)
         return
-    from ticketctl.analysis.combine import combined_outputs, vote_shares
-    from ticketctl.analysis.members import load_ensemble_members
-    from ticketctl.stages.predict import write_predictions
+    from ticketctl.stages.predict import predict_ensemble
 
-    members = load_ensemble_members([str(p) for p in written])
-    shares = vote_shares(members.outputs) if combine == "vote" and not members.task.is_regression else None
-    write_predictions(members.task, members.shown_ids, combined_outputs(members.task, members.outputs, combine),
-                      output, shares)
+    predict_ensemble(written, combine, output)
     if output is not None:
         print_paths([*written, output])
 
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="A ticketctl mask artifact, or a file of torch prune '*_mask' "
-                                                "tensors (.safetensors, .pt: e.g. a pruned model's state dict).")],
-    target: Annotated[Path, typer.Argument(help="Where to write: torch prune masks (.safetensors or .pt), or the "
-                                                "ticketctl mask artifact (.safetensors).")],
-    model: Annotated[Optional[str], typer.Option(help="The model the masks are for (import; a structured export "
-                                                      "reads its parameter names). Default: a structured export uses the model the mask records, an import the "
-                                                      "default model.")] = None,
-    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Import: the task recorded in the mask "
-                                                                     "(default: imported).")] = None,
+    source: opt.ConvertSource, target: opt.ConvertTarget, model: opt.ConvertModel = None, task: opt.ConvertTask = None,
 ):
     """Convert masks between ticketctl and torch.nn.utils.prune's weight_mask convention (the direction follows the
     source). Prints the written path."""
@@ -382,56 +263,24 @@ def convert(
 
 # ---------------------------------------------------------------------------------------------- analysis commands
 
-Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]
-Format = Annotated[str, typer.Option("--format", "-f", autocompletion=choices("table", "tsv", "json", "markdown"),
-                                     help="table | tsv | json | markdown.")]
-Combine = Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"), help="How classification members are averaged: probs | logits | vote.")]
-
-
 @app.command()
 def show(
-    artifacts: Annotated[list[str], typer.Argument(help="Artifact files (- reads paths from stdin).")],
-    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per artifact, one per line.")] = False,
-    verify: Annotated[bool, typer.Option(help="Recompute the parents' content hashes; exit 3 if any changed or "
-                                              "is missing.")] = False,
-    plot: Annotated[Optional[str], typer.Option(
-        help="Draw the training curves (loss every 10 steps) of the logits artifacts to FILE.png / .svg.")] = None,
+    artifacts: opt.ShowArtifacts, json_output: opt.ShowJsonOutput = False, verify: opt.ShowVerify = False,
+    plot: opt.ShowPlot = None,
 ):
     """Print an artifact's metadata and a summary (sparsity per layer for masks, metrics for logits)."""
-    from ticketctl.analysis import render
-    from ticketctl.analysis import show as data
-    from ticketctl.analysis.tables import note
-    from ticketctl.store.artifacts import read_paths
+    from ticketctl.analysis.commands import show_artifacts
 
-    if plot:
-        note(f"wrote {plot} ({data.plot_curves(read_paths(artifacts), plot)} training curves)")
-        return
-    shown = []
-    for p in read_paths(artifacts):  # each printed as it is read, as far as the first unreadable one
-        shown.append(data.describe_one(p, verify))
-        render.show(shown[-1:], json_output)
-    data.unverified(shown)
+    show_artifacts(artifacts, json_output, verify, plot)
 
 
 @app.command()
 def ensemble(
-    members: Paths,
-    combine: Combine = "probs",
-    size: Annotated[Optional[str], typer.Option(
-        help="Score every k-member combination: k, a list 2,3,5, or a range 2-5 (mean, std, min, max).")] = None,
-    groups: Annotated[int, typer.Option(help="Split the members (in seed order, as stats does) into this many groups "
-                                             "and pool combinations within groups (the paper's Appendix C).")] = 1,
-    out: Annotated[Optional[Path], typer.Option(help="Write the ensemble's logits artifact into this folder and "
-                                                     "print its path.")] = None,
-    submission: Annotated[Optional[Path], typer.Option(help="Write GLUE's index<TAB>prediction file.")] = None,
-    scores: Annotated[Optional[str], typer.Option(
-        help="Further columns after the task's metrics, comma-separated, or 'all': probability calibration "
-             "(nll, brier, ece, adaptive_ece; ts_nll, ts_ece and the temperature after cross-fitted temperature "
-             "scaling), selective prediction (aurc, eaurc), uncertainty (total_entropy, expected_entropy, "
-             "mutual_information); regression: gaussian_nll, spread_error_corr (docs/calibration.md).")] = None,
-    ece_bins: Annotated[int, typer.Option(help="Bins of ece, adaptive_ece and ts_ece (equal width; adaptive: equal "
-                                               "mass).")] = 15,
-    format: Format = "table",
+    members: opt.Paths,
+    combine: opt.Combine = "probs",
+    size: opt.EnsembleSize = None, groups: opt.EnsembleGroups = 1, out: opt.EnsembleOut = None,
+    submission: opt.EnsembleSubmission = None, scores: opt.EnsembleScores = None, ece_bins: opt.EnsembleEceBins = 15,
+    format: opt.Format = "table",
 ):
     """Average member outputs and print the ensemble's metrics (or its artifact path with --out)."""
     from ticketctl.analysis import ensemble as data
@@ -458,138 +307,46 @@ def ensemble(
 
 
 @app.command()
-def diversity(
-    members: Paths,
-    matrix: Annotated[bool, typer.Option(help="Print every pair instead of the averages.")] = False,
-    format: Format = "table",
-):
+def diversity(members: opt.Paths, matrix: opt.DiversityMatrix = False, format: opt.Format = "table"):
     """Pairwise diversity of members: Q statistic, correlation, disagreement, negative double fault, ratio errors
     (classification); error correlation and ambiguity decomposition (regression)."""
-    from ticketctl.analysis import render
-    from ticketctl.analysis.diversity import diversity as data
-    from ticketctl.analysis.tables import emit
-    from ticketctl.store.artifacts import read_paths
+    from ticketctl.analysis.commands import print_diversity
 
-    emit(render.diversity_table(data(read_paths(members), matrix)), format)
+    print_diversity(members, matrix, format)
 
 
 @app.command()
 def iou(
-    masks: Paths,
-    layers: Annotated[bool, typer.Option(help="Per-parameter mean IoU over pairs instead of the matrix.")] = False,
-    importance: Annotated[bool, typer.Option(
-        help="Structured masks of several tasks: per head and FFN, importance averaged over tasks and each task's "
-        "share (Super Tickets' Figure 6); --plot draws it.")] = False,
-    remaining: Annotated[bool, typer.Option(
-        help="Structured masks: heads, FFNs and fraction of encoder weights each keeps (Super Tickets' Figure 3).")] = False,
-    plot: Annotated[Optional[str], typer.Option(help="Draw the IoU heatmap (or --importance bars) to FILE.png / .svg.")] = None,
-    cross_task: Annotated[bool, typer.Option(
-        help="Compare masks of different tasks (refused otherwise, as in the other analysis commands; --importance "
-        "and --remaining compare tasks anyway).")] = False,
-    format: Format = "table",
+    masks: opt.Paths, layers: opt.IouLayers = False, importance: opt.IouImportance = False,
+    remaining: opt.IouRemaining = False, plot: opt.IouPlot = None, cross_task: opt.IouCrossTask = False,
+    format: opt.Format = "table",
 ):
     """Intersection over union of the surviving weights of masks, pairwise (the paper's Figure 4); of kept heads and
     FFN sublayers for structured masks."""
-    from ticketctl.analysis import iou as data
-    from ticketctl.analysis import render
-    from ticketctl.analysis.tables import emit, note
-    from ticketctl.store.artifacts import read_paths
+    from ticketctl.analysis.commands import print_iou
 
-    data.check_views(layers, importance, remaining)
-    paths = read_paths(masks)
-    if remaining:
-        emit(render.remaining_table(data.remaining(paths)), format)
-    elif layers:
-        emit(render.layer_iou_table(data.layer_iou(paths, cross_task)), format)
-    elif importance:
-        result = data.importance(paths)
-        emit(render.importance_table(result), format)
-        if plot:
-            data.plot_importance(result, plot, "importance across tasks")
-            note(f"wrote {plot}")
-    else:
-        result = data.mask_iou(paths, cross_task)
-        emit(render.iou_table(result), format)
-        if plot:
-            data.plot_heatmap(result.values, result.labels, plot, f"{result.task}: IoU of {render.iou_what(result)}")
-            note(f"wrote {plot}")
+    print_iou(masks, layers, importance, remaining, plot, cross_task, format)
 
 
 @app.command()
 def stats(
-    artifacts: Paths,
-    by: Annotated[str, typer.Option(autocompletion=choices("policy", "scheme", "sparsity", "bagging", "seed",
-                                                           "train_fraction", "method"),
-                                    help="Metadata key to group by: policy, scheme (policy, and the level of "
-                                    "structured tickets), sparsity, bagging, seed, ...")] = "policy",
-    ref: Annotated[Optional[str], typer.Option(help="Reference group of the comparisons (default: dense, else base).")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Ensemble size k (default: min(5, smallest group)).")] = None,
-    combine: Combine = "probs",
-    plot: Annotated[Optional[str], typer.Option(help="Draw ensemble gain over the reference vs k (Figure 3) to FILE.")] = None,
-    groups: Annotated[int, typer.Option(help="The paper's protocol: split each scheme's seeds (in seed order) into G "
-                                             "equal groups and average the ensembles within groups, then over groups "
-                                             "(Kobayashi et al. use 2 groups of 10 seeds).")] = 1,
-    test: Annotated[str, typer.Option(autocompletion=choices("permutation", "paper"), help="permutation: paired permutation test over seeds (calibrated); paper: "
-                                           "the paper's t-test over combinations (optimistic).")] = "permutation",
-    resamples: Annotated[int, typer.Option(help="Permutations of the test.")] = 1000,
-    bootstrap: Annotated[int, typer.Option(help="Resample the evaluation examples N times for a 95% interval of "
-                                                "each group's ensemble mean (0: off).")] = 0,
-    select: Annotated[Optional[str], typer.Option(autocompletion=choices("best"),
-        help="best: with --by sparsity, print the mask path(s) of the best winning level (the super ticket), chosen "
-        "on a seeded part of the evaluation examples and reported on the rest.")] = None,
-    select_fraction: Annotated[float, typer.Option(help="With --select best: the fraction of the evaluation "
-                                                        "examples the level is chosen on.")] = 0.5,
-    cost: Annotated[bool, typer.Option(
-        "--cost", help="The frontier at equal inference cost instead: per budget of dense-member equivalents (analytic "
-        "FLOPs), each scheme's largest ensemble within it and its difference to --ref at the same budget; --plot draws "
-        "the metric against cost.")] = False,
-    format: Format = "table",
+    artifacts: opt.Paths, by: opt.StatsBy = "policy", ref: opt.StatsRef = None, size: opt.StatsSize = None,
+    combine: opt.Combine = "probs", plot: opt.StatsPlot = None, groups: opt.StatsGroups = 1,
+    test: opt.StatsTest = "permutation", resamples: opt.StatsResamples = 1000, bootstrap: opt.StatsBootstrap = 0,
+    select: opt.StatsSelect = None, select_fraction: opt.StatsSelectFraction = 0.5, cost: opt.StatsCost = False,
+    format: opt.Format = "table",
 ):
     """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics (the paper's protocol with
     --groups), and against the reference group the difference with a 95% interval and a calibrated p-value
     (permutation test over seeds; --test paper: the paper's t-test). --by sparsity prints the phase-transition table
     instead (metric vs sparsity per ticket kind, full model as reference)."""
-    from ticketctl.analysis import render
-    from ticketctl.analysis import stats as data
-    from ticketctl.analysis.tables import note
-    from ticketctl.store.artifacts import read_paths
+    from ticketctl.analysis.commands import print_stats
 
-    paths = read_paths(artifacts)
-    data.check_options(by, size, bootstrap, select)
-    if select:
-        render.super_ticket(data.super_ticket(paths, select_fraction))
-        return
-    if by in data.PIVOTS:
-        table = data.phase_transition(paths, by, resamples)
-        render.phase(table, format)
-        if plot:
-            data.plot_phase(table, plot, f"{table.on.task}: "
-                            + ("phase transition" if by == "sparsity" else "metric vs training data"))
-    elif cost:
-        from ticketctl.analysis import frontier
-
-        result = data.cost_frontier(paths, by, ref, combine, groups)
-        render.cost_frontier(result, format)
-        if plot:
-            frontier.plot(result.curves, result.on.metric, plot,
-                          f"{result.on.task}: {result.on.metric} vs inference cost, by {by}")
-    else:
-        result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot))
-        render.table1(result, format)
-        if plot:
-            data.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
-                           f"{result.on.task}: ensemble gain over {result.ref}")
-    if plot:
-        note(f"wrote {plot}")
-
-
-# ---------------------------------------------------------------------------------------------- entry point
+    print_stats(artifacts, by=by, ref=ref, size=size, combine=combine, plot=plot, groups=groups, test=test,
+                resamples=resamples, bootstrap=bootstrap, select=select, select_fraction=select_fraction, cost=cost,
+                format=format)
 
 
 def main(argv: list[str] | None = None) -> None:
     """The ``ticketctl`` entry point: the app, with one-line errors and exit statuses (:func:`cli_exit.run`)."""
     run(app, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import typing
+from pathlib import Path
 
 import typer
 
@@ -102,3 +103,12 @@ def run(app: typer.Typer, argv: list[str] | None = None) -> None:
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(141)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def print_paths(paths: list[Path]) -> None:
+    """Artifact paths on stdout, one per line (process 0 speaks for a data-parallel run)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for p in paths:
+        sys.stdout.write(f"{p}\n")
+    sys.stdout.flush()

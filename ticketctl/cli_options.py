@@ -70,3 +70,12 @@ def options(**groups: type):
         return command
 
     return wrap
+
+
+def print_version(value: bool) -> None:
+    """``--version``'s callback: print ticketctl's version and exit."""
+    if value:
+        from ticketctl import __version__
+
+        print(f"ticketctl {__version__}")
+        raise typer.Exit()

@@ -26,7 +26,7 @@ from ticketctl.errors import NoLabels, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 from ticketctl.log import Log, recording
 from ticketctl.model import loading
-from ticketctl.store import atomic, paths, report
+from ticketctl.store import atomic, paths, tracker
 from ticketctl.store.artifacts import existing, write_artifact
 from ticketctl.store.identity import RunIdentity
 from ticketctl.store.provenance import config_hash, provenance
@@ -171,7 +171,7 @@ def start(task: str | list[str], train: TrainConfig | None, data: DataOptions, r
     log = Log(run.quiet, run.verbose, run.log_every)
     single = task is None or isinstance(task, str)
     tasks = [task] if single else list(task)
-    report.check(run.report_to)
+    tracker.check(run.report_to)
     contexts = [replace(Context.create(t, run.model, data, log), cache_dir=run.out / paths.CACHE_DIR,
                         report_to=run.report_to, **where) for t in tasks]
     log.debug(f"config: {cfg.as_dict()}")

@@ -1,13 +1,15 @@
 """What a training stage reads besides its data: a ticket's mask (checked against the model), the pretrained
-classifier with its seeded task head, its tokenizer, and the weights of a finished dense finetune. ``ctx`` is a
+classifier with its seeded task head, its tokenizer, and the weights of a finished dense finetune; and the
+``--sparsity`` levels ``search``'s options make (``search_levels``: its option combinations, checked). ``ctx`` is a
 ``ticketctl.stages.context.Context`` (its tokenised splits, cached in ``OUT/cache``, are ``Context.encoded``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ticketctl.errors import InputError
+from ticketctl.errors import InputError, UsageError
 from ticketctl.hparams import TrainConfig
+from ticketctl.masks.structured import parse_levels
 from ticketctl.model import loading
 from ticketctl.store.artifacts import Artifact, existing, read_artifact
 from ticketctl.store.identity import RunIdentity
@@ -61,3 +63,23 @@ def reuse_dense_weights(identity: RunIdentity, out: Path, force: bool, names) ->
     if cached is None or not all(n in cached.tensors for n in names):
         return None
     return cached
+
+
+def search_levels(method: str, sparsity: str, *, ticket: str = "winning", l1: float | None = None,
+                  diversity: float | None = None) -> list[float]:
+    """The ``search`` command's option combinations, checked for ``method`` (imp | structured); returns the
+    ``--sparsity`` levels (one for imp, any number for structured). Raises ``UsageError`` (exit 2)."""
+    if method not in ("imp", "structured"):
+        raise UsageError("--method must be imp or structured")
+    levels = parse_levels(sparsity)
+    if method == "structured":
+        if l1 is not None:
+            raise UsageError("--l1 belongs to --method imp")
+        return levels
+    if len(levels) != 1:
+        raise UsageError("--method imp takes one --sparsity level")
+    if ticket != "winning":
+        raise UsageError("--ticket belongs to --method structured")
+    if diversity is not None:
+        raise UsageError("--diversity belongs to --method structured (imp's policies use --l1)")
+    return levels

@@ -16,7 +16,7 @@ from ticketctl.hparams import TrainConfig
 from ticketctl.log import format_metrics
 from ticketctl.model.loading import pad_id
 from ticketctl.model.units import structure_of
-from ticketctl.store import atomic, report
+from ticketctl.store import atomic, tracker
 from ticketctl.store.artifacts import write_artifact
 from ticketctl.store.identity import RunIdentity
 
@@ -34,7 +34,7 @@ def write_logits(ctx, split: data_files.Split, path: Path, outputs: np.ndarray, 
     from ticketctl.train import distributed
 
     if ctx.report_to and distributed.is_main():
-        report.report(ctx.report_to, path.parent, path, full, metrics)
+        tracker.report(ctx.report_to, path.parent, path, full, metrics)
     return metrics
 
 

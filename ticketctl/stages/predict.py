@@ -195,3 +195,15 @@ def write_predictions(task: Task, ids, outputs: np.ndarray, path: Path | None,
         sys.stdout.flush()
     else:
         atomic.atomic_write_bytes(Path(path), text.encode())
+
+
+def predict_ensemble(written: list[Path], combine: str, output: Path | None) -> None:
+    """``predict --ensemble``: the members' logits artifacts ``written`` averaged by ``combine`` (probs | logits |
+    vote), their predictions written to ``output`` or stdout (:func:`write_predictions`)."""
+    from ticketctl.analysis.combine import combined_outputs, vote_shares
+    from ticketctl.analysis.members import load_ensemble_members
+
+    members = load_ensemble_members([str(p) for p in written])
+    shares = vote_shares(members.outputs) if combine == "vote" and not members.task.is_regression else None
+    write_predictions(members.task, members.shown_ids, combined_outputs(members.task, members.outputs, combine),
+                      output, shares)
