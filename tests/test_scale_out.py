@@ -281,6 +281,8 @@ def test_states_clusters_report_are_named_from_recorded_output():
     (["--slurm-mem", "lots"], "--slurm-mem 'lots': give memory per job as sbatch --mem takes it"),
     (["--slurm-gpus-per-job", "2"], "--slurm-gpus-per-job 2: a protocol job trains one process on one GPU"),
     (["--executor", "local", "--report", "FILE/report"], "/FILE is not a folder, so the report cannot be written"),
+    (["--executor", "local", "--detach"], "--detach belongs to an executor whose jobs outlive the command "
+                                          "(--executor slurm)"),
 ])
 def test_slurm_options_that_cannot_apply_are_one_line(cli, tiny_args, tmp_path, args, message):
     (tmp_path / "FILE").write_text("a file where the report's folder would go\n")
@@ -317,6 +319,40 @@ def test_slurm_job_pending_for_a_partition_limit_is_reported_and_cancelled(tiny_
         assert executors.queue_states(list(ids.values())) == {}  # cancelled: nothing of this run left in Slurm
     finally:
         subprocess.run(["scontrol", "delete", f"PartitionName={part}"], capture_output=True)
+
+
+def test_slurm_detach_exits_at_once_and_the_report_job_writes_the_report(tiny_model, glue_dir, tmp_path):
+    """--detach submits the jobs and the report as a job that runs after them (afterany), prints their ids and exits
+    0 while they are still queued (they begin 60 s after submission); --status shows them, a rerun re-attaches and
+    submits nothing twice; the report appears when the report job has run."""
+    _need_slurm()
+    cmd = _slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10", "--slurm-extra", "--begin=now+60")
+    proc = subprocess.run([*cmd, "--detach"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    queue = executors.queue_states([r[-1] for r in rows])
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert [r[0] for r in rows] == ["finetune:dense:s1", "finetune:dense:s2", "report"], proc.stdout
+    assert {i: s for i, (s, _) in queue.items()} == {r[1]: "PENDING" for r in rows}  # it did not wait for them
+    assert not (tmp_path / "report").exists()
+    report_id = rows[-1][1]
+    fields = executors.parse_scontrol_job(subprocess.run(["scontrol", "show", "job", report_id], capture_output=True,
+                                                         text=True).stdout)
+    assert all(f"afterany:{r[1]}" in fields["Dependency"] for r in rows[:-1]), fields.get("Dependency")
+    status = subprocess.run([*cmd, "--status"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[-2:] == [f"report\tPENDING\t{report_id}", "0 done, 2 in Slurm, 0 to run"]
+    again = subprocess.run([*cmd, "--detach"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr
+    assert "re-attached to 2 Slurm job(s)" in again.stderr
+    pdir = tmp_path / "runs" / "protocol"
+    assert len((pdir / executors.JOBS_TSV).read_text().splitlines()) == 3  # nothing submitted twice
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "report" / "report.md").exists():
+        time.sleep(1)
+    assert (tmp_path / "report" / "report.md").exists(), list((pdir / "slurm").rglob("*.err"))
+    assert sorted(_trained(_journal(tmp_path / "runs"))) == ["finetune:dense:s1", "finetune:dense:s2"]
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+    assert rerun.returncode == 0 and "0 to run" in rerun.stderr, rerun.stderr
 
 
 def test_slurm_planner_killed_after_submission_rerun_reattaches_never_submitting_twice(tiny_model, glue_dir,

@@ -5,6 +5,7 @@ module must not import torch (fast ``--help`` and completion): every command imp
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -136,6 +137,10 @@ def protocol(
                                                           "nothing.")] = False,
     cancel: Annotated[bool, typer.Option("--cancel", help="scancel the Slurm jobs earlier runs of this plan "
                                                           "submitted that are still queued or running.")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="slurm: submit every job and the report as a job that "
+                                                          "runs after them, print JOB<TAB>SLURM_ID lines (the last "
+                                                          "one: report) and exit; --status shows them, a rerun "
+                                                          "re-attaches.")] = False,
     bagging: Annotated[float, typer.Option(help="BAGGING members train on this seed-dependent fraction.")] = 0.9,
     sparsity: Annotated[float, typer.Option(help="Tickets' fraction of pruned prunable weights.")] = 0.3,
     prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per IMP "
@@ -150,7 +155,8 @@ def protocol(
     active_chain: Annotated[str, typer.Option(autocompletion=choices("group", "all"),
         help="ACTIVE-LT's earlier members: those of the seed's group (group: the groups stay independent) or "
              "every earlier seed (all).")] = "group",
-    executor: Annotated[str, typer.Option(autocompletion=choices("local", "slurm"),
+    executor: Annotated[str, typer.Option(autocompletion=lambda incomplete: [  # the registered executors
+        n for n in importlib.import_module("ticketctl.protocol.executors").EXECUTORS if n.startswith(incomplete)],
         help="local: a process pool on this machine; slurm: jobs submitted through submitit (pip install "
              "'ticketctl[slurm]').")] = "local",
     jobs: Annotated[Optional[int], typer.Option(help="local: jobs at once (default: cores / --threads, or 1); "
@@ -192,6 +198,19 @@ def protocol(
         for p in plans:
             for line in runner.status(p, runner.locate(p)):
                 sys.stdout.write(line + "\n")
+        return
+    if detach:
+        for p in plans:  # every plan refused before anything is submitted
+            runner.check(p, detach=True)
+        from ticketctl.log import Log
+
+        for p in plans:
+            submitted = runner.detach(p, Log(run.quiet, run.verbose))
+            for job, slurm_id in submitted:
+                sys.stdout.write(f"{p.task + chr(9) if len(plans) > 1 else ''}{job}\t{slurm_id}\n")
+            sys.stderr.write(f"detached: {len(submitted) - 1} job(s) in Slurm; the report job {submitted[-1][1]} "
+                             f"writes {p.report / 'report.md'} after them (--status shows them, a rerun "
+                             f"re-attaches)\n")
         return
     if dry_run:
         states = [runner.locate(p) for p in plans]

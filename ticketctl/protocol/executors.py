@@ -222,13 +222,11 @@ class _Worker:
         self.job: str | None = None
 
 
-def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Path, log):
-    """Run ``todo`` on worker processes of this machine (spawned, each running one job at a time), each job as soon
-    as its dependencies are finished. A worker that dies (the out-of-memory killer, SIGKILL, a segfault) fails only
-    the job it ran, named with its signal; a new worker takes its place and the other jobs go on."""
-    import multiprocessing
+def _local_layout(plan) -> tuple:
+    """(plan, parallel jobs, threads per job, GPU id of each worker slot) for ``plan`` on this machine: the GPUs this
+    process sees (a pinned ``--device cuda:N`` leaves that one, and its jobs then see it as ``cuda``), at most as
+    many jobs as the memory holds (:func:`memory_jobs` of :func:`job_memory_gb` of the plan's model)."""
     from dataclasses import replace
-    from multiprocessing.connection import wait
 
     n_gpus = gpu_count() if not plan.run.device.startswith(("cpu", "mps")) else 0
     ids = gpu_ids(n_gpus)
@@ -244,81 +242,110 @@ def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
         pass
     n_jobs, threads, gpus = local_layout(plan.jobs, plan.run.threads, plan.jobs_per_gpu, cores(), ids,
                                          memory_jobs(job_memory_gb(model_dir)))
+    return plan, n_jobs, threads, gpus
+
+
+def run_local(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Path, log):
+    """Run ``todo`` on worker processes of this machine (spawned, each running one job at a time), each job as soon
+    as its dependencies are finished. A worker that dies (the out-of-memory killer, SIGKILL, a segfault) fails only
+    the job it ran, named with its signal; a new worker takes its place and the other jobs go on. Returns
+    ``(results, failures, workers)`` as the module says."""
+    import multiprocessing
+
+    plan, n_jobs, threads, gpus = _local_layout(plan)
     workers = f"{n_jobs} job(s) x {threads} thread(s)" + (f" on GPU(s) {','.join(sorted(set(gpus)))}" if gpus else "")
-    results: dict[str, dict] = {}
-    failures: dict[str, str] = {}
     if not todo:
-        return results, failures, workers
+        return {}, {}, workers
     log.info(f"protocol: running {len(todo)} job(s), {workers}; logs in {pdir / 'logs'}")
-    context = multiprocessing.get_context("spawn")
     slots: list[str | None] = list(gpus[:len(todo)]) if gpus else [None] * min(n_jobs, len(todo))
-    pool: list[_Worker] = []
-    finished, failed = set(done), set()
-    pending = list(todo)
+    run = _LocalRun(plan, jobs, todo, done, work, pdir, log, threads, slots, multiprocessing.get_context("spawn"))
     try:
-        while pending or any(w.job for w in pool):
-            for j in _blocked(jobs, pending, failed):
-                pending.remove(j)
-                failed.add(j)
-                failures[j] = "not run: a job it depends on failed"
-            for j in _ready(jobs, pending, finished):
-                idle = next((w for w in pool if w.job is None), None)
-                if idle is None and len(pool) < len(slots):
-                    taken = [w.gpu for w in pool]
-                    free = list(slots)
-                    for g in taken:
-                        free.remove(g)
-                    idle = _Worker(context, free[0], work)
-                    pool.append(idle)
-                if idle is None:
-                    break
-                pending.remove(j)
-                idle.job = j
-                idle.conn.send((plan, j, threads))
-                log.info(f"protocol: started {j}")
-            busy = [w for w in pool if w.job]
-            if not busy:
-                continue
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-            for w in busy:
-                j = w.job
-                answer = None
-                if w.conn in ready or w.process.sentinel in ready:
-                    try:
-                        if w.conn.poll():
-                            answer = w.conn.recv()
-                    except (EOFError, OSError):
-                        answer = None
-                    if answer is None and w.process.sentinel not in ready and w.process.is_alive():
-                        continue
-                else:
-                    continue
-                w.job = None
-                if answer is not None and answer[0] == "ok":
-                    results[j] = answer[1]
-                    finished.add(j)
-                    log.info(f"protocol: finished {j} ({results[j]['seconds']:.1f} s)")
-                    continue
-                if answer is None:  # the worker died mid-job: only this job fails, a new worker replaces it
-                    w.process.join(timeout=10)
-                    why = death(w.process.exitcode)
-                    w.conn.close()
-                    pool.remove(w)
-                else:
-                    why = answer[1]
-                failed.add(j)
-                failures[j] = f"{why} (log: {job_log(pdir, jobs[j])})"
-                log.info(f"protocol: FAILED {j}: {failures[j]}")
+        run.loop()
     except BaseException:
-        _stop(pool)
+        _stop(run.pool)
         raise
-    for w in pool:
+    for w in run.pool:
         try:
             w.conn.send(None)
         except (OSError, ValueError):
             pass
-    _terminate(pool, grace=30)
-    return results, failures, workers
+    _terminate(run.pool, grace=30)
+    return run.results, run.failures, workers
+
+
+class _LocalRun:
+    """One local run's workers and bookkeeping: which jobs are pending, finished, failed."""
+
+    def __init__(self, plan, jobs, todo, done, work, pdir, log, threads, slots, context):
+        self.plan, self.jobs, self.work, self.pdir, self.log = plan, jobs, work, pdir, log
+        self.threads, self.slots, self.context = threads, slots, context
+        self.pool: list[_Worker] = []
+        self.results: dict[str, dict] = {}
+        self.failures: dict[str, str] = {}
+        self.finished, self.failed = set(done), set()
+        self.pending = list(todo)
+
+    def loop(self) -> None:
+        """Start every ready job on an idle worker, wait for an answer or a death, until nothing is left."""
+        from multiprocessing.connection import wait
+
+        while self.pending or any(w.job for w in self.pool):
+            for j in _blocked(self.jobs, self.pending, self.failed):
+                self.pending.remove(j)
+                self.failed.add(j)
+                self.failures[j] = "not run: a job it depends on failed"
+            self._start_ready()
+            busy = [w for w in self.pool if w.job]
+            if not busy:
+                continue
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for w in busy:
+                if w.conn in ready or w.process.sentinel in ready:
+                    self._collect(w, ready)
+
+    def _start_ready(self) -> None:
+        for j in _ready(self.jobs, self.pending, self.finished):
+            idle = next((w for w in self.pool if w.job is None), None)
+            if idle is None and len(self.pool) < len(self.slots):
+                free = list(self.slots)
+                for w in self.pool:
+                    free.remove(w.gpu)
+                idle = _Worker(self.context, free[0], self.work)
+                self.pool.append(idle)
+            if idle is None:
+                return
+            self.pending.remove(j)
+            idle.job = j
+            idle.conn.send((self.plan, j, self.threads))
+            self.log.info(f"protocol: started {j}")
+
+    def _collect(self, w: "_Worker", ready) -> None:
+        """The answer of worker ``w`` (or its death: only its job fails, a new worker replaces it)."""
+        j = w.job
+        answer = None
+        try:
+            if w.conn.poll():
+                answer = w.conn.recv()
+        except (EOFError, OSError):
+            answer = None
+        if answer is None and w.process.sentinel not in ready and w.process.is_alive():
+            return
+        w.job = None
+        if answer is not None and answer[0] == "ok":
+            self.results[j] = answer[1]
+            self.finished.add(j)
+            self.log.info(f"protocol: finished {j} ({self.results[j]['seconds']:.1f} s)")
+            return
+        if answer is None:  # the worker died mid-job
+            w.process.join(timeout=10)
+            why = death(w.process.exitcode)
+            w.conn.close()
+            self.pool.remove(w)
+        else:
+            why = answer[1]
+        self.failed.add(j)
+        self.failures[j] = f"{why} (log: {job_log(self.pdir, self.jobs[j])})"
+        self.log.info(f"protocol: FAILED {j}: {self.failures[j]}")
 
 
 def _stop(pool: list) -> None:
@@ -428,6 +455,7 @@ def check_slurm() -> None:
         raise UsageError(f"--executor slurm: the Slurm controller does not answer ({probe.stderr.strip()})")
 
 
+REPORT_JOB = "report"  # a detached run's report job, as slurm-jobs.tsv names it
 JOBS_TSV = "slurm-jobs.tsv"  # in OUT/protocol: protocol job <TAB> Slurm job id, one line per submission
 # Pending reasons that never clear by waiting: the job asks for more than its partition, account or QOS allows, or a
 # dependency can never be satisfied. A job pending for one of these is reported and cancelled.
@@ -571,39 +599,12 @@ class Requeueable:
         return DelayedSubmission(self, *args, **kwargs)
 
 
-def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Path, log):
-    """Submit ``todo`` through submitit and wait for it: the jobs without unfinished dependencies as one job array,
-    each other job on its own, named by its protocol job (``finetune:dense:s3``), with ``afterok`` dependencies on
-    its dependencies' Slurm jobs (``--kill-on-invalid-dep``, so a failed prior ends its chain instead of leaving it
-    pending). A job that an earlier run submitted (``OUT/protocol/slurm-jobs.tsv``) and Slurm still holds is
-    re-attached, never submitted again."""
-    check_slurm()
-    import submitit
-    from submitit.slurm.slurm import SlurmJob
-
-    threads = plan.run.threads or 1
-    workers = f"Slurm, {threads} CPU(s) per job" + (f", {plan.slurm_gpus_per_job} GPU(s) per job"
-                                                    if plan.slurm_gpus_per_job else "")
-    results: dict[str, dict] = {}
-    failures: dict[str, str] = {}
-    if not todo:
-        return results, failures, workers
-    folder = pdir / "slurm" / "%j"
-    submitted: dict[str, object] = {}
-    earlier = {j: i for j, i in recorded_jobs(pdir).items() if j in todo}
-    alive = queue_states(list(earlier.values())) or {}
-    for j, slurm_id in earlier.items():
-        if alive.get(slurm_id, ("", ""))[0] in ACTIVE_STATES:
-            submitted[j] = SlurmJob(folder=str(folder), job_id=slurm_id)
-    if submitted:
-        log.info(f"protocol: re-attached to {len(submitted)} Slurm job(s) an earlier run submitted: " + " ".join(
-            f"{j}={h.job_id}" for j, h in submitted.items()))
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
+def _slurm_params(plan, threads: int) -> tuple[dict, dict]:
+    """(submitit's parameters, sbatch's additional parameters) of every job of ``plan``."""
     extra = {"kill_on_invalid_dep": "yes", **slurm_extra(plan.slurm_extra)}
     if plan.slurm_mem:
         extra["mem"] = slurm_mem(plan.slurm_mem)
     params = {"cpus_per_task": threads, "tasks_per_node": 1, "nodes": 1}
-    work = Requeueable(work)
     if plan.slurm_partition:
         params["slurm_partition"] = plan.slurm_partition
     if plan.slurm_gpus_per_job:
@@ -611,6 +612,28 @@ def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
     params["timeout_min"] = slurm_minutes(plan.slurm_time) if plan.slurm_time else DEFAULT_SLURM_MINUTES
     if plan.slurm_array_parallelism:
         params["slurm_array_parallelism"] = plan.slurm_array_parallelism
+    return params, extra
+
+
+def reattach(pdir: Path, todo: list[str], folder: Path) -> dict:
+    """The jobs of ``todo`` that an earlier run submitted (``OUT/protocol/slurm-jobs.tsv``) and Slurm still holds:
+    protocol job -> submitit's handle of that Slurm job (read by id, never submitted again)."""
+    from submitit.slurm.slurm import SlurmJob
+
+    earlier = {j: i for j, i in recorded_jobs(pdir).items() if j in todo}
+    alive = queue_states(list(earlier.values())) or {}
+    return {j: SlurmJob(folder=str(folder), job_id=i) for j, i in earlier.items()
+            if alive.get(i, ("", ""))[0] in ACTIVE_STATES}
+
+
+def _submit(executor, plan, jobs: dict, todo: list[str], submitted: dict, work, pdir: Path, threads: int) -> list:
+    """Submit the jobs of ``todo`` not in ``submitted`` (adding their handles to it, each recorded at once): those
+    without unfinished dependencies as one array, each other one on its own with ``afterok`` on its dependencies'
+    Slurm jobs. Returns the protocol jobs submitted. Raises TicketError when Slurm refuses (what it took is
+    cancelled)."""
+    import submitit
+
+    params, extra = _slurm_params(plan, threads)
     tag = f"{plan.task}:" if plan.task else ""
     new = [j for j in todo if j not in submitted]
     first = [j for j in new if not any(d in todo for d in jobs[j].deps)]
@@ -635,11 +658,149 @@ def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
             if j in submitted:
                 submitted[j].cancel(check=False)
         raise TicketError(f"--executor slurm: the submission was refused: {_reason(e)}") from None
+    return new
+
+
+def submit_slurm(plan, jobs: dict, todo: list[str], work, pdir: Path, log) -> dict:
+    """Submit ``todo`` through submitit without waiting: protocol job -> submitit's handle, the jobs an earlier run
+    submitted that Slurm still holds re-attached (:func:`reattach`), the others submitted (:func:`_submit`), each
+    named by its protocol job (``finetune:dense:s3``) and requeued on USR2 (:class:`Requeueable`). Raises
+    TicketError for a refused submission."""
+    import submitit
+
+    folder = pdir / "slurm" / "%j"
+    submitted = reattach(pdir, todo, folder)
+    if submitted:
+        log.info(f"protocol: re-attached to {len(submitted)} Slurm job(s) an earlier run submitted: " + " ".join(
+            f"{j}={h.job_id}" for j, h in submitted.items()))
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
+    new = _submit(executor, plan, jobs, todo, submitted, Requeueable(work), pdir, plan.run.threads or 1)
     if new:
         log.info(f"protocol: submitted {len(new)} Slurm job(s): " + " ".join(
             f"{j}={submitted[j].job_id}" for j in new))
+    return submitted
+
+
+def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Path, log):
+    """Submit ``todo`` through submitit and wait for it (:func:`submit_slurm`, then :func:`_wait_slurm`): the jobs
+    without unfinished dependencies as one job array, each other job on its own, with ``afterok`` dependencies on its
+    dependencies' Slurm jobs (``--kill-on-invalid-dep``, so a failed prior ends its chain instead of leaving it
+    pending). A job that an earlier run submitted (``OUT/protocol/slurm-jobs.tsv``) and Slurm still holds is
+    re-attached, never submitted again. Returns ``(results, failures, workers)`` as the module says."""
+    check_slurm()
+    threads = plan.run.threads or 1
+    workers = f"Slurm, {threads} CPU(s) per job" + (f", {plan.slurm_gpus_per_job} GPU(s) per job"
+                                                    if plan.slurm_gpus_per_job else "")
+    results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    if not todo:
+        return results, failures, workers
+    submitted = submit_slurm(plan, jobs, todo, work, pdir, log)
     _wait_slurm(submitted, jobs, results, failures, pdir, log, partition=plan.slurm_partition)
     return results, failures, workers
+
+
+def submit_after(plan, fn, after: list[str], pdir: Path, name: str, replace: bool = False) -> str:
+    """Submit ``fn(plan)`` as one Slurm job that starts once every Slurm job of ``after`` has ended, however it ended
+    (``afterany``), recorded in ``slurm-jobs.tsv`` as ``name``; returns its Slurm id. Where an earlier run's job of
+    that name is still queued or running, that one is kept and its id returned (nothing submitted twice), unless
+    ``replace`` (jobs it does not wait for were submitted since): it is then cancelled and a new one submitted.
+    Raises TicketError for a refused submission."""
+    import submitit
+
+    earlier = recorded_jobs(pdir).get(name)
+    if earlier and (queue_states([earlier]) or {}).get(earlier, ("", ""))[0] in ACTIVE_STATES:
+        if not replace:
+            return earlier
+        subprocess.run(["scancel", earlier], capture_output=True)
+    params, extra = _slurm_params(plan, 1)
+    for key in ("gpus_per_node", "slurm_array_parallelism"):
+        params.pop(key, None)  # the report needs no GPU
+    extra.pop("kill_on_invalid_dep")
+    if after:
+        extra["dependency"] = "afterany:" + ":".join(after)
+    executor = submitit.AutoExecutor(folder=str(pdir / "slurm" / "%j"), cluster="slurm")
+    tag = f"{plan.task}:" if plan.task else ""
+    executor.update_parameters(**params, name=f"ticketctl:{tag}{name}", slurm_additional_parameters=extra)
+    try:
+        job = executor.submit(fn, plan)
+    except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
+        raise TicketError(f"--executor slurm: the submission was refused: {_reason(e)}") from None
+    _record(pdir, [(name, job.job_id)])
+    return job.job_id
+
+
+class _SlurmWait:
+    """What :func:`_wait_slurm` knows of the jobs it waits for between two reads of the queue."""
+
+    def __init__(self, submitted, jobs, results, failures, pdir, log, partition):
+        self.open = dict(submitted)
+        self.jobs, self.results, self.failures, self.pdir, self.log = jobs, results, failures, pdir, log
+        self.partition = partition
+        self.gone_since: dict[str, float] = {}
+        self.last_seen: dict[str, str] = {}  # the state squeue last showed
+
+    def fail(self, j: str, why: str) -> None:
+        self.failures[j] = why
+        self.log.info(f"protocol: FAILED {j}: {why}")
+
+    def result(self, j: str, handle) -> None:
+        del self.open[j]
+        try:
+            self.results[j] = handle.result()
+            self.log.info(f"protocol: finished {j} ({self.results[j]['seconds']:.1f} s, Slurm job {handle.job_id})")
+        except Exception as e:
+            self.fail(j, f"{_reason(e)} (log: {job_log(self.pdir, self.jobs[j])}; Slurm: {handle.paths.stderr})")
+
+    def left_queue(self, j: str, handle) -> None:
+        """``j`` is no longer in the queue: after 10 s without its result file (a shared file system may show it
+        late), named by its Slurm state."""
+        self.gone_since.setdefault(j, time.time())
+        if time.time() - self.gone_since[j] <= 10 or handle.paths.result_pickle.exists():
+            return  # a result that appeared is read on the next pass
+        del self.open[j]
+        end_state, code = final_state(handle.job_id)
+        if not end_state and self.last_seen.get(j) == "PENDING" and "_" in handle.job_id:
+            end_state = "CANCELLED?"  # only scancel takes a pending array task out of the queue
+        deps_failed = any(d in self.failures for d in self.jobs[j].deps)
+        if deps_failed and end_state in ("", "CANCELLED", "PENDING"):
+            self.fail(j, "not run: a job it depends on failed")
+        else:
+            self.fail(j, f"Slurm job {handle.job_id} {describe_end(end_state, code)} (log: "
+                         f"{job_log(self.pdir, self.jobs[j])}; Slurm: {handle.paths.stderr})")
+
+    def cancel_stuck(self, j: str, handle, reason: str) -> None:
+        """``j`` pends for a reason that never clears: cancelled and reported."""
+        subprocess.run(["scancel", handle.job_id], capture_output=True)
+        del self.open[j]
+        if reason == "DependencyNeverSatisfied":
+            self.fail(j, "not run: a job it depends on failed")
+            return
+        limit = _partition_limit(self.partition) if reason in ("PartitionTimeLimit", "PartitionConfig") else ""
+        hint = limit + ": give a shorter --slurm-time" if reason == "PartitionTimeLimit" else limit
+        self.fail(j, f"Slurm job {handle.job_id} was pending with reason {reason}, which never clears{hint}; "
+                     f"cancelled (log: {handle.paths.stderr})")
+
+    def poll(self) -> None:
+        """One read of the queue (this run's jobs only) and what follows from it for every open job."""
+        queue = queue_states([h.job_id for h in self.open.values()])
+        stuck = []
+        for j, handle in list(self.open.items()):
+            if handle.paths.result_pickle.exists():
+                self.result(j, handle)
+                continue
+            if queue is None:
+                continue
+            state, reason = queue.get(handle.job_id, ("", ""))
+            if state == "PENDING" and reason in NEVER_STARTS:
+                stuck.append((j, handle, reason))
+            elif state in ACTIVE_STATES:
+                self.gone_since.pop(j, None)
+                self.last_seen[j] = state
+            else:
+                self.left_queue(j, handle)
+        for j, handle, reason in stuck:
+            self.cancel_stuck(j, handle, reason)
 
 
 def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir: Path, log,
@@ -648,61 +809,115 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
     poll for this run's jobs only, every ``poll`` seconds at first, growing to ``max_poll``. A job that leaves the
     queue without a result is named by its Slurm state (``scontrol show job``, else ``sacct``); a job pending for a
     reason that never clears (:data:`NEVER_STARTS`) is cancelled and reported."""
-    open_jobs = dict(submitted)
-    gone_since: dict[str, float] = {}
-    last_seen: dict[str, str] = {}  # the state squeue last showed
+    waiting = _SlurmWait(submitted, jobs, results, failures, pdir, log, partition)
     wait = poll
-    while open_jobs:
-        queue = queue_states([h.job_id for h in open_jobs.values()])
-        stuck = []
-        for j, handle in list(open_jobs.items()):
-            if handle.paths.result_pickle.exists():
-                del open_jobs[j]
-                try:
-                    results[j] = handle.result()
-                    log.info(f"protocol: finished {j} ({results[j]['seconds']:.1f} s, Slurm job {handle.job_id})")
-                except Exception as e:
-                    failures[j] = f"{_reason(e)} (log: {job_log(pdir, jobs[j])}; Slurm: {handle.paths.stderr})"
-                    log.info(f"protocol: FAILED {j}: {failures[j]}")
-                continue
-            if queue is None:
-                continue
-            state, reason = queue.get(handle.job_id, ("", ""))
-            if state == "PENDING" and reason in NEVER_STARTS:
-                stuck.append((j, handle, reason))
-                continue
-            if state in ACTIVE_STATES:
-                gone_since.pop(j, None)
-                last_seen[j] = state
-                continue
-            # left the queue: give the result file a moment to appear on a shared file system
-            gone_since.setdefault(j, time.time())
-            if time.time() - gone_since[j] > 10 or handle.paths.result_pickle.exists():
-                if handle.paths.result_pickle.exists():
-                    continue  # read on the next pass
-                del open_jobs[j]
-                end_state, code = final_state(handle.job_id)
-                if not end_state and last_seen.get(j) == "PENDING" and "_" in handle.job_id:
-                    end_state = "CANCELLED?"  # only scancel takes a pending array task out of the queue
-                deps_failed = any(d in failures for d in jobs[j].deps)
-                if deps_failed and end_state in ("", "CANCELLED", "PENDING"):
-                    failures[j] = "not run: a job it depends on failed"
-                else:
-                    failures[j] = (f"Slurm job {handle.job_id} {describe_end(end_state, code)} (log: "
-                                   f"{job_log(pdir, jobs[j])}; Slurm: {handle.paths.stderr})")
-                log.info(f"protocol: FAILED {j}: {failures[j]}")
-        for j, handle, reason in stuck:
-            subprocess.run(["scancel", handle.job_id], capture_output=True)
-            del open_jobs[j]
-            if reason == "DependencyNeverSatisfied":
-                failures[j] = "not run: a job it depends on failed"
-            else:
-                hint = (_partition_limit(partition) + ": give a shorter --slurm-time" if reason == "PartitionTimeLimit"
-                        else _partition_limit(partition) if reason == "PartitionConfig" else "")
-                failures[j] = (f"Slurm job {handle.job_id} was pending with reason {reason}, which never clears"
-                               f"{hint}; cancelled (log: {handle.paths.stderr})")
-            log.info(f"protocol: FAILED {j}: {failures[j]}")
-        if open_jobs:
+    while waiting.open:
+        waiting.poll()
+        if waiting.open:
             time.sleep(wait)
             wait = min(max_poll, wait * 1.25)
 
+
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+class Executor:
+    """Where a protocol's jobs run. A new engine is one subclass registered with :func:`register`: its ``name`` (the
+    ``--executor`` value), ``help`` (the option's help), ``options`` (the plan's fields that belong to it: given with
+    another executor they are refused in one line), :meth:`validate`, :meth:`check` and :meth:`run`; where its jobs
+    outlive the command, ``detaches`` and :meth:`detach`."""
+
+    name: str = ""
+    help: str = ""
+    options: tuple[str, ...] = ()
+    detaches = False  # its jobs outlive the command: --detach (:meth:`detach`)
+
+    def validate(self, plan) -> None:
+        """This executor's options of ``plan``, checked without the machine. Raises UsageError, one line."""
+
+    def check(self, plan) -> None:
+        """What this executor needs of this machine, checked before anything is located or trained. Raises
+        UsageError, one line."""
+
+    def run(self, plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Path, log):
+        """Run ``todo`` (``work(plan, job_id, threads) -> dict`` each); ``(results, failures, workers)``."""
+        raise NotImplementedError
+
+    def detach(self, plan, jobs: dict, todo: list[str], work, report, pdir: Path, log) -> list[tuple[str, str]]:
+        """Where ``detaches``: submit ``todo`` and ``report(plan)`` (a job that runs after them all) and return at
+        once: ``[(job, id), ..., ("report", id)]``."""
+        raise NotImplementedError
+
+
+EXECUTORS: dict[str, Executor] = {}  # --executor value -> its executor, in registration order
+
+
+def register(cls: type[Executor]) -> type[Executor]:
+    """Class decorator: make ``cls`` the executor named ``cls.name``."""
+    EXECUTORS[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Executor:
+    """The executor registered as ``name``. Raises UsageError (one line) naming the registered ones."""
+    try:
+        return EXECUTORS[name]
+    except KeyError:
+        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}") from None
+
+
+def _at_least_one(plan, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(plan, name) is not None and getattr(plan, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+@register
+class LocalExecutor(Executor):
+    """Worker processes on this machine (:func:`run_local`)."""
+
+    name = "local"
+    help = "local: worker processes on this machine"
+    options = ("jobs", "jobs_per_gpu")
+
+    def validate(self, plan) -> None:
+        _at_least_one(plan, self.options)
+
+    def check(self, plan) -> None:
+        check_local_device(plan.run.device)
+
+    def run(self, plan, jobs, todo, done, work, pdir, log):
+        return run_local(plan, jobs, todo, done, work, pdir, log)
+
+
+@register
+class SlurmExecutor(Executor):
+    """Slurm through submitit (:func:`run_slurm`)."""
+
+    name = "slurm"
+    help = "slurm: jobs submitted through submitit (pip install 'ticketctl[slurm]')"
+    options = ("slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism", "slurm_extra",
+               "slurm_mem")
+    detaches = True
+
+    def validate(self, plan) -> None:
+        _at_least_one(plan, ("slurm_gpus_per_job", "slurm_array_parallelism"))
+        if plan.slurm_gpus_per_job is not None and plan.slurm_gpus_per_job > 1:
+            raise UsageError(f"--slurm-gpus-per-job {plan.slurm_gpus_per_job}: a protocol job trains one process on "
+                             f"one GPU (no data-parallel jobs); give 1 and let Slurm run more jobs at once")
+        slurm_minutes(plan.slurm_time)  # sbatch's forms, or one line now rather than a refused submission later
+        slurm_mem(plan.slurm_mem)
+        slurm_extra(plan.slurm_extra)
+
+    def check(self, plan) -> None:
+        check_slurm()
+
+    def run(self, plan, jobs, todo, done, work, pdir, log):
+        return run_slurm(plan, jobs, todo, done, work, pdir, log)
+
+    def detach(self, plan, jobs, todo, work, report, pdir, log):
+        before = set(recorded_jobs(pdir).values())
+        submitted = submit_slurm(plan, jobs, todo, work, pdir, log) if todo else {}
+        ids = [h.job_id for h in submitted.values()]
+        report_id = submit_after(plan, report, ids, pdir, REPORT_JOB, replace=bool(set(ids) - before))
+        return [(j, h.job_id) for j, h in submitted.items()] + [(REPORT_JOB, report_id)]

@@ -35,7 +35,6 @@ from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 PAPER_SCHEMES = ("dense", "bagging", "base", "active", "random")  # Kobayashi et al.'s five (the default)
 SCHEMES = PAPER_SCHEMES + ("structured",)  # + structured winning tickets (Liang et al.) at --structured-levels
 SEARCHED = ("base", "active", "random")  # schemes whose members are tickets found by IMP
-EXECUTORS = ("local", "slurm")
 ACTIVE_CHAINS = ("group", "all")  # ACTIVE-LT's earlier members: those of the seed group, or every earlier seed
 
 
@@ -160,24 +159,14 @@ class Plan:
             raise UsageError("--resamples must be >= 99")
         if self.active_chain not in ACTIVE_CHAINS:
             raise UsageError(f"--active-chain must be one of {', '.join(ACTIVE_CHAINS)}")
-        if self.executor not in EXECUTORS:
-            raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}")
-        slurm = [n for n in ("slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism",
-                             "slurm_extra", "slurm_mem") if getattr(self, n) is not None]
-        if self.executor != "slurm" and slurm:
-            raise UsageError(f"--{slurm[0].replace('_', '-')} belongs to --executor slurm")
-        if self.executor == "slurm" and (self.jobs is not None or self.jobs_per_gpu is not None):
-            raise UsageError("--jobs and --jobs-per-gpu belong to --executor local (Slurm schedules the jobs)")
-        for name in ("jobs", "jobs_per_gpu", "slurm_gpus_per_job", "slurm_array_parallelism"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.slurm_gpus_per_job is not None and self.slurm_gpus_per_job > 1:
-            raise UsageError(f"--slurm-gpus-per-job {self.slurm_gpus_per_job}: a protocol job trains one process on "
-                             f"one GPU (no data-parallel jobs); give 1 and let Slurm run more jobs at once")
-        from ticketctl.protocol.executors import slurm_mem, slurm_minutes
+        from ticketctl.protocol import executors
 
-        slurm_minutes(self.slurm_time)  # sbatch's forms, or one line now rather than a refused submission later
-        slurm_mem(self.slurm_mem)
+        mine = executors.get(self.executor)  # one line naming the registered executors for another name
+        for other in executors.EXECUTORS.values():
+            given = [n for n in other.options if other is not mine and getattr(self, n) is not None]
+            if given:
+                raise UsageError(f"--{given[0].replace('_', '-')} belongs to --executor {other.name}")
+        mine.validate(self)
         if self.run.force:
             raise UsageError("--force does not fit a protocol (it would retrain every member); delete the artifacts "
                              "to recompute")

@@ -314,7 +314,7 @@ def _interval(v: float, low, high) -> str:
 
 def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
     ref, k, metric = data["ref"], data["k"], data["metric"]
-    plan, run = data["plan"], data["run"]
+    plan = data["plan"]
     named = lambda g: f"{g} ({NAMES[g]})" if g in NAMES else g  # noqa: E731
     lines = [f"# Multi-Ticket Ensemble: {data['task']} {data['split']} ({data['examples']} examples)", "",
              f"Seeds {plan['seeds'][0]}..{plan['seeds'][-1]} ({len(plan['seeds'])}), schemes "
@@ -327,6 +327,13 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
              f"jackknife); `p_value`: the permutation test over seeds of that same statistic, over every combination "
              f"(`ticketctl stats` tests a sample of at most 50 per group); `p_paper`: the paper's t-test over the "
              f"combinations' scores for that same difference (optimistic: combinations share members).", ""]
+    lines += _md_table1(data, named) + _md_diversity_figures(data, named, fig3, fig4) + _md_cost(data)
+    return "\n".join(lines)
+
+
+def _md_table1(data: dict, named) -> list[str]:
+    """Table 1 and, where computed, where its difference to the reference comes from (markdown lines)."""
+    ref, lines = data["ref"], []
     t1 = [{**r, "group": named(r["group"])} for r in data["table1"]]
     lines += [_table(t1, ["group", "members", "single_mean", "single_std", "ensemble_mean", "ensemble_gain",
                           "vs_ref", "diff_low", "diff_high", "p_value", "p_paper"]), ""]
@@ -339,6 +346,12 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
                   _table([{**r, "group": named(r["group"])} for r in data["parts"]],
                          ["group", "single_diff", "single_low", "single_high", "p_single", "ensembling_diff",
                           "ensembling_low", "ensembling_high", "p_ensembling"]), ""]
+    return lines
+
+
+def _md_diversity_figures(data: dict, named, fig3: str | None, fig4: str | None) -> list[str]:
+    """Table 2, Figure 3 and Figure 4 (markdown lines; the figures where drawn)."""
+    ref, lines = data["ref"], []
     lines += ["## Table 2: diversity of each scheme's members (mean over pairs)", ""]
     if data["table2"]:
         groups = list(data["table2"])
@@ -365,6 +378,13 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
                 for i, a in enumerate(f4["labels"])]
         lines += ["### IoU of the structured tickets' kept heads and FFN sublayers", "",
                   _table(rows, ["mask", *f4["labels"]]), ""]
+    return lines
+
+
+def _md_cost(data: dict) -> list[str]:
+    """The cost section: this run, every invocation that made the members, each member's cost (markdown lines)."""
+    run = data["run"]
+    lines = []
     lines += ["## Cost", "",
               f"This run: {run['jobs_run']} job(s) trained ({run['members_trained']} member(s)) in "
               f"{run['wall_seconds']:.1f} s wall time on {run['device']} ({run['workers']}, executor "
@@ -377,4 +397,4 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
     rows = [{**m, **times.get((m["scheme"], m["seed"]), {})} for m in data["members"]]
     lines += [_table(rows, ["scheme", "seed", "dev", "finetune_seconds", "search_seconds", "made_on",
                             "flops_per_example"]), ""]
-    return "\n".join(lines)
+    return lines

@@ -418,7 +418,7 @@ def status(plan: Plan, state: State) -> list[str]:
     an earlier run submitted (``PENDING (Reason)``, ``RUNNING``, ...) while Slurm holds it, else ``todo``; then
     ``N done, M in Slurm, K to run``. Reads ``OUT/protocol/slurm-jobs.tsv`` and ``squeue`` for those ids only."""
     recorded = executors.recorded_jobs(protocol_dir(plan))
-    ids = [recorded[j] for j in state.todo if j in recorded]
+    ids = [recorded[j] for j in [*state.todo, executors.REPORT_JOB] if j in recorded]
     queue = (executors.queue_states(ids) or {}) if ids and executors.shutil.which("squeue") else {}
     lines, held = [], 0
     for job in state.jobs:
@@ -432,8 +432,41 @@ def status(plan: Plan, state: State) -> list[str]:
         else:
             word = "todo"
         lines.append(f"{job}\t{word}\t{slurm_id}")
+    report_id = recorded.get(executors.REPORT_JOB)
+    if report_id in queue:  # a detached run's report job, still to run
+        lines.append(f"{executors.REPORT_JOB}\t{queue[report_id][0]}\t{report_id}")
     lines.append(f"{len(state.done)} done, {held} in Slurm, {len(state.todo) - held} to run")
     return lines
+
+
+def report_job(plan: Plan) -> str:
+    """A detached run's report (a Slurm job that starts after every job of the plan has ended): locate the members
+    and write the report. Returns report.md's path. Raises TicketError, naming them, where jobs are unfinished (one
+    failed: rerun the protocol)."""
+    from ticketctl.protocol.report import write_report
+
+    state = locate(plan)
+    if state.todo:
+        raise TicketError(f"no report: {len(state.todo)} job(s) unfinished ({', '.join(state.todo)}); run the "
+                          f"protocol again")
+    outcome = Outcome(state, {}, {}, 0.0, "-", "the report job of a detached run")
+    path = write_report(plan, outcome, outcome.members(), outcome.masks())
+    sys.stderr.write(f"{path}\n")
+    return str(path)
+
+
+def detach(plan: Plan, log=None) -> list[tuple[str, str]]:
+    """``--detach``: submit every unfinished job of ``plan`` (re-attaching those an earlier run submitted that Slurm
+    still holds) and the report as a job that runs after them all (:func:`report_job`), and return without waiting:
+    ``[(protocol job, Slurm id), ..., ("report", id)]``. Raises UsageError for an executor whose jobs cannot outlive
+    the command, TicketError for a refused submission."""
+    log = log or Log()
+    check(plan, detach=True)
+    pdir = protocol_dir(plan)
+    pdir.mkdir(parents=True, exist_ok=True)
+    state = locate(plan)
+    log.info(f"protocol: {len(state.jobs)} jobs, {len(state.todo)} to run, {len(state.done)} done")
+    return executors.get(plan.executor).detach(plan, state.jobs, state.todo, run_job, report_job, pdir, log)
 
 
 def cancel(plan: Plan) -> list[str]:
@@ -448,14 +481,15 @@ def cancel(plan: Plan) -> list[str]:
     return [f"{j}={i}" for j, i in held]
 
 
-def check(plan: Plan) -> None:
+def check(plan: Plan, detach: bool = False) -> None:
     """What the plan's executor needs of this machine, checked before anything is located or trained: Slurm's
     commands and controller (``--executor slurm``), the GPU ``--device cuda[:N]`` names (``--executor local``: the
-    jobs run here). Raises UsageError, one line."""
-    if plan.executor == "slurm":
-        executors.check_slurm()
-    else:
-        executors.check_local_device(plan.run.device)
+    jobs run here); with ``detach``, an executor whose jobs outlive the command. Raises UsageError, one line."""
+    ex = executors.get(plan.executor)
+    if detach and not ex.detaches:
+        raise UsageError(f"--detach belongs to an executor whose jobs outlive the command (--executor "
+                         f"{', '.join(n for n, e in executors.EXECUTORS.items() if e.detaches)})")
+    ex.check(plan)
     _check_writable(Path(plan.report), "--report")
 
 
@@ -483,14 +517,13 @@ def run_plan(plan: Plan, log=None, state: State | None = None) -> Outcome:
     state = state if state is not None else locate(plan)
     start = time.perf_counter()
     log.info(f"protocol: {len(state.jobs)} jobs, {len(state.todo)} to run, {len(state.done)} done")
-    if plan.executor == "slurm":
-        results, failures, workers = executors.run_slurm(plan, state.jobs, state.todo, state.done, run_job, pdir, log)
-    else:
-        results, failures, workers = executors.run_local(plan, state.jobs, state.todo, state.done, run_job, pdir, log)
+    results, failures, workers = executors.get(plan.executor).run(plan, state.jobs, state.todo, state.done, run_job,
+                                                                  pdir, log)
     seconds = time.perf_counter() - start
     final = locate(plan)
     devices = sorted({f"{r['device']} {r['precision']}" for r in results.values()}) or ["-"]
     return Outcome(final, results, failures, seconds, ",".join(devices), workers)
 
 
-__all__ = ["Outcome", "State", "describe", "locate", "run_job", "run_plan", "TicketError"]
+__all__ = ["Outcome", "State", "cancel", "describe", "detach", "locate", "report_job", "run_job", "run_plan", "status",
+           "TicketError"]
