@@ -5,18 +5,15 @@ module must not import torch (fast ``--help`` and completion): every command imp
 """
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
 from ticketctl import cli_params as opt
 from ticketctl.cli_exit import error_line as _error  # the name the protocol command's body calls
 from ticketctl.cli_exit import print_paths, run
-from ticketctl.cli_options import choices, options
-from ticketctl.data.task_table import TASKS
+from ticketctl.cli_options import options
 from ticketctl.errors import JobsFailed, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 
@@ -106,75 +103,19 @@ def share(
 @app.command()
 @options(train=TrainConfig, data=DataOptions, run=RunOptions)
 def protocol(
-    train: TrainConfig,
-    data: DataOptions,
-    run: RunOptions,
-    task: Annotated[Optional[list[str]], typer.Option(
-        "--task", "-t", metavar="TASK", autocompletion=choices(*TASKS), help="GLUE task (repeat for several: one report each, "
-        "in REPORT/TASK); with --train-file or --dataset, the name of your task.")] = None,
-    seeds: Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (the ACTIVE-LT sequence follows "
-                                             "this order).")] = "1-3",
-    schemes: Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random",
-                                                                "structured"),
-        help="Comma-separated: dense (BASELINE), bagging, base, active, random (BASE-LT, ACTIVE-LT, RANDOM-LT); "
-             "structured: Super Tickets' structured winning tickets at --structured-levels.")
-    ] = "dense,bagging,base,active,random",
-    groups: Annotated[int, typer.Option(help="Split each scheme's seeds (in ascending order) into G equal groups; "
-                                             "ensembles are combined within groups (the paper: 2 groups of 10).")
-                      ] = 1,
-    size: Annotated[Optional[str], typer.Option(
-        help="Ensemble sizes k, e.g. 2-5: Table 1 at the largest, Figure 3 over all. Default: 2 up to min(5, a "
-             "group's seeds).")] = None,
-    report: Annotated[Path, typer.Option(help="Folder of report.md, report.json, the figures and plan.toml.")
-                      ] = Path("report"),
-    plan: Annotated[Optional[Path], typer.Option(
-        help="A TOML plan: option = value for any option of this command (e.g. seeds = \"1-20\", epochs = 2); "
-             "options given on the command line win.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the jobs (id, done/todo, dependencies, "
-                                                            "artifact) and 'N to run, M done'; run nothing.")] = False,
-    status: Annotated[bool, typer.Option("--status", help="Print each job's state (done, its Slurm state while an "
-                                                          "earlier run's job is queued or running, todo); run "
-                                                          "nothing.")] = False,
-    cancel: Annotated[bool, typer.Option("--cancel", help="scancel the Slurm jobs earlier runs of this plan "
-                                                          "submitted that are still queued or running.")] = False,
-    detach: Annotated[bool, typer.Option("--detach", help="slurm: submit every job and the report as a job that "
-                                                          "runs after them, print JOB<TAB>SLURM_ID lines (the last "
-                                                          "one: report) and exit; --status shows them, a rerun "
-                                                          "re-attaches.")] = False,
-    bagging: Annotated[float, typer.Option(help="BAGGING members train on this seed-dependent fraction.")] = 0.9,
-    sparsity: Annotated[float, typer.Option(help="Tickets' fraction of pruned prunable weights.")] = 0.3,
-    prune_step: Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per IMP "
-                                                   "round.")] = 0.1,
-    structured_levels: Annotated[Optional[str], typer.Option(
-        help="structured scheme: levels (fractions of heads and FFN sublayers pruned), e.g. 0.3,0.5; each level is a "
-             "scheme of its own in the report. Default: --sparsity.")] = None,
-    l1: Annotated[Optional[float], typer.Option("--l1", help="tau of RANDOM-LT's and ACTIVE-LT's regularizer "
-                                                             "(default 1e-4).")] = None,
-    search_epochs: Annotated[Optional[float], typer.Option(help="Epochs per IMP round (default: --epochs).")] = None,
-    resamples: Annotated[int, typer.Option(help="Permutations of the report's tests.")] = 1000,
-    active_chain: Annotated[str, typer.Option(autocompletion=choices("group", "all"),
-        help="ACTIVE-LT's earlier members: those of the seed's group (group: the groups stay independent) or "
-             "every earlier seed (all).")] = "group",
-    executor: Annotated[str, typer.Option(autocompletion=lambda incomplete: [  # the registered executors
-        n for n in importlib.import_module("ticketctl.protocol.executors").EXECUTORS if n.startswith(incomplete)],
-        help="local: a process pool on this machine; slurm: jobs submitted through submitit (pip install "
-             "'ticketctl[slurm]').")] = "local",
-    jobs: Annotated[Optional[int], typer.Option(help="local: jobs at once (default: cores / --threads, or 1); "
-                                                     "jobs x threads must not exceed the cores.")] = None,
-    jobs_per_gpu: Annotated[Optional[int], typer.Option(help="local, where GPUs exist: N jobs per GPU, each worker "
-                                                             "pinned with CUDA_VISIBLE_DEVICES.")] = None,
-    slurm_partition: Annotated[Optional[str], typer.Option(help="slurm: partition.")] = None,
-    slurm_gpus_per_job: Annotated[Optional[int], typer.Option(help="slurm: GPUs per job (1: a job trains on one "
-                                                                   "GPU).")] = None,
-    slurm_time: Annotated[Optional[str], typer.Option(help="slurm: time limit per job, as sbatch --time reads it "
-                                                           "(M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; default 1-0).")
-                          ] = None,
-    slurm_mem: Annotated[Optional[str], typer.Option(help="slurm: memory per job, as sbatch --mem (16G, 4000M).")
-                         ] = None,
-    slurm_array_parallelism: Annotated[Optional[int], typer.Option(help="slurm: array tasks running at once.")
-                                       ] = None,
-    slurm_extra: Annotated[Optional[str], typer.Option(help="slurm: more sbatch options, e.g. \"--qos=high "
-                                                            "--account=lab\".")] = None,
+    train: TrainConfig, data: DataOptions, run: RunOptions, task: opt.ProtocolTask = None,
+    seeds: opt.ProtocolSeeds = "1-3", schemes: opt.ProtocolSchemes = "dense,bagging,base,active,random",
+    groups: opt.ProtocolGroups = 1, size: opt.ProtocolSize = None, report: opt.ProtocolReport = Path("report"),
+    plan: opt.ProtocolPlan = None, dry_run: opt.ProtocolDryRun = False, status: opt.ProtocolStatus = False,
+    cancel: opt.ProtocolCancel = False, detach: opt.ProtocolDetach = False, bagging: opt.ProtocolBagging = 0.9,
+    sparsity: opt.ProtocolSparsity = 0.3, prune_step: opt.ProtocolPruneStep = 0.1,
+    structured_levels: opt.ProtocolStructuredLevels = None, l1: opt.ProtocolL1 = None,
+    search_epochs: opt.ProtocolSearchEpochs = None, resamples: opt.ProtocolResamples = 1000,
+    active_chain: opt.ProtocolActiveChain = "group", executor: opt.ProtocolExecutor = "local",
+    jobs: opt.ProtocolJobs = None, jobs_per_gpu: opt.ProtocolJobsPerGpu = None,
+    slurm_partition: opt.ProtocolSlurmPartition = None, slurm_gpus_per_job: opt.ProtocolSlurmGpusPerJob = None,
+    slurm_time: opt.ProtocolSlurmTime = None, slurm_mem: opt.ProtocolSlurmMem = None,
+    slurm_array_parallelism: opt.ProtocolSlurmArrayParallelism = None, slurm_extra: opt.ProtocolSlurmExtra = None,
 ):
     """The whole Multi-Ticket Ensemble protocol: every scheme's members for every seed (dense and bagging finetunes,
     IMP searches and their tickets' finetunes, the ACTIVE-LT chain), only the jobs not finished already, then the
