@@ -144,9 +144,10 @@ def protocol(
         for p in plans:  # every plan refused before anything is submitted
             runner.check(p, detach=True)
         from ticketctl.log import Log
+        from ticketctl.protocol.report import write_report
 
         for p in plans:
-            submitted = runner.detach(p, Log(run.quiet, run.verbose))
+            submitted = runner.detach(p, write_report, Log(run.quiet, run.verbose))
             for job, slurm_id in submitted:
                 sys.stdout.write(f"{p.task + chr(9) if len(plans) > 1 else ''}{job}\t{slurm_id}\n")
             sys.stderr.write(f"detached: {len(submitted) - 1} job(s) in Slurm; the report job {submitted[-1][1]} "

@@ -12,6 +12,7 @@ one ``--out`` never train the same member at once: the second waits and then reu
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import sys
@@ -439,12 +440,11 @@ def status(plan: Plan, state: State) -> list[str]:
     return lines
 
 
-def report_job(plan: Plan) -> str:
+def report_job(plan: Plan, write_report) -> str:
     """A detached run's report (a Slurm job that starts after every job of the plan has ended): locate the members
-    and write the report. Returns report.md's path. Raises TicketError, naming them, where jobs are unfinished (one
-    failed: rerun the protocol)."""
-    from ticketctl.protocol.report import write_report
-
+    and write the report with ``write_report`` (``protocol.report.write_report``, given by the caller: the runner
+    stands below the report in the import levels). Returns report.md's path. Raises TicketError, naming them, where
+    jobs are unfinished (one failed: rerun the protocol)."""
     state = locate(plan)
     if state.todo:
         raise TicketError(f"no report: {len(state.todo)} job(s) unfinished ({', '.join(state.todo)}); run the "
@@ -455,9 +455,10 @@ def report_job(plan: Plan) -> str:
     return str(path)
 
 
-def detach(plan: Plan, log=None) -> list[tuple[str, str]]:
+def detach(plan: Plan, write_report, log=None) -> list[tuple[str, str]]:
     """``--detach``: submit every unfinished job of ``plan`` (re-attaching those an earlier run submitted that Slurm
-    still holds) and the report as a job that runs after them all (:func:`report_job`), and return without waiting:
+    still holds) and the report as a job that runs after them all (:func:`report_job` with ``write_report``,
+    ``protocol.report.write_report``), and return without waiting:
     ``[(protocol job, Slurm id), ..., ("report", id)]``. Raises UsageError for an executor whose jobs cannot outlive
     the command, TicketError for a refused submission."""
     log = log or Log()
@@ -466,7 +467,8 @@ def detach(plan: Plan, log=None) -> list[tuple[str, str]]:
     pdir.mkdir(parents=True, exist_ok=True)
     state = locate(plan)
     log.info(f"protocol: {len(state.jobs)} jobs, {len(state.todo)} to run, {len(state.done)} done")
-    return executors.get(plan.executor).detach(plan, state.jobs, state.todo, run_job, report_job, pdir, log)
+    report = functools.partial(report_job, write_report=write_report)  # pickled by name for the Slurm job
+    return executors.get(plan.executor).detach(plan, state.jobs, state.todo, run_job, report, pdir, log)
 
 
 def cancel(plan: Plan) -> list[str]:
