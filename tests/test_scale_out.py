@@ -355,20 +355,26 @@ def test_slurm_detach_exits_at_once_and_the_report_job_writes_the_report(tiny_mo
     assert rerun.returncode == 0 and "0 to run" in rerun.stderr, rerun.stderr
 
 
+def _submit_and_lose_the_planner(cmd, cwd, pdir, jobs: int = 2) -> dict:
+    """Start the protocol command, kill it (a lost login session) once ``slurm-jobs.tsv`` records ``jobs``
+    submitted jobs (at most 60 s), and return what it recorded."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.time() + 60
+    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < jobs:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    return executors.recorded_jobs(pdir)
+
+
 def test_slurm_planner_killed_after_submission_rerun_reattaches_never_submitting_twice(tiny_model, glue_dir,
                                                                                      tmp_path):
     """The jobs wait 15 s to start (sbatch --begin), so the rerun finds them queued: it re-attaches to them, and
     Slurm's own completion records hold one job per protocol job."""
     _need_slurm()
     cmd = _slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10", "--slurm-extra", "--begin=now+15")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     pdir = tmp_path / "runs" / "protocol"
-    deadline = time.time() + 60
-    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < 2:
-        time.sleep(0.1)
-    proc.kill()  # the login session is lost right after submitting
-    proc.wait()
-    first = executors.recorded_jobs(pdir)
+    first = _submit_and_lose_the_planner(cmd, tmp_path, pdir)
     assert len(first) == 2, "the planner was not killed after submitting"
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=240)
     assert again.returncode == 0, again.stderr
@@ -467,14 +473,8 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
 def test_slurm_status_and_cancel_after_the_planner_is_gone(tiny_model, glue_dir, tmp_path):
     _need_slurm()
     cmd = _slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10", "--slurm-extra", "--begin=now+300")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     pdir = tmp_path / "runs" / "protocol"
-    deadline = time.time() + 60
-    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < 2:
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait()
-    ids = executors.recorded_jobs(pdir)
+    ids = _submit_and_lose_the_planner(cmd, tmp_path, pdir)
     try:
         shown = subprocess.run([*cmd, "--status"], cwd=tmp_path, capture_output=True, text=True, env=_env())
         assert shown.returncode == 0, shown.stderr
