@@ -12,7 +12,7 @@ module existed), and where a job's result exists under several variants the firs
 
 from __future__ import annotations
 
-from ticketctl.train.seeds import CPU_STREAM
+from ticketctl.train.device import stream_of
 
 # --device value -> the device types a job given it may end up on
 _DEVICE_TYPES = {"cpu": ("cpu",), "cuda": ("cuda",), "mps": ("mps",), "auto": ("cpu", "cuda", "mps")}
@@ -29,11 +29,11 @@ def variants(device: str, precision: str, dropout: float) -> list[tuple[str, str
     """Every ``(precision, dropout stream)`` a job of these options may be computed with, in the fixed order of
     preference (CPU fp32 first). ``precision`` other than ``auto`` and ``device`` other than ``auto`` pin them; the
     dropout stream is ``ticketctl-cpu`` on CPU and without dropout, ``torch-cuda`` / ``torch-mps`` otherwise
-    (``ticketctl.train.device.dropout_stream``; protocol jobs run one process each)."""
+    (``ticketctl.train.device.stream_of``; protocol jobs run one process each)."""
     out: list[tuple[str, str]] = []
     for kind in device_types(device):
         precisions = _AUTO_PRECISIONS[kind] if precision == "auto" else (precision,)
-        stream = CPU_STREAM if dropout <= 0 or kind == "cpu" else f"torch-{kind}"
+        stream = stream_of(kind, 1, dropout)
         for p in precisions:
             if (p, stream) not in out:
                 out.append((p, stream))
@@ -56,7 +56,7 @@ def local_variant(device: str, precision: str, dropout: float) -> tuple[str, str
             if device.startswith("cuda"):
                 return options[0]
         p = resolve_precision(precision, dev)
-        stream = CPU_STREAM if dropout <= 0 or dev.type == "cpu" else f"torch-{dev.type}"
+        stream = stream_of(dev.type, 1, dropout)
         return (p, stream) if (p, stream) in options else options[0]
     except Exception:  # noqa: BLE001 - a guess for display only
         return options[0]

@@ -102,9 +102,15 @@ def dropout_stream(device, world: int, dropout: float) -> str:
     """Which random stream a training run's dropout masks come from, for its identity: ticketctl's CPU stream
     (``ticketctl-cpu``) or torch's on CUDA/MPS (``torch-cuda``), suffixed ``xN`` when N processes each draw their
     own. Without dropout nothing is drawn: ``ticketctl-cpu`` (the identity's default) on every device."""
+    return stream_of(device.type, world, dropout)
+
+
+def stream_of(device_type: str, world: int, dropout: float) -> str:
+    """:func:`dropout_stream` by device type (``cpu``, ``cuda``, ``mps``), for a planner that names the stream a
+    job would get on a device it does not have (``ticketctl.protocol.hardware``)."""
     if dropout <= 0:
         return CPU_STREAM
-    base = CPU_STREAM if device.type == "cpu" else f"torch-{device.type}"
+    base = CPU_STREAM if device_type == "cpu" else f"torch-{device_type}"
     return base if world <= 1 else f"{base}x{world}"
 
 
