@@ -338,9 +338,11 @@ def test_slurm_detach_exits_at_once_and_the_report_job_writes_the_report(tiny_mo
     fields = executors.parse_scontrol_job(subprocess.run(["scontrol", "show", "job", report_id], capture_output=True,
                                                          text=True).stdout)
     assert all(f"afterany:{r[1]}" in fields["Dependency"] for r in rows[:-1]), fields.get("Dependency")
+    _await_reasons({report_id: "Dependency"})
     status = subprocess.run([*cmd, "--status"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
     assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines()[-2:] == [f"report\tPENDING\t{report_id}", "0 done, 2 in Slurm, 0 to run"]
+    assert status.stdout.splitlines()[-2:] == [f"report\tPENDING (Dependency)\t{report_id}",
+                                               "0 done, 2 in Slurm, 0 to run"]
     again = subprocess.run([*cmd, "--detach"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
     assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr
     assert "re-attached to 2 Slurm job(s)" in again.stderr
@@ -353,6 +355,17 @@ def test_slurm_detach_exits_at_once_and_the_report_job_writes_the_report(tiny_mo
     assert sorted(_trained(_journal(tmp_path / "runs"))) == ["finetune:dense:s1", "finetune:dense:s2"]
     rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
     assert rerun.returncode == 0 and "0 to run" in rerun.stderr, rerun.stderr
+
+
+def _await_reasons(wanted: dict[str, str], seconds: float = 30) -> None:
+    """Wait (at most ``seconds``) until squeue shows each job of ``wanted`` pending for its reason: a new job's
+    reason reads None until the scheduler's first pass over it, later on a loaded machine."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        queue = executors.queue_states(list(wanted)) or {}
+        if all(queue.get(i) == ("PENDING", r) for i, r in wanted.items()):
+            return
+        time.sleep(0.2)
 
 
 def _submit_and_lose_the_planner(cmd, cwd, pdir, jobs: int = 2) -> dict:
@@ -430,7 +443,7 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
     """``scancel --signal=USR2`` after the first IMP round, as Slurm signals a job 90 s before its limit or on
     preemption: the job is requeued under its id, resumes from its round-1 checkpoint, and the mask and the ticket's
     logits are those of an uninterrupted run. (Slurm holds a requeued job about 2 minutes before it may start
-    again; the test lets it start at once with ``scontrol update StartTime=now``.)"""
+    again; the test lets it start 1.5 s later with ``scontrol update StartTime=now``.)"""
     _need_slurm()
     opts = ["--schemes", "random", "--seeds", "1", "--size", "1", "--search-epochs", "300"]
     local = tmp_path / "local"
@@ -448,9 +461,11 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
     slurm_id = executors.recorded_jobs(pdir)["search:random:s1"]
     assert not list((tmp_path / "runs").glob("mrpc-mask-random-*-s1-*")), "the search ended before the signal"
     subprocess.run(["scancel", "--signal=USR2", slurm_id], check=True)
-    while time.time() < deadline:  # requeued: pending again under its id; let it start now
+    while time.time() < deadline:  # requeued: pending again under its id; let it start, but not within the
+        # second of the requeue: slurmd revokes the old launch credential by the second and kills a start inside it
         state = executors.queue_states([slurm_id]).get(slurm_id, ("", ""))
         if state == ("PENDING", "BeginTime"):
+            time.sleep(1.5)
             subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True)
             break
         time.sleep(0.2)
@@ -476,6 +491,7 @@ def test_slurm_status_and_cancel_after_the_planner_is_gone(tiny_model, glue_dir,
     pdir = tmp_path / "runs" / "protocol"
     ids = _submit_and_lose_the_planner(cmd, tmp_path, pdir)
     try:
+        _await_reasons({i: "BeginTime" for i in ids.values()})
         shown = subprocess.run([*cmd, "--status"], cwd=tmp_path, capture_output=True, text=True, env=_env())
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.splitlines() == [f"finetune:dense:s1\tPENDING (BeginTime)\t{ids['finetune:dense:s1']}",

@@ -428,16 +428,21 @@ def status(plan: Plan, state: State) -> list[str]:
             word = "done"
         elif slurm_id in queue:
             held += 1
-            st, reason = queue[slurm_id]
-            word = st + (f" ({reason})" if st == "PENDING" and reason not in ("", "None") else "")
+            word = _queue_word(*queue[slurm_id])
         else:
             word = "todo"
         lines.append(f"{job}\t{word}\t{slurm_id}")
     report_id = recorded.get(executors.REPORT_JOB)
     if report_id in queue:  # a detached run's report job, still to run
-        lines.append(f"{executors.REPORT_JOB}\t{queue[report_id][0]}\t{report_id}")
+        lines.append(f"{executors.REPORT_JOB}\t{_queue_word(*queue[report_id])}\t{report_id}")
     lines.append(f"{len(state.done)} done, {held} in Slurm, {len(state.todo) - held} to run")
     return lines
+
+
+def _queue_word(state: str, reason: str) -> str:
+    """``PENDING (Reason)`` for a pending job whose reason Slurm has set (``None`` until its first scheduling pass),
+    else the state alone."""
+    return state + (f" ({reason})" if state == "PENDING" and reason not in ("", "None") else "")
 
 
 def report_job(plan: Plan, write_report) -> str:
