@@ -19,6 +19,13 @@ def test_help_lists_commands_and_does_not_import_torch():
         assert cmd in out.stdout
 
 
+def test_bare_command_prints_the_help_as_it_is_on_stderr_and_exits_2():
+    bare = subprocess.run([sys.executable, "-m", "ticketctl"], capture_output=True, text=True)
+    helped = subprocess.run([sys.executable, "-m", "ticketctl", "--help"], capture_output=True, text=True)
+    assert bare.returncode == 2 and bare.stdout == ""
+    assert bare.stderr.strip() == helped.stdout.strip() and len(bare.stderr.splitlines()) > 10
+
+
 def test_finetune_writes_logits_and_reuses(cli, tiny_args, tmp_path):
     code, out, err = cli("finetune", "--task", "mrpc", "--seed", "3", "--out", tmp_path, *tiny_args)
     assert code == 0, err

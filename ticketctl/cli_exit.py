@@ -85,6 +85,9 @@ def run(app: typer.Typer, argv: list[str] | None = None) -> None:
     except TicketError as e:
         error_line(str(e))
         sys.exit(e.exit_code)
+    except getattr(click, "NoArgsIsHelpError", ()) as e:  # bare `ticketctl`: the help as it is (click >= 8.2)
+        sys.stderr.write(e.ctx.get_help() + "\n")
+        sys.exit(2)
     except click.UsageError as e:
         error_line(e.format_message().replace("\n", " "))
         sys.exit(2)
