@@ -335,11 +335,11 @@ def test_quick_preset_and_several_tasks(cli, tiny_args, tmp_path, monkeypatch):
 
 
 def test_active_chain_runs_within_each_seed_group_unless_asked_for_one_chain():
-    from ticketctl.protocol.plan import DEFAULTS, build
+    from ticketctl.protocol.plan import build
     from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 
     def priors(**options):
-        plan = build({**DEFAULTS, "seeds": "4,1,3,2", "schemes": "active", "groups": 2, "size": "2", **options},
+        plan = build({"seeds": "4,1,3,2", "schemes": "active", "groups": 2, "size": "2", **options},
                      TrainConfig(), DataOptions(), RunOptions())
         return {j.seed: (j.priors, j.deps) for j in plan.jobs_graph().values() if j.kind == "search"}
 
@@ -350,6 +350,49 @@ def test_active_chain_runs_within_each_seed_group_unless_asked_for_one_chain():
     assert chain[2] == (("search:active:s4", "search:active:s1", "search:active:s3"), ("search:active:s3",))
     with pytest.raises(UsageError, match="--active-chain must be one of group, all"):
         priors(active_chain="seed")
+
+
+def test_every_declared_option_reaches_the_plan_from_the_command_line_and_from_a_plan_file(tmp_path):
+    """The protocol's options are declared once (ProtocolOptions, each executor's Options): the command takes
+    exactly those, each one given (as typed, or in a plan file) lands in the plan under its name, and an executor's
+    option given with another executor is refused."""
+    import dataclasses
+
+    from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+    from ticketctl.protocol import executors
+    from ticketctl.protocol.plan import CommandOptions, ProtocolOptions, build, toml_text
+
+    declared = [f.name for f in dataclasses.fields(ProtocolOptions)] + [
+        f.name for e in executors.EXECUTORS.values() for f in dataclasses.fields(e.Options)]
+    assert [f.name for f in dataclasses.fields(CommandOptions)] == declared
+    values = {"jobs": "2", "jobs_per_gpu": 1, "slurm_partition": "gpu", "slurm_gpus_per_job": "1",
+              "slurm_time": "1:30", "slurm_mem": "16G", "slurm_array_parallelism": 3,
+              "slurm_extra": "--qos=high"}
+    assert set(values) == {n for e in executors.EXECUTORS.values() for n in e.options}  # a new one: add it here
+    for e in executors.EXECUTORS.values():
+        mine = {n: values[n] for n in e.options}
+        for source in ("command", "file"):
+            if source == "command":
+                plan = build({"executor": e.name, "seeds": "1-2", "schemes": "dense", **mine}, TrainConfig(),
+                             DataOptions(), RunOptions())
+            else:
+                (tmp_path / "p.toml").write_text(toml_text({"executor": e.name, "seeds": "1-2",
+                                                            "schemes": "dense", **mine}))
+                plan = build({}, TrainConfig(), DataOptions(), RunOptions(), tmp_path / "p.toml")
+            assert plan.executor == e.name and plan.seeds == [1, 2]
+            assert {n: getattr(plan, n) for n in mine} == {
+                n: int(v) if n in ("jobs", "jobs_per_gpu", "slurm_gpus_per_job", "slurm_array_parallelism")
+                else v for n, v in mine.items()}
+            assert plan.options_dict()["executor"] == e.name and all(plan.options_dict()[n] is not None
+                                                                     for n in mine)
+        other = next(x for x in executors.EXECUTORS.values() if x is not e)
+        name = e.options[0]
+        with pytest.raises(UsageError, match=f"--{name.replace('_', '-')} belongs to --executor {e.name}"):
+            build({"executor": other.name, name: values[name]}, TrainConfig(), DataOptions(), RunOptions())
+    with pytest.raises(UsageError, match="unknown protocol option"):
+        build({"slurm_qos": "high"}, TrainConfig(), DataOptions(), RunOptions())
+    with pytest.raises(UsageError, match="--jobs 'two': give an integer"):
+        build({"jobs": "two"}, TrainConfig(), DataOptions(), RunOptions())
 
 
 def test_local_layout_keeps_jobs_times_threads_within_the_cores():

@@ -133,9 +133,9 @@ def _plan(**run):
     from dataclasses import replace
 
     from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
-    from ticketctl.protocol.plan import DEFAULTS, build
+    from ticketctl.protocol.plan import build
 
-    plan = build({**DEFAULTS, "seeds": "1-4", "schemes": "dense", "size": "2"}, TrainConfig(), DataOptions(),
+    plan = build({"seeds": "1-4", "schemes": "dense", "size": "2"}, TrainConfig(), DataOptions(),
                  RunOptions())
     return replace(plan, run=replace(plan.run, **run))
 

@@ -6,7 +6,6 @@ module must not import torch (fast ``--help`` and completion): every command imp
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
@@ -16,6 +15,7 @@ from ticketctl.cli_exit import print_paths, run
 from ticketctl.cli_options import options
 from ticketctl.errors import JobsFailed, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.protocol.plan import CommandOptions
 
 app = typer.Typer(
     name="ticketctl",
@@ -101,21 +101,11 @@ def share(
 
 
 @app.command()
-@options(train=TrainConfig, data=DataOptions, run=RunOptions)
+@options(proto=CommandOptions, train=TrainConfig, data=DataOptions, run=RunOptions)
 def protocol(
-    train: TrainConfig, data: DataOptions, run: RunOptions, task: opt.ProtocolTask = None,
-    seeds: opt.ProtocolSeeds = "1-3", schemes: opt.ProtocolSchemes = "dense,bagging,base,active,random",
-    groups: opt.ProtocolGroups = 1, size: opt.ProtocolSize = None, report: opt.ProtocolReport = Path("report"),
-    plan: opt.ProtocolPlan = None, dry_run: opt.ProtocolDryRun = False, status: opt.ProtocolStatus = False,
-    cancel: opt.ProtocolCancel = False, detach: opt.ProtocolDetach = False, bagging: opt.ProtocolBagging = 0.9,
-    sparsity: opt.ProtocolSparsity = 0.3, prune_step: opt.ProtocolPruneStep = 0.1,
-    structured_levels: opt.ProtocolStructuredLevels = None, l1: opt.ProtocolL1 = None,
-    search_epochs: opt.ProtocolSearchEpochs = None, resamples: opt.ProtocolResamples = 1000,
-    active_chain: opt.ProtocolActiveChain = "group", executor: opt.ProtocolExecutor = "local",
-    jobs: opt.ProtocolJobs = None, jobs_per_gpu: opt.ProtocolJobsPerGpu = None,
-    slurm_partition: opt.ProtocolSlurmPartition = None, slurm_gpus_per_job: opt.ProtocolSlurmGpusPerJob = None,
-    slurm_time: opt.ProtocolSlurmTime = None, slurm_mem: opt.ProtocolSlurmMem = None,
-    slurm_array_parallelism: opt.ProtocolSlurmArrayParallelism = None, slurm_extra: opt.ProtocolSlurmExtra = None,
+    train: TrainConfig, data: DataOptions, run: RunOptions, proto: CommandOptions, plan: opt.ProtocolPlan = None,
+    dry_run: opt.ProtocolDryRun = False, status: opt.ProtocolStatus = False, cancel: opt.ProtocolCancel = False,
+    detach: opt.ProtocolDetach = False,
 ):
     """The whole Multi-Ticket Ensemble protocol: every scheme's members for every seed (dense and bagging finetunes,
     IMP searches and their tickets' finetunes, the ACTIVE-LT chain), only the jobs not finished already, then the
@@ -124,10 +114,9 @@ def protocol(
     Prints the report's path (or, with --dry-run, the jobs). Exit 4 when jobs failed (listed on stderr with their
     logs; rerun to resume).
     """
-    from ticketctl.protocol.plan import DEFAULTS, build_all
+    from ticketctl.protocol.plan import build_all
 
-    values = {k: v for k, v in locals().items() if k in DEFAULTS}
-    plans = build_all({**values, "report": str(report)}, train, data, run, plan)
+    plans = build_all(proto, train, data, run, plan)
     from ticketctl.protocol import runner
 
     if cancel:

@@ -52,6 +52,8 @@ def options(**groups: type):
                     decls = [meta.get("flag") or "--" + f.name.replace("_", "-")] + [meta["short"]] * bool(meta["short"])
                 default = None if f.default is dataclasses.MISSING else f.default
                 extra = {"autocompletion": choices(*meta["choices"])} if meta.get("choices") else {}
+                if meta.get("metavar"):
+                    extra["metavar"] = meta["metavar"]
                 params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                                 annotation=Annotated[types[f.name], typer.Option(
                                                     *decls, help=meta["help"], **extra)]))

@@ -5,7 +5,6 @@ the groups of dataclass options the training commands share, the options several
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -157,21 +156,6 @@ StatsCost = Annotated[bool, typer.Option(
 
 # ---------------------------------------------------------------------------------------------- protocol
 
-ProtocolTask = Annotated[Optional[list[str]], typer.Option(
-        "--task", "-t", metavar="TASK", autocompletion=choices(*TASKS), help="GLUE task (repeat for several: one report each, "
-        "in REPORT/TASK); with --train-file or --dataset, the name of your task.")]
-ProtocolSeeds = Annotated[str, typer.Option(help="Training seeds: 1-20, 1,2,3 or 1-3,7 (the ACTIVE-LT sequence follows "
-                                             "this order).")]
-ProtocolSchemes = Annotated[str, typer.Option(autocompletion=choices("dense", "bagging", "base", "active", "random",
-                                                                "structured"),
-        help="Comma-separated: dense (BASELINE), bagging, base, active, random (BASE-LT, ACTIVE-LT, RANDOM-LT); "
-             "structured: Super Tickets' structured winning tickets at --structured-levels.")]
-ProtocolGroups = Annotated[int, typer.Option(help="Split each scheme's seeds (in ascending order) into G equal groups; "
-                                             "ensembles are combined within groups (the paper: 2 groups of 10).")]
-ProtocolSize = Annotated[Optional[str], typer.Option(
-        help="Ensemble sizes k, e.g. 2-5: Table 1 at the largest, Figure 3 over all. Default: 2 up to min(5, a "
-             "group's seeds).")]
-ProtocolReport = Annotated[Path, typer.Option(help="Folder of report.md, report.json, the figures and plan.toml.")]
 ProtocolPlan = Annotated[Optional[Path], typer.Option(
         help="A TOML plan: option = value for any option of this command (e.g. seeds = \"1-20\", epochs = 2); "
              "options given on the command line win.")]
@@ -186,34 +170,3 @@ ProtocolDetach = Annotated[bool, typer.Option("--detach", help="slurm: submit ev
                                                           "runs after them, print JOB<TAB>SLURM_ID lines (the last "
                                                           "one: report) and exit; --status shows them, a rerun "
                                                           "re-attaches.")]
-ProtocolBagging = Annotated[float, typer.Option(help="BAGGING members train on this seed-dependent fraction.")]
-ProtocolSparsity = Annotated[float, typer.Option(help="Tickets' fraction of pruned prunable weights.")]
-ProtocolPruneStep = Annotated[float, typer.Option(help="Fraction of the original prunable weights pruned per IMP "
-                                                   "round.")]
-ProtocolStructuredLevels = Annotated[Optional[str], typer.Option(
-        help="structured scheme: levels (fractions of heads and FFN sublayers pruned), e.g. 0.3,0.5; each level is a "
-             "scheme of its own in the report. Default: --sparsity.")]
-ProtocolL1 = Annotated[Optional[float], typer.Option("--l1", help="tau of RANDOM-LT's and ACTIVE-LT's regularizer "
-                                                             "(default 1e-4).")]
-ProtocolSearchEpochs = Annotated[Optional[float], typer.Option(help="Epochs per IMP round (default: --epochs).")]
-ProtocolResamples = Annotated[int, typer.Option(help="Permutations of the report's tests.")]
-ProtocolActiveChain = Annotated[str, typer.Option(autocompletion=choices("group", "all"),
-        help="ACTIVE-LT's earlier members: those of the seed's group (group: the groups stay independent) or "
-             "every earlier seed (all).")]
-ProtocolExecutor = Annotated[str, typer.Option(autocompletion=lambda incomplete: [  # the registered executors
-        n for n in importlib.import_module("ticketctl.protocol.executors").EXECUTORS if n.startswith(incomplete)],
-        help="local: a process pool on this machine; slurm: jobs submitted through submitit (pip install "
-             "'ticketctl[slurm]').")]
-ProtocolJobs = Annotated[Optional[int], typer.Option(help="local: jobs at once (default: cores / --threads, or 1); "
-                                                     "jobs x threads must not exceed the cores.")]
-ProtocolJobsPerGpu = Annotated[Optional[int], typer.Option(help="local, where GPUs exist: N jobs per GPU, each worker "
-                                                             "pinned with CUDA_VISIBLE_DEVICES.")]
-ProtocolSlurmPartition = Annotated[Optional[str], typer.Option(help="slurm: partition.")]
-ProtocolSlurmGpusPerJob = Annotated[Optional[int], typer.Option(help="slurm: GPUs per job (1: a job trains on one "
-                                                                   "GPU).")]
-ProtocolSlurmTime = Annotated[Optional[str], typer.Option(help="slurm: time limit per job, as sbatch --time reads it "
-                                                           "(M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; default 1-0).")]
-ProtocolSlurmMem = Annotated[Optional[str], typer.Option(help="slurm: memory per job, as sbatch --mem (16G, 4000M).")]
-ProtocolSlurmArrayParallelism = Annotated[Optional[int], typer.Option(help="slurm: array tasks running at once.")]
-ProtocolSlurmExtra = Annotated[Optional[str], typer.Option(help="slurm: more sbatch options, e.g. \"--qos=high "
-                                                            "--account=lab\".")]

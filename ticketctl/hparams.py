@@ -16,11 +16,11 @@ from typing import Optional
 from ticketctl.errors import UsageError
 
 def option(default=None, help: str = "", *, flag: str | None = None, short: str | None = None, factory=None,
-           choices: tuple[str, ...] = ()):
+           choices: tuple[str, ...] = (), metavar: str | None = None):
     """A dataclass field with its command-line form: ``help`` text, ``flag`` (default ``--field-name``), ``short``
-    alias and the values the shell completes (``choices``). A list field takes ``factory`` (the command line's default
-    is then None: no value given)."""
-    meta = {"help": help, "flag": flag, "short": short, "choices": choices}
+    alias, the values the shell completes (``choices``) and the value's name in ``--help`` (``metavar``). A list field
+    takes ``factory`` (the command line's default is then None: no value given)."""
+    meta = {"help": help, "flag": flag, "short": short, "choices": choices, "metavar": metavar}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

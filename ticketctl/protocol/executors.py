@@ -17,7 +17,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from dataclasses import dataclass, fields
+from typing import Optional
+
 from ticketctl.errors import TicketError, UsageError
+from ticketctl.hparams import option
 
 
 def cores() -> int:
@@ -823,13 +827,16 @@ def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir
 
 class Executor:
     """Where a protocol's jobs run. A new engine is one subclass registered with :func:`register`: its ``name`` (the
-    ``--executor`` value), ``help`` (the option's help), ``options`` (the plan's fields that belong to it: given with
-    another executor they are refused in one line), :meth:`validate`, :meth:`check` and :meth:`run`; where its jobs
-    outlive the command, ``detaches`` and :meth:`detach`."""
+    ``--executor`` value), ``help`` (the option's help), ``Options`` (a dataclass of its own command-line options,
+    each field declared once with :func:`ticketctl.hparams.option`: the ``protocol`` command and plan files take them
+    from here, and given with another executor they are refused in one line; the plan holds each under its field's
+    name), :meth:`validate`, :meth:`check` and :meth:`run`; where its jobs outlive the command, ``detaches`` and
+    :meth:`detach`."""
 
     name: str = ""
     help: str = ""
-    options: tuple[str, ...] = ()
+    Options: type | None = None
+    options: tuple[str, ...] = ()  # the names of Options' fields (set by :func:`register`)
     detaches = False  # its jobs outlive the command: --detach (:meth:`detach`)
 
     def validate(self, plan) -> None:
@@ -853,9 +860,15 @@ EXECUTORS: dict[str, Executor] = {}  # --executor value -> its executor, in regi
 
 
 def register(cls: type[Executor]) -> type[Executor]:
-    """Class decorator: make ``cls`` the executor named ``cls.name``."""
+    """Class decorator: make ``cls`` the executor named ``cls.name``, with the options its ``Options`` declares."""
+    cls.options = tuple(f.name for f in fields(cls.Options)) if cls.Options else ()
     EXECUTORS[cls.name] = cls()
     return cls
+
+
+def option_classes() -> list[type]:
+    """Every registered executor's ``Options`` dataclass, in registration order."""
+    return [e.Options for e in EXECUTORS.values() if e.Options]
 
 
 def get(name: str) -> Executor:
@@ -872,13 +885,23 @@ def _at_least_one(plan, names: tuple[str, ...]) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
 
 
+@dataclass(frozen=True)
+class LocalOptions:
+    """The local executor's options."""
+
+    jobs: Optional[int] = option(None, "local: jobs at once (default: cores / --threads, or 1); jobs x threads must "
+                                 "not exceed the cores.")
+    jobs_per_gpu: Optional[int] = option(None, "local, where GPUs exist: N jobs per GPU, each worker pinned with "
+                                         "CUDA_VISIBLE_DEVICES.")
+
+
 @register
 class LocalExecutor(Executor):
     """Worker processes on this machine (:func:`run_local`)."""
 
     name = "local"
     help = "local: worker processes on this machine"
-    options = ("jobs", "jobs_per_gpu")
+    Options = LocalOptions
 
     def validate(self, plan) -> None:
         _at_least_one(plan, self.options)
@@ -890,14 +913,26 @@ class LocalExecutor(Executor):
         return run_local(plan, jobs, todo, done, work, pdir, log)
 
 
+@dataclass(frozen=True)
+class SlurmOptions:
+    """The Slurm executor's options (sbatch's, named ``--slurm-*``)."""
+
+    slurm_partition: Optional[str] = option(None, "slurm: partition.")
+    slurm_gpus_per_job: Optional[int] = option(None, "slurm: GPUs per job (1: a job trains on one GPU).")
+    slurm_time: Optional[str] = option(None, "slurm: time limit per job, as sbatch --time reads it (M, M:S, H:M:S, "
+                                       "D-H, D-H:M, D-H:M:S; default 1-0).")
+    slurm_mem: Optional[str] = option(None, "slurm: memory per job, as sbatch --mem (16G, 4000M).")
+    slurm_array_parallelism: Optional[int] = option(None, "slurm: array tasks running at once.")
+    slurm_extra: Optional[str] = option(None, "slurm: more sbatch options, e.g. \"--qos=high --account=lab\".")
+
+
 @register
 class SlurmExecutor(Executor):
     """Slurm through submitit (:func:`run_slurm`)."""
 
     name = "slurm"
     help = "slurm: jobs submitted through submitit (pip install 'ticketctl[slurm]')"
-    options = ("slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism", "slurm_extra",
-               "slurm_mem")
+    Options = SlurmOptions
     detaches = True
 
     def validate(self, plan) -> None:

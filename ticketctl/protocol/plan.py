@@ -25,12 +25,15 @@ Jobs (ids are ``KIND:SCHEME:sSEED``):
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ticketctl.data.task_table import TASKS
 from ticketctl.errors import UsageError
-from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.hparams import DataOptions, RunOptions, TrainConfig, option
+from ticketctl.protocol import executors
 
 PAPER_SCHEMES = ("dense", "bagging", "base", "active", "random")  # Kobayashi et al.'s five (the default)
 SCHEMES = PAPER_SCHEMES + ("structured",)  # + structured winning tickets (Liang et al.) at --structured-levels
@@ -81,6 +84,62 @@ def parse_schemes(spec: str | list) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class ProtocolOptions:
+    """The ``protocol`` command's own options as given on the command line or in a plan file (ranges and lists as
+    the text typed), each field declared once (:func:`ticketctl.hparams.option`: default, help, flag); the training
+    options come from :class:`TrainConfig`, :class:`DataOptions` and :class:`RunOptions`, the executors' from
+    their ``Options`` (``ticketctl.protocol.executors``). :func:`build` parses them into a :class:`Plan`."""
+
+    task: Optional[list[str]] = option(None, "GLUE task (repeat for several: one report each, in REPORT/TASK); with "
+                                       "--train-file or --dataset, the name of your task.", flag="--task", short="-t",
+                                       choices=TASKS, metavar="TASK")
+    seeds: str = option("1-3", "Training seeds: 1-20, 1,2,3 or 1-3,7 (the ACTIVE-LT sequence follows this order).")
+    schemes: str = option(",".join(PAPER_SCHEMES), "Comma-separated: dense (BASELINE), bagging, base, active, random "
+                          "(BASE-LT, ACTIVE-LT, RANDOM-LT); structured: Super Tickets' structured winning tickets at "
+                          "--structured-levels.", choices=SCHEMES)
+    groups: int = option(1, "Split each scheme's seeds (in ascending order) into G equal groups; ensembles are "
+                         "combined within groups (the paper: 2 groups of 10).")
+    size: Optional[str] = option(None, "Ensemble sizes k, e.g. 2-5: Table 1 at the largest, Figure 3 over all. "
+                                 "Default: 2 up to min(5, a group's seeds).")
+    report: Path = option(Path("report"), "Folder of report.md, report.json, the figures and plan.toml.")
+    bagging: float = option(0.9, "BAGGING members train on this seed-dependent fraction.")
+    sparsity: float = option(0.3, "Tickets' fraction of pruned prunable weights.")
+    prune_step: float = option(0.1, "Fraction of the original prunable weights pruned per IMP round.")
+    structured_levels: Optional[str] = option(
+        None, "structured scheme: levels (fractions of heads and FFN sublayers pruned), e.g. 0.3,0.5; each level is "
+        "a scheme of its own in the report. Default: --sparsity.")
+    l1: Optional[float] = option(None, "tau of RANDOM-LT's and ACTIVE-LT's regularizer (default 1e-4).", flag="--l1")
+    search_epochs: Optional[float] = option(None, "Epochs per IMP round (default: --epochs).")
+    resamples: int = option(1000, "Permutations of the report's tests.")
+    active_chain: str = option("group", "ACTIVE-LT's earlier members: those of the seed's group (group: the groups "
+                               "stay independent) or every earlier seed (all).", choices=ACTIVE_CHAINS)
+    executor: str = option("local", "; ".join(e.help for e in executors.EXECUTORS.values()) + ".",
+                           choices=tuple(executors.EXECUTORS))
+
+
+# Every option of the command beyond the training options: the protocol's own, then each executor's.
+def _command_options() -> type:
+    """:class:`ProtocolOptions` and every registered executor's ``Options`` as one dataclass (the command's)."""
+    spec = []
+    for cls in [ProtocolOptions, *executors.option_classes()]:
+        hints = typing.get_type_hints(cls)
+        spec += [(f.name, hints[f.name], field(default=f.default, metadata=f.metadata))
+                 for f in dataclasses.fields(cls)]
+    made = dataclasses.make_dataclass("CommandOptions", spec, frozen=True)
+    made.__doc__ = "The protocol command's options: ProtocolOptions and every executor's Options."
+    made.__module__ = __name__
+    return made
+
+
+CommandOptions = _command_options()
+
+
+def defaults() -> dict:
+    """Each option of :data:`CommandOptions` -> its command-line default (None: not given)."""
+    return {f.name: f.default for f in dataclasses.fields(CommandOptions)}
+
+
 @dataclass
 class Plan:
     """A resolved protocol: every option of the command, validated (:meth:`validate`)."""
@@ -100,17 +159,17 @@ class Plan:
     resamples: int = 1000
     active_chain: str = "group"
     executor: str = "local"
-    jobs: Optional[int] = None  # local: parallel jobs (default: cores / threads)
-    jobs_per_gpu: Optional[int] = None
-    slurm_partition: Optional[str] = None
-    slurm_gpus_per_job: Optional[int] = None
-    slurm_time: Optional[str] = None
-    slurm_array_parallelism: Optional[int] = None
-    slurm_extra: Optional[str] = None
-    slurm_mem: Optional[str] = None  # memory per job, as sbatch --mem (16G)
+    executor_options: dict = field(default_factory=dict)  # every executor's options (None: not given), by name
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataOptions = field(default_factory=DataOptions)
     run: RunOptions = field(default_factory=RunOptions)
+
+    def __getattr__(self, name: str):
+        """An executor's option, read as an attribute (``plan.slurm_time``); None where not given."""
+        options = self.__dict__.get("executor_options")
+        if options is not None and name in {n for e in executors.EXECUTORS.values() for n in e.options}:
+            return options.get(name)
+        raise AttributeError(name)
 
     @property
     def k(self) -> int:
@@ -159,8 +218,6 @@ class Plan:
             raise UsageError("--resamples must be >= 99")
         if self.active_chain not in ACTIVE_CHAINS:
             raise UsageError(f"--active-chain must be one of {', '.join(ACTIVE_CHAINS)}")
-        from ticketctl.protocol import executors
-
         mine = executors.get(self.executor)  # one line naming the registered executors for another name
         for other in executors.EXECUTORS.values():
             given = [n for n in other.options if other is not mine and getattr(self, n) is not None]
@@ -219,6 +276,9 @@ class Plan:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name == "executor_options":
+                out.update(v)
+                continue
             if f.name in ("train", "data", "run"):
                 v = {k: (str(x) if isinstance(x, Path) else x) for k, x in dataclasses.asdict(v).items()}
             elif isinstance(v, Path):
@@ -295,18 +355,9 @@ def toml_text(values: dict, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-# Options of the command beyond the training options, with their command-line defaults (None: not given).
-DEFAULTS = {"task": None, "seeds": "1-3", "schemes": ",".join(PAPER_SCHEMES), "groups": 1, "size": None,
-            "report": "report", "bagging": 0.9, "sparsity": 0.3, "prune_step": 0.1, "structured_levels": None,
-            "l1": None, "search_epochs": None, "resamples": 1000, "active_chain": "group", "executor": "local",
-            "jobs": None, "jobs_per_gpu": None, "slurm_partition": None, "slurm_gpus_per_job": None,
-            "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None,
-            "slurm_mem": None}
-
-
-def build_all(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
+def build_all(options, train: TrainConfig, data: DataOptions, run: RunOptions,
               plan_file: str | Path | None = None) -> list[Plan]:
-    """One validated plan per task (``options["task"]``: a name, a list of names, or None), each reporting into
+    """One validated plan per task (``options.task``: a list of names, or None), each reporting into
     ``REPORT/TASK`` when there are several; otherwise as :func:`build`."""
     options, train, data, run = merge(options, train, data, run, plan_file)
     tasks = options["task"] if isinstance(options["task"], (list, tuple)) else [options["task"]]
@@ -318,21 +369,23 @@ def build_all(options: dict, train: TrainConfig, data: DataOptions, run: RunOpti
             for t in tasks]
 
 
-def merge(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
+def merge(options, train: TrainConfig, data: DataOptions, run: RunOptions,
           plan_file: str | Path | None = None) -> tuple[dict, TrainConfig, DataOptions, RunOptions]:
-    """The command line's values (missing keys: :data:`DEFAULTS`) with a plan file's values filling every option
-    left at its default."""
-    unknown = set(options) - set(DEFAULTS)
+    """The command's values (a :data:`CommandOptions`, or a dict of some of its fields: the others at their
+    defaults) with a plan file's values filling every option left at its default."""
+    given = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+    declared = defaults()
+    unknown = set(given) - set(declared)
     if unknown:
         raise UsageError(f"unknown protocol option(s): {', '.join(sorted(unknown))}")
-    options = {**DEFAULTS, **options}
+    options = {**declared, **given}
     if options.get("task") == []:
         options["task"] = None
     if plan_file is not None:
         groups = {"train": train, "data": data, "run": run}
         for key, value in read_plan_file(plan_file).items():
-            if key in DEFAULTS:
-                if options.get(key) == DEFAULTS[key]:
+            if key in declared:
+                if str(options.get(key)) == str(declared[key]):
                     options[key] = value
                 continue
             for name, obj in groups.items():
@@ -355,7 +408,7 @@ def merge(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
 
 def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
           plan_file: str | Path | None = None) -> Plan:
-    """The validated plan from the command line's values (``options``: the keys of :data:`DEFAULTS`) and, with
+    """The validated plan from the command's values (as :func:`merge` takes them) and, with
     ``plan_file``, a TOML plan whose values fill every option the command line left at its default. Raises
     UsageError (one line) for an unknown key, a bad value or a plan that does not fit (:meth:`Plan.validate`)."""
     from ticketctl.masks import structured
@@ -367,37 +420,37 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
     size = options["size"]
     sizes = parse_range(size, "--size") if size is not None else (
         list(range(2, min(5, per_group) + 1)) if per_group >= 2 else [1])
-    plan = Plan(task=options["task"], seeds=seeds, schemes=parse_schemes(options["schemes"]), groups=n_groups,
-                sizes=sizes, report=Path(options["report"]), bagging=_float(options["bagging"], "--bagging"),
-                sparsity=_float(options["sparsity"], "--sparsity"),
-                prune_step=_float(options["prune_step"], "--prune-step"),
-                structured_levels=None if options["structured_levels"] is None else structured.parse_levels(
-                    options["structured_levels"], "--structured-levels"),
-                l1=None if options["l1"] is None else _float(options["l1"], "--l1"),
-                search_epochs=None if options["search_epochs"] is None else _float(options["search_epochs"],
-                                                                                  "--search-epochs"),
-                resamples=_int(options["resamples"], "--resamples"), active_chain=str(options["active_chain"]),
-                executor=str(options["executor"]),
-                jobs=_opt_int(options["jobs"], "--jobs"), jobs_per_gpu=_opt_int(options["jobs_per_gpu"],
-                                                                                "--jobs-per-gpu"),
-                slurm_partition=options["slurm_partition"],
-                slurm_gpus_per_job=_opt_int(options["slurm_gpus_per_job"], "--slurm-gpus-per-job"),
-                slurm_time=None if options["slurm_time"] is None else str(options["slurm_time"]),
-                slurm_array_parallelism=_opt_int(options["slurm_array_parallelism"], "--slurm-array-parallelism"),
-                slurm_extra=options["slurm_extra"],
-                slurm_mem=None if options["slurm_mem"] is None else str(options["slurm_mem"]), train=train, data=data,
-                run=run)
+    parsed = {"task": options["task"], "seeds": seeds, "schemes": parse_schemes(options["schemes"]),
+              "groups": n_groups, "sizes": sizes, "report": Path(options["report"]),
+              "structured_levels": None if options["structured_levels"] is None else structured.parse_levels(
+                  options["structured_levels"], "--structured-levels")}
+    hints = typing.get_type_hints(CommandOptions)
+    for name in defaults():
+        if name not in parsed and name not in ("size",):
+            parsed[name] = _typed(options[name], hints[name], "--" + name.replace("_", "-"))
+    mine = {n for e in executors.EXECUTORS.values() for n in e.options}
+    plan = Plan(**{k: v for k, v in parsed.items() if k not in mine},
+                executor_options={k: v for k, v in parsed.items() if k in mine}, train=train, data=data, run=run)
     return plan.validate()
+
+
+def _typed(value, hint, what: str):
+    """An option's value (from the command line or a plan file) as its declared type: int, float, str or Path, or
+    None for an Optional one. Raises UsageError naming ``what``."""
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    kind = next((t for t in (int, float, str, Path) if hint is t or t in typing.get_args(hint)), str)
+    if kind is int:
+        return _int(value, what)
+    if kind is float:
+        return _float(value, what)
+    return Path(value) if kind is Path else str(value)
 
 
 def _int(v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).lstrip("-").isdigit():
         raise UsageError(f"{what} {v!r}: give an integer")
     return int(v)
-
-
-def _opt_int(v, what: str) -> int | None:
-    return None if v is None else _int(v, what)
 
 
 def _float(v, what: str) -> float:
