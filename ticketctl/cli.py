@@ -78,11 +78,12 @@ def search(
                                       priors=[] if prior in (None, ["none"]) else read_paths(prior), train=train,
                                       data=data, run=run))
         return
-    from ticketctl.stages.imp import search as run_search
+    from ticketctl.stages.imp import SearchSpec, run_search
 
     priors = ["none"] if prior == ["none"] else read_paths(prior) if prior else []
-    print_paths([run_search(task, seed, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
-                            priors=priors, train_fraction=train_fraction, train=train, data=data, run=run)])
+    print_paths([run_search(SearchSpec(task, seed, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
+                                       priors=priors, train_fraction=train_fraction, train=train, data=data,
+                                       run=run))])
 
 
 @app.command()

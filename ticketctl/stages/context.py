@@ -5,8 +5,8 @@ search, share) is
 
 :class:`Context` is a task with its model and data resolved (and the run's identity built from them,
 ``ticketctl.store.identity.RunIdentity``); :func:`start` resolves the device and precision once and makes the
-contexts; :func:`finished` is the reuse check; :func:`dense_train` runs the one training loop with progress on
-stderr. What a stage reads (masks, the seeded model, tokens) is ``ticketctl.stages.inputs``, what it writes
+contexts; :func:`finished` is the reuse check; :func:`train_model` runs the one training loop with progress on
+stderr (a dense finetune, a ticket's, an IMP round). What a stage reads (masks, the seeded model, tokens) is ``ticketctl.stages.inputs``, what it writes
 ``ticketctl.stages.outputs``.
 """
 
@@ -188,10 +188,13 @@ def finished(log: Log, targets: list[Path], kind: str, force: bool) -> bool:
     return True
 
 
-def dense_train(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, description: str,
+def train_model(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, description: str,
                 keep=None, l1=None, enc=None) -> tuple[list[float], list, float]:
-    """Run the training loop on ``ctx``'s training set with progress on stderr; returns (epoch losses, loss curve,
-    seconds)."""
+    """Train ``model`` on ``ctx``'s training set with ``ticketctl.train.loop.train``, progress on stderr under
+    ``description``: dense, or a ticket (``keep``: parameter name -> float 0/1 mask of its shape, pruned weights held
+    at zero), with an L1 term (``l1``: IMP's regularizer, Kobayashi et al., 2022). ``enc`` is the tokenised training
+    set (default: tokenised now, or from the cache). Returns (epoch losses, loss curve: [step, loss] every 10 steps, seconds).
+    """
     from ticketctl.train.loop import train
 
     enc = ctx.encoded(tokenizer, ctx.train, cfg.max_length) if enc is None else enc

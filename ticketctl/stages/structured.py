@@ -168,7 +168,7 @@ def compute_scores(ctx: Context, cfg: TrainConfig, dense: RunIdentity, out: Path
     else:
         ctx.log.info(f"structured search {ctx.task.name} seed={seed}: dense finetune on {len(ctx.train)} examples, "
                      f"{ctx.model_name}, {device.type}/{cfg.precision}")
-        _, curve, seconds = context.dense_train(ctx, model, tokenizer, cfg, seed, device, f"dense s{seed}", enc=enc)
+        _, curve, seconds = context.train_model(ctx, model, tokenizer, cfg, seed, device, f"dense s{seed}", enc=enc)
         ctx.log.info(f"dense finetune in {seconds:.1f}s")
         outputs.write_dense_finetune(ctx, model, tokenizer, cfg, out, dense, device,
                                      outputs.dense_round_meta(ctx, dense, curve))
