@@ -71,12 +71,12 @@ def search(
 
     levels = search_levels(method, sparsity, ticket=ticket, l1=l1, diversity=diversity)
     if method == "structured":
-        from ticketctl.stages.structured import parse_tickets, structured_search
+        from ticketctl.stages.structured import StructuredSpec, parse_tickets, run_structured
 
-        print_paths(structured_search(task, seed, levels=levels, kinds=parse_tickets(ticket),
-                                      train_fraction=train_fraction, policy=policy, diversity=diversity,
-                                      priors=[] if prior in (None, ["none"]) else read_paths(prior), train=train,
-                                      data=data, run=run))
+        print_paths(run_structured(StructuredSpec(task, seed, levels=levels, kinds=parse_tickets(ticket),
+                                                  train_fraction=train_fraction, policy=policy, diversity=diversity,
+                                                  priors=[] if prior in (None, ["none"]) else read_paths(prior),
+                                                  train=train, data=data, run=run)))
         return
     from ticketctl.stages.imp import SearchSpec, run_search
 

@@ -143,7 +143,8 @@ def _job_targets(plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: 
     out = plan.run.out
     subset = plan.data.subset_seed
     if job.kind == "search" and job.scheme == "structured":
-        return structured_stage.targets(ctx, cfg, job.seed, out, plan.levels, subset_seed=subset)
+        spec = structured_stage.StructuredSpec(plan.task, job.seed, levels=plan.levels, data=plan.data, run=plan.run)
+        return structured_stage.targets(spec, ctx, cfg)
     if job.kind == "search":
         if any(p not in done for p in job.priors):
             return None
