@@ -96,9 +96,10 @@ def share(
 
     Prints one logits artifact path per task and evaluation split.
     """
-    from ticketctl.stages.share import share as run_share
+    from ticketctl.stages.share import ShareSpec, run_share
 
-    print_paths(run_share(task, mask, seed, sampling=sampling, save_model=save_model, train=train, data=data, run=run))
+    print_paths(run_share(ShareSpec(task, mask, seed, sampling=sampling, save_model=save_model, train=train, data=data,
+                                    run=run)))
 
 
 @app.command()
