@@ -13,7 +13,7 @@ stderr (a dense finetune, a ticket's, an IMP round). What a stage reads (masks, 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,27 @@ from ticketctl.store.artifacts import existing, write_artifact
 from ticketctl.store.identity import RunIdentity
 from ticketctl.store.provenance import config_hash, provenance
 from ticketctl.train.seeds import CPU_STREAM
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What every stage's spec holds besides its own fields (``imp.SearchSpec``, ``structured.StructuredSpec``,
+    ``share.ShareSpec``): the option dataclasses of ``ticketctl.hparams``, keyword-only, None standing for their
+    defaults (the library functions accept None). A spec is frozen: what a run is asked to do does not change while
+    it runs; a subclass normalises its own fields in ``__post_init__`` through :meth:`_set`, after calling this one.
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig, kw_only=True)
+    data: DataOptions = field(default_factory=DataOptions, kw_only=True)
+    run: RunOptions = field(default_factory=RunOptions, kw_only=True)
+
+    def __post_init__(self) -> None:
+        self._set(train=self.train or TrainConfig(), data=self.data or DataOptions(), run=self.run or RunOptions())
+
+    def _set(self, **values) -> None:
+        """Set fields of this frozen spec (its normalised values), once, in ``__post_init__``."""
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass

@@ -26,25 +26,26 @@ from pathlib import Path
 from ticketctl.data.sampling import training_subset
 from ticketctl.data.tasks import predictions, score
 from ticketctl.errors import InputError
-from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.hparams import TrainConfig
 from ticketctl.log import format_metrics
 from ticketctl.masks import policies
 from ticketctl.masks.weights import Mask, magnitude_prune, plan_rounds, pruned_count
 from ticketctl.stages import context, inputs, outputs
-from ticketctl.stages.context import Context
+from ticketctl.stages.context import Context, StageSpec
 from ticketctl.store.artifacts import Artifact, existing, write_artifact
 from ticketctl.store.identity import RunIdentity
 
 
 @dataclass(frozen=True)
-class SearchSpec:
+class SearchSpec(StageSpec):
     """One IMP search as the ``search`` command's options ask for it: everything its identity, paths and run follow
     from. ``task`` a task name (None: the custom task of ``data``), ``seed`` the member's seed (task head, data
     order, the random policy's draw), ``policy`` an IMP policy of ``ticketctl.masks.policies``, ``sparsity`` the
     fraction of prunable weights pruned at the end (0-1), ``prune_step`` the fraction of the original count pruned
     per round, ``l1`` the regularizer's tau (None: the policy's default), ``priors`` the earlier members' mask paths
     (ACTIVE-LT; ``("none",)``: its first member), ``train_fraction`` the fraction of the training set searched on.
-    Numbers are stored as floats, so ``0`` and ``0.0`` name the same run."""
+    ``train``, ``data``, ``run``: the option dataclasses (``context.StageSpec``). Numbers are stored as floats, so
+    ``0`` and ``0.0`` name the same run."""
 
     task: str | None
     seed: int = 0
@@ -54,20 +55,12 @@ class SearchSpec:
     l1: float | None = None
     priors: tuple[str, ...] = ()
     train_fraction: float = 1.0
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataOptions = field(default_factory=DataOptions)
-    run: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen: normalised once, here
-        set_(self, "sparsity", float(self.sparsity))
-        set_(self, "prune_step", float(self.prune_step))
-        set_(self, "l1", None if self.l1 is None else float(self.l1))
-        set_(self, "priors", tuple(str(p) for p in self.priors or ()))
-        set_(self, "train_fraction", float(self.train_fraction))
-        set_(self, "train", self.train or TrainConfig())
-        set_(self, "data", self.data or DataOptions())
-        set_(self, "run", self.run or RunOptions())
+        super().__post_init__()
+        self._set(sparsity=float(self.sparsity), prune_step=float(self.prune_step),
+                  l1=None if self.l1 is None else float(self.l1), priors=tuple(str(p) for p in self.priors or ()),
+                  train_fraction=float(self.train_fraction))
 
 
 def search(task: str | None, seed: int = 0, **options) -> Path:

@@ -20,15 +20,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ticketctl.errors import InputError, UsageError
-from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.hparams import TrainConfig
 from ticketctl.stages import context, inputs, outputs
-from ticketctl.stages.context import Context
+from ticketctl.stages.context import Context, StageSpec
 from ticketctl.store.atomic import atomic_folder
 from ticketctl.store.identity import RunIdentity, share_scheme
 from ticketctl.train.seeds import derive_seed
@@ -44,28 +44,22 @@ def mean_example_loss(logits, target, global_batch: int):
     return example_losses(logits, target).mean()
 
 @dataclass(frozen=True)
-class ShareSpec:
+class ShareSpec(StageSpec):
     """One multi-task sharing run as the ``share`` command's options ask for it: everything its identities, paths
     and run follow from. ``tasks`` two or more task names, ``masks`` one structured mask path per task, in order
     (empty: the dense multi-task baseline), ``seed`` the run's seed (encoder heads, data and task order),
-    ``sampling`` proportional | equal, ``save_model`` a folder for the shared model (None: not saved)."""
+    ``sampling`` proportional | equal, ``save_model`` a folder for the shared model (None: not saved); ``train``,
+    ``data``, ``run``: the option dataclasses (``context.StageSpec``)."""
 
     tasks: tuple[str, ...]
     masks: tuple[str, ...] = ()
     seed: int = 0
     sampling: str = "proportional"
     save_model: Path | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataOptions = field(default_factory=DataOptions)
-    run: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen: normalised once, here
-        set_(self, "tasks", tuple(self.tasks))
-        set_(self, "masks", tuple(self.masks or ()))
-        set_(self, "train", self.train or TrainConfig())
-        set_(self, "data", self.data or DataOptions())
-        set_(self, "run", self.run or RunOptions())
+        super().__post_init__()
+        self._set(tasks=tuple(self.tasks), masks=tuple(self.masks or ()))
 
 
 def share(tasks: list[str], masks: list[str] | None = None, seed: int = 0, **options) -> list[Path]:

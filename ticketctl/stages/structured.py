@@ -12,18 +12,18 @@ kept in ``OUT/cache``, so more levels or kinds later cost nothing but the select
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ticketctl.data.sampling import training_subset
 from ticketctl.errors import UsageError
-from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.hparams import TrainConfig
 from ticketctl.masks import policies
 from ticketctl.masks.structured import TICKETS, check_distinct_levels, normalize_heads, ticket, weights_remaining
 from ticketctl.stages import context, inputs, outputs
-from ticketctl.stages.context import Context
+from ticketctl.stages.context import Context, StageSpec
 from ticketctl.store.artifacts import existing, read_artifact, write_artifact
 from ticketctl.store.identity import RunIdentity
 from ticketctl.train.seeds import derive_seed
@@ -43,14 +43,14 @@ def parse_tickets(text: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class StructuredSpec:
+class StructuredSpec(StageSpec):
     """One structured search as the ``search --method structured`` options ask for it: everything its identities,
     paths and run follow from. ``task`` a task name (None: the custom task of ``data``), ``seed`` the member's seed
     (the dense finetune, the random ticket's draw, the policy's perturbation), ``levels`` the fractions of heads and
     FFN sublayers pruned (each in (0, 1); one mask per kind and level), ``kinds`` the ticket kinds (winning / random
     / losing), ``train_fraction`` the fraction of the training set the scores are computed on, ``policy`` a
     structured policy of ``ticketctl.masks.policies`` (base, perturbed, active), ``diversity`` its strength (None:
-    the policy's default), ``priors`` the earlier members' structured mask paths (``--policy active``). Numbers are
+    the policy's default), ``priors`` the earlier members' structured mask paths (``--policy active``). ``train``, ``data``, ``run``: the option dataclasses (``context.StageSpec``). Numbers are
     stored as floats, sequences as tuples."""
 
     task: str | None
@@ -61,19 +61,11 @@ class StructuredSpec:
     policy: str = "base"
     diversity: float | None = None
     priors: tuple[str, ...] = ()
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataOptions = field(default_factory=DataOptions)
-    run: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen: normalised once, here
-        set_(self, "levels", tuple(float(x) for x in self.levels))
-        set_(self, "kinds", tuple(self.kinds))
-        set_(self, "train_fraction", float(self.train_fraction))
-        set_(self, "priors", tuple(str(p) for p in self.priors or ()))
-        set_(self, "train", self.train or TrainConfig())
-        set_(self, "data", self.data or DataOptions())
-        set_(self, "run", self.run or RunOptions())
+        super().__post_init__()
+        self._set(levels=tuple(float(x) for x in self.levels), kinds=tuple(self.kinds),
+                  train_fraction=float(self.train_fraction), priors=tuple(str(p) for p in self.priors or ()))
 
     def check(self) -> None:
         """Refuse options the policy does not take (UsageError, one line), before anything is loaded."""
