@@ -36,7 +36,7 @@ import torch
 from ticketctl.data import files
 from ticketctl.data.batching import encode
 from ticketctl.data.tasks import get_task
-from ticketctl.hparams import TrainConfig
+from ticketctl.hparams import RunOptions, TrainConfig
 from ticketctl.masks import weights
 from ticketctl.model import loading, units
 from ticketctl.train.loop import train
@@ -224,7 +224,7 @@ def run_reference(folder, split, keep, steps, warmup, batch_size, lr):
 def time_search_vs_finetunes(folder, split, precision):
     """A 3-round search on a small subset against 3 x the same training, with the same process set-up."""
     from ticketctl.stages.finetune import finetune_context
-    from ticketctl.stages.imp import search_context
+    from ticketctl.stages.imp import SearchSpec, search_context
     from ticketctl.log import Log
     from ticketctl.stages.context import Context
 
@@ -236,7 +236,8 @@ def time_search_vs_finetunes(folder, split, precision):
     cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-4, precision=precision)
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        search_context(ctx, cfg, torch.device("cpu"), 0, Path(out), policy="random", sparsity=0.3, prune_step=0.1)
+        spec = SearchSpec(task.name, 0, policy="random", sparsity=0.3, prune_step=0.1, run=RunOptions(out=Path(out)))
+        search_context(spec, ctx, cfg, torch.device("cpu"))
         search_s = time.perf_counter() - t
     ft = []
     for seed in range(3):

@@ -71,18 +71,19 @@ def search(
 
     levels = search_levels(method, sparsity, ticket=ticket, l1=l1, diversity=diversity)
     if method == "structured":
-        from ticketctl.stages.structured import parse_tickets, structured_search
+        from ticketctl.stages.structured import StructuredSpec, parse_tickets, run_structured
 
-        print_paths(structured_search(task, seed, levels=levels, kinds=parse_tickets(ticket),
-                                      train_fraction=train_fraction, policy=policy, diversity=diversity,
-                                      priors=[] if prior in (None, ["none"]) else read_paths(prior), train=train,
-                                      data=data, run=run))
+        print_paths(run_structured(StructuredSpec(task, seed, levels=levels, kinds=parse_tickets(ticket),
+                                                  train_fraction=train_fraction, policy=policy, diversity=diversity,
+                                                  priors=[] if prior in (None, ["none"]) else read_paths(prior),
+                                                  train=train, data=data, run=run)))
         return
-    from ticketctl.stages.imp import search as run_search
+    from ticketctl.stages.imp import SearchSpec, run_search
 
     priors = ["none"] if prior == ["none"] else read_paths(prior) if prior else []
-    print_paths([run_search(task, seed, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
-                            priors=priors, train_fraction=train_fraction, train=train, data=data, run=run)])
+    print_paths([run_search(SearchSpec(task, seed, policy=policy, sparsity=levels[0], prune_step=prune_step, l1=l1,
+                                       priors=priors, train_fraction=train_fraction, train=train, data=data,
+                                       run=run))])
 
 
 @app.command()
@@ -95,9 +96,10 @@ def share(
 
     Prints one logits artifact path per task and evaluation split.
     """
-    from ticketctl.stages.share import share as run_share
+    from ticketctl.stages.share import ShareSpec, run_share
 
-    print_paths(run_share(task, mask, seed, sampling=sampling, save_model=save_model, train=train, data=data, run=run))
+    print_paths(run_share(ShareSpec(task, mask, seed, sampling=sampling, save_model=save_model, train=train, data=data,
+                                    run=run)))
 
 
 @app.command()

@@ -143,13 +143,15 @@ def _job_targets(plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: 
     out = plan.run.out
     subset = plan.data.subset_seed
     if job.kind == "search" and job.scheme == "structured":
-        return structured_stage.targets(ctx, cfg, job.seed, out, plan.levels, subset_seed=subset)
+        spec = structured_stage.StructuredSpec(plan.task, job.seed, levels=plan.levels, data=plan.data, run=plan.run)
+        return structured_stage.targets(spec, ctx, cfg)
     if job.kind == "search":
         if any(p not in done for p in job.priors):
             return None
         priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0]) for p in job.priors]
-        return [imp.target(ctx, search_cfg, job.seed, out, policy=job.scheme, sparsity=plan.sparsity,
-                           prune_step=plan.prune_step, l1=plan.l1, prior_paths=priors, subset_seed=subset)]
+        spec = imp.SearchSpec(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
+                              prune_step=plan.prune_step, l1=plan.l1, priors=priors, data=plan.data, run=plan.run)
+        return [imp.target(spec, ctx, search_cfg)]
     if job.mask is not None:
         if job.mask not in done:
             return None

@@ -5,15 +5,15 @@ search, share) is
 
 :class:`Context` is a task with its model and data resolved (and the run's identity built from them,
 ``ticketctl.store.identity.RunIdentity``); :func:`start` resolves the device and precision once and makes the
-contexts; :func:`finished` is the reuse check; :func:`dense_train` runs the one training loop with progress on
-stderr. What a stage reads (masks, the seeded model, tokens) is ``ticketctl.stages.inputs``, what it writes
+contexts; :func:`finished` is the reuse check; :func:`train_model` runs the one training loop with progress on
+stderr (a dense finetune, a ticket's, an IMP round). What a stage reads (masks, the seeded model, tokens) is ``ticketctl.stages.inputs``, what it writes
 ``ticketctl.stages.outputs``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,27 @@ from ticketctl.store.artifacts import existing, write_artifact
 from ticketctl.store.identity import RunIdentity
 from ticketctl.store.provenance import config_hash, provenance
 from ticketctl.train.seeds import CPU_STREAM
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What every stage's spec holds besides its own fields (``imp.SearchSpec``, ``structured.StructuredSpec``,
+    ``share.ShareSpec``): the option dataclasses of ``ticketctl.hparams``, keyword-only, None standing for their
+    defaults (the library functions accept None). A spec is frozen: what a run is asked to do does not change while
+    it runs; a subclass normalises its own fields in ``__post_init__`` through :meth:`_set`, after calling this one.
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig, kw_only=True)
+    data: DataOptions = field(default_factory=DataOptions, kw_only=True)
+    run: RunOptions = field(default_factory=RunOptions, kw_only=True)
+
+    def __post_init__(self) -> None:
+        self._set(train=self.train or TrainConfig(), data=self.data or DataOptions(), run=self.run or RunOptions())
+
+    def _set(self, **values) -> None:
+        """Set fields of this frozen spec (its normalised values), once, in ``__post_init__``."""
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass
@@ -188,10 +209,13 @@ def finished(log: Log, targets: list[Path], kind: str, force: bool) -> bool:
     return True
 
 
-def dense_train(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, description: str,
+def train_model(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, description: str,
                 keep=None, l1=None, enc=None) -> tuple[list[float], list, float]:
-    """Run the training loop on ``ctx``'s training set with progress on stderr; returns (epoch losses, loss curve,
-    seconds)."""
+    """Train ``model`` on ``ctx``'s training set with ``ticketctl.train.loop.train``, progress on stderr under
+    ``description``: dense, or a ticket (``keep``: parameter name -> float 0/1 mask of its shape, pruned weights held
+    at zero), with an L1 term (``l1``: IMP's regularizer, Kobayashi et al., 2022). ``enc`` is the tokenised training
+    set (default: tokenised now, or from the cache). Returns (epoch losses, loss curve: [step, loss] every 10 steps, seconds).
+    """
     from ticketctl.train.loop import train
 
     enc = ctx.encoded(tokenizer, ctx.train, cfg.max_length) if enc is None else enc

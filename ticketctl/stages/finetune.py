@@ -133,7 +133,7 @@ def _setup(ctx: Context, cfg: TrainConfig, seed: int, device, mask_art, mask_pat
 def _train(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, scheme: str, keep):
     ctx.log.info(f"finetune {ctx.task.name} seed={seed} scheme={scheme} on {len(ctx.train)} examples, "
                  f"{ctx.model_name}, {device.type}/{cfg.precision}")
-    losses, curve, seconds = context.dense_train(ctx, model, tokenizer, cfg, seed, device, f"finetune s{seed}",
+    losses, curve, seconds = context.train_model(ctx, model, tokenizer, cfg, seed, device, f"finetune s{seed}",
                                                  keep=keep)
     ctx.log.debug("train loss per epoch: " + " ".join(f"{x:.4f}" for x in losses)
                   + f"; {len(ctx.train) * cfg.epochs / seconds:.1f} examples/s")

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ticketctl.errors import InputError, UsageError
-from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.hparams import TrainConfig
 from ticketctl.stages import context, inputs, outputs
-from ticketctl.stages.context import Context
+from ticketctl.stages.context import Context, StageSpec
 from ticketctl.store.atomic import atomic_folder
 from ticketctl.store.identity import RunIdentity, share_scheme
 from ticketctl.train.seeds import derive_seed
@@ -43,16 +43,39 @@ def mean_example_loss(logits, target, global_batch: int):
 
     return example_losses(logits, target).mean()
 
-def share(tasks: list[str], masks: list[str] | None = None, seed: int = 0, *, sampling: str = "proportional",
-          save_model: Path | None = None, train: TrainConfig | None = None, data: DataOptions | None = None,
-          run: RunOptions | None = None) -> list[Path]:
+@dataclass(frozen=True)
+class ShareSpec(StageSpec):
+    """One multi-task sharing run as the ``share`` command's options ask for it: everything its identities, paths
+    and run follow from. ``tasks`` two or more task names, ``masks`` one structured mask path per task, in order
+    (empty: the dense multi-task baseline), ``seed`` the run's seed (encoder heads, data and task order),
+    ``sampling`` proportional | equal, ``save_model`` a folder for the shared model (None: not saved); ``train``,
+    ``data``, ``run``: the option dataclasses (``context.StageSpec``)."""
+
+    tasks: tuple[str, ...]
+    masks: tuple[str, ...] = ()
+    seed: int = 0
+    sampling: str = "proportional"
+    save_model: Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set(tasks=tuple(self.tasks), masks=tuple(self.masks or ()))
+
+
+def share(tasks: list[str], masks: list[str] | None = None, seed: int = 0, **options) -> list[Path]:
     """Train ``tasks`` on one encoder, each through its structured mask (one per task, in order; none: the dense
-    multi-task baseline); returns one logits artifact path per task and evaluation split."""
-    run = run or RunOptions()
-    contexts, cfg, device = context.start(list(tasks), train, data or DataOptions(), run,
-                                        data_parallel=False)
-    members = load_members(contexts, list(masks or []))
-    return share_contexts(members, cfg, device, seed, run.out, sampling, force=run.force, save_model=save_model)
+    multi-task baseline); returns one logits artifact path per task and evaluation split. ``options`` are
+    :class:`ShareSpec`'s other fields (``sampling``, ``save_model``, ``train``, ``data``, ``run``). Raises
+    UsageError (fewer than two tasks, a task twice, a mask count that does not match), InputError (masks that are
+    not structured or are for another task)."""
+    return run_share(ShareSpec(tasks, masks, seed, **options))
+
+
+def run_share(spec: ShareSpec) -> list[Path]:
+    """Resolve the device and the tasks (``context.start``, one process), read the masks, then
+    :func:`share_contexts`."""
+    contexts, cfg, device = context.start(list(spec.tasks), spec.train, spec.data, spec.run, data_parallel=False)
+    return share_contexts(spec, load_members(contexts, list(spec.masks)), cfg, device)
 
 
 @dataclass
@@ -65,30 +88,62 @@ class Member:
         return self.ctx.task.name
 
 
-def share_contexts(members: list[Member], cfg: TrainConfig, device, seed: int, out: Path,
-                   sampling: str = "proportional", force: bool = False, save_model: Path | None = None) -> list[Path]:
-    _check(members, sampling, save_model)
+@dataclass
+class Sharing:
+    """A sharing run resolved from its :class:`ShareSpec` on the tasks' contexts: the members, each task's
+    ``StructuredMask`` (None: dense), identity and (split, logits path, config hash) rows, and every logits path."""
+
+    spec: ShareSpec
+    members: list[Member]
+    masks: dict
+    identities: dict[str, RunIdentity]
+    rows: dict
+    every: list[Path]
+
+
+def resolve(spec: ShareSpec, members: list[Member], cfg: TrainConfig) -> Sharing:
+    """The identity step, before any training: the options checked (UsageError), the identities and paths built."""
+    _check(members, spec.sampling, spec.save_model)
     masks = {m.name: (m.mask_art.structured() if m.mask_art else None) for m in members}
-    identities = run_identities(members, masks, cfg, seed, sampling)
-    rows = {m.name: m.ctx.logits_rows(identities[m.name], out) for m in members}
-    every = [p for r in rows.values() for _, p, _ in r]
-    log = members[0].ctx.log
-    if save_model is None and context.finished(log, every, "logits", force):
-        return every
-    models, tokenizer, hooks, encs = _setup(members, masks, cfg, seed, device)
-    train_time = _train(members, models, hooks, encs, tokenizer, cfg, seed, device, sampling, identities)
+    identities = run_identities(members, masks, cfg, spec.seed, spec.sampling)
+    rows = {m.name: m.ctx.logits_rows(identities[m.name], spec.run.out) for m in members}
+    return Sharing(spec, members, masks, identities, rows, [p for r in rows.values() for _, p, _ in r])
+
+
+@dataclass
+class SharingState:
+    """A sharing run in progress: one classifier per task on one encoder (``models``: task -> model), the tokenizer,
+    the tasks' ticket hooks (None: dense) and every task's tokenised training set (``encs``: task -> Encoded)."""
+
+    models: dict
+    tokenizer: object
+    hooks: TicketHooks | None
+    encs: dict
+
+
+def share_contexts(spec: ShareSpec, members: list[Member], cfg: TrainConfig, device) -> list[Path]:
+    """The run on resolved contexts: resolve -> finished already? -> setup -> the loop -> write each task's logits
+    (and the shared model). Returns every logits path (task, then split)."""
+    s = resolve(spec, members, cfg)
+    seed, masks, identities, log = spec.seed, s.masks, s.identities, members[0].ctx.log
+    if spec.save_model is None and context.finished(log, s.every, "logits", spec.run.force):
+        return s.every
+    state = _setup(members, masks, cfg, seed, device)
+    train_time = _train(s, state, cfg, device)
     for m in members:
-        if hooks is not None:
-            hooks.before_forward(m.name)
+        if state.hooks is not None:
+            state.hooks.before_forward(m.name)
         meta = {"seed": str(seed), "policy": identities[m.name].scheme, "sparsity": f"{masks[m.name].sparsity:.6f}"
                 if masks[m.name] is not None else "0", "bagging": "1.0", "config": identities[m.name].as_dict(),
-                "method": "share", "tasks": [n.name for n in members], "sampling": sampling,
+                "method": "share", "tasks": [n.name for n in members], "sampling": spec.sampling,
                 "train_seconds": f"{train_time:.1f}", "parents": [m.mask_art.parent_ref()] if m.mask_art else []}
-        outputs.write_outputs(m.ctx, models[m.name], tokenizer, cfg, device, rows[m.name], meta, masks[m.name])
-    if save_model is not None:
+        outputs.write_outputs(m.ctx, state.models[m.name], state.tokenizer, cfg, device, s.rows[m.name], meta,
+                              masks[m.name])
+    if spec.save_model is not None:
         names = [m.name for m in members]
-        save_shared(log, models, names, models[names[0]].base_model, tokenizer, masks, save_model)
-    return every
+        save_shared(log, state.models, names, state.models[names[0]].base_model, state.tokenizer, masks,
+                    spec.save_model)
+    return s.every
 
 
 def _check(members: list[Member], sampling: str, save_model: Path | None) -> None:
@@ -114,7 +169,7 @@ def run_identities(members: list[Member], masks: dict, cfg: TrainConfig, seed: i
                                    sampling=sampling) for m in members}
 
 
-def _setup(members: list[Member], masks: dict, cfg: TrainConfig, seed: int, device):
+def _setup(members: list[Member], masks: dict, cfg: TrainConfig, seed: int, device) -> SharingState:
     """One encoder, a head per task, each task's gates and frozen positions, and every task's tokens."""
     from ticketctl.train import distributed
 
@@ -127,23 +182,24 @@ def _setup(members: list[Member], masks: dict, cfg: TrainConfig, seed: int, devi
     if hooks is not None:
         report_overlap(members[0].ctx.log, masks)
     encs = {m.name: m.ctx.encoded(tokenizer, m.ctx.train, cfg.max_length) for m in members}
-    return models, tokenizer, hooks, encs
+    return SharingState(models, tokenizer, hooks, encs)
 
 
-def _train(members: list[Member], models: dict, hooks, encs: dict, tokenizer, cfg: TrainConfig, seed: int, device,
-           sampling: str, identities: dict) -> float:
+def _train(s: Sharing, state: SharingState, cfg: TrainConfig, device) -> float:
     """The one loop over the task plan; returns its seconds."""
     from ticketctl.model.loading import pad_id
     from ticketctl.train.loop import Loop
 
+    members, seed, sampling, encs = s.members, s.spec.seed, s.spec.sampling, state.encs
     names, log = [m.name for m in members], members[0].ctx.log
     data = {m.name: (encs[m.name], m.ctx.train.labels) for m in members}
-    loop = Loop(models, data, cfg, seed, device, pad_id(tokenizer), hooks=hooks, loss=mean_example_loss)
+    loop = Loop(state.models, data, cfg, seed, device, pad_id(state.tokenizer), hooks=state.hooks,
+                loss=mean_example_loss)
     rng = np.random.default_rng(derive_seed(seed, "data-order"))
     n_batches = {n: math.ceil(len(encs[n]) / cfg.batch_size) for n in names}
     plan = task_plan(n_batches, cfg.epochs, sampling, np.random.default_rng(derive_seed(seed, "task-order")))
     total = len(plan)
-    log.info(f"share {'+'.join(names)} seed={seed} ({identities[names[0]].scheme}, {sampling} sampling): {total} "
+    log.info(f"share {'+'.join(names)} seed={seed} ({s.identities[names[0]].scheme}, {sampling} sampling): {total} "
              "steps over " + ", ".join(f"{n} {len(encs[n])}" for n in names)
              + f" examples, {device.type}/{cfg.precision}")
     start = time.perf_counter()

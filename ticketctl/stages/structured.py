@@ -12,17 +12,18 @@ kept in ``OUT/cache``, so more levels or kinds later cost nothing but the select
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ticketctl.data.sampling import training_subset
 from ticketctl.errors import UsageError
-from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.hparams import TrainConfig
 from ticketctl.masks import policies
 from ticketctl.masks.structured import TICKETS, check_distinct_levels, normalize_heads, ticket, weights_remaining
 from ticketctl.stages import context, inputs, outputs
-from ticketctl.stages.context import Context
+from ticketctl.stages.context import Context, StageSpec
 from ticketctl.store.artifacts import existing, read_artifact, write_artifact
 from ticketctl.store.identity import RunIdentity
 from ticketctl.train.seeds import derive_seed
@@ -41,77 +42,122 @@ def parse_tickets(text: str) -> list[str]:
     return kinds
 
 
-def structured_search(task: str, seed: int = 0, *, levels: list[float], kinds: list[str] = ("winning",),
-                      train_fraction: float = 1.0, policy: str = "base", diversity: float | None = None,
-                      priors: list[str] = (), train: TrainConfig | None = None, data: DataOptions | None = None,
-                      run: RunOptions | None = None) -> list[Path]:
+@dataclass(frozen=True)
+class StructuredSpec(StageSpec):
+    """One structured search as the ``search --method structured`` options ask for it: everything its identities,
+    paths and run follow from. ``task`` a task name (None: the custom task of ``data``), ``seed`` the member's seed
+    (the dense finetune, the random ticket's draw, the policy's perturbation), ``levels`` the fractions of heads and
+    FFN sublayers pruned (each in (0, 1); one mask per kind and level), ``kinds`` the ticket kinds (winning / random
+    / losing), ``train_fraction`` the fraction of the training set the scores are computed on, ``policy`` a
+    structured policy of ``ticketctl.masks.policies`` (base, perturbed, active), ``diversity`` its strength (None:
+    the policy's default), ``priors`` the earlier members' structured mask paths (``--policy active``). ``train``, ``data``, ``run``: the option dataclasses (``context.StageSpec``). Numbers are
+    stored as floats, sequences as tuples."""
+
+    task: str | None
+    seed: int = 0
+    levels: tuple[float, ...] = (0.3,)
+    kinds: tuple[str, ...] = ("winning",)
+    train_fraction: float = 1.0
+    policy: str = "base"
+    diversity: float | None = None
+    priors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set(levels=tuple(float(x) for x in self.levels), kinds=tuple(self.kinds),
+                  train_fraction=float(self.train_fraction), priors=tuple(str(p) for p in self.priors or ()))
+
+    def check(self) -> None:
+        """Refuse options the policy does not take (UsageError, one line), before anything is loaded."""
+        policies.get(policies.STRUCTURED, self.policy).check(self.kinds, self.priors, self.diversity)
+
+
+def structured_search(task: str | None, seed: int = 0, *, levels: list[float], **options) -> list[Path]:
     """Structured tickets of ``task``'s model for ``seed``, one mask per kind and level; returns their paths.
-    ``policy`` perturbed / active makes winning tickets deliberately diverse (``ticketctl.masks.policies``)."""
-    data, run = data or DataOptions(), run or RunOptions()
-    policies.get(policies.STRUCTURED, policy).check(kinds, priors, diversity)
-    ctx, cfg, device = context.start(task, train, data, run)
-    return structured_context(ctx, cfg, device, seed, run.out, [float(x) for x in levels], list(kinds),
-                              force=run.force, train_fraction=float(train_fraction),
-                              subset_seed=data.subset_seed, policy=policy, diversity=diversity, priors=list(priors))
+    ``options`` are :class:`StructuredSpec`'s other fields (``kinds``, ``train_fraction``, ``policy``,
+    ``diversity``, ``priors``, ``train``, ``data``, ``run``); ``policy`` perturbed / active makes winning tickets
+    deliberately diverse (``ticketctl.masks.policies``). Raises UsageError for options the policy refuses or two
+    levels that make the same ticket, InputError for unreadable priors."""
+    return run_structured(StructuredSpec(task, seed, levels=levels, **options))
 
 
-def structured_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Path, levels: list[float],
-                       kinds: list[str], force: bool = False, train_fraction: float = 1.0,
-                       subset_seed: int | None = None, policy: str = "base", diversity: float | None = None,
-                       priors: list[str] = ()) -> list[Path]:
+def run_structured(spec: StructuredSpec) -> list[Path]:
+    """Check the options, resolve the device and the task (``context.start``), then :func:`structured_context`."""
+    spec.check()
+    ctx, cfg, device = context.start(spec.task, spec.train, spec.data, spec.run)
+    return structured_context(spec, ctx, cfg, device)
+
+
+@dataclass
+class StructuredSearch:
+    """A structured search resolved from its :class:`StructuredSpec` on a context (its training subset cut): the
+    policy and its strength, the priors (artifacts and their ``StructuredMask``s), and the identities: the dense
+    finetune's, the importance scores', and one per mask (kind, then level) with its path."""
+
+    spec: StructuredSpec
+    ctx: Context
+    policy: policies.StructuredPolicy
+    strength: float
+    prior_arts: list
+    prior_masks: list
+    dense: RunIdentity
+    scores_identity: RunIdentity
+    masks: list[RunIdentity]
+    paths: list[Path]
+
+
+def resolve(spec: StructuredSpec, ctx: Context, cfg: TrainConfig, check_levels: bool = True) -> StructuredSearch:
+    """The identity step, before any training: the training subset, the levels checked (``check_levels``: two
+    levels that prune the same numbers of heads and FFNs refused, UsageError), the priors loaded and checked
+    (InputError, UsageError), the identities built. ``ctx`` and ``cfg`` as :func:`ticketctl.stages.context.start`
+    resolves them."""
     from ticketctl.model.loading import encoder_shape
 
-    chosen = policies.get(policies.STRUCTURED, policy)
-    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
+    chosen = policies.get(policies.STRUCTURED, spec.policy)
+    ctx = ctx.with_train(training_subset(ctx.train, spec.seed, fraction=spec.train_fraction,
+                                         subset_seed=spec.data.subset_seed))
     layers, heads_per_layer = encoder_shape(ctx.model_dir)
-    check_distinct_levels(levels, layers, heads_per_layer)  # before any training
-    prior_arts = [inputs.load_mask(ctx, p) for p in priors]
+    if check_levels:
+        check_distinct_levels(list(spec.levels), layers, heads_per_layer)  # before any training
+    prior_arts = [inputs.load_mask(ctx, p) for p in spec.priors]
     for a in prior_arts:
         if a.method != "structured" or a.structured().heads.shape != (layers, heads_per_layer):
             raise UsageError(f"--prior {a.path}: --policy active takes structured masks of this model")
     prior_masks = [a.structured() for a in prior_arts]
-    strength = chosen.strength(diversity)
+    strength = chosen.strength(spec.diversity)
     diverse = chosen.identity(strength, [m.digest() for m in prior_masks])
+    dense = ctx.identity(cfg, spec.seed, train_fraction=spec.train_fraction)
+    scores_identity = dense.importance(IMPORTANCE_VERSION)
+    masks = [scores_identity.structured_ticket(kind, level, spec.policy, diverse)
+             for kind in spec.kinds for level in spec.levels]
+    return StructuredSearch(spec, ctx, chosen, strength, prior_arts, prior_masks, dense, scores_identity, masks,
+                            [m.paths(spec.run.out)[0] for m in masks])
 
-    # identity -> finished already?
-    dense, scores_identity, targets = _identities(ctx, cfg, seed, levels, kinds, train_fraction, policy, diverse)
-    paths = [t.paths(out)[0] for t in targets]
-    if context.finished(ctx.log, paths, "mask", force):
-        return paths
 
-    # setup and loop: the importance scores (cached per seed), after the dense finetune
-    scores = _scores(ctx, cfg, device, out, dense, scores_identity, force)
+def targets(spec: StructuredSpec, ctx: Context, cfg: TrainConfig) -> list[Path]:
+    """The paths of the masks :func:`structured_context` writes for ``spec`` (one per kind, then level), whether or
+    not they exist, computed without training (the levels are not checked against each other): ``ctx`` and ``cfg``
+    as :func:`ticketctl.stages.context.start` resolves them."""
+    return resolve(spec, ctx, cfg, check_levels=False).paths
+
+
+def structured_context(spec: StructuredSpec, ctx: Context, cfg: TrainConfig, device) -> list[Path]:
+    """The search on a resolved context: resolve -> finished already? -> importance scores (cached per seed, after
+    the dense finetune) -> one mask per kind and level. Returns the mask paths (kind, then level)."""
+    s = resolve(spec, ctx, cfg)
+    if context.finished(s.ctx.log, s.paths, "mask", spec.run.force):
+        return s.paths
+    scores = _scores(s.ctx, cfg, device, spec.run.out, s.dense, s.scores_identity, spec.run.force)
     head_raw = scores.tensors["head_scores_raw"].astype(np.float64)
     ffn = scores.tensors["ffn_scores"].astype(np.float64)
     head = normalize_heads(head_raw)
-    chosen_head, chosen_ffn = chosen.apply(head, ffn, strength, seed, prior_masks)
-
-    # write: one mask per kind and level
-    for identity, path in zip(targets, paths):
+    chosen_head, chosen_ffn = s.policy.apply(head, ffn, s.strength, spec.seed, s.prior_masks)
+    for identity, path in zip(s.masks, s.paths):
         kind, level = identity.fields["ticket"], identity.sparsity
-        rng = np.random.default_rng(derive_seed(seed, f"random-ticket:{level!r}")) if kind == "random" else None
+        rng = np.random.default_rng(derive_seed(spec.seed, f"random-ticket:{level!r}")) if kind == "random" else None
         mask = ticket(chosen_head, chosen_ffn, level, kind, rng)
-        _write_ticket(ctx, path, identity, mask, head, head_raw, ffn, scores, prior_arts)
-    return paths
-
-
-def targets(ctx: Context, cfg: TrainConfig, seed: int, out: Path, levels: list[float], kinds=("winning",),
-            train_fraction: float = 1.0, subset_seed: int | None = None) -> list[Path]:
-    """The paths of the masks :func:`structured_context` writes with ``policy="base"`` (one per kind, then level),
-    whether or not they exist, computed without training: ``ctx`` and ``cfg`` as
-    :func:`ticketctl.stages.context.start` resolves them."""
-    ctx = ctx.with_train(training_subset(ctx.train, seed, fraction=train_fraction, subset_seed=subset_seed))
-    found = _identities(ctx, cfg, seed, [float(x) for x in levels], list(kinds), float(train_fraction), "base", {})
-    return [t.paths(out)[0] for t in found[2]]
-
-
-def _identities(ctx: Context, cfg: TrainConfig, seed: int, levels: list[float], kinds: list[str],
-                train_fraction: float, policy: str, diverse: dict):
-    """(the dense finetune's identity, the importance scores', one per mask: kind, then level)."""
-    dense = ctx.identity(cfg, seed, train_fraction=train_fraction)
-    scores_identity = dense.importance(IMPORTANCE_VERSION)
-    masks = [scores_identity.structured_ticket(kind, level, policy, diverse) for kind in kinds for level in levels]
-    return dense, scores_identity, masks
+        _write_ticket(s.ctx, path, identity, mask, head, head_raw, ffn, scores, s.prior_arts)
+    return s.paths
 
 
 def _scores(ctx: Context, cfg: TrainConfig, device, out: Path, dense: RunIdentity, scores_identity: RunIdentity,
@@ -168,7 +214,7 @@ def compute_scores(ctx: Context, cfg: TrainConfig, dense: RunIdentity, out: Path
     else:
         ctx.log.info(f"structured search {ctx.task.name} seed={seed}: dense finetune on {len(ctx.train)} examples, "
                      f"{ctx.model_name}, {device.type}/{cfg.precision}")
-        _, curve, seconds = context.dense_train(ctx, model, tokenizer, cfg, seed, device, f"dense s{seed}", enc=enc)
+        _, curve, seconds = context.train_model(ctx, model, tokenizer, cfg, seed, device, f"dense s{seed}", enc=enc)
         ctx.log.info(f"dense finetune in {seconds:.1f}s")
         outputs.write_dense_finetune(ctx, model, tokenizer, cfg, out, dense, device,
                                      outputs.dense_round_meta(ctx, dense, curve))
