@@ -485,6 +485,63 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
         assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
 
 
+def _scontrol(slurm_id: str) -> dict[str, str]:
+    return executors.parse_scontrol_job(subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True,
+                                                       text=True).stdout)
+
+
+def test_slurm_real_timeout_is_requeued_up_to_its_bound_then_reported(tiny_model, glue_dir, tmp_path):
+    """A real time limit: the job waits without CPU on its own identity's lock, which the test holds, under
+    ``--slurm-time 1``. Slurm signals it 10 s before its limit (``executors.warning_seconds``; its controller looks
+    every 30 s, so 20-50 s after the start); submitit requeues it, once (``--slurm-max-requeues 1``; the test lets
+    the requeued job start 1.5 s after its requeue instead of Slurm's 2 minutes: a start within the same second is
+    refused); signalled again, it is reported TIMEOUT in one line with the times it was requeued, exit 4."""
+    _need_slurm()
+    from filelock import FileLock
+
+    cmd = [*_slurm_cmd(tiny_model, glue_dir, "--slurm-time", "1", "--slurm-max-requeues", "1"), "--seeds", "1",
+           "--size", "1", "--precision", "fp32"]
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+    assert dry.returncode == 0 and dry.stdout.splitlines()[-1] == "1 to run, 0 done", dry.stderr
+    artifact = Path(dry.stdout.splitlines()[0].split("\t")[3]).name  # the identity the job locks (fp32: one variant)
+    pdir = tmp_path / "runs" / "protocol"
+    (pdir / "locks").mkdir(parents=True)
+    lock = FileLock(str(pdir / "locks" / f"{artifact}.lock"))
+    lock.acquire(timeout=5)
+    try:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_env())
+        deadline = time.time() + 240
+        while time.time() < deadline and "finetune:dense:s1" not in executors.recorded_jobs(pdir):
+            time.sleep(0.1)
+        slurm_id = executors.recorded_jobs(pdir)["finetune:dense:s1"]
+        released = 0
+        while proc.poll() is None and time.time() < deadline:
+            fields = _scontrol(slurm_id)
+            if (fields.get("JobState"), fields.get("Reason"), fields.get("Restarts")) == ("PENDING", "BeginTime",
+                                                                                          str(released + 1)):
+                time.sleep(1.5)  # not within the second of the requeue: slurmd refuses that start
+                subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True)
+                released += 1
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        lock.release()
+    assert proc.returncode == 4 and out == "" and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("ticketctl: error: ")]
+    assert errors[0].startswith(f"ticketctl: error: finetune:dense:s1 failed: Slurm job {slurm_id} TIMEOUT: "
+                                f"requeued 1 time(s) (--slurm-max-requeues 1) and still unfinished at its time limit: "
+                                f"give a longer --slurm-time (log: runs/protocol/logs/finetune-dense-s1.log; Slurm: "), err
+    assert len(errors) == 2 and errors[1].startswith("ticketctl: error: 1 of 1 jobs failed"), err
+    assert released == 1 and _scontrol(slurm_id)["Restarts"] == "1"
+    events = _journal(tmp_path / "runs")
+    assert [e["event"] for e in events] == ["start", "start"]  # two starts, never done: it waited on the lock
+    log = (pdir / "logs" / "finetune-dense-s1.log").read_text()
+    assert log.count("stopped by Slurm's signal (requeued") == 1 and "timed-out too many times" in log, log
+    signalled = (pdir / "slurm" / slurm_id / f"{slurm_id}_0_log.out").read_text()  # Slurm's signals, not the test's
+    assert signalled.count("Caught signal SIGUSR2") == 2 and signalled.count("this job is timed-out") == 2, signalled
+
+
 def test_slurm_status_and_cancel_after_the_planner_is_gone(tiny_model, glue_dir, tmp_path):
     _need_slurm()
     cmd = _slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10", "--slurm-extra", "--begin=now+300")

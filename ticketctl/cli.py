@@ -116,6 +116,7 @@ def protocol(
     slurm_partition: opt.ProtocolSlurmPartition = None, slurm_gpus_per_job: opt.ProtocolSlurmGpusPerJob = None,
     slurm_time: opt.ProtocolSlurmTime = None, slurm_mem: opt.ProtocolSlurmMem = None,
     slurm_array_parallelism: opt.ProtocolSlurmArrayParallelism = None, slurm_extra: opt.ProtocolSlurmExtra = None,
+    slurm_max_requeues: opt.ProtocolSlurmMaxRequeues = None,
 ):
     """The whole Multi-Ticket Ensemble protocol: every scheme's members for every seed (dense and bagging finetunes,
     IMP searches and their tickets' finetunes, the ACTIVE-LT chain), only the jobs not finished already, then the

@@ -214,6 +214,9 @@ ProtocolSlurmGpusPerJob = Annotated[Optional[int], typer.Option(help="slurm: GPU
 ProtocolSlurmTime = Annotated[Optional[str], typer.Option(help="slurm: time limit per job, as sbatch --time reads it "
                                                            "(M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; default 1-0).")]
 ProtocolSlurmMem = Annotated[Optional[str], typer.Option(help="slurm: memory per job, as sbatch --mem (16G, 4000M).")]
+ProtocolSlurmMaxRequeues = Annotated[Optional[int], typer.Option(
+        help="slurm: times a job that reaches its time limit is requeued (resuming a search from its last IMP round) "
+             "before it is reported TIMEOUT (default 3).")]
 ProtocolSlurmArrayParallelism = Annotated[Optional[int], typer.Option(help="slurm: array tasks running at once.")]
 ProtocolSlurmExtra = Annotated[Optional[str], typer.Option(help="slurm: more sbatch options, e.g. \"--qos=high "
                                                             "--account=lab\".")]

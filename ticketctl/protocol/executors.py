@@ -578,6 +578,20 @@ def _partition_limit(partition: str | None) -> str:
 
 
 MAX_REQUEUES = 3  # times a job is requeued after its time limit (submitit's slurm_max_num_timeout); preemption: always
+WARNING_SECONDS = 90  # Slurm signals a job this long before its limit (submitit's default), or a sixth of a short limit
+
+
+def warning_seconds(minutes: int) -> int:
+    """Seconds before a job's time limit at which Slurm is asked to signal it (``--signal=USR2@S``): 90 (submitit's
+    default), or a sixth of a limit under 9 minutes. Slurm's controller looks at time limits every 30 s and signals a
+    job at the first look within S + 30 s of its limit, so with 90 s a job of 2 minutes or less would be signalled,
+    and requeued, as it starts, every time; with a sixth (10 s of a 1-minute limit) it runs at least 20 s first."""
+    return min(WARNING_SECONDS, max(1, minutes * 60 // 6))
+
+
+def max_requeues(plan) -> int:
+    """``--slurm-max-requeues``, or :data:`MAX_REQUEUES` where not given."""
+    return MAX_REQUEUES if plan.slurm_max_requeues is None else plan.slurm_max_requeues
 
 
 class Requeueable:
@@ -610,6 +624,7 @@ def _slurm_params(plan, threads: int) -> tuple[dict, dict]:
     if plan.slurm_gpus_per_job:
         params["gpus_per_node"] = plan.slurm_gpus_per_job
     params["timeout_min"] = slurm_minutes(plan.slurm_time) if plan.slurm_time else DEFAULT_SLURM_MINUTES
+    params["slurm_signal_delay_s"] = warning_seconds(params["timeout_min"])
     if plan.slurm_array_parallelism:
         params["slurm_array_parallelism"] = plan.slurm_array_parallelism
     return params, extra
@@ -673,7 +688,7 @@ def submit_slurm(plan, jobs: dict, todo: list[str], work, pdir: Path, log) -> di
     if submitted:
         log.info(f"protocol: re-attached to {len(submitted)} Slurm job(s) an earlier run submitted: " + " ".join(
             f"{j}={h.job_id}" for j, h in submitted.items()))
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=max_requeues(plan))
     new = _submit(executor, plan, jobs, todo, submitted, Requeueable(work), pdir, plan.run.threads or 1)
     if new:
         log.info(f"protocol: submitted {len(new)} Slurm job(s): " + " ".join(
@@ -696,7 +711,8 @@ def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
     if not todo:
         return results, failures, workers
     submitted = submit_slurm(plan, jobs, todo, work, pdir, log)
-    _wait_slurm(submitted, jobs, results, failures, pdir, log, partition=plan.slurm_partition)
+    _wait_slurm(submitted, jobs, results, failures, pdir, log, partition=plan.slurm_partition,
+                requeues=max_requeues(plan))
     return results, failures, workers
 
 
@@ -730,13 +746,36 @@ def submit_after(plan, fn, after: list[str], pdir: Path, name: str, replace: boo
     return job.job_id
 
 
+TIMED_OUT_TOO_OFTEN = "timed-out too many times"  # submitit's reason for not requeuing a job once more
+
+
+def job_failure(exc: BaseException, slurm_id: str, requeues: int) -> str:
+    """One line for a Slurm job whose result is an error (submitit's ``FailedJobError``, whose message holds the
+    job's traceback): the exception the job raised (its last line, without the module path), or, where submitit
+    refused to requeue it once more after a time limit, ``TIMEOUT: requeued N time(s) ...`` (N: Slurm's
+    ``Restarts`` where ``scontrol`` still has the job, else ``requeues``, the bound)."""
+    text = str(exc)
+    if TIMED_OUT_TOO_OFTEN in text:
+        q = subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True, text=True)
+        restarts = parse_scontrol_job(q.stdout).get("Restarts", "") if q.returncode == 0 else ""
+        n = int(restarts) if restarts.isdigit() else requeues
+        return (f"Slurm job {slurm_id} TIMEOUT: requeued {n} time(s) (--slurm-max-requeues {requeues}) and still "
+                f"unfinished at its time limit: give a longer --slurm-time")
+    trace = text.split("-" * 22)
+    lines = [line.strip() for line in (trace[1] if len(trace) > 2 else text).splitlines() if line.strip()]
+    if not lines:
+        return _reason(exc)
+    name, colon, message = lines[-1].partition(": ")
+    return f"{name.rsplit('.', 1)[-1]}: {message}" if colon else lines[-1]
+
+
 class _SlurmWait:
     """What :func:`_wait_slurm` knows of the jobs it waits for between two reads of the queue."""
 
-    def __init__(self, submitted, jobs, results, failures, pdir, log, partition):
+    def __init__(self, submitted, jobs, results, failures, pdir, log, partition, requeues=MAX_REQUEUES):
         self.open = dict(submitted)
         self.jobs, self.results, self.failures, self.pdir, self.log = jobs, results, failures, pdir, log
-        self.partition = partition
+        self.partition, self.requeues = partition, requeues
         self.gone_since: dict[str, float] = {}
         self.last_seen: dict[str, str] = {}  # the state squeue last showed
 
@@ -750,7 +789,8 @@ class _SlurmWait:
             self.results[j] = handle.result()
             self.log.info(f"protocol: finished {j} ({self.results[j]['seconds']:.1f} s, Slurm job {handle.job_id})")
         except Exception as e:
-            self.fail(j, f"{_reason(e)} (log: {job_log(self.pdir, self.jobs[j])}; Slurm: {handle.paths.stderr})")
+            self.fail(j, f"{job_failure(e, handle.job_id, self.requeues)} (log: {job_log(self.pdir, self.jobs[j])}; "
+                         f"Slurm: {handle.paths.stderr})")
 
     def left_queue(self, j: str, handle) -> None:
         """``j`` is no longer in the queue: after 10 s without its result file (a shared file system may show it
@@ -804,12 +844,13 @@ class _SlurmWait:
 
 
 def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir: Path, log,
-                poll: float = 2.0, max_poll: float = 10.0, partition: str | None = None) -> None:
+                poll: float = 2.0, max_poll: float = 10.0, partition: str | None = None,
+                requeues: int = MAX_REQUEUES) -> None:
     """Wait until every submitted job has a result or has left Slurm's queue without one. One ``squeue`` call per
     poll for this run's jobs only, every ``poll`` seconds at first, growing to ``max_poll``. A job that leaves the
     queue without a result is named by its Slurm state (``scontrol show job``, else ``sacct``); a job pending for a
     reason that never clears (:data:`NEVER_STARTS`) is cancelled and reported."""
-    waiting = _SlurmWait(submitted, jobs, results, failures, pdir, log, partition)
+    waiting = _SlurmWait(submitted, jobs, results, failures, pdir, log, partition, requeues)
     wait = poll
     while waiting.open:
         waiting.poll()
@@ -897,11 +938,13 @@ class SlurmExecutor(Executor):
     name = "slurm"
     help = "slurm: jobs submitted through submitit (pip install 'ticketctl[slurm]')"
     options = ("slurm_partition", "slurm_gpus_per_job", "slurm_time", "slurm_array_parallelism", "slurm_extra",
-               "slurm_mem")
+               "slurm_mem", "slurm_max_requeues")
     detaches = True
 
     def validate(self, plan) -> None:
         _at_least_one(plan, ("slurm_gpus_per_job", "slurm_array_parallelism"))
+        if plan.slurm_max_requeues is not None and plan.slurm_max_requeues < 0:
+            raise UsageError("--slurm-max-requeues must be >= 0")
         if plan.slurm_gpus_per_job is not None and plan.slurm_gpus_per_job > 1:
             raise UsageError(f"--slurm-gpus-per-job {plan.slurm_gpus_per_job}: a protocol job trains one process on "
                              f"one GPU (no data-parallel jobs); give 1 and let Slurm run more jobs at once")

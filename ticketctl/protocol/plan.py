@@ -108,6 +108,7 @@ class Plan:
     slurm_array_parallelism: Optional[int] = None
     slurm_extra: Optional[str] = None
     slurm_mem: Optional[str] = None  # memory per job, as sbatch --mem (16G)
+    slurm_max_requeues: Optional[int] = None  # requeues after a time limit (None: executors.MAX_REQUEUES)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataOptions = field(default_factory=DataOptions)
     run: RunOptions = field(default_factory=RunOptions)
@@ -301,7 +302,7 @@ DEFAULTS = {"task": None, "seeds": "1-3", "schemes": ",".join(PAPER_SCHEMES), "g
             "l1": None, "search_epochs": None, "resamples": 1000, "active_chain": "group", "executor": "local",
             "jobs": None, "jobs_per_gpu": None, "slurm_partition": None, "slurm_gpus_per_job": None,
             "slurm_time": None, "slurm_array_parallelism": None, "slurm_extra": None,
-            "slurm_mem": None}
+            "slurm_mem": None, "slurm_max_requeues": None}
 
 
 def build_all(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
@@ -385,8 +386,9 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
                 slurm_time=None if options["slurm_time"] is None else str(options["slurm_time"]),
                 slurm_array_parallelism=_opt_int(options["slurm_array_parallelism"], "--slurm-array-parallelism"),
                 slurm_extra=options["slurm_extra"],
-                slurm_mem=None if options["slurm_mem"] is None else str(options["slurm_mem"]), train=train, data=data,
-                run=run)
+                slurm_mem=None if options["slurm_mem"] is None else str(options["slurm_mem"]),
+                slurm_max_requeues=_opt_int(options["slurm_max_requeues"], "--slurm-max-requeues"), train=train,
+                data=data, run=run)
     return plan.validate()
 
 

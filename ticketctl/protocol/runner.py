@@ -177,8 +177,10 @@ def run_job(plan: Plan, job_id: str, threads: int | None = None) -> dict:
         _journal(pdir, job.id, "start")
         try:
             return _run_job(plan, job, pdir, run)
+        except SystemExit:  # submitit ends a job it requeued (Slurm's USR2) this way: no failure, it starts again
+            sys.stderr.write(f"ticketctl: {job.id}: stopped by Slurm's signal (requeued: it starts again)\n")
+            raise
         except BaseException as e:  # the log ends with why the job failed (the parent reports its path)
-            import sys
             import traceback
 
             if not isinstance(e, TicketError):
