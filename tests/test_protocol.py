@@ -282,10 +282,10 @@ def test_a_failing_job_is_reported_with_its_log_and_the_others_finish(tiny_model
     assert proc.returncode == 4 and proc.stdout == ""
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ticketctl: error:")]
     assert errors[0].startswith("ticketctl: error: search:random:s2 failed:")
-    assert "runs/protocol/logs/search-random-s2.log" in errors[0]
+    assert "runs/protocol/logs/mrpc-search-random-s2.log" in errors[0]
     assert errors[1] == "ticketctl: error: finetune:random:s2 failed: not run: a job it depends on failed"
     assert "2 of 12 jobs failed" in errors[2] and len(errors) == 3
-    log = (tmp_path / "runs" / "protocol" / "logs" / "search-random-s2.log").read_text()
+    log = (tmp_path / "runs" / "protocol" / "logs" / "mrpc-search-random-s2.log").read_text()
     assert "Is a directory" in log.splitlines()[-1]
     assert len(_trained(_journal(tmp_path / "runs"))) == 10  # every other job finished
     (tmp_path / target).rmdir()
@@ -491,7 +491,7 @@ def test_structured_scheme_runs_super_tickets_per_level_as_the_single_commands_m
     assert [r["group"] for r in data["table1"]] == ["dense", "winning-25%", "winning-50%"]
     assert sorted({m["scheme"] for m in data["members"]}) == ["dense", "structured-25", "structured-50"]
     # the importance scores came from the dense finetune of the same seed: one scoring pass, no second finetune
-    log = (tmp_path / "runs" / "protocol" / "logs" / "search-structured-s1.log").read_text()
+    log = (tmp_path / "runs" / "protocol" / "logs" / "mrpc-search-structured-s1.log").read_text()
     assert "reusing the dense finetune of seed 1" in log
     # the members are the ones `search --method structured` + `finetune --mask` make
     opts = ["--model", tiny_model, "--data-dir", glue_dir, "--task", "mrpc", "--epochs", 1, "--batch-size", 8,

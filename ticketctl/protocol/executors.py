@@ -467,12 +467,16 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", 
                  "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 
 
-def recorded_jobs(pdir: Path) -> dict[str, str]:
-    """``OUT/protocol/slurm-jobs.tsv``: protocol job -> the Slurm job id it was last submitted as."""
+def recorded_jobs(pdir: Path, task: str | None = None) -> dict[str, str]:
+    """``OUT/protocol/slurm-jobs.tsv``: protocol job -> the Slurm job id it was last submitted as. Its rows name the
+    task (``mrpc:finetune:dense:s3``, ``mrpc:report``: several tasks share one ``--out``); with ``task``, that task's
+    rows only, keyed by job id (``finetune:dense:s3``), else every row as written."""
     out: dict[str, str] = {}
     try:
         for line in (pdir / JOBS_TSV).read_text(encoding="utf-8").splitlines():
             job, _, slurm_id = line.partition("\t")
+            if task:
+                job = job[len(task) + 1:] if job.startswith(f"{task}:") else ""
             if job and slurm_id:
                 out[job] = slurm_id.strip()
     except OSError:
@@ -480,10 +484,11 @@ def recorded_jobs(pdir: Path) -> dict[str, str]:
     return out
 
 
-def _record(pdir: Path, pairs: list[tuple[str, str]]) -> None:
-    """Append submissions to the journal of Slurm ids at once (so a planner killed now is re-attached on rerun)."""
+def _record(pdir: Path, pairs: list[tuple[str, str]], task: str | None = None) -> None:
+    """Append submissions (of ``task``'s jobs: named ``TASK:JOB``) to the journal of Slurm ids at once (so a planner
+    killed now is re-attached on rerun)."""
     with open(pdir / JOBS_TSV, "a", encoding="utf-8") as f:
-        f.write("".join(f"{j}\t{i}\n" for j, i in pairs))
+        f.write("".join(f"{task + ':' if task else ''}{j}\t{i}\n" for j, i in pairs))
         f.flush()
         os.fsync(f.fileno())
 
@@ -630,12 +635,13 @@ def _slurm_params(plan, threads: int) -> tuple[dict, dict]:
     return params, extra
 
 
-def reattach(pdir: Path, todo: list[str], folder: Path) -> dict:
-    """The jobs of ``todo`` that an earlier run submitted (``OUT/protocol/slurm-jobs.tsv``) and Slurm still holds:
-    protocol job -> submitit's handle of that Slurm job (read by id, never submitted again)."""
+def reattach(pdir: Path, jobs: dict, todo: list[str], folder: Path) -> dict:
+    """The jobs of ``todo`` that an earlier run submitted (``OUT/protocol/slurm-jobs.tsv``, by their keys) and Slurm
+    still holds: protocol job -> submitit's handle of that Slurm job (read by id, never submitted again)."""
     from submitit.slurm.slurm import SlurmJob
 
-    earlier = {j: i for j, i in recorded_jobs(pdir).items() if j in todo}
+    recorded = recorded_jobs(pdir)
+    earlier = {j: recorded[jobs[j].key] for j in todo if jobs[j].key in recorded}
     alive = queue_states(list(earlier.values())) or {}
     return {j: SlurmJob(folder=str(folder), job_id=i) for j, i in earlier.items()
             if alive.get(i, ("", ""))[0] in ACTIVE_STATES}
@@ -644,8 +650,9 @@ def reattach(pdir: Path, todo: list[str], folder: Path) -> dict:
 def _submit(executor, plan, jobs: dict, todo: list[str], submitted: dict, work, pdir: Path, threads: int) -> list:
     """Submit the jobs of ``todo`` not in ``submitted`` (adding their handles to it, each recorded at once): those
     without unfinished dependencies as one array, each other one on its own with ``afterok`` on its dependencies'
-    Slurm jobs. Returns the protocol jobs submitted. Raises TicketError when Slurm refuses (what it took is
-    cancelled)."""
+    Slurm jobs. Each is named, and recorded, by its job's key (``ticketctl:mrpc:finetune:dense:s3``); the array by
+    ``plan.task`` (``ticketctl:mrpc:wave1-4-jobs``; several tasks run together: ``mrpc+rte``). Returns the protocol
+    jobs submitted. Raises TicketError when Slurm refuses (what it took is cancelled)."""
     import submitit
 
     params, extra = _slurm_params(plan, threads)
@@ -654,20 +661,20 @@ def _submit(executor, plan, jobs: dict, todo: list[str], submitted: dict, work, 
     first = [j for j in new if not any(d in todo for d in jobs[j].deps)]
     try:
         if first:
-            name = f"ticketctl:{tag}{first[0]}" if len(first) == 1 else f"ticketctl:{tag}wave1-{len(first)}-jobs"
+            name = f"ticketctl:{jobs[first[0]].key}" if len(first) == 1 else f"ticketctl:{tag}wave1-{len(first)}-jobs"
             executor.update_parameters(**params, name=name, slurm_additional_parameters=extra)
             with executor.batch():
                 handles = [executor.submit(work, plan, j, threads) for j in first]
             submitted.update(zip(first, handles))
-            _record(pdir, [(j, h.job_id) for j, h in zip(first, handles)])
+            _record(pdir, [(jobs[j].key, h.job_id) for j, h in zip(first, handles)])
         for j in new:
             if j in submitted:
                 continue
             after = [submitted[d].job_id for d in jobs[j].deps if d in submitted]
-            executor.update_parameters(**params, name=f"ticketctl:{tag}{j}", slurm_additional_parameters={
+            executor.update_parameters(**params, name=f"ticketctl:{jobs[j].key}", slurm_additional_parameters={
                 **extra, **({"dependency": "afterok:" + ":".join(after)} if after else {})})
             submitted[j] = executor.submit(work, plan, j, threads)
-            _record(pdir, [(j, submitted[j].job_id)])
+            _record(pdir, [(jobs[j].key, submitted[j].job_id)])
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
         for j in new:
             if j in submitted:
@@ -684,7 +691,7 @@ def submit_slurm(plan, jobs: dict, todo: list[str], work, pdir: Path, log) -> di
     import submitit
 
     folder = pdir / "slurm" / "%j"
-    submitted = reattach(pdir, todo, folder)
+    submitted = reattach(pdir, jobs, todo, folder)
     if submitted:
         log.info(f"protocol: re-attached to {len(submitted)} Slurm job(s) an earlier run submitted: " + " ".join(
             f"{j}={h.job_id}" for j, h in submitted.items()))
@@ -724,7 +731,7 @@ def submit_after(plan, fn, after: list[str], pdir: Path, name: str, replace: boo
     Raises TicketError for a refused submission."""
     import submitit
 
-    earlier = recorded_jobs(pdir).get(name)
+    earlier = recorded_jobs(pdir, plan.task).get(name)
     if earlier and (queue_states([earlier]) or {}).get(earlier, ("", ""))[0] in ACTIVE_STATES:
         if not replace:
             return earlier
@@ -742,7 +749,7 @@ def submit_after(plan, fn, after: list[str], pdir: Path, name: str, replace: boo
         job = executor.submit(fn, plan)
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
         raise TicketError(f"--executor slurm: the submission was refused: {_reason(e)}") from None
-    _record(pdir, [(name, job.job_id)])
+    _record(pdir, [(name, job.job_id)], plan.task)
     return job.job_id
 
 
