@@ -293,7 +293,25 @@ def test_states_clusters_report_are_named_from_recorded_output():
     assert executors.describe_end("FAILED", "0:9") == "FAILED: it failed, killed by signal 9"
 
 
+def test_a_failed_slurm_job_is_named_by_what_it_raised_and_the_warning_fits_short_limits():
+    """submitit's FailedJobError carries the job's traceback, then log paths: the line reported is the exception."""
+    from submitit.core.utils import FailedJobError
+
+    def failed(last: str) -> FailedJobError:  # the message submitit's Job.exception() builds
+        trace = f"Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n{last}"
+        return FailedJobError(f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
+                              f"----------------------\nYou can check full logs with 'job.stderr(0)' and "
+                              f"'job.stdout(0)'or at paths:\n  - /o/7_0_log.err\n  - /o/7_0_log.out")
+
+    assert executors.job_failure(failed("ticketctl.errors.InputError: runs/x: not a mask"), "7", 3) == \
+        "InputError: runs/x: not a mask"
+    assert executors.job_failure(RuntimeError("boom"), "7", 3) == "RuntimeError: boom"
+    # Slurm signals up to 30 s before the time asked: a short limit gets a sixth of it, so the job runs first
+    assert [executors.warning_seconds(m) for m in (1, 2, 5, 9, 1440)] == [10, 20, 50, 90, 90]
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--slurm-max-requeues", "-1"], "--slurm-max-requeues must be >= 0"),
     (["--slurm-time", "1h"], "--slurm-time '1h': give sbatch's --time forms"),
     (["--slurm-mem", "lots"], "--slurm-mem 'lots': give memory per job as sbatch --mem takes it"),
     (["--slurm-gpus-per-job", "2"], "--slurm-gpus-per-job 2: a protocol job trains one process on one GPU"),

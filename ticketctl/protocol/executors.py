@@ -769,8 +769,8 @@ def job_failure(exc: BaseException, slurm_id: str, requeues: int) -> str:
         return (f"Slurm job {slurm_id} TIMEOUT: requeued {n} time(s) (--slurm-max-requeues {requeues}) and still "
                 f"unfinished at its time limit: give a longer --slurm-time")
     trace = text.split("-" * 22)
-    lines = [line.strip() for line in (trace[1] if len(trace) > 2 else text).splitlines() if line.strip()]
-    if not lines:
+    lines = [line.strip() for line in trace[1].splitlines() if line.strip()] if len(trace) > 2 else []
+    if not lines:  # not submitit's message with a traceback
         return _reason(exc)
     name, colon, message = lines[-1].partition(": ")
     return f"{name.rsplit('.', 1)[-1]}: {message}" if colon else lines[-1]
