@@ -419,7 +419,9 @@ def test_slurm_runs_the_protocol_with_the_active_chain_as_dependencies(full_run,
            [{**m, "path": None} for m in local["members"] if m["scheme"] in schemes]
     assert slurm["run"]["executor"] == "slurm" and slurm["run"]["members_trained"] == 12
     # ACTIVE-LT: each search started only after its predecessor ended (Slurm's records and the jobs' own journal)
-    ids = dict(line.split("\t") for line in (tmp_path / "runs" / "protocol" / "slurm-jobs.tsv").read_text().splitlines())
+    from ticketctl.protocol.executors import recorded_jobs
+
+    ids = recorded_jobs(tmp_path / "runs" / "protocol", "mrpc")  # slurm-jobs.tsv's rows of this task
     records = _jobcomp()
     events = {(e["job"], e["event"]): e["time"] for e in _journal(tmp_path / "runs")}
     for seed in (2, 3, 4):
