@@ -456,7 +456,7 @@ def check_slurm() -> None:
 
 
 REPORT_JOB = "report"  # a detached run's report job, as slurm-jobs.tsv names it
-JOBS_TSV = "slurm-jobs.tsv"  # in OUT/protocol: protocol job <TAB> Slurm job id, one line per submission
+JOBS_TSV = "slurm-jobs.tsv"  # in OUT/protocol: TASK:JOB <TAB> Slurm job id, one line per submission
 # Pending reasons that never clear by waiting: the job asks for more than its partition, account or QOS allows, or a
 # dependency can never be satisfied. A job pending for one of these is reported and cancelled.
 NEVER_STARTS = {"PartitionTimeLimit", "PartitionNodeLimit", "PartitionConfig", "BadConstraints", "InvalidAccount",

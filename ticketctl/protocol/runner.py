@@ -165,7 +165,7 @@ def _job_targets(plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: 
 def run_job(plan: Plan, job_id: str, threads: int | None = None) -> dict:
     """Run one job of ``plan`` in this process (an executor's worker, or a Slurm job): resolve its inputs (masks of
     finished searches), take the lock of its identity, and call ``search`` / ``finetune``. Logs go to
-    ``OUT/protocol/logs/JOB.log``. Returns ``{"job", "paths", "seconds", "ran", "device", "pid"}``; ``ran`` is
+    ``OUT/protocol/logs/TASK-JOB.log``. Returns ``{"job", "paths", "seconds", "ran", "device", "pid"}``; ``ran`` is
     False when the artifact was finished already (another run made it). Raises what the stage raises."""
     job = plan.jobs_graph()[job_id]
     pdir = protocol_dir(plan)
