@@ -282,10 +282,10 @@ def test_a_failing_job_is_reported_with_its_log_and_the_others_finish(tiny_model
     assert proc.returncode == 4 and proc.stdout == ""
     errors = [line for line in proc.stderr.splitlines() if line.startswith("ticketctl: error:")]
     assert errors[0].startswith("ticketctl: error: search:random:s2 failed:")
-    assert "runs/protocol/logs/search-random-s2.log" in errors[0]
+    assert "runs/protocol/logs/mrpc-search-random-s2.log" in errors[0]
     assert errors[1] == "ticketctl: error: finetune:random:s2 failed: not run: a job it depends on failed"
     assert "2 of 12 jobs failed" in errors[2] and len(errors) == 3
-    log = (tmp_path / "runs" / "protocol" / "logs" / "search-random-s2.log").read_text()
+    log = (tmp_path / "runs" / "protocol" / "logs" / "mrpc-search-random-s2.log").read_text()
     assert "Is a directory" in log.splitlines()[-1]
     assert len(_trained(_journal(tmp_path / "runs"))) == 10  # every other job finished
     (tmp_path / target).rmdir()
@@ -367,7 +367,7 @@ def test_every_declared_option_reaches_the_plan_from_the_command_line_and_from_a
     assert [f.name for f in dataclasses.fields(CommandOptions)] == declared
     values = {"jobs": "2", "jobs_per_gpu": 1, "slurm_partition": "gpu", "slurm_gpus_per_job": "1",
               "slurm_time": "1:30", "slurm_mem": "16G", "slurm_array_parallelism": 3,
-              "slurm_extra": "--qos=high"}
+              "slurm_extra": "--qos=high", "slurm_max_requeues": "2"}
     assert set(values) == {n for e in executors.EXECUTORS.values() for n in e.options}  # a new one: add it here
     for e in executors.EXECUTORS.values():
         mine = {n: values[n] for n in e.options}
@@ -381,7 +381,8 @@ def test_every_declared_option_reaches_the_plan_from_the_command_line_and_from_a
                 plan = build({}, TrainConfig(), DataOptions(), RunOptions(), tmp_path / "p.toml")
             assert plan.executor == e.name and plan.seeds == [1, 2]
             assert {n: getattr(plan, n) for n in mine} == {
-                n: int(v) if n in ("jobs", "jobs_per_gpu", "slurm_gpus_per_job", "slurm_array_parallelism")
+                n: int(v) if n in ("jobs", "jobs_per_gpu", "slurm_gpus_per_job", "slurm_array_parallelism",
+                                  "slurm_max_requeues")
                 else v for n, v in mine.items()}
             assert plan.options_dict()["executor"] == e.name and all(plan.options_dict()[n] is not None
                                                                      for n in mine)
@@ -462,7 +463,9 @@ def test_slurm_runs_the_protocol_with_the_active_chain_as_dependencies(full_run,
            [{**m, "path": None} for m in local["members"] if m["scheme"] in schemes]
     assert slurm["run"]["executor"] == "slurm" and slurm["run"]["members_trained"] == 12
     # ACTIVE-LT: each search started only after its predecessor ended (Slurm's records and the jobs' own journal)
-    ids = dict(line.split("\t") for line in (tmp_path / "runs" / "protocol" / "slurm-jobs.tsv").read_text().splitlines())
+    from ticketctl.protocol.executors import recorded_jobs
+
+    ids = recorded_jobs(tmp_path / "runs" / "protocol", "mrpc")  # slurm-jobs.tsv's rows of this task
     records = _jobcomp()
     events = {(e["job"], e["event"]): e["time"] for e in _journal(tmp_path / "runs")}
     for seed in (2, 3, 4):
@@ -534,7 +537,7 @@ def test_structured_scheme_runs_super_tickets_per_level_as_the_single_commands_m
     assert [r["group"] for r in data["table1"]] == ["dense", "winning-25%", "winning-50%"]
     assert sorted({m["scheme"] for m in data["members"]}) == ["dense", "structured-25", "structured-50"]
     # the importance scores came from the dense finetune of the same seed: one scoring pass, no second finetune
-    log = (tmp_path / "runs" / "protocol" / "logs" / "search-structured-s1.log").read_text()
+    log = (tmp_path / "runs" / "protocol" / "logs" / "mrpc-search-structured-s1.log").read_text()
     assert "reusing the dense finetune of seed 1" in log
     # the members are the ones `search --method structured` + `finetune --mask` make
     opts = ["--model", tiny_model, "--data-dir", glue_dir, "--task", "mrpc", "--epochs", 1, "--batch-size", 8,

@@ -191,11 +191,28 @@ def test_kill_9_of_a_worker_mid_job_exit_4_no_traceback_and_a_rerun_runs_only_th
     assert proc.returncode == 4 and out == "" and "Traceback" not in err, err
     mine = [line for line in err.splitlines() if line.startswith(f"ticketctl: error: {first['job']} failed:")]
     assert len(mine) == 1 and "killed by signal 9 (SIGKILL" in mine[0]
-    assert f"runs/protocol/logs/{first['job'].replace(':', '-')}.log" in mine[0]
+    assert f"runs/protocol/logs/mrpc-{first['job'].replace(':', '-')}.log" in mine[0]
     assert len(_trained(events)) == 1  # the other job finished
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env())
     assert proc.returncode == 0, proc.stderr
     assert _trained(_journal(tmp_path / "runs")[len(events):]) == [first["job"]]
+
+
+def test_several_tasks_run_in_one_pool_each_with_its_report(cli, tiny_args, tmp_path):
+    """--task mrpc --task rte on 2 workers: rte's first job starts while mrpc's jobs still run (one pool over every
+    task's jobs; they ran one task after another), each job's log names its task, and each task gets its report."""
+    code, out, err = cli("protocol", *tiny_args, "--task", "mrpc", "--task", "rte", "--seeds", "1-3", "--schemes",
+                         "dense", "--size", "2", "--jobs", "2", "--threads", "1", "--resamples", "199", "--out",
+                         tmp_path / "runs", "--report", tmp_path / "report")
+    assert code == 0, err
+    assert out.splitlines() == [str(tmp_path / "report" / t / "report.md") for t in ("mrpc", "rte")]
+    events = _journal(tmp_path / "runs")
+    assert sorted((e["task"], e["job"]) for e in events if e["event"] == "done" and e["ran"]) == \
+        [(t, f"finetune:dense:s{s}") for t in ("mrpc", "rte") for s in (1, 2, 3)]
+    first_rte = min(e["time"] for e in events if e["task"] == "rte" and e["event"] == "start")
+    assert first_rte < max(e["time"] for e in events if e["task"] == "mrpc" and e["event"] == "done")
+    assert sorted(p.name for p in (tmp_path / "runs" / "protocol" / "logs").iterdir()) == \
+        [f"{t}-finetune-dense-s{s}.log" for t in ("mrpc", "rte") for s in (1, 2, 3)]
 
 
 def test_memory_budget_reads_the_cgroup_limit_and_the_model(tmp_path):
@@ -276,7 +293,25 @@ def test_states_clusters_report_are_named_from_recorded_output():
     assert executors.describe_end("FAILED", "0:9") == "FAILED: it failed, killed by signal 9"
 
 
+def test_a_failed_slurm_job_is_named_by_what_it_raised_and_the_warning_fits_short_limits():
+    """submitit's FailedJobError carries the job's traceback, then log paths: the line reported is the exception."""
+    from submitit.core.utils import FailedJobError
+
+    def failed(last: str) -> FailedJobError:  # the message submitit's Job.exception() builds
+        trace = f"Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n{last}"
+        return FailedJobError(f"Job (task=0) failed during processing with trace:\n----------------------\n{trace}\n"
+                              f"----------------------\nYou can check full logs with 'job.stderr(0)' and "
+                              f"'job.stdout(0)'or at paths:\n  - /o/7_0_log.err\n  - /o/7_0_log.out")
+
+    assert executors.job_failure(failed("ticketctl.errors.InputError: runs/x: not a mask"), "7", 3) == \
+        "InputError: runs/x: not a mask"
+    assert executors.job_failure(RuntimeError("boom"), "7", 3) == "RuntimeError: boom"
+    # Slurm signals up to 30 s before the time asked: a short limit gets a sixth of it, so the job runs first
+    assert [executors.warning_seconds(m) for m in (1, 2, 5, 9, 1440)] == [10, 20, 50, 90, 90]
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--slurm-max-requeues", "-1"], "--slurm-max-requeues must be >= 0"),
     (["--slurm-time", "1h"], "--slurm-time '1h': give sbatch's --time forms"),
     (["--slurm-mem", "lots"], "--slurm-mem 'lots': give memory per job as sbatch --mem takes it"),
     (["--slurm-gpus-per-job", "2"], "--slurm-gpus-per-job 2: a protocol job trains one process on one GPU"),
@@ -373,11 +408,11 @@ def _submit_and_lose_the_planner(cmd, cwd, pdir, jobs: int = 2) -> dict:
     submitted jobs (at most 60 s), and return what it recorded."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.time() + 60
-    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < jobs:
+    while time.time() < deadline and len(executors.recorded_jobs(pdir, "mrpc")) < jobs:
         time.sleep(0.1)
     proc.kill()
     proc.wait()
-    return executors.recorded_jobs(pdir)
+    return executors.recorded_jobs(pdir, "mrpc")
 
 
 def test_slurm_planner_killed_after_submission_rerun_reattaches_never_submitting_twice(tiny_model, glue_dir,
@@ -392,7 +427,8 @@ def test_slurm_planner_killed_after_submission_rerun_reattaches_never_submitting
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=240)
     assert again.returncode == 0, again.stderr
     assert "re-attached to 2 Slurm job(s)" in again.stderr, again.stderr
-    assert executors.recorded_jobs(pdir) == first and len((pdir / executors.JOBS_TSV).read_text().splitlines()) == 2
+    assert executors.recorded_jobs(pdir, "mrpc") == first
+    assert len((pdir / executors.JOBS_TSV).read_text().splitlines()) == 2
     assert sorted(_trained(_journal(tmp_path / "runs"))) == ["finetune:dense:s1", "finetune:dense:s2"]
     assert (tmp_path / "report" / "report.md").exists()
     deadline = time.time() + 30  # Slurm's completion records: jobs that ran in this folder
@@ -414,9 +450,9 @@ def test_slurm_job_killed_is_failed_with_its_signal_and_one_cancelled_is_cancell
                             env=_env())
     pdir = tmp_path / "runs" / "protocol"
     deadline = time.time() + 60
-    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < 3:
+    while time.time() < deadline and len(executors.recorded_jobs(pdir, "mrpc")) < 3:
         time.sleep(0.1)
-    ids = executors.recorded_jobs(pdir)
+    ids = executors.recorded_jobs(pdir, "mrpc")
     subprocess.run(["scancel", ids["finetune:dense:s3"]], check=True)
     started = []
     while time.time() < deadline and not started:
@@ -432,7 +468,7 @@ def test_slurm_job_killed_is_failed_with_its_signal_and_one_cancelled_is_cancell
     assert sorted(errors) == ["finetune:dense:s1", "finetune:dense:s3"], err
     assert errors["finetune:dense:s1"].startswith(f"Slurm job {ids['finetune:dense:s1']} FAILED: it failed"), err
     assert "signal 9" in errors["finetune:dense:s1"]
-    assert "log: runs/protocol/logs/finetune-dense-s1.log" in errors["finetune:dense:s1"]
+    assert "log: runs/protocol/logs/mrpc-finetune-dense-s1.log" in errors["finetune:dense:s1"]
     assert errors["finetune:dense:s3"].startswith(f"Slurm job {ids['finetune:dense:s3']} CANCELLED: it was "
                                                   f"cancelled"), err
     assert _trained(_journal(tmp_path / "runs")) == ["finetune:dense:s2"]
@@ -458,7 +494,7 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "runs" / "cache").glob("mrpc-round1-random-s1-*")):
         time.sleep(0.1)
-    slurm_id = executors.recorded_jobs(pdir)["search:random:s1"]
+    slurm_id = executors.recorded_jobs(pdir, "mrpc")["search:random:s1"]
     assert not list((tmp_path / "runs").glob("mrpc-mask-random-*-s1-*")), "the search ended before the signal"
     subprocess.run(["scancel", "--signal=USR2", slurm_id], check=True)
     while time.time() < deadline:  # requeued: pending again under its id; let it start, but not within the
@@ -474,7 +510,7 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
     fields = executors.parse_scontrol_job(subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True,
                                                          text=True).stdout)
     assert fields["Restarts"] == "1" and fields["JobState"] == "COMPLETED"
-    log = (pdir / "logs" / "search-random-s1.log").read_text()
+    log = (pdir / "logs" / "mrpc-search-random-s1.log").read_text()
     assert "round 1/3: finished already, resuming from" in log
     from ticketctl.store.artifacts import read_artifact
 
@@ -483,6 +519,95 @@ def test_slurm_search_signalled_near_its_limit_is_requeued_and_resumes_from_its_
         assert len(mine) == len(theirs) == 1 and mine[0].name == theirs[0].name
         a, b = read_artifact(mine[0]).tensors, read_artifact(theirs[0]).tensors
         assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
+
+
+def test_slurm_every_tasks_jobs_are_submitted_together_and_one_tasks_failure_stops_only_it(tiny_model, glue_dir,
+                                                                                          tmp_path):
+    """--task mrpc --task rte: both tasks' jobs are in Slurm's queue at once (held 20 s by --begin), named and
+    recorded by their task; rte's job cancelled while it waits fails rte alone: mrpc's report is written, exit 4;
+    the rerun runs only rte's job and writes rte's report."""
+    _need_slurm()
+    cmd = [*_slurm_cmd(tiny_model, glue_dir, "--slurm-time", "10"), "--task", "rte", "--seeds", "1", "--size", "1"]
+    pdir = tmp_path / "runs" / "protocol"
+    proc = subprocess.Popen([*cmd, "--slurm-extra", "--begin=now+20"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 60
+    while time.time() < deadline and len(executors.recorded_jobs(pdir)) < 2 and proc.poll() is None:
+        time.sleep(0.1)
+    ids = executors.recorded_jobs(pdir)
+    queue = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids.values()), "-o", "%i|%T|%j"],
+                           capture_output=True, text=True).stdout.split()
+    assert sorted(ids) == ["mrpc:finetune:dense:s1", "rte:finetune:dense:s1"], ids
+    assert sorted(queue) == sorted(f"{i}|PENDING|ticketctl:mrpc+rte:wave1-2-jobs" for i in ids.values()), queue
+    subprocess.run(["scancel", ids["rte:finetune:dense:s1"]], check=True)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 4 and "Traceback" not in err, err
+    assert out.splitlines() == ["report/mrpc/report.md"], out
+    errors = [line for line in err.splitlines() if line.startswith("ticketctl: error: rte finetune:dense:s1 failed: ")]
+    assert len(errors) == 1 and "CANCELLED" in errors[0] and "runs/protocol/logs/rte-finetune-dense-s1.log" in errors[0]
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=180)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.splitlines() == ["report/mrpc/report.md", "report/rte/report.md"]
+    assert sorted((e["task"], e["job"]) for e in _journal(tmp_path / "runs") if e["event"] == "done" and e["ran"]) == \
+        [("mrpc", "finetune:dense:s1"), ("rte", "finetune:dense:s1")]
+
+
+def _scontrol(slurm_id: str) -> dict[str, str]:
+    return executors.parse_scontrol_job(subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True,
+                                                       text=True).stdout)
+
+
+def test_slurm_real_timeout_is_requeued_up_to_its_bound_then_reported(tiny_model, glue_dir, tmp_path):
+    """A real time limit: the job waits without CPU on its own identity's lock, which the test holds, under
+    ``--slurm-time 1``. Slurm signals it 10 s before its limit (``executors.warning_seconds``; its controller looks
+    every 30 s, so 20-50 s after the start); submitit requeues it, once (``--slurm-max-requeues 1``; the test lets
+    the requeued job start 1.5 s after its requeue instead of Slurm's 2 minutes: a start within the same second is
+    refused); signalled again, it is reported TIMEOUT in one line with the times it was requeued, exit 4."""
+    _need_slurm()
+    from filelock import FileLock
+
+    cmd = [*_slurm_cmd(tiny_model, glue_dir, "--slurm-time", "1", "--slurm-max-requeues", "1"), "--seeds", "1",
+           "--size", "1", "--precision", "fp32"]
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+    assert dry.returncode == 0 and dry.stdout.splitlines()[-1] == "1 to run, 0 done", dry.stderr
+    artifact = Path(dry.stdout.splitlines()[0].split("\t")[3]).name  # the identity the job locks (fp32: one variant)
+    pdir = tmp_path / "runs" / "protocol"
+    (pdir / "locks").mkdir(parents=True)
+    lock = FileLock(str(pdir / "locks" / f"{artifact}.lock"))
+    lock.acquire(timeout=5)
+    try:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_env())
+        deadline = time.time() + 240
+        while time.time() < deadline and "finetune:dense:s1" not in executors.recorded_jobs(pdir, "mrpc"):
+            time.sleep(0.1)
+        slurm_id = executors.recorded_jobs(pdir, "mrpc")["finetune:dense:s1"]
+        released = 0
+        while proc.poll() is None and time.time() < deadline:
+            fields = _scontrol(slurm_id)
+            if (fields.get("JobState"), fields.get("Reason"), fields.get("Restarts")) == ("PENDING", "BeginTime",
+                                                                                          str(released + 1)):
+                time.sleep(1.5)  # not within the second of the requeue: slurmd refuses that start
+                subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True)
+                released += 1
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        lock.release()
+    assert proc.returncode == 4 and out == "" and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("ticketctl: error: ")]
+    assert errors[0].startswith(f"ticketctl: error: finetune:dense:s1 failed: Slurm job {slurm_id} TIMEOUT: "
+                                f"requeued 1 time(s) (--slurm-max-requeues 1) and still unfinished at its time limit: "
+                                f"give a longer --slurm-time (log: runs/protocol/logs/mrpc-finetune-dense-s1.log; "
+                                f"Slurm: "), err
+    assert len(errors) == 2 and errors[1].startswith("ticketctl: error: 1 of 1 jobs failed"), err
+    assert released == 1 and _scontrol(slurm_id)["Restarts"] == "1"
+    events = _journal(tmp_path / "runs")
+    assert [e["event"] for e in events] == ["start", "start"]  # two starts, never done: it waited on the lock
+    log = (pdir / "logs" / "mrpc-finetune-dense-s1.log").read_text()
+    assert log.count("stopped by Slurm's signal (requeued") == 1 and "timed-out too many times" in log, log
+    signalled = (pdir / "slurm" / slurm_id / f"{slurm_id}_0_log.out").read_text()  # Slurm's signals, not the test's
+    assert signalled.count("Caught signal SIGUSR2") == 2 and signalled.count("this job is timed-out") == 2, signalled
 
 
 def test_slurm_status_and_cancel_after_the_planner_is_gone(tiny_model, glue_dir, tmp_path):

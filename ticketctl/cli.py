@@ -160,8 +160,7 @@ def protocol(
         runner.check(p)
     states = [runner.locate(p) for p in plans]  # every task's data checked before the first task's jobs train
     failed, total = 0, 0
-    for resolved, state in zip(plans, states):
-        outcome = runner.run_plan(resolved, log, state)
+    for resolved, outcome in zip(plans, runner.run_plans(plans, log, states)):  # every task's jobs run together
         total += len(outcome.state.jobs)
         if outcome.failures:
             failed += len(outcome.failures)

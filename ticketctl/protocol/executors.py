@@ -460,7 +460,7 @@ def check_slurm() -> None:
 
 
 REPORT_JOB = "report"  # a detached run's report job, as slurm-jobs.tsv names it
-JOBS_TSV = "slurm-jobs.tsv"  # in OUT/protocol: protocol job <TAB> Slurm job id, one line per submission
+JOBS_TSV = "slurm-jobs.tsv"  # in OUT/protocol: TASK:JOB <TAB> Slurm job id, one line per submission
 # Pending reasons that never clear by waiting: the job asks for more than its partition, account or QOS allows, or a
 # dependency can never be satisfied. A job pending for one of these is reported and cancelled.
 NEVER_STARTS = {"PartitionTimeLimit", "PartitionNodeLimit", "PartitionConfig", "BadConstraints", "InvalidAccount",
@@ -471,12 +471,16 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", 
                  "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 
 
-def recorded_jobs(pdir: Path) -> dict[str, str]:
-    """``OUT/protocol/slurm-jobs.tsv``: protocol job -> the Slurm job id it was last submitted as."""
+def recorded_jobs(pdir: Path, task: str | None = None) -> dict[str, str]:
+    """``OUT/protocol/slurm-jobs.tsv``: protocol job -> the Slurm job id it was last submitted as. Its rows name the
+    task (``mrpc:finetune:dense:s3``, ``mrpc:report``: several tasks share one ``--out``); with ``task``, that task's
+    rows only, keyed by job id (``finetune:dense:s3``), else every row as written."""
     out: dict[str, str] = {}
     try:
         for line in (pdir / JOBS_TSV).read_text(encoding="utf-8").splitlines():
             job, _, slurm_id = line.partition("\t")
+            if task:
+                job = job[len(task) + 1:] if job.startswith(f"{task}:") else ""
             if job and slurm_id:
                 out[job] = slurm_id.strip()
     except OSError:
@@ -484,10 +488,11 @@ def recorded_jobs(pdir: Path) -> dict[str, str]:
     return out
 
 
-def _record(pdir: Path, pairs: list[tuple[str, str]]) -> None:
-    """Append submissions to the journal of Slurm ids at once (so a planner killed now is re-attached on rerun)."""
+def _record(pdir: Path, pairs: list[tuple[str, str]], task: str | None = None) -> None:
+    """Append submissions (of ``task``'s jobs: named ``TASK:JOB``) to the journal of Slurm ids at once (so a planner
+    killed now is re-attached on rerun)."""
     with open(pdir / JOBS_TSV, "a", encoding="utf-8") as f:
-        f.write("".join(f"{j}\t{i}\n" for j, i in pairs))
+        f.write("".join(f"{task + ':' if task else ''}{j}\t{i}\n" for j, i in pairs))
         f.flush()
         os.fsync(f.fileno())
 
@@ -582,6 +587,20 @@ def _partition_limit(partition: str | None) -> str:
 
 
 MAX_REQUEUES = 3  # times a job is requeued after its time limit (submitit's slurm_max_num_timeout); preemption: always
+WARNING_SECONDS = 90  # Slurm signals a job this long before its limit (submitit's default), or a sixth of a short limit
+
+
+def warning_seconds(minutes: int) -> int:
+    """Seconds before a job's time limit at which Slurm is asked to signal it (``--signal=USR2@S``): 90 (submitit's
+    default), or a sixth of a limit under 9 minutes. Slurm's controller looks at time limits every 30 s and signals a
+    job at the first look within S + 30 s of its limit, so with 90 s a job of 2 minutes or less would be signalled,
+    and requeued, as it starts, every time; with a sixth (10 s of a 1-minute limit) it runs at least 20 s first."""
+    return min(WARNING_SECONDS, max(1, minutes * 60 // 6))
+
+
+def max_requeues(plan) -> int:
+    """``--slurm-max-requeues``, or :data:`MAX_REQUEUES` where not given."""
+    return MAX_REQUEUES if plan.slurm_max_requeues is None else plan.slurm_max_requeues
 
 
 class Requeueable:
@@ -614,17 +633,19 @@ def _slurm_params(plan, threads: int) -> tuple[dict, dict]:
     if plan.slurm_gpus_per_job:
         params["gpus_per_node"] = plan.slurm_gpus_per_job
     params["timeout_min"] = slurm_minutes(plan.slurm_time) if plan.slurm_time else DEFAULT_SLURM_MINUTES
+    params["slurm_signal_delay_s"] = warning_seconds(params["timeout_min"])
     if plan.slurm_array_parallelism:
         params["slurm_array_parallelism"] = plan.slurm_array_parallelism
     return params, extra
 
 
-def reattach(pdir: Path, todo: list[str], folder: Path) -> dict:
-    """The jobs of ``todo`` that an earlier run submitted (``OUT/protocol/slurm-jobs.tsv``) and Slurm still holds:
-    protocol job -> submitit's handle of that Slurm job (read by id, never submitted again)."""
+def reattach(pdir: Path, jobs: dict, todo: list[str], folder: Path) -> dict:
+    """The jobs of ``todo`` that an earlier run submitted (``OUT/protocol/slurm-jobs.tsv``, by their keys) and Slurm
+    still holds: protocol job -> submitit's handle of that Slurm job (read by id, never submitted again)."""
     from submitit.slurm.slurm import SlurmJob
 
-    earlier = {j: i for j, i in recorded_jobs(pdir).items() if j in todo}
+    recorded = recorded_jobs(pdir)
+    earlier = {j: recorded[jobs[j].key] for j in todo if jobs[j].key in recorded}
     alive = queue_states(list(earlier.values())) or {}
     return {j: SlurmJob(folder=str(folder), job_id=i) for j, i in earlier.items()
             if alive.get(i, ("", ""))[0] in ACTIVE_STATES}
@@ -633,8 +654,9 @@ def reattach(pdir: Path, todo: list[str], folder: Path) -> dict:
 def _submit(executor, plan, jobs: dict, todo: list[str], submitted: dict, work, pdir: Path, threads: int) -> list:
     """Submit the jobs of ``todo`` not in ``submitted`` (adding their handles to it, each recorded at once): those
     without unfinished dependencies as one array, each other one on its own with ``afterok`` on its dependencies'
-    Slurm jobs. Returns the protocol jobs submitted. Raises TicketError when Slurm refuses (what it took is
-    cancelled)."""
+    Slurm jobs. Each is named, and recorded, by its job's key (``ticketctl:mrpc:finetune:dense:s3``); the array by
+    ``plan.task`` (``ticketctl:mrpc:wave1-4-jobs``; several tasks run together: ``mrpc+rte``). Returns the protocol
+    jobs submitted. Raises TicketError when Slurm refuses (what it took is cancelled)."""
     import submitit
 
     params, extra = _slurm_params(plan, threads)
@@ -643,20 +665,20 @@ def _submit(executor, plan, jobs: dict, todo: list[str], submitted: dict, work, 
     first = [j for j in new if not any(d in todo for d in jobs[j].deps)]
     try:
         if first:
-            name = f"ticketctl:{tag}{first[0]}" if len(first) == 1 else f"ticketctl:{tag}wave1-{len(first)}-jobs"
+            name = f"ticketctl:{jobs[first[0]].key}" if len(first) == 1 else f"ticketctl:{tag}wave1-{len(first)}-jobs"
             executor.update_parameters(**params, name=name, slurm_additional_parameters=extra)
             with executor.batch():
                 handles = [executor.submit(work, plan, j, threads) for j in first]
             submitted.update(zip(first, handles))
-            _record(pdir, [(j, h.job_id) for j, h in zip(first, handles)])
+            _record(pdir, [(jobs[j].key, h.job_id) for j, h in zip(first, handles)])
         for j in new:
             if j in submitted:
                 continue
             after = [submitted[d].job_id for d in jobs[j].deps if d in submitted]
-            executor.update_parameters(**params, name=f"ticketctl:{tag}{j}", slurm_additional_parameters={
+            executor.update_parameters(**params, name=f"ticketctl:{jobs[j].key}", slurm_additional_parameters={
                 **extra, **({"dependency": "afterok:" + ":".join(after)} if after else {})})
             submitted[j] = executor.submit(work, plan, j, threads)
-            _record(pdir, [(j, submitted[j].job_id)])
+            _record(pdir, [(jobs[j].key, submitted[j].job_id)])
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
         for j in new:
             if j in submitted:
@@ -673,11 +695,11 @@ def submit_slurm(plan, jobs: dict, todo: list[str], work, pdir: Path, log) -> di
     import submitit
 
     folder = pdir / "slurm" / "%j"
-    submitted = reattach(pdir, todo, folder)
+    submitted = reattach(pdir, jobs, todo, folder)
     if submitted:
         log.info(f"protocol: re-attached to {len(submitted)} Slurm job(s) an earlier run submitted: " + " ".join(
             f"{j}={h.job_id}" for j, h in submitted.items()))
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm", slurm_max_num_timeout=max_requeues(plan))
     new = _submit(executor, plan, jobs, todo, submitted, Requeueable(work), pdir, plan.run.threads or 1)
     if new:
         log.info(f"protocol: submitted {len(new)} Slurm job(s): " + " ".join(
@@ -700,7 +722,8 @@ def run_slurm(plan, jobs: dict, todo: list[str], done: set[str], work, pdir: Pat
     if not todo:
         return results, failures, workers
     submitted = submit_slurm(plan, jobs, todo, work, pdir, log)
-    _wait_slurm(submitted, jobs, results, failures, pdir, log, partition=plan.slurm_partition)
+    _wait_slurm(submitted, jobs, results, failures, pdir, log, partition=plan.slurm_partition,
+                requeues=max_requeues(plan))
     return results, failures, workers
 
 
@@ -712,7 +735,7 @@ def submit_after(plan, fn, after: list[str], pdir: Path, name: str, replace: boo
     Raises TicketError for a refused submission."""
     import submitit
 
-    earlier = recorded_jobs(pdir).get(name)
+    earlier = recorded_jobs(pdir, plan.task).get(name)
     if earlier and (queue_states([earlier]) or {}).get(earlier, ("", ""))[0] in ACTIVE_STATES:
         if not replace:
             return earlier
@@ -730,17 +753,40 @@ def submit_after(plan, fn, after: list[str], pdir: Path, name: str, replace: boo
         job = executor.submit(fn, plan)
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
         raise TicketError(f"--executor slurm: the submission was refused: {_reason(e)}") from None
-    _record(pdir, [(name, job.job_id)])
+    _record(pdir, [(name, job.job_id)], plan.task)
     return job.job_id
+
+
+TIMED_OUT_TOO_OFTEN = "timed-out too many times"  # submitit's reason for not requeuing a job once more
+
+
+def job_failure(exc: BaseException, slurm_id: str, requeues: int) -> str:
+    """One line for a Slurm job whose result is an error (submitit's ``FailedJobError``, whose message holds the
+    job's traceback): the exception the job raised (its last line, without the module path), or, where submitit
+    refused to requeue it once more after a time limit, ``TIMEOUT: requeued N time(s) ...`` (N: Slurm's
+    ``Restarts`` where ``scontrol`` still has the job, else ``requeues``, the bound)."""
+    text = str(exc)
+    if TIMED_OUT_TOO_OFTEN in text:
+        q = subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True, text=True)
+        restarts = parse_scontrol_job(q.stdout).get("Restarts", "") if q.returncode == 0 else ""
+        n = int(restarts) if restarts.isdigit() else requeues
+        return (f"Slurm job {slurm_id} TIMEOUT: requeued {n} time(s) (--slurm-max-requeues {requeues}) and still "
+                f"unfinished at its time limit: give a longer --slurm-time")
+    trace = text.split("-" * 22)
+    lines = [line.strip() for line in trace[1].splitlines() if line.strip()] if len(trace) > 2 else []
+    if not lines:  # not submitit's message with a traceback
+        return _reason(exc)
+    name, colon, message = lines[-1].partition(": ")
+    return f"{name.rsplit('.', 1)[-1]}: {message}" if colon else lines[-1]
 
 
 class _SlurmWait:
     """What :func:`_wait_slurm` knows of the jobs it waits for between two reads of the queue."""
 
-    def __init__(self, submitted, jobs, results, failures, pdir, log, partition):
+    def __init__(self, submitted, jobs, results, failures, pdir, log, partition, requeues=MAX_REQUEUES):
         self.open = dict(submitted)
         self.jobs, self.results, self.failures, self.pdir, self.log = jobs, results, failures, pdir, log
-        self.partition = partition
+        self.partition, self.requeues = partition, requeues
         self.gone_since: dict[str, float] = {}
         self.last_seen: dict[str, str] = {}  # the state squeue last showed
 
@@ -754,7 +800,8 @@ class _SlurmWait:
             self.results[j] = handle.result()
             self.log.info(f"protocol: finished {j} ({self.results[j]['seconds']:.1f} s, Slurm job {handle.job_id})")
         except Exception as e:
-            self.fail(j, f"{_reason(e)} (log: {job_log(self.pdir, self.jobs[j])}; Slurm: {handle.paths.stderr})")
+            self.fail(j, f"{job_failure(e, handle.job_id, self.requeues)} (log: {job_log(self.pdir, self.jobs[j])}; "
+                         f"Slurm: {handle.paths.stderr})")
 
     def left_queue(self, j: str, handle) -> None:
         """``j`` is no longer in the queue: after 10 s without its result file (a shared file system may show it
@@ -808,12 +855,13 @@ class _SlurmWait:
 
 
 def _wait_slurm(submitted: dict, jobs: dict, results: dict, failures: dict, pdir: Path, log,
-                poll: float = 2.0, max_poll: float = 10.0, partition: str | None = None) -> None:
+                poll: float = 2.0, max_poll: float = 10.0, partition: str | None = None,
+                requeues: int = MAX_REQUEUES) -> None:
     """Wait until every submitted job has a result or has left Slurm's queue without one. One ``squeue`` call per
     poll for this run's jobs only, every ``poll`` seconds at first, growing to ``max_poll``. A job that leaves the
     queue without a result is named by its Slurm state (``scontrol show job``, else ``sacct``); a job pending for a
     reason that never clears (:data:`NEVER_STARTS`) is cancelled and reported."""
-    waiting = _SlurmWait(submitted, jobs, results, failures, pdir, log, partition)
+    waiting = _SlurmWait(submitted, jobs, results, failures, pdir, log, partition, requeues)
     wait = poll
     while waiting.open:
         waiting.poll()
@@ -922,6 +970,9 @@ class SlurmOptions:
     slurm_time: Optional[str] = option(None, "slurm: time limit per job, as sbatch --time reads it (M, M:S, H:M:S, "
                                        "D-H, D-H:M, D-H:M:S; default 1-0).")
     slurm_mem: Optional[str] = option(None, "slurm: memory per job, as sbatch --mem (16G, 4000M).")
+    slurm_max_requeues: Optional[int] = option(
+        None, "slurm: times a job that reaches its time limit is requeued (resuming a search from its last IMP "
+        "round) before it is reported TIMEOUT (default 3).")
     slurm_array_parallelism: Optional[int] = option(None, "slurm: array tasks running at once.")
     slurm_extra: Optional[str] = option(None, "slurm: more sbatch options, e.g. \"--qos=high --account=lab\".")
 
@@ -937,6 +988,8 @@ class SlurmExecutor(Executor):
 
     def validate(self, plan) -> None:
         _at_least_one(plan, ("slurm_gpus_per_job", "slurm_array_parallelism"))
+        if plan.slurm_max_requeues is not None and plan.slurm_max_requeues < 0:
+            raise UsageError("--slurm-max-requeues must be >= 0")
         if plan.slurm_gpus_per_job is not None and plan.slurm_gpus_per_job > 1:
             raise UsageError(f"--slurm-gpus-per-job {plan.slurm_gpus_per_job}: a protocol job trains one process on "
                              f"one GPU (no data-parallel jobs); give 1 and let Slurm run more jobs at once")

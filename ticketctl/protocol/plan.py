@@ -269,7 +269,7 @@ class Plan:
                     previous_active.append(search.id)
                 ticket = Job(f"finetune:{scheme}:s{seed}", "finetune", scheme, seed, (search.id,), mask=search.id)
                 jobs[ticket.id] = ticket
-        return jobs
+        return {j: dataclasses.replace(job, task=self.task) for j, job in jobs.items()}
 
     def options_dict(self) -> dict:
         """The resolved plan as plain values (for plan.toml and report.json)."""
@@ -299,11 +299,18 @@ class Job:
     mask: Optional[str] = None  # finetune of a ticket: the search job whose mask it trains
     priors: tuple[str, ...] = ()  # ACTIVE-LT search: the earlier members' search jobs, in order
     mask_index: int = 0  # finetune of a ticket: which of its search's masks (structured: one per level)
+    task: Optional[str] = None  # the plan's task (``--task``)
+
+    @property
+    def key(self) -> str:
+        """The job's name among every task's jobs of one ``--out`` (``mrpc:finetune:dense:s3``; the id where the plan
+        has no task): Slurm's job name, ``slurm-jobs.tsv``, the jobs of several tasks run together."""
+        return f"{self.task}:{self.id}" if self.task else self.id
 
     @property
     def slug(self) -> str:
-        """The id as a file name (logs)."""
-        return self.id.replace(":", "-")
+        """The key as a file name (its log: ``mrpc-finetune-dense-s3``)."""
+        return self.key.replace(":", "-")
 
 
 # ---------------------------------------------------------------------------------------------- plan files

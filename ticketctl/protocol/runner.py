@@ -167,7 +167,7 @@ def _job_targets(plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: 
 def run_job(plan: Plan, job_id: str, threads: int | None = None) -> dict:
     """Run one job of ``plan`` in this process (an executor's worker, or a Slurm job): resolve its inputs (masks of
     finished searches), take the lock of its identity, and call ``search`` / ``finetune``. Logs go to
-    ``OUT/protocol/logs/JOB.log``. Returns ``{"job", "paths", "seconds", "ran", "device", "pid"}``; ``ran`` is
+    ``OUT/protocol/logs/TASK-JOB.log``. Returns ``{"job", "paths", "seconds", "ran", "device", "pid"}``; ``ran`` is
     False when the artifact was finished already (another run made it). Raises what the stage raises."""
     job = plan.jobs_graph()[job_id]
     pdir = protocol_dir(plan)
@@ -176,11 +176,13 @@ def run_job(plan: Plan, job_id: str, threads: int | None = None) -> dict:
     run = replace(plan.run, threads=threads if threads is not None else plan.run.threads, quiet=False)
     plan = replace(plan, run=run)
     with _stderr_to(log_path):
-        _journal(pdir, job.id, "start")
+        _journal(pdir, job.id, "start", task=plan.task)
         try:
             return _run_job(plan, job, pdir, run)
+        except SystemExit:  # submitit ends a job it requeued (Slurm's USR2) this way: no failure, it starts again
+            sys.stderr.write(f"ticketctl: {job.id}: stopped by Slurm's signal (requeued: it starts again)\n")
+            raise
         except BaseException as e:  # the log ends with why the job failed (the parent reports its path)
-            import sys
             import traceback
 
             if not isinstance(e, TicketError):
@@ -226,7 +228,7 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
     seconds = time.perf_counter() - start
     result = {"job": job.id, "paths": [str(p) for p in written], "seconds": round(seconds, 2), "ran": ran,
               "pid": os.getpid(), "threads": run.threads, **_made_on(written[0])}
-    _journal(pdir, job.id, "done", ran=ran, seconds=round(seconds, 2), device=result["device"],
+    _journal(pdir, job.id, "done", task=plan.task, ran=ran, seconds=round(seconds, 2), device=result["device"],
              precision=result["precision"], stream=result["stream"])
     return result
 
@@ -420,7 +422,7 @@ def status(plan: Plan, state: State) -> list[str]:
     """``--status``: one line per job, ``JOB  STATE  SLURM_ID``, where STATE is ``done``, the Slurm state of the job
     an earlier run submitted (``PENDING (Reason)``, ``RUNNING``, ...) while Slurm holds it, else ``todo``; then
     ``N done, M in Slurm, K to run``. Reads ``OUT/protocol/slurm-jobs.tsv`` and ``squeue`` for those ids only."""
-    recorded = executors.recorded_jobs(protocol_dir(plan))
+    recorded = executors.recorded_jobs(protocol_dir(plan), plan.task)
     ids = [recorded[j] for j in [*state.todo, executors.REPORT_JOB] if j in recorded]
     queue = (executors.queue_states(ids) or {}) if ids and executors.shutil.which("squeue") else {}
     lines, held = [], 0
@@ -482,7 +484,7 @@ def cancel(plan: Plan) -> list[str]:
     """``--cancel``: ``scancel`` every job an earlier run of this plan submitted (``OUT/protocol/slurm-jobs.tsv``)
     that Slurm still holds. Returns the ``JOB=SLURM_ID`` pairs cancelled. Raises UsageError without Slurm."""
     executors.check_slurm()
-    recorded = executors.recorded_jobs(protocol_dir(plan))
+    recorded = executors.recorded_jobs(protocol_dir(plan), plan.task)
     queue = executors.queue_states(list(recorded.values())) or {}
     held = [(j, i) for j, i in recorded.items() if queue.get(i, ("", ""))[0] in executors.ACTIVE_STATES]
     if held:
@@ -529,10 +531,64 @@ def run_plan(plan: Plan, log=None, state: State | None = None) -> Outcome:
     results, failures, workers = executors.get(plan.executor).run(plan, state.jobs, state.todo, state.done, run_job,
                                                                   pdir, log)
     seconds = time.perf_counter() - start
-    final = locate(plan)
-    devices = sorted({f"{r['device']} {r['precision']}" for r in results.values()}) or ["-"]
-    return Outcome(final, results, failures, seconds, ",".join(devices), workers)
+    return Outcome(locate(plan), results, failures, seconds, _devices(results), workers)
 
 
-__all__ = ["Outcome", "State", "cancel", "describe", "detach", "locate", "report_job", "run_job", "run_plan", "status",
-           "TicketError"]
+def _devices(results: dict[str, dict]) -> str:
+    return ",".join(sorted({f"{r['device']} {r['precision']}" for r in results.values()}) or ["-"])
+
+
+class TaskJobs:
+    """``work`` for the jobs of several plans run as one (one plan per ``--task``): a job is named by its
+    :attr:`~ticketctl.protocol.plan.Job.key` (``rte:finetune:dense:s1``) and runs with its own task's plan
+    (:func:`run_job`); the plan the executor passes (the plans' shared options) is not used. Picklable."""
+
+    def __init__(self, plans: list[Plan]):
+        self.plans = {p.task: p for p in plans}
+
+    def __call__(self, plan: Plan, key: str, threads: int | None = None) -> dict:
+        for task, mine in self.plans.items():
+            if task and key.startswith(f"{task}:"):
+                return run_job(mine, key[len(task) + 1:], threads)
+        raise KeyError(f"{key}: no such task's job")
+
+
+def run_plans(plans: list[Plan], log=None, states: list[State] | None = None) -> list[Outcome]:
+    """Run the unfinished jobs of several plans (one per ``--task``; they share ``--out`` and the executor's options)
+    as one run on their executor: every task's jobs are started, or submitted to Slurm, before anything is waited
+    for, and a failed job stops only the jobs that need it. Returns each plan's :class:`Outcome`, as
+    :func:`run_plan` does (``seconds`` is the whole run's wall time); one plan is :func:`run_plan`. Raises as
+    :func:`run_plan`."""
+    if len(plans) == 1:
+        return [run_plan(plans[0], log, states[0] if states else None)]
+    log = log or Log()
+    for p in plans:
+        check(p)
+    pdir = protocol_dir(plans[0])
+    pdir.mkdir(parents=True, exist_ok=True)
+    states = states if states is not None else [locate(p) for p in plans]
+    jobs: dict[str, Job] = {}
+    todo: list[str] = []
+    done: set[str] = set()
+    for state in states:  # every task's jobs under their keys (TASK:JOB), dependencies too
+        for job in state.jobs.values():
+            jobs[job.key] = replace(job, id=job.key, deps=tuple(state.jobs[d].key for d in job.deps), task=None)
+        todo += [state.jobs[j].key for j in state.todo]
+        done |= {state.jobs[j].key for j in state.done}
+    start = time.perf_counter()
+    log.info(f"protocol: {len(plans)} tasks, {len(jobs)} jobs, {len(todo)} to run, {len(done)} done")
+    shared = replace(plans[0], task="+".join(p.task for p in plans))  # the options they share; names Slurm's array
+    results, failures, workers = executors.get(shared.executor).run(shared, jobs, todo, done, TaskJobs(plans), pdir,
+                                                                    log)
+    seconds = time.perf_counter() - start
+    outcomes = []
+    for plan, state in zip(plans, states):
+        keys = {j: job.key for j, job in state.jobs.items()}
+        mine = {j: results[k] for j, k in keys.items() if k in results}
+        outcomes.append(Outcome(locate(plan), mine, {j: failures[k] for j, k in keys.items() if k in failures},
+                                seconds, _devices(mine), workers))
+    return outcomes
+
+
+__all__ = ["Outcome", "State", "TaskJobs", "cancel", "describe", "detach", "locate", "report_job", "run_job",
+           "run_plan", "run_plans", "status", "TicketError"]
