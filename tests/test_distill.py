@@ -260,3 +260,28 @@ def test_student_is_reused_and_resumes_like_a_finetune(cli, tiny_args, glue_dir,
     code, resumed, err = cli(*run, *loud)
     assert code == 0 and resumed == first and "finished already" not in err
     assert read_artifact(resumed.strip()).tensors["outputs"].tobytes() == before.tensors["outputs"].tobytes()
+
+
+def test_an_ensembles_outputs_teach_and_regression_distils_by_mse(cli, tiny_args, glue_dir, tmp_path):
+    """``ensemble --out`` of members' outputs on the training file is a teacher (probs and logits; votes are
+    refused); an STS-B student distils the teacher's predictions (no temperature in its identity)."""
+    members = [_teacher_of(cli, tiny_args, glue_dir, tmp_path / "t", "mrpc", seed)[0].path for seed in ("1", "2")]
+    for combine in ("probs", "logits", "vote"):
+        code, out, err = cli("ensemble", "--combine", combine, "--out", tmp_path / "ens", *members)
+        assert code == 0, err
+        ensemble = read_artifact(out.strip().splitlines()[-1])
+        code, out, err = cli("finetune", "--task", "mrpc", "--seed", "3", "--teacher", ensemble.path, "--out",
+                             tmp_path / f"s-{combine}", *tiny_args)
+        if combine == "vote":
+            assert code == 3 and "an ensemble of votes" in err and _files(tmp_path / "s-vote") == []
+            continue
+        assert code == 0, err
+        student = read_artifact(out.strip())
+        assert student.meta["teacher_combine"] == combine
+        assert [p["sha256"] for p in student.meta["parents"]] == [ensemble.sha256]
+    teacher, _ = _teacher_of(cli, tiny_args, glue_dir, tmp_path / "t", "sts-b")
+    code, out, err = cli("finetune", "--task", "sts-b", "--seed", "1", "--teacher", teacher.path, "--out",
+                         tmp_path / "s", *tiny_args)
+    assert code == 0, err
+    config = read_artifact(out.strip()).meta["config"]
+    assert config["distill_temperature"] is None and config["teacher"] == teacher.sha256
