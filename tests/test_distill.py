@@ -160,14 +160,15 @@ def _rule_data(folder, rng, n_train=160, n_held=120):
 def test_student_follows_its_teachers_rule_not_the_labels(cli, tiny_model, tmp_path):
     """A teacher that follows a learnable rule the labels do not ('cat' in the text; labels are coin flips): the
     student distilled with alpha 1 agrees with the rule on held-out texts far more often than a student of the
-    labels. Measured (seeds 1-2, fp32, this CPU): the distilled students agree on 1.000 of the held-out texts, the
-    label students on 0.50 and 0.53; the test asks for a margin of 0.25."""
+    labels. Measured (seeds 1 and 2, fp32, 2026-12-06): the distilled students agree with the rule on 1.000 of the 120
+    held-out texts, the label students on 0.500 (half the held-out texts hold 'cat'): a margin of 0.50 for both
+    seeds; the test asks for 0.25 on each."""
     rng = np.random.default_rng(0)
     train = _rule_data(tmp_path, rng)
     base = ["--model", str(tiny_model), "--train-file", tmp_path / "train.csv", "--validation-file",
             tmp_path / "held.csv", "--epochs", "10", "--batch-size", "16", "--lr", "1e-3", "--quiet", "--device",
             "cpu", "--out", tmp_path / "runs"]
-    margins = []
+    agreement = []
     for seed in ("1", "2"):
         code, out, err = cli("finetune", "--seed", seed, "--eval-file", tmp_path / "train.csv", *base)
         assert code == 0, err
@@ -177,9 +178,9 @@ def test_student_follows_its_teachers_rule_not_the_labels(cli, tiny_model, tmp_p
         code, out, err = cli("finetune", "--seed", seed, "--teacher", teacher.path, "--distill-alpha", "1", *base)
         assert code == 0, err
         student = read_artifact(out.strip())
-        margins.append(student.meta["metrics"]["accuracy"] - plain_dev.meta["metrics"]["accuracy"])
-        print(seed, student.meta["metrics"]["accuracy"], plain_dev.meta["metrics"]["accuracy"])
-    assert min(margins) >= 0.25, margins
+        agreement.append((student.meta["metrics"]["accuracy"], plain_dev.meta["metrics"]["accuracy"]))
+    print("rule agreement (distilled, labels) per seed:", agreement)
+    assert min(a - b for a, b in agreement) >= 0.25, agreement
 
 
 # ---------------------------------------------------------------------------------------------- refusals
