@@ -14,7 +14,7 @@ from ticketctl.cli_exit import error_line as _error  # the name the protocol com
 from ticketctl.cli_exit import print_paths, run
 from ticketctl.cli_options import options
 from ticketctl.errors import JobsFailed, UsageError
-from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+from ticketctl.hparams import DataOptions, DistillOptions, RunOptions, TrainConfig
 from ticketctl.protocol.plan import CommandOptions
 
 app = typer.Typer(
@@ -38,13 +38,15 @@ def _root(version: opt.Version = False) -> None:
 # ---------------------------------------------------------------------------------------------- training commands
 
 @app.command()
-@options(train=TrainConfig, data=DataOptions, run=RunOptions)
+@options(train=TrainConfig, data=DataOptions, run=RunOptions, distill=DistillOptions)
 def finetune(
-    train: TrainConfig, data: DataOptions, run: RunOptions, task: opt.Task = None, seed: opt.Seed = 0,
+    train: TrainConfig, data: DataOptions, run: RunOptions, distill: DistillOptions, task: opt.Task = None,
+    seed: opt.Seed = 0,
     mask: opt.FinetuneMask = None, bagging: opt.FinetuneBagging = 1.0, save_model: opt.FinetuneSaveModel = None,
     init: opt.FinetuneInit = None, train_fraction: opt.FinetuneTrainFraction = None,
 ):
-    """Finetune the pretrained model (dense, bagging, or a ticket) and write dev-set logits.
+    """Finetune the pretrained model (dense, bagging, or a ticket) and write dev-set logits; with --teacher, a
+    student distilled from a member's or an ensemble's outputs on the training examples.
 
     Prints one logits artifact path per evaluation split (dev, then each --eval-file).
     """
@@ -52,7 +54,8 @@ def finetune(
     from ticketctl.stages.finetune import finetune as run_finetune
 
     print_paths(run_finetune(task, seed, mask=mask, bagging=bagging, init=init, save_model=save_model,
-                             train_fraction=parse_fractions(train_fraction), train=train, data=data, run=run))
+                             train_fraction=parse_fractions(train_fraction), train=train, data=data, run=run,
+                             distill=distill))
 
 
 @app.command()

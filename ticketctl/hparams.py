@@ -151,6 +151,36 @@ class DataOptions:
 
 
 @dataclass
+class DistillOptions:
+    """Knowledge distillation of ``finetune --teacher`` (docs/distillation.md): the student is the finetune these
+    options would run, trained on ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)`` (Hinton,
+    Vinyals & Dean 2015, Sec. 2); regression on ``alpha * MSE(teacher) + (1 - alpha) * MSE(labels)``. Defaults T=2,
+    alpha=0.5: those of Hugging Face's DistilBERT and SQuAD distillation scripts (``--temperature 2.0 --alpha_ce
+    0.5``). Without ``teacher`` nothing changes: no option enters the run's identity."""
+
+    teacher: Optional[str] = option(
+        None, "Distil: a logits artifact of the teacher's outputs on the training examples (finetune --eval-file "
+        "TRAIN of a member, or ensemble --out of members' such outputs), matched to the training examples by id "
+        "(docs/distillation.md).")
+    distill_alpha: float = option(
+        0.5, "With --teacher: the weight of the teacher term (1 - alpha on the labels); 0 is the plain finetune's loss.")
+    distill_temperature: float = option(
+        2.0, "With --teacher: softmax temperature T of teacher and student in the teacher term (scaled by T^2); "
+        "classification only.")
+
+    def __post_init__(self) -> None:
+        self.distill_alpha, self.distill_temperature = float(self.distill_alpha), float(self.distill_temperature)
+
+    def validate(self) -> None:
+        if not 0 <= self.distill_alpha <= 1:
+            raise UsageError("--distill-alpha must be in [0, 1]")
+        if not self.distill_temperature > 0:
+            raise UsageError("--distill-temperature must be > 0")
+        if self.teacher is None and (self.distill_alpha, self.distill_temperature) != (0.5, 2.0):
+            raise UsageError("--distill-alpha and --distill-temperature need --teacher")
+
+
+@dataclass
 class RunOptions:
     """What model a run starts from, where it computes, where it writes, and what it says."""
 

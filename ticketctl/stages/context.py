@@ -70,6 +70,7 @@ class Context:
     model_head: bool = False  # the --model folder holds a task head of its own (dropped: each seed draws one)
     runtime: dict | None = None  # where the run computes (ticketctl.train.device.describe), in every artifact
     dropout_stream: str = CPU_STREAM  # where its dropout masks come from (train.device.dropout_stream): identity
+    source_train: data_files.Split | None = None  # the training split as read, before --max-train-samples
 
     @classmethod
     def create(cls, task_name: str | None, model: str | None, opts: DataOptions, log: Log) -> "Context":
@@ -80,6 +81,7 @@ class Context:
         task, train, evals = source(task_name, opts, log.info)
         if train.labels is None:
             raise NoLabels(f"{train.source}: the training split has no labels")
+        source_train = train
         if opts.max_train_samples is not None:
             train = train.subset(np.arange(min(opts.max_train_samples, len(train))))
         names = [s.name for s in evals]
@@ -97,7 +99,8 @@ class Context:
         model_head = loading.has_head(model_dir)
         if model_head:
             log.info(f"note: {model_name} holds a task head of its own; it is dropped and each seed draws its own")
-        return cls(task, model_name, model_dir, model_fp, train, evals, log, model_head=model_head)
+        return cls(task, model_name, model_dir, model_fp, train, evals, log, model_head=model_head,
+                   source_train=source_train)
 
     def with_train(self, split: data_files.Split) -> "Context":
         return replace(self, train=split)
@@ -210,11 +213,13 @@ def finished(log: Log, targets: list[Path], kind: str, force: bool) -> bool:
 
 
 def train_model(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, device, description: str,
-                keep=None, l1=None, enc=None) -> tuple[list[float], list, float]:
+                keep=None, l1=None, enc=None, targets=None, loss=None) -> tuple[list[float], list, float]:
     """Train ``model`` on ``ctx``'s training set with ``ticketctl.train.loop.train``, progress on stderr under
     ``description``: dense, or a ticket (``keep``: parameter name -> float 0/1 mask of its shape, pruned weights held
     at zero), with an L1 term (``l1``: IMP's regularizer, Kobayashi et al., 2022). ``enc`` is the tokenised training
-    set (default: tokenised now, or from the cache). Returns (epoch losses, loss curve: [step, loss] every 10 steps, seconds).
+    set (default: tokenised now, or from the cache). ``targets`` (one row per training example) and ``loss`` replace
+    the labels and the plain loss (a distillation: ``ticketctl.train.distill``). Returns (epoch losses, loss curve:
+    [step, loss] every 10 steps, seconds).
     """
     from ticketctl.train.loop import train
 
@@ -222,6 +227,6 @@ def train_model(ctx: Context, model, tokenizer, cfg: TrainConfig, seed: int, dev
     curve: list = []
     start_time = time.perf_counter()
     with ctx.log.progress(description, 1, cfg.batch_size) as advance:
-        losses = train(model, enc, ctx.train.labels, cfg, seed, device, loading.pad_id(tokenizer), keep=keep, l1=l1,
-                       on_step=recording(advance, curve))
+        losses = train(model, enc, ctx.train.labels if targets is None else targets, cfg, seed, device,
+                       loading.pad_id(tokenizer), keep=keep, l1=l1, on_step=recording(advance, curve), loss=loss)
     return losses, curve, time.perf_counter() - start_time

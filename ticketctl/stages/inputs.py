@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ticketctl.errors import InputError, UsageError
 from ticketctl.hparams import TrainConfig
 from ticketctl.masks.structured import parse_levels
@@ -83,3 +85,51 @@ def search_levels(method: str, sparsity: str, *, ticket: str = "winning", l1: fl
     if diversity is not None:
         raise UsageError("--diversity belongs to --method structured (imp's policies use --l1)")
     return levels
+
+
+def load_teacher(ctx, path: str, train_split) -> tuple[Artifact, np.ndarray]:
+    """``finetune --teacher``: the teacher's logits artifact and its outputs (n, C) for each example of
+    ``train_split`` (the student's training examples, in their order), matched by example id. The teacher may cover
+    more examples than the student trains on (a --max-train-samples run, a bagging or --train-fraction subset).
+
+    Raises InputError, before anything is trained or written, for a teacher of another task or label count, an
+    ensemble of votes, one missing any of the student's examples, or one whose examples are not the training data's
+    (its recorded data fingerprint differs from that of the training data's examples with its ids: other or
+    changed data)."""
+    art = read_artifact(path, "logits")
+    task, meta, outputs, ids = ctx.task, art.meta, art.tensors["outputs"], art.tensors["ids"]
+    if meta.get("task") != task.name or (meta.get("task_spec") or None) != (task.spec() or None):
+        raise InputError(f"--teacher {path}: outputs of task {meta.get('task')!r}, the student trains on "
+                         f"{task.name!r}" + (" (another definition)" if meta.get("task") == task.name else ""))
+    if meta.get("combine") == "vote":
+        raise InputError(f"--teacher {path}: an ensemble of votes (--combine vote) has no distribution to distil; "
+                         f"write it with --combine probs or logits")
+    width = 1 if task.is_regression else task.num_labels
+    if outputs.shape[1] != width:
+        raise InputError(f"--teacher {path}: outputs of {outputs.shape[1]} labels, {task.name} has {width}")
+    order = np.argsort(ids, kind="stable")
+    if len(ids) > 1 and (np.diff(ids[order]) == 0).any():
+        raise InputError(f"--teacher {path}: lists an example id twice")
+    at = np.clip(np.searchsorted(ids[order], train_split.ids), 0, len(ids) - 1)
+    missing = ids[order][at] != train_split.ids
+    if missing.any():
+        shown = ", ".join(str(i) for i in train_split.ids[missing][:5]) + (", ..." if missing.sum() > 5 else "")
+        raise InputError(f"--teacher {path}: misses {int(missing.sum())} of the {len(train_split)} training examples "
+                         f"(ids {shown}); give the teacher's outputs on the whole training split")
+    _check_teacher_data(ctx, path, meta, ids)
+    return art, outputs[order[at]]
+
+
+def _check_teacher_data(ctx, path: str, meta: dict, ids: np.ndarray) -> None:
+    """The teacher's examples are the training data's examples with those ids: its recorded data fingerprint
+    (``Split.fingerprint``: ids, texts, labels) equals theirs."""
+    source = ctx.source_train if ctx.source_train is not None else ctx.train
+    where = {int(i): n for n, i in enumerate(source.ids)}
+    if len(where) != len(source.ids) or any(int(i) not in where for i in ids):
+        raise InputError(f"--teacher {path}: covers examples the training data does not have (other data: its split "
+                         f"{meta.get('split_source', meta.get('split'))})")
+    mine = source.subset(np.asarray([where[int(i)] for i in ids], dtype=np.int64)).fingerprint
+    if meta.get("data_fingerprint") != mine:
+        raise InputError(f"--teacher {path}: its examples differ from the training data's with the same ids (data "
+                         f"fingerprint {str(meta.get('data_fingerprint'))[:10]}, the training data's {mine[:10]}): "
+                         f"made from other or changed data")

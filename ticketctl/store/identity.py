@@ -160,6 +160,13 @@ def finetune_scheme(mask_policy: str | None, bagging: float = 1.0, init: str | N
     return "bagging" if bagging < 1 else "init" if init else "dense"
 
 
+def student_scheme(scheme: str) -> str:
+    """A distilled finetune's name (``finetune --teacher``): ``student``, or ``student-NAME`` after the name the
+    same finetune has without a teacher (``student-random``, ``student-bagging``), so it never shares a plain
+    finetune's name or its group in the analysis commands."""
+    return "student" if scheme == "dense" else f"student-{scheme}"
+
+
 def structured_scheme(kind: str, policy: str = "base") -> str:
     """A structured mask's name: its kind (winning, random, losing), with the diversity policy unless base."""
     return kind if policy == "base" else f"{kind}-{policy}"

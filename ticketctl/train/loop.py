@@ -274,9 +274,12 @@ class Loop:
 def train(model, enc: Encoded, labels: np.ndarray, cfg: TrainConfig, seed: int, device: torch.device,
           pad_id: int, keep: dict[str, torch.Tensor] | None = None, l1: L1Regularizer | None = None,
           on_step: Callable[[int, int, float | None], None] | None = None,
-          schedule_log: list[tuple[float, float]] | None = None) -> list[float]:
-    """Finetune ``model`` in place on one training set; returns the mean training loss of each epoch."""
-    loop = Loop({None: model}, {None: (enc, labels)}, cfg, seed, device, pad_id, keep=keep, l1=l1)
+          schedule_log: list[tuple[float, float]] | None = None, loss=None) -> list[float]:
+    """Finetune ``model`` in place on one training set; returns the mean training loss of each epoch. ``loss``
+    (default :func:`batch_mean_loss`) gets each batch's rows of ``labels`` (a distillation's packed targets:
+    ``ticketctl.train.distill``)."""
+    loop = Loop({None: model}, {None: (enc, labels)}, cfg, seed, device, pad_id, keep=keep, l1=l1,
+                loss=loss or batch_mean_loss)
     loop.schedule_log = schedule_log
     total = total_steps(len(enc), cfg)
     rng = np.random.default_rng(derive_seed(seed, "data-order"))
