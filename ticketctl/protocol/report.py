@@ -301,7 +301,7 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     reliability = folder / f"{data['task']}-reliability.png"
     if data["calibration"]:
         stats.plot_reliability(data["calibration"]["reliability"], str(reliability),
-                               f"{data['task']}: reliability of k-member ensembles (solid) and single members (dashed)")
+                               f"{data['task']}: reliability (ensembles solid,\nsingle members dashed)")
     (folder / "report.json").write_text(json.dumps(_jsonable(data), indent=1) + "\n")
     (folder / "plan.toml").write_text(plan_toml(plan))
     md = folder / "report.md"
