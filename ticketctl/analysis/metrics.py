@@ -317,10 +317,11 @@ def fold_of(n: int, folds: int) -> np.ndarray:
     return np.arange(n) % folds
 
 
-def cross_fitted_scaling(log_probs: np.ndarray, gold: np.ndarray, folds: int = FOLDS):
+def cross_fitted_scaling(log_probs: np.ndarray, gold: np.ndarray, folds: int = FOLDS, reported: bool = True):
     """Temperature-scaled probabilities where each example's temperature was fitted on the other folds only (so no
     scored example fits its own temperature; Ashukha et al., 2020 compare methods after this). log_probs (..., n, C)
-    -> (scaled probs (..., n, C), the temperature fitted on all examples (...), reported). Raises UsageError when
+    -> (scaled probs (..., n, C), the temperature fitted on all examples (...), reported; None with ``reported``
+    False, which saves that fit where only the scaled probabilities are wanted). Raises UsageError when
     n < 2 * folds."""
     z = np.asarray(log_probs, dtype=np.float64)
     n = z.shape[-2]
@@ -333,7 +334,7 @@ def cross_fitted_scaling(log_probs: np.ndarray, gold: np.ndarray, folds: int = F
         s = z[..., fold == f, :] / t[..., None, None]
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         scaled[..., fold == f, :] = s / s.sum(axis=-1, keepdims=True)
-    return scaled, fit_temperature(z, gold)
+    return scaled, fit_temperature(z, gold) if reported else None
 
 
 # ---------------------------------------------------------------------------------------------- regression
@@ -399,7 +400,7 @@ _SCALED: list = [None, None]  # the last (inputs, result) of _scaled: ts_nll and
 def _scaled(c, gold, o):
     key = (c.probs, gold, o)
     if not _same(key, _SCALED[0]):
-        _SCALED[:] = [key, cross_fitted_scaling(np.log(np.clip(c.probs, EPS, None)), gold, o.folds)]
+        _SCALED[:] = [key, cross_fitted_scaling(np.log(np.clip(c.probs, EPS, None)), gold, o.folds, False)]
     return _SCALED[1]
 
 
