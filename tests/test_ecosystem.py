@@ -106,12 +106,17 @@ def test_predict_members_and_ensemble(cli, args, tmp_path, glue_dir):
     code, out, err = cli("predict", new, *[x for f in folders for x in ("-m", f)], "--ensemble", *args[-2:], "--quiet")
     assert code == 0, err
     rows = [line.split("\t") for line in out.splitlines()]
-    assert rows[0] == ["id", "prediction", "p_0", "p_1"] and len(rows) == 6
+    assert rows[0] == ["id", "prediction", "p_0", "p_1", "total_entropy", "mutual_information"] and len(rows) == 6
     outs = np.stack([read_artifact(p).tensors["outputs"] for p in paths]).astype(np.float64)
     probs = np.exp(outs) / np.exp(outs).sum(-1, keepdims=True)
     mean = probs.mean(0)
     assert [r[1] for r in rows[1:]] == [str(i) for i in mean.argmax(-1)]
     assert np.allclose([float(r[3]) for r in rows[1:]], mean[:, 1], atol=1e-4)
+    # each row's uncertainty: the entropy of the mean probability, minus the members' mean entropy for the MI
+    total = -(mean * np.log(mean)).sum(-1)
+    expected = -(probs * np.log(probs)).sum(-1).mean(0)
+    assert np.allclose([float(r[4]) for r in rows[1:]], total, atol=1e-4)
+    assert np.allclose([float(r[5]) for r in rows[1:]], total - expected, atol=1e-4)
     # labelled data is scored; with --output the predictions go to the file
     code, out, err = cli("predict", glue_dir / "MRPC" / "dev.tsv", "-m", folders[0], "--ensemble", "--output",
                          tmp_path / "pred.tsv", *args[-2:], "--quiet")

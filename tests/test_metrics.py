@@ -221,9 +221,9 @@ def _members(tmp_path, m=4, n=60, task="mrpc", seed=9):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
     paths = []
+    gold = rng.uniform(0, 5, n) if task == "stsb" else None  # drawn where the first member drew it before
     for i in range(m):
         if task == "stsb":
-            gold = rng.uniform(0, 5, n) if i == 0 else gold  # noqa: F821 (set on the first member)
             labels = gold.astype(np.float32)
             outputs = (gold + rng.normal(0, 0.5, n)).astype(np.float32)[:, None]
         else:

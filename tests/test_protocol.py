@@ -92,7 +92,7 @@ def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_comput
     report = folder / "report"
     assert proc.stdout.strip() == "report/report.md"
     assert {p.name for p in report.iterdir()} == {"report.md", "report.json", "plan.toml", "mrpc-fig3-gain.png",
-                                                   "mrpc-fig4-iou.png"}
+                                                   "mrpc-fig4-iou.png", "mrpc-reliability.png"}
     data = json.loads((report / "report.json").read_text())
     members = {m["scheme"]: [] for m in data["members"]}
     for m in data["members"]:
@@ -112,6 +112,19 @@ def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_comput
                 assert row.get(key) is None, (row["group"], key)
             else:
                 assert row[key] == pytest.approx(want[key]), (row["group"], key)
+    # probability calibration: stats --score's rows (8 dev examples: too few to cross-fit a temperature)
+    assert data["calibration"]["metrics"] == ["nll", "brier", "ece"]
+    assert data["calibration"]["skipped"] == ["ts_nll", "ts_ece"]
+    for name in data["calibration"]["metrics"]:
+        want = {r["group"]: r for r in _analysis_json(["stats", *logits, "--size", "3", "--resamples", "199",
+                                                        "--score", name])}
+        for row in (r for r in data["calibration"]["rows"] if r["metric"] == name):
+            for key in ("single_mean", "ensemble_mean", "vs_ref", "diff_low", "diff_high", "p_value", "p_single"):
+                expected = want[row["group"]].get(key)
+                got = row.get(key)
+                assert got is None if expected is None else got == pytest.approx(expected), (name, row["group"], key)
+            assert row["verdict"] == want[row["group"]]["verdict"]
+    assert set(data["calibration"]["reliability"]) == set(ALL.split(","))
     # the split of the difference: single part + ensembling part = vs_ref, single part's p is stats' p_single
     t1 = {r["group"]: r for r in data["table1"]}
     for part in data["parts"]:
@@ -130,7 +143,8 @@ def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_comput
     want = _analysis_json(["iou", *masks])
     assert np.allclose(data["figure4"]["iou"], [[r[c] for c in data["figure4"]["labels"]] for r in want])
     md = (report / "report.md").read_text()
-    for heading in ("Table 1", "Table 2", "Figure 3", "Figure 4", "Cost", "members per hour"):
+    for heading in ("Table 1", "Probability calibration", "Reliability diagram", "Table 2", "Figure 3", "Figure 4",
+                    "Cost", "members per hour"):
         assert heading in md
 
 

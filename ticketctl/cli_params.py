@@ -84,7 +84,9 @@ PredictDataFile = Annotated[Path, typer.Argument(
 PredictModelDir = Annotated[list[Path], typer.Option(
         "--model-dir", "-m", help="A member saved by `finetune --save-model` (repeat for an ensemble).")]
 PredictEnsemble = Annotated[bool, typer.Option(
-        help="Also average the members and print id<TAB>prediction<TAB>p_<label>... (to --output FILE if given).")]
+        help="Also average the members and print id<TAB>prediction<TAB>p_<label>... and, for classification, "
+        "total_entropy<TAB>mutual_information (nats: the row's uncertainty and the members' disagreement) (to "
+        "--output FILE if given).")]
 PredictOutput = Annotated[Optional[Path], typer.Option(help="With --ensemble: write the predictions here, not to stdout.")]
 PredictCombine = Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"), help="How --ensemble averages classification members: probs | logits | vote.")]
 PredictBatchSize = Annotated[int, typer.Option(help="Examples per forward pass.")]
@@ -141,6 +143,12 @@ StatsGroups = Annotated[int, typer.Option(help="The paper's protocol: split each
                                              "(Kobayashi et al. use 2 groups of 10 seeds).")]
 StatsTest = Annotated[str, typer.Option(autocompletion=choices("permutation", "paper"), help="permutation: paired permutation test over seeds (calibrated); paper: "
                                            "the paper's t-test over combinations (optimistic).")]
+StatsScore = Annotated[Optional[str], typer.Option(
+        help="Compare Table 1 by this registered metric instead of the task's own (--metric is the own data's "
+        "headline metric): nll, brier, ece, adaptive_ece, ts_nll, ts_ece, aurc, eaurc; regression gaussian_nll, "
+        "spread_error_corr. Same protocol and permutation test; differences stay group minus --ref in the metric's "
+        "units (for lower-is-better metrics a negative one favours the group) and a verdict column says better or "
+        "worse (docs/calibration.md).")]
 StatsResamples = Annotated[int, typer.Option(help="Permutations of the test.")]
 StatsBootstrap = Annotated[int, typer.Option(help="Resample the evaluation examples N times for a 95% interval of "
                                                 "each group's ensemble mean (0: off).")]

@@ -66,17 +66,17 @@ def print_iou(masks: list[str], layers: bool = False, importance: bool = False, 
 def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = None, size: int | None = None,
                 combine: str = "probs", plot: str | None = None, groups: int = 1, test: str = "permutation",
                 resamples: int = 1000, bootstrap: int = 0, select: str | None = None, select_fraction: float = 0.5,
-                cost: bool = False, format: str = "table") -> None:
+                cost: bool = False, score: str | None = None, format: str = "table") -> None:
     """``stats``: Table 1 (``ticketctl.analysis.stats.table1``), the phase transition for a pivot ``by``
     (sparsity, train_fraction), the super ticket (``select`` best) or the frontier at equal cost (``cost``);
-    ``plot`` draws the matching figure."""
+    ``plot`` draws the matching figure; ``score`` compares Table 1 by a registered metric."""
     from ticketctl.analysis import render
     from ticketctl.analysis import stats as data
     from ticketctl.analysis.tables import note
     from ticketctl.store.artifacts import read_paths
 
     paths = read_paths(artifacts)
-    data.check_options(by, size, bootstrap, select)
+    data.check_options(by, size, bootstrap, select, score, cost)
     if select:
         render.super_ticket(data.super_ticket(paths, select_fraction))
         return
@@ -95,10 +95,11 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
             frontier.plot(result.curves, result.on.metric, plot,
                           f"{result.on.task}: {result.on.metric} vs inference cost, by {by}")
     else:
-        result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot))
+        result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot),
+                             score=score)
         render.table1(result, format)
         if plot:
             data.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
-                           f"{result.on.task}: ensemble gain over {result.ref}")
+                           f"{result.on.task}: ensemble gain over {result.ref}", points=score is None)
     if plot:
         note(f"wrote {plot}")

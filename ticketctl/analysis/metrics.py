@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from ticketctl.analysis.significance import Scorer
 from ticketctl.data.tasks import metric as prediction_metric
 from ticketctl.errors import UsageError
 
@@ -257,6 +258,25 @@ def fpr_at_tpr(score_in: np.ndarray, score_out: np.ndarray, tpr: float = 0.95) -
     return float(np.mean(np.asarray(score_in, dtype=np.float64) >= t))
 
 
+def reliability(probs: np.ndarray, gold: np.ndarray, bins: int = ECE_BINS) -> dict[str, list]:
+    """The reliability diagram (DeGroot & Fienberg, 1983; Guo et al., 2017) of top-label confidence, in :func:`ece`'s
+    equal-width bins, pooled over leading axes (several ensembles' examples count together): probs (..., n, C),
+    gold (n,) -> {"count": examples per bin, "confidence": their mean confidence, "accuracy": their accuracy} (lists
+    of ``bins``; NaN in an empty bin). Σ count/total · |accuracy - confidence| over bins is :func:`ece` of the
+    pooled examples. Raises UsageError for bins < 1."""
+    if bins < 1:
+        raise UsageError(f"--ece-bins {bins}: needs at least 1 bin")
+    conf, top = _top(np.asarray(probs, dtype=np.float64))
+    correct = (top == np.asarray(gold)).astype(np.float64).ravel()
+    conf = conf.ravel()
+    bin_of = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(bin_of, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(bin_of, conf, bins) / count
+        accuracy = np.bincount(bin_of, correct, bins) / count
+    return {"count": count.astype(int).tolist(), "confidence": confidence.tolist(), "accuracy": accuracy.tolist()}
+
+
 # ---------------------------------------------------------------------------------------------- temperature scaling
 
 
@@ -297,10 +317,11 @@ def fold_of(n: int, folds: int) -> np.ndarray:
     return np.arange(n) % folds
 
 
-def cross_fitted_scaling(log_probs: np.ndarray, gold: np.ndarray, folds: int = FOLDS):
+def cross_fitted_scaling(log_probs: np.ndarray, gold: np.ndarray, folds: int = FOLDS, reported: bool = True):
     """Temperature-scaled probabilities where each example's temperature was fitted on the other folds only (so no
     scored example fits its own temperature; Ashukha et al., 2020 compare methods after this). log_probs (..., n, C)
-    -> (scaled probs (..., n, C), the temperature fitted on all examples (...), reported). Raises UsageError when
+    -> (scaled probs (..., n, C), the temperature fitted on all examples (...), reported; None with ``reported``
+    False, which saves that fit where only the scaled probabilities are wanted). Raises UsageError when
     n < 2 * folds."""
     z = np.asarray(log_probs, dtype=np.float64)
     n = z.shape[-2]
@@ -313,7 +334,7 @@ def cross_fitted_scaling(log_probs: np.ndarray, gold: np.ndarray, folds: int = F
         s = z[..., fold == f, :] / t[..., None, None]
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         scaled[..., fold == f, :] = s / s.sum(axis=-1, keepdims=True)
-    return scaled, fit_temperature(z, gold)
+    return scaled, fit_temperature(z, gold) if reported else None
 
 
 # ---------------------------------------------------------------------------------------------- regression
@@ -379,7 +400,7 @@ _SCALED: list = [None, None]  # the last (inputs, result) of _scaled: ts_nll and
 def _scaled(c, gold, o):
     key = (c.probs, gold, o)
     if not _same(key, _SCALED[0]):
-        _SCALED[:] = [key, cross_fitted_scaling(np.log(np.clip(c.probs, EPS, None)), gold, o.folds)]
+        _SCALED[:] = [key, cross_fitted_scaling(np.log(np.clip(c.probs, EPS, None)), gold, o.folds, False)]
     return _SCALED[1]
 
 
@@ -491,17 +512,29 @@ CHUNK_ELEMENTS = 2_000_000  # bound on the (ensembles x members x examples x cla
 def combination_values(outputs: np.ndarray, labels: np.ndarray, combos: np.ndarray, names: list[str], combine: str,
                        regression: bool, options: Options = Options()) -> dict[str, np.ndarray]:
     """Each named metric of every ensemble whose members are a row of ``combos`` (B, k) indices into the members'
-    raw outputs (m, n, C): arrays of B values, computed in chunks. Each member's probabilities and entropy are
-    computed once; a chunk's ensembles are a membership matrix times them (one matrix product), as in
-    ``significance.Scorer``."""
+    raw outputs (m, n, C): arrays of B values (:func:`weighted_values` with weight 1/k on each member of a row)."""
+    if not names:
+        return {}
+    combos = np.asarray(combos, dtype=np.int64)
+    weights = np.zeros((len(combos), len(outputs)))
+    np.put_along_axis(weights, combos, 1.0 / combos.shape[1], axis=1)
+    return weighted_values(outputs, labels, weights, names, combine, regression, options)
+
+
+def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray, names: list[str], combine: str,
+                    regression: bool, options: Options = Options()) -> dict[str, np.ndarray]:
+    """Each named metric of every ensemble given as a row of ``weights`` (B, m), each row summing to 1 (1/k on a
+    k-member ensemble's members; other weights average members unequally), over the members' raw outputs (m, n, C):
+    arrays of B values, computed in chunks. Each member's probabilities and entropy are computed once; a chunk's
+    ensembles are the weights times them (one matrix product). The one path that scores registered metrics of
+    ensembles: ``ensemble --scores`` and ``stats --score`` (``significance.MetricScorer``) both come here."""
     from ticketctl.analysis.combine import softmax
 
     if not names:
         return {}
-    combos = np.asarray(combos, dtype=np.int64)
+    weights = np.asarray(weights, dtype=np.float64)
     x = np.asarray(outputs, dtype=np.float64)
     m, n, c = x.shape
-    k = combos.shape[1]
     if regression:
         flat = x[..., 0]
         squares = flat**2
@@ -512,27 +545,85 @@ def combination_values(outputs: np.ndarray, labels: np.ndarray, combos: np.ndarr
         member_entropy = entropy(member)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     per = max(1, CHUNK_ELEMENTS // max(1, n * c))
-    for start in range(0, len(combos), per):
-        chunk = combos[start : start + per]
-        w = np.zeros((len(chunk), m))
-        np.put_along_axis(w, chunk, 1.0 / k, axis=1)
+    for start in range(0, len(weights), per):
+        w = weights[start : start + per]
         if regression:
             mean = w @ flat
             var = np.maximum(w @ squares - mean**2, 0.0)
             combined = Combined(mean, spread=np.sqrt(var))
         else:
-            mean = (w @ flat).reshape(len(chunk), n, c)
+            mean = (w @ flat).reshape(len(w), n, c)
             if combine == "vote":
                 probs = None
-                shares = (w @ np.eye(c)[x.argmax(-1)].reshape(m, n * c)).reshape(len(chunk), n, c)
+                shares = (w @ np.eye(c)[x.argmax(-1)].reshape(m, n * c)).reshape(len(w), n, c)
                 pred = (shares + 1e-4 * mean).argmax(-1)
             else:
-                probs = mean if combine == "probs" else softmax((w @ logits).reshape(len(chunk), n, c))
+                probs = mean if combine == "probs" else softmax((w @ logits).reshape(len(w), n, c))
                 pred = _top(probs)[1]
             combined = Combined(pred, probs, mean, w @ member_entropy)
         for name, v in evaluate(names, combined, labels, options).items():
             parts[name].append(np.atleast_1d(v))
     return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------------- the seed test
+
+
+class MetricScorer(Scorer):
+    """A registered metric (``ticketctl.analysis.metrics``: nll, brier, ece, ts_nll, ...) for ensembles given as
+    membership weights, with :class:`Scorer`'s interface, so the protocol, the permutation test and the jackknife
+    take any metric. Scores through :func:`weighted_values`, the path of ``ensemble --scores``: an ensemble's
+    value here is the one ``ensemble --size k --scores NAME`` averages.
+
+    ``outputs`` (M, N, C): the members' raw outputs (logits; regression (M, N, 1)); ``combine``: probs | logits |
+    vote. Raises UsageError for an unknown name, one of the other task kind, one undefined under ``combine`` (nll
+    under vote) or one that is reported rather than better or worse (temperature, entropies): it has no direction
+    to test."""
+
+    def __init__(self, task, outputs: np.ndarray, labels: np.ndarray, name: str, combine: str = "probs",
+                 options=None):
+        chosen, undefined = parse_scores(name, task.is_regression, combine)
+        if undefined:
+            raise UsageError(f"--score {name}: undefined under --combine {combine} (vote shares are not "
+                             "probabilities)")
+        if len(chosen) != 1:
+            raise UsageError(f"--score {name!r}: give one registered metric")
+        entry = get(chosen[0])
+        if entry.higher_is_better is None:
+            raise UsageError(f"--score {entry.name}: a quantity reported, neither better nor worse: nothing to test")
+        self.task, self.labels, self.x = task, labels, np.asarray(outputs, dtype=np.float64)
+        self.metric, self.combine = entry, combine
+        self.options = options if options is not None else Options()
+
+    name = property(lambda self: self.metric.name)
+    higher_is_better = property(lambda self: self.metric.higher_is_better)
+
+    def _with(self, x: np.ndarray, labels: np.ndarray) -> "MetricScorer":
+        sub = object.__new__(MetricScorer)
+        sub.__dict__.update(self.__dict__)
+        sub.x, sub.labels = x, labels
+        return sub
+
+    def scores(self, weights: np.ndarray, examples: np.ndarray | None = None) -> np.ndarray:
+        """The metric of each ensemble (row of ``weights``: membership, or counts), on ``examples`` (default all)."""
+        weights = np.asarray(weights, dtype=np.float64)
+        x = self.x if examples is None else self.x[:, examples]
+        labels = self.labels if examples is None else self.labels[examples]
+        if not len(weights):
+            return np.zeros(0)
+        return weighted_values(x, labels, weights / weights.sum(axis=1, keepdims=True), [self.name], self.combine,
+                               self.task.is_regression, self.options)[self.name]
+
+
+def scorer_for(task, outputs: np.ndarray, labels: np.ndarray, combine: str = "probs",
+               score: str | None = None) -> Scorer:
+    """The scorer of ``stats``: the task's headline metric (:class:`Scorer`), or with ``score`` a registered metric
+    (:class:`MetricScorer`). Raises UsageError as those do."""
+    from ticketctl.analysis.combine import member_terms
+
+    if score is None:
+        return Scorer(task, member_terms(task, outputs, combine), labels)
+    return MetricScorer(task, outputs, labels, score, combine)
 
 
 def vote_note(undefined: list[str]) -> str:

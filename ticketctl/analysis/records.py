@@ -193,6 +193,8 @@ class Table1Row:
     ci_high: float | None = None
     cost: float | None = None  # the k-member ensemble's relative FLOPs (dense-member equivalents)
     gflops: float | None = None  # its GFLOPs per example
+    verdict: str | None = None  # --score: "better", "worse" (p < 0.05, by the metric's direction), "no significant
+    # difference" or "ref"
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ class Table1:
     rows: list[Table1Row]  # the reference group first
     notes: list[str]  # caveats for people (a test that cannot reach p < 0.05 with these seeds)
     gain_curves: dict[str, list[tuple[int, float]]] | None = None  # Figure 3: group -> (k, gain over ref)
+    direction: str | None = None  # --score: "lower is better" or "higher is better" (None: the task's metric)
 
 
 @dataclass(frozen=True)

@@ -135,12 +135,17 @@ def table1_table(result: Table1) -> Table:
                + ["combinations", "ensemble_mean", "ensemble_gain", "vs_ref", "diff_low", "diff_high", "p_value",
                   "test", "p_single"]
                + (["p_paper"] if result.test == "permutation" else []) + (["ci_low", "ci_high"] if result.bootstrap
-                                                                         else []))
+                                                                         else [])
+               + (["verdict"] if result.direction else []))
     what = ("permutation test over seeds" if result.test == "permutation" else
             "the paper's t-test over combinations, optimistic: combinations share members")
     on = result.on
+    metric = on.metric
+    if result.direction:  # --score: the convention, in words
+        sign = "negative" if result.direction.startswith("lower") else "positive"
+        metric += f" ({result.direction}; differences are group minus {result.ref}: {sign} favours the group)"
     return Table(columns, [row_of(r, drop_none=True) for r in result.rows],
-                 f"{on.task} {on.split}: {on.metric} by {result.by} (k={result.k}, {result.combine}, {result.groups} "
+                 f"{on.task} {on.split}: {metric} by {result.by} (k={result.k}, {result.combine}, {result.groups} "
                  f"seed group(s); vs {result.ref}: difference, 95% interval, {what})")
 
 

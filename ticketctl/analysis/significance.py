@@ -92,6 +92,8 @@ class Scorer:
             out.append(np.atleast_1d(value))
         return np.concatenate(out) if out else np.zeros(0)
 
+    name = property(lambda self: self.task.headline)  # the metric scored
+    higher_is_better = True  # every task metric (accuracy, F1, Matthews, Pearson, Spearman)
 
     @staticmethod
     def _pearson(weights: np.ndarray, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -108,6 +110,14 @@ class Scorer:
         mean = (w @ x.mean(axis=1)) / k
         spread = np.sqrt(np.maximum(square - len(y) * mean**2, 0.0)) * np.sqrt(yc @ yc)
         return np.where(spread > 0, cross / np.where(spread > 0, spread, 1.0), 0.0)
+
+
+def better(diff: float, p: float, higher_is_better: bool, alpha: float = 0.05) -> str:
+    """The word for a difference A - B of a metric with this direction and its p-value: "better" or "worse" where
+    p < ``alpha`` (lower is better: a negative difference is better), else "no significant difference"."""
+    if not (p < alpha) or diff == 0:
+        return "no significant difference"
+    return "better" if (diff > 0) == higher_is_better else "worse"
 
 
 # ---------------------------------------------------------------------------------------------- the protocol

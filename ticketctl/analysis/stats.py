@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 
 from ticketctl.analysis.combine import member_terms
 from ticketctl.analysis.members import Members, load_ensemble_members
+from ticketctl.analysis.metrics import MetricScorer, scorer_for
 from ticketctl.analysis.records import (Cell, CostFrontier, PhaseRow, PhaseTable, SuperTicket, Table1, Table1Row)
-from ticketctl.analysis.significance import (RESAMPLES, Scorer, compare, difference, pairing, paper_ttest,
+from ticketctl.analysis.significance import (RESAMPLES, Scorer, better, compare, difference, pairing, paper_ttest,
                                              protocol_combinations, protocol_scores, smallest_p, split_groups)
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
@@ -116,8 +118,12 @@ def pick_ref(groups: dict, ref: str | None) -> str:
 TESTS = ("permutation", "paper")
 
 
-def scorer_of(members: Members, how: str) -> Scorer:
-    return Scorer(members.task, member_terms(members.task, members.outputs, how), members.labels)
+def scorer_of(members: Members, how: str, score: str | None = None) -> Scorer:
+    """The members' scorer: the task's headline metric, or with ``score`` a registered metric
+    (``metrics.scorer_for``; raises UsageError as it does)."""
+    if score is None:
+        return Scorer(members.task, member_terms(members.task, members.outputs, how), members.labels)
+    return scorer_for(members.task, members.outputs, members.labels, how, score)
 
 
 def protocol_size(groups: dict[str, list[int]], k: int | None, n_groups: int) -> int:
@@ -165,6 +171,8 @@ def table1_rows(members: Members, groups: dict[str, list[int]], ref: str, k: int
             notes += _few_seeds(g, ref, len(groups[g]), len(groups[ref]), paired) if "p_paper" in row else []
         if bootstrap:
             row.update(dict(zip(("ci_low", "ci_high"), example_interval(scorer, groups[g], k, n_groups, bootstrap))))
+        if isinstance(scorer, MetricScorer):  # --score: say in words which way the difference goes
+            row["verdict"] = "ref" if g == ref else better(row["vs_ref"], row["p_value"], scorer.higher_is_better)
         rows.append(Table1Row(**row))
     return rows, k, notes
 
@@ -218,26 +226,56 @@ def gain_curves(scorer: Scorer, groups: dict[str, list[int]], ref: str,
 
 
 def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str, path: str, title: str,
-              intervals: dict[str, list[tuple[float, float]]] | None = None) -> None:
+              intervals: dict[str, list[tuple[float, float]]] | None = None, points: bool = True) -> None:
     """Figure 3: each group's gain over ``ref`` vs k; with ``intervals`` (per group, a (low, high) per point of its
-    curve; NaN where there is none) a shaded 95% band."""
+    curve; NaN where there is none) a shaded 95% band. ``points``: the metric is a fraction, drawn x 100 (points);
+    False draws it in its own units (nll, brier, ...)."""
+    scale = 100 if points else 1
     from ticketctl.analysis.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for g, pts in sorted(curves.items()):
-        line = ax.plot([k for k, _ in pts], [100 * v for _, v in pts], marker="o", label=g)[0]
+        line = ax.plot([k for k, _ in pts], [scale * v for _, v in pts], marker="o", label=g)[0]
         if intervals and g in intervals:
             lows, highs = zip(*intervals[g])
-            ax.fill_between([k for k, _ in pts], [100 * v for v in lows], [100 * v for v in highs],
+            ax.fill_between([k for k, _ in pts], [scale * v for v in lows], [scale * v for v in highs],
                             color=line.get_color(), alpha=0.15, linewidth=0)
     ks = sorted({k for pts in curves.values() for k, _ in pts})
     ax.set_xticks(ks)
     ax.axhline(0, color="grey", linewidth=1, linestyle="--", label=f"{ref} (reference)")
     ax.set_xlabel("ensemble members k")
-    ax.set_ylabel(f"{metric} gain over {ref} (points)")
+    ax.set_ylabel(f"{metric} gain over {ref} (points)" if points else f"{metric} minus {ref}'s")
     ax.set_title(title)
     ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_reliability(curves: dict[str, dict], path: str, title: str) -> None:
+    """The reliability diagram: per group (``curves[g]["ensemble"]`` and ``["single"]``, each
+    ``metrics.reliability``'s bins) accuracy against mean confidence in the non-empty bins, ensembles solid and
+    single members dashed in the group's colour, and the diagonal of perfect calibration."""
+    from ticketctl.analysis.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=1, linestyle=":", label="perfect calibration")
+    for g, curve in sorted(curves.items()):
+        line = None
+        for which, style in (("ensemble", "-"), ("single", "--")):
+            bins = curve[which]
+            xs = [c for c, n in zip(bins["confidence"], bins["count"]) if n]
+            ys = [a for a, n in zip(bins["accuracy"], bins["count"]) if n]
+            line = ax.plot(xs, ys, marker="o", markersize=3, linestyle=style,
+                           color=None if line is None else line.get_color(),
+                           label=f"{g} (k={curve['k']})" if which == "ensemble" else None)[0]
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean top-label confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
@@ -337,8 +375,6 @@ def _against_full(members: Members, scorer: Scorer, scores: np.ndarray, row: Pha
                   cells: dict, full: list[int], resamples: int) -> PhaseRow:
     """A sparsity row with the full model's column, the fractions its tickets prune, and the winning tickets'
     difference to the full model (permutation test over seeds with ``resamples``)."""
-    from dataclasses import replace
-
     level = row.value
     full_mean = float(scores[full].mean()) if full else float("nan")
     some = members.arts[next(i for k in kinds for i in cells.get((k, level), []))]
@@ -390,9 +426,12 @@ def plot_phase(table: PhaseTable, path: str, title: str) -> None:
 # ---------------------------------------------------------------------------------------------- the three reports
 
 
-def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None) -> None:
+def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None,
+                  score: str | None = None, cost: bool = False) -> None:
     """The command's flag combinations: raises UsageError for a negative --bootstrap, a --size below 1, a --select
-    other than best, or --select without --by sparsity."""
+    other than best, --select without --by sparsity, or --score with a view other than Table 1."""
+    if score is not None and (cost or select is not None or by in PIVOTS):
+        raise UsageError("--score compares Table 1 only: not with --cost, --select or --by sparsity/train_fraction")
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
     if size is not None and size < 1:
@@ -405,27 +444,30 @@ def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 
 
 def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
            combine: str = "probs", groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
-           bootstrap: int = 0, curves: bool = False) -> Table1:
+           bootstrap: int = 0, curves: bool = False, score: str | None = None) -> Table1:
     """The paper's Table 1 from the logits artifacts among ``paths``, grouped by the metadata key ``by`` (see
     :func:`table1_rows`; ``ref`` default: dense, else base, else the first group), with each k-member ensemble's
     cost where members record one, and with ``curves`` Figure 3's gain over ``ref`` for k = 1, 2, ...
+    ``score``: compare by this registered metric (``ticketctl.analysis.metrics``: nll, brier, ece, ts_nll, ...)
+    instead of the task's headline metric; every number is then in its units, differences stay A minus the
+    reference (negative favours A where lower is better) and each row gets a ``verdict`` in words.
 
-    Raises UsageError (unlabelled split, unknown --ref or --test, k too large) or InputError (groups that mix
-    configurations or levels, members that do not split into ``groups`` equal groups)."""
+    Raises UsageError (unlabelled split, unknown --ref, --test or score, k too large) or InputError (groups that
+    mix configurations or levels, members that do not split into ``groups`` equal groups)."""
     members, grouped = load_groups(paths, by)
     ref = pick_ref(grouped, ref)
-    scorer = scorer_of(members, combine)
+    scorer = scorer_of(members, combine, score)
     rows, k, notes = table1_rows(members, grouped, ref, size, scorer, groups, test, resamples, bootstrap)
     if all(a.meta.get("cost") for a in members.arts):
         rows = _with_costs(members, grouped, rows)
-    return Table1(members.evaluated, by, ref, k, combine, groups, test, bootstrap, rows, notes,
-                  gain_curves(scorer, grouped, ref, groups) if curves else None)
+    on = members.evaluated if score is None else replace(members.evaluated, metric=scorer.name)
+    return Table1(on, by, ref, k, combine, groups, test, bootstrap, rows, notes,
+                  gain_curves(scorer, grouped, ref, groups) if curves else None,
+                  None if score is None else scorer.metric.direction)
 
 
 def _with_costs(members: Members, grouped: dict[str, list[int]], rows: list[Table1Row]) -> list[Table1Row]:
     """Each k-member ensemble's cost: relative to one dense member, and GFLOPs per example."""
-    from dataclasses import replace
-
     from ticketctl.analysis.frontier import group_costs
 
     costs = group_costs(members, grouped)

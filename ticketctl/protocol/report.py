@@ -7,6 +7,9 @@ programs) and ``REPORT/plan.toml`` (the resolved plan, usable as ``--plan``).
   difference. Then that difference split into the single-member part (single - BASELINE's single) and the
   ensembling part (gain - BASELINE's gain), each with its interval and permutation p-value: every p-value is for
   the difference printed beside it.
+- Probability calibration (classification): per scheme, NLL, Brier, ECE and, after cross-fitted temperature
+  scaling, NLL and ECE (docs/calibration.md) of single members and k-member ensembles, against BASELINE with the
+  same seed test (``stats --score NAME``'s rows), and a reliability diagram per scheme.
 - Table 2: the five diversity metrics per scheme (regression: error correlation and ambiguity).
 - Figure 3: ensemble gain over BASELINE vs k. Figure 4: IoU of the tickets' masks.
 - Cost: each member's training seconds and inference cost, the run's wall time, members per hour, device, versions.
@@ -72,7 +75,7 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     figure4s = _iou([str(p) for s in plan.member_schemes if s.startswith("structured") for p in masks.get(s, [])])
     return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref,
             "k": plan.k, "metric": loaded.task.headline, "table1": _table1(plan, m), "parts": _parts(plan, m),
-            "table2": _table2(m), "figure3": _figure3(plan, m), "figure4": figure4, "figure4_structured": figure4s,
+            "calibration": _calibration(plan, m), "table2": _table2(m), "figure3": _figure3(plan, m), "figure4": figure4, "figure4_structured": figure4s,
             "members": _member_rows(plan, members, loaded.task.headline)}
 
 
@@ -104,6 +107,50 @@ def _parts(plan: Plan, m: _Members) -> list[dict]:
                       "p_single": single.p, "ensembling_diff": gain.diff, "ensembling_low": gain.low,
                       "ensembling_high": gain.high, "p_ensembling": gain.p, "test": gain.test})
     return parts
+
+
+CALIBRATION = ("nll", "brier", "ece", "ts_nll", "ts_ece")  # the report's probability calibration section
+
+
+def _calibration(plan: Plan, m: _Members) -> dict | None:
+    """Probability calibration per scheme: for each metric of :data:`CALIBRATION`, Table 1's row with it as the
+    score (``stats --score NAME --size k --groups G --resamples R`` gives the same numbers: the mean single member,
+    the mean k-member ensemble, against the reference the difference of ensembles, group minus reference, with its
+    jackknife interval, the permutation p-values of ensembles and single members, and the verdict by the metric's
+    direction, lower is better for all five); and per scheme the reliability diagram of its k-member ensembles and
+    of its single members. None for a regression task. ts_nll and ts_ece are left out, and named in ``skipped``,
+    with fewer than 10 examples (their temperature is cross-fitted over 5 folds)."""
+    from ticketctl.analysis.metrics import FOLDS
+
+    if m.loaded.task.is_regression:
+        return None
+    names = [n for n in CALIBRATION if not n.startswith("ts_") or len(m.loaded.labels) >= 2 * FOLDS]
+    rows = []
+    for name in names:
+        table, _, _ = stats.table1_rows(m.loaded, m.grouped, m.ref, plan.k, stats.scorer_of(m.loaded, "probs", name),
+                                        plan.groups, "permutation", plan.resamples)
+        rows += [{"metric": name, **row_of(r, drop_none=True)} for r in table]
+    return {"metrics": names, "skipped": [n for n in CALIBRATION if n not in names], "rows": rows,
+            "reliability": _reliability(plan, m)}
+
+
+def _reliability(plan: Plan, m: _Members) -> dict[str, dict]:
+    """Per scheme, ``metrics.reliability`` of its k-member ensembles (mean of the members' probabilities; at most
+    ``significance.TEST_COMBINATIONS`` combinations per seed group, a seeded sample where there are more, as the
+    seed test uses) and of its single members, each pooled over all of them."""
+    from ticketctl.analysis.combine import softmax
+    from ticketctl.analysis.metrics import reliability
+    from ticketctl.analysis.significance import TEST_COMBINATIONS, protocol_combinations
+
+    probs = softmax(np.asarray(m.loaded.outputs, dtype=np.float64))
+    out = {}
+    for g, idx in m.grouped.items():
+        k = min(plan.k, len(idx) // plan.groups)
+        combos = protocol_combinations(len(idx), k, plan.groups, TEST_COMBINATIONS, np.random.default_rng(0))
+        ensembles = np.einsum("bm,mnc->bnc", combos, probs[idx]) / k
+        out[g] = {"k": k, "ensemble": reliability(ensembles, m.loaded.labels),
+                  "single": reliability(probs[idx], m.loaded.labels)}
+    return out
 
 
 # What may differ between members of one scheme in a protocol besides the seed: the hardware each job ran on
@@ -251,10 +298,15 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     if data["figure4"]:
         iou.plot_heatmap(np.array(data["figure4"]["iou"]), data["figure4"]["labels"], str(fig4),
                          f"{data['task']}: IoU of surviving weights")
+    reliability = folder / f"{data['task']}-reliability.png"
+    if data["calibration"]:
+        stats.plot_reliability(data["calibration"]["reliability"], str(reliability),
+                               f"{data['task']}: reliability (ensembles solid,\nsingle members dashed)")
     (folder / "report.json").write_text(json.dumps(_jsonable(data), indent=1) + "\n")
     (folder / "plan.toml").write_text(plan_toml(plan))
     md = folder / "report.md"
-    md.write_text(markdown(data, fig3.name if data["figure3"] else None, fig4.name if data["figure4"] else None))
+    md.write_text(markdown(data, fig3.name if data["figure3"] else None, fig4.name if data["figure4"] else None,
+                           reliability.name if data["calibration"] else None))
     return md
 
 
@@ -312,7 +364,7 @@ def _interval(v: float, low, high) -> str:
     return f"{100 * v:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
-def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
+def markdown(data: dict, fig3: str | None, fig4: str | None, reliability: str | None = None) -> str:
     ref, k, metric = data["ref"], data["k"], data["metric"]
     plan = data["plan"]
     named = lambda g: f"{g} ({NAMES[g]})" if g in NAMES else g  # noqa: E731
@@ -327,7 +379,8 @@ def markdown(data: dict, fig3: str | None, fig4: str | None) -> str:
              f"jackknife); `p_value`: the permutation test over seeds of that same statistic, over every combination "
              f"(`ticketctl stats` tests a sample of at most 50 per group); `p_paper`: the paper's t-test over the "
              f"combinations' scores for that same difference (optimistic: combinations share members).", ""]
-    lines += _md_table1(data, named) + _md_diversity_figures(data, named, fig3, fig4) + _md_cost(data)
+    lines += (_md_table1(data, named) + md_calibration(data, named, reliability)
+              + _md_diversity_figures(data, named, fig3, fig4) + _md_cost(data))
     return "\n".join(lines)
 
 
@@ -346,6 +399,34 @@ def _md_table1(data: dict, named) -> list[str]:
                   _table([{**r, "group": named(r["group"])} for r in data["parts"]],
                          ["group", "single_diff", "single_low", "single_high", "p_single", "ensembling_diff",
                           "ensembling_low", "ensembling_high", "p_ensembling"]), ""]
+    return lines
+
+
+def md_calibration(data: dict, named, figure: str | None) -> list[str]:
+    """The probability calibration section (markdown lines; none for a regression task)."""
+    cal, ref = data.get("calibration"), data["ref"]
+    if not cal:
+        return []
+    lines = ["## Probability calibration", "",
+             f"How good the probabilities are (docs/calibration.md; not the calibrated level of the seed test): per "
+             f"scheme and metric, the mean single member, the mean {data['k']}-member ensemble (mean of the members' "
+             f"probabilities) and its gain, and against {ref} `ensemble_vs_ref` (the scheme's ensembles minus "
+             f"{ref}'s, in the metric's units) with its 95% jackknife interval and the permutation test over seeds "
+             f"(`p_value`; `p_single` for single members), over at most 50 combinations per seed group, as "
+             f"`ticketctl stats --score NAME` prints them. All five are lower-is-better: a negative difference "
+             f"favours the scheme, and `verdict` says it in words (p < 0.05). `ts_` metrics are after temperature "
+             f"scaling cross-fitted over 5 folds.", ""]
+    rows = [{**r, "group": named(r["group"]), "ensemble_vs_ref": r["vs_ref"]} for r in cal["rows"]]
+    lines += [_table(rows, ["metric", "group", "single_mean", "ensemble_mean", "ensemble_gain", "ensemble_vs_ref",
+                            "diff_low", "diff_high", "p_value", "p_single", "verdict"]), ""]
+    if cal["skipped"]:
+        lines += [f"Left out: {', '.join(cal['skipped'])} (temperature scaling cross-fits over 5 folds: it needs "
+                  f"at least 10 examples).", ""]
+    if figure:
+        lines += ["Reliability diagram: accuracy against mean top-label confidence in 15 equal-width bins, pooled "
+                  "over each scheme's ensembles (solid) and single members (dashed); the diagonal is perfect "
+                  "calibration. Its numbers are `calibration.reliability` in report.json.", "",
+                  f"![Reliability diagram]({figure})", ""]
     return lines
 
 

@@ -172,11 +172,12 @@ def _predict_member(ctx, m: Member, identity: RunIdentity, path: Path, device, b
 
 
 def write_predictions(task: Task, ids, outputs: np.ndarray, path: Path | None,
-                      shares: np.ndarray | None = None) -> None:
+                      shares: np.ndarray | None = None, uncertainty: np.ndarray | None = None) -> None:
     """The ensemble's predictions as ``id<TAB>prediction`` rows (ids and label names as the data wrote them, or
     scores), with one ``p_<label>`` column per class for classification: ``shares`` (N, C) where given (the vote
     shares of ``--combine vote``), else the softmax of ``outputs`` (N, C): the mean probability for ``probs``, the
-    softmax of the mean logits for ``logits``; to ``path`` or stdout."""
+    softmax of the mean logits for ``logits``; then, with ``uncertainty`` (N, 2), the columns ``total_entropy`` and
+    ``mutual_information`` (nats, :func:`row_uncertainty`); to ``path`` or stdout."""
     from ticketctl.analysis.combine import softmax
     from ticketctl.data.tasks import predictions
 
@@ -186,9 +187,11 @@ def write_predictions(task: Task, ids, outputs: np.ndarray, path: Path | None,
         lines = ["id\tprediction"] + [f"{i}\t{p:.6g}" for i, p in zip(ids, pred.tolist())]
     else:
         probs = shares if shares is not None else softmax(outputs)
-        lines = ["id\tprediction\t" + "\t".join(f"p_{name}" for name in task.labels)]
+        extra = ["total_entropy", "mutual_information"] if uncertainty is not None else []
+        lines = ["\t".join(["id", "prediction", *(f"p_{name}" for name in task.labels), *extra])]
+        rows = probs if uncertainty is None else np.concatenate([probs, uncertainty], axis=1)
         lines += [f"{i}\t{task.labels[int(p)]}\t" + "\t".join(f"{x:.4f}" for x in row)
-                  for i, p, row in zip(ids, pred.tolist(), probs.tolist())]
+                  for i, p, row in zip(ids, pred.tolist(), rows.tolist())]
     text = "\n".join(lines) + "\n"
     if path is None:
         sys.stdout.write(text)
@@ -197,13 +200,27 @@ def write_predictions(task: Task, ids, outputs: np.ndarray, path: Path | None,
         atomic.atomic_write_bytes(Path(path), text.encode())
 
 
+def row_uncertainty(outputs: np.ndarray) -> np.ndarray:
+    """Each example's uncertainty from the members' logits (M, N, C): (N, 2) columns total entropy H[mean_m p_m]
+    and mutual information H[mean_m p_m] - mean_m H[p_m] (nats; the members' disagreement, 0 for one member;
+    Depeweg et al., 2018; Malinin & Gales, 2018), from the members' own probabilities whatever ``--combine``."""
+    from ticketctl.analysis.combine import softmax
+    from ticketctl.analysis.metrics import entropy
+
+    member = softmax(np.asarray(outputs, dtype=np.float64))
+    total = entropy(member.mean(axis=0))
+    return np.stack([total, total - entropy(member).mean(axis=0)], axis=1)
+
+
 def predict_ensemble(written: list[Path], combine: str, output: Path | None) -> None:
     """``predict --ensemble``: the members' logits artifacts ``written`` averaged by ``combine`` (probs | logits |
-    vote), their predictions written to ``output`` or stdout (:func:`write_predictions`)."""
+    vote), their predictions and (classification) each row's uncertainty written to ``output`` or stdout
+    (:func:`write_predictions`, :func:`row_uncertainty`)."""
     from ticketctl.analysis.combine import combined_outputs, vote_shares
     from ticketctl.analysis.members import load_ensemble_members
 
     members = load_ensemble_members([str(p) for p in written])
-    shares = vote_shares(members.outputs) if combine == "vote" and not members.task.is_regression else None
+    regression = members.task.is_regression
+    shares = vote_shares(members.outputs) if combine == "vote" and not regression else None
     write_predictions(members.task, members.shown_ids, combined_outputs(members.task, members.outputs, combine),
-                      output, shares)
+                      output, shares, None if regression else row_uncertainty(members.outputs))
