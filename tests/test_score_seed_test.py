@@ -98,6 +98,28 @@ def test_metric_scorer_is_the_ensemble_scores_path():
         MetricScorer(TASK, outputs, labels, "nll,brier")
 
 
+def test_metric_scorer_remembers_ensembles_without_changing_a_value():
+    """The scorer computes each distinct ensemble once (a permutation test meets the same ones again): values equal
+    a fresh computation row for row, in any order and with repeats, and a subset's scorer does not reuse the
+    parent's values (its columns are other members)."""
+    from ticketctl.analysis.metrics import weighted_values
+
+    _, outputs, labels = simulate(np.random.default_rng(3))
+    scorer = MetricScorer(TASK, outputs, labels, "ts_nll")
+    rng = np.random.default_rng(0)
+    weights = (rng.random((30, len(outputs))) < 0.3).astype(float)
+    weights[weights.sum(1) == 0, 0] = 1.0
+    fresh = weighted_values(outputs.astype(np.float64), labels, weights / weights.sum(1, keepdims=True), ["ts_nll"],
+                            "probs", False)["ts_nll"]
+    again = np.concatenate([weights[::-1], weights, weights[:5]])
+    assert np.array_equal(scorer.scores(weights), fresh)
+    assert np.array_equal(scorer.scores(again), np.concatenate([fresh[::-1], fresh, fresh[:5]]))
+    assert len(scorer._known) == len({w.tobytes() for w in weights})
+    sub = scorer.subset(list(range(len(outputs)))[::-1])  # the same rows now mean other members
+    assert np.allclose(sub.scores(weights), scorer.scores(weights[:, ::-1]), rtol=1e-12, atol=0)  # summed in
+    assert not np.allclose(sub.scores(weights), fresh)  # another order: equal to rounding, not the parent's values
+
+
 def test_better_words_follow_the_direction():
     assert better(-0.1, 0.01, higher_is_better=False) == "better"
     assert better(-0.1, 0.01, higher_is_better=True) == "worse"

@@ -599,18 +599,30 @@ class MetricScorer(Scorer):
     higher_is_better = property(lambda self: self.metric.higher_is_better)
 
     def _with(self, x: np.ndarray, labels: np.ndarray) -> "MetricScorer":
-        sub = object.__new__(MetricScorer)
+        sub = object.__new__(type(self))
         sub.__dict__.update(self.__dict__)
-        sub.x, sub.labels = x, labels
+        sub.x, sub.labels, sub._known = x, labels, {}
         return sub
 
     def scores(self, weights: np.ndarray, examples: np.ndarray | None = None) -> np.ndarray:
-        """The metric of each ensemble (row of ``weights``: membership, or counts), on ``examples`` (default all)."""
+        """The metric of each ensemble (row of ``weights``: membership, or counts), on ``examples`` (default all).
+        On all examples each distinct row is computed once per scorer and remembered: a permutation test meets the
+        same ensembles again and again (a paired test of k-member ensembles only 2^k variants of each), which for
+        the cross-fitted ``ts_*`` metrics is most of its cost."""
         weights = np.asarray(weights, dtype=np.float64)
-        x = self.x if examples is None else self.x[:, examples]
-        labels = self.labels if examples is None else self.labels[examples]
         if not len(weights):
             return np.zeros(0)
+        if examples is not None:
+            return self._compute(weights, self.x[:, examples], self.labels[examples])
+        known = self.__dict__.setdefault("_known", {})
+        keys = [row.tobytes() for row in weights]
+        missing = list(dict.fromkeys(k for k in keys if k not in known))
+        if missing:
+            rows = np.frombuffer(b"".join(missing), dtype=np.float64).reshape(len(missing), -1)
+            known.update(zip(missing, self._compute(rows, self.x, self.labels)))
+        return np.fromiter((known[k] for k in keys), dtype=np.float64, count=len(keys))
+
+    def _compute(self, weights: np.ndarray, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return weighted_values(x, labels, weights / weights.sum(axis=1, keepdims=True), [self.name], self.combine,
                                self.task.is_regression, self.options)[self.name]
 
