@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ATOL, MRPC_ROWS, build_tiny_bert
+from conftest import ATOL, MRPC_ROWS
 
 # ---------------------------------------------------------------------------------------------- model families
 
