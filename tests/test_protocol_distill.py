@@ -90,7 +90,7 @@ def test_local_run_trains_students_from_their_groups_teacher_and_reports_them(ti
     t = read_artifact(teacher, "logits")
     members = {p["path"] for p in t.meta["parents"]}
     assert t.meta["combine"] == "probs" and len(members) == 2
-    assert {read_artifact(tmp_path / p).meta["seed"] for p in members} == {1, 2}  # the group's first k seeds
+    assert {int(read_artifact(tmp_path / p).meta["seed"]) for p in members} == {1, 2}  # the group's first k seeds
     students = sorted(runs.glob("mrpc-logits-dev-student-s*.safetensors"))
     assert len(students) == 3
     for path in students:
