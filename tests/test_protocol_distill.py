@@ -109,3 +109,16 @@ def test_local_run_trains_students_from_their_groups_teacher_and_reports_them(ti
     assert "## Distillation" in md and "student-dense" in md
     rerun = subprocess.run(_cmd(tiny_model, glue_dir), cwd=tmp_path, capture_output=True, text=True, env=_env())
     assert rerun.returncode == 0 and "0 to run" in rerun.stderr, rerun.stderr[-3000:]
+
+
+def test_the_students_options_reach_the_plan_from_the_command_line_and_from_a_plan_file(tmp_path):
+    from ticketctl.protocol.plan import toml_text
+
+    given = {"task": "mrpc", "seeds": "1-2", "schemes": "dense", "size": "2", "distill_from": "dense", "distill_alpha": "0.8",
+             "distill_temperature": 4}
+    (tmp_path / "p.toml").write_text(toml_text(given))
+    for plan in (build(given, TrainConfig(), DataOptions(), RunOptions()),
+                 build({}, TrainConfig(), DataOptions(), RunOptions(), tmp_path / "p.toml")):
+        assert plan.distill("T.safetensors") == plan.distill("T.safetensors").__class__("T.safetensors", 0.8, 4.0)
+        assert {k: plan.options_dict()[k] for k in ("distill_from", "distill_alpha", "distill_temperature")} == {
+            "distill_from": "dense", "distill_alpha": 0.8, "distill_temperature": 4.0}

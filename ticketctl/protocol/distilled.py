@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.analysis import stats
+from ticketctl.analysis.combine import member_terms
 from ticketctl.analysis.members import load_ensemble_members
-from ticketctl.analysis.significance import budget_interval, compare, pairing, protocol_scores
+from ticketctl.analysis.significance import Scorer, budget_interval, compare, pairing, protocol_scores
 from ticketctl.errors import InputError
 
 
@@ -48,8 +48,9 @@ def distillation(plan, members: dict[str, list[Path]]) -> dict | None:
     loaded = load_ensemble_members(mine + theirs)
     mem = loaded.in_seed_order(list(range(len(mine))))
     stu = loaded.in_seed_order(list(range(len(mine), len(mine) + len(theirs))))
-    scorer = stats.scorer_of(loaded, "probs")
-    paired = pairing(stats.seeds_of(loaded, mem), stats.seeds_of(loaded, stu))
+    scorer = Scorer(loaded.task, member_terms(loaded.task, loaded.outputs, "probs"), loaded.labels)  # stats.scorer_of's
+    seeds = [str(a.meta.get("seed", "?")) for a in loaded.arts]
+    paired = pairing([seeds[i] for i in mem], [seeds[i] for i in stu])
     k, groups = plan.k, plan.groups
     member = float(protocol_scores(scorer, mem, 1, 1).mean())
     taught = protocol_scores(scorer, stu, 1, 1)

@@ -275,6 +275,8 @@ class Plan:
         if self.data.dataset:
             raise UsageError("--distill-from needs the training data as a file (--train-file or a GLUE task), not "
                              "--dataset")
+        if not self.task:
+            raise UsageError("--task is required: a GLUE task, or your own data with --train-file")
         task = files.get_task(self.task)
         data_dir = files.data_dir_from_env(self.data.data_dir)
         path = Path(data_dir) / task.folder / "train.tsv" if data_dir else files.EMBEDDED_DIR / task.folder / (
