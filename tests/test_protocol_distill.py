@@ -76,11 +76,12 @@ def _cmd(tiny_model, glue_dir, *args) -> list[str]:
             "--report", "report", *map(str, args)]
 
 
-@pytest.mark.slow
-def test_local_run_trains_students_from_their_groups_teacher_and_reports_them(tiny_model, glue_dir, tmp_path):
+def _check_distilled_run(tiny_model, glue_dir, tmp_path, *extra) -> None:
+    """Run the distilled dense scheme (3 seeds, k = 2) and check its teacher, students, report and rerun."""
     from ticketctl.store.artifacts import read_artifact
 
-    proc = subprocess.run(_cmd(tiny_model, glue_dir), cwd=tmp_path, capture_output=True, text=True, env=_env())
+    proc = subprocess.run(_cmd(tiny_model, glue_dir, *extra), cwd=tmp_path, capture_output=True, text=True,
+                          env=_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tmp_path / "runs"
     assert sorted(_trained(_journal(runs))) == sorted(
@@ -100,6 +101,8 @@ def test_local_run_trains_students_from_their_groups_teacher_and_reports_them(ti
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     rows = [m for m in data["members"] if m["scheme"] == "student-dense"]
     assert sorted(m["seed"] for m in rows) == [1, 2, 3]
+    assert [r for r in data["table1"] if r["group"] == "student-dense"][0].keys() == {
+        "group", "members", "single_mean", "single_std"}  # single members only: no ensembles of students
     distill = data["distillation"]
     assert distill["scheme"] == "dense" and distill["k"] == 2
     for key in ("student_minus_member", "ensemble_minus_student", "ensemble_minus_member"):
@@ -107,9 +110,22 @@ def test_local_run_trains_students_from_their_groups_teacher_and_reports_them(ti
     assert (distill["share_kept"] is None) == (distill["share_reason"] is not None)
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Distillation" in md and "student-dense" in md
-    rerun = subprocess.run(_cmd(tiny_model, glue_dir), cwd=tmp_path, capture_output=True, text=True, env=_env())
+    rerun = subprocess.run(_cmd(tiny_model, glue_dir, *extra), cwd=tmp_path, capture_output=True, text=True,
+                           env=_env(), timeout=600)
     assert rerun.returncode == 0 and "0 to run" in rerun.stderr, rerun.stderr[-3000:]
 
+
+@pytest.mark.slow
+def test_local_run_trains_students_from_their_groups_teacher_and_reports_them(tiny_model, glue_dir, tmp_path):
+    _check_distilled_run(tiny_model, glue_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_slurm_runs_the_distilled_scheme_as_dependent_jobs(tiny_model, glue_dir, tmp_path):
+    from test_scale_out import _need_slurm
+
+    _need_slurm()
+    _check_distilled_run(tiny_model, glue_dir, tmp_path, "--executor", "slurm")
 
 def test_the_students_options_reach_the_plan_from_the_command_line_and_from_a_plan_file(tmp_path):
     from ticketctl.protocol.plan import toml_text
