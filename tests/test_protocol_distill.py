@@ -138,3 +138,24 @@ def test_the_students_options_reach_the_plan_from_the_command_line_and_from_a_pl
         assert plan.distill("T.safetensors") == plan.distill("T.safetensors").__class__("T.safetensors", 0.8, 4.0)
         assert {k: plan.options_dict()[k] for k in ("distill_from", "distill_alpha", "distill_temperature")} == {
             "distill_from": "dense", "distill_alpha": 0.8, "distill_temperature": 4.0}
+
+
+def test_scoring_the_training_file_leaves_every_planned_artifact_name_as_it_was(tiny_model, glue_dir, tmp_path):
+    """The finetunes of --distill-from write one more split (its own artifact): their dev artifacts, and every other
+    job's, keep the names of the plan without students (located without training)."""
+    from ticketctl.protocol.runner import locate
+
+    def located(**options):
+        plan = build({"task": "mrpc", "seeds": "1-2", "schemes": "dense,bagging", "size": "2", **options},
+                     TrainConfig(epochs=1, batch_size=8), DataOptions(data_dir=str(glue_dir)),
+                     RunOptions(model=str(tiny_model), out=tmp_path / "runs", device="cpu"))
+        return locate(plan).targets
+
+    plain, distilled = located(), located(distill_from="bagging")
+    assert all(distilled[j][0] == plain[j][0] for j in plain)  # every dev artifact keeps its name
+    assert {j: distilled[j] for j in plain if not j.startswith("finetune:bagging")} == {
+        j: t for j, t in plain.items() if not j.startswith("finetune:bagging")}  # the other schemes: nothing more
+    for seed in (1, 2):
+        bagging = distilled[f"finetune:bagging:s{seed}"]
+        assert [p.name.split("-")[2] for p in bagging] == ["dev", "train"]
+        assert f"finetune:student-bagging:s{seed}" not in distilled  # named once its teacher is finished
