@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ticketctl.analysis import ensemble as ensemble_stage
 from ticketctl.errors import InputError, NoLabels, TicketError, UsageError
 from ticketctl.log import Log
-from ticketctl.analysis import ensemble as ensemble_stage
 from ticketctl.protocol import executors
 from ticketctl.protocol.plan import Job, Plan
 from ticketctl.stages import imp
