@@ -159,3 +159,25 @@ def test_scoring_the_training_file_leaves_every_planned_artifact_name_as_it_was(
         bagging = distilled[f"finetune:bagging:s{seed}"]
         assert [p.name.split("-")[2] for p in bagging] == ["dev", "train"]
         assert f"finetune:student-bagging:s{seed}" not in distilled  # named once its teacher is finished
+
+
+@pytest.mark.slow
+def test_a_student_of_a_ticket_scheme_trains_under_its_seeds_mask(tiny_model, glue_dir, tmp_path):
+    """--distill-from random: each student is its seed's RANDOM-LT ticket (the same mask) distilled from its
+    group's teacher; the report has its row."""
+    from ticketctl.store.artifacts import read_artifact
+
+    cmd = [*_cmd(tiny_model, glue_dir, "--search-epochs", "1")]
+    cmd[cmd.index("--schemes") + 1] = "random"
+    cmd[cmd.index("--distill-from") + 1] = "random"
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        (member,) = runs.glob(f"mrpc-logits-dev-random-s{seed}-*.safetensors")
+        (student,) = runs.glob(f"mrpc-logits-dev-student-random-s{seed}-*.safetensors")
+        mask = read_artifact(member).meta["parents"][0]
+        parents = read_artifact(student).meta["parents"]
+        assert parents[0]["sha256"] == mask["sha256"] and len(parents) == 2  # its seed's mask, then the teacher
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["distillation"]["student"] == "student-random"
