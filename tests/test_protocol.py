@@ -374,9 +374,9 @@ def test_every_declared_option_reaches_the_plan_from_the_command_line_and_from_a
 
     from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
     from ticketctl.protocol import executors
-    from ticketctl.protocol.plan import CommandOptions, ProtocolOptions, build, toml_text
+    from ticketctl.protocol.plan import DISTILL_FIELDS, CommandOptions, ProtocolOptions, build, toml_text
 
-    declared = [f.name for f in dataclasses.fields(ProtocolOptions)] + [
+    declared = [f.name for f in dataclasses.fields(ProtocolOptions)] + list(DISTILL_FIELDS) + [
         f.name for e in executors.EXECUTORS.values() for f in dataclasses.fields(e.Options)]
     assert [f.name for f in dataclasses.fields(CommandOptions)] == declared
     values = {"jobs": "2", "jobs_per_gpu": 1, "slurm_partition": "gpu", "slurm_gpus_per_job": "1",

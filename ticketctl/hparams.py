@@ -163,9 +163,9 @@ class DistillOptions:
         "TRAIN of a member, or ensemble --out of members' such outputs), matched to the training examples by id "
         "(docs/distillation.md).")
     distill_alpha: float = option(
-        0.5, "With --teacher: the weight of the teacher term (1 - alpha on the labels); 0 is the plain finetune's loss.")
+        0.5, "With --teacher (protocol: --distill-from): the weight of the teacher term (1 - alpha on the labels); 0 is the plain finetune's loss.")
     distill_temperature: float = option(
-        2.0, "With --teacher: softmax temperature T of teacher and student in the teacher term (scaled by T^2); "
+        2.0, "With --teacher (protocol: --distill-from): softmax temperature T of teacher and student in the teacher term (scaled by T^2); "
         "classification only.")
 
     def __post_init__(self) -> None:

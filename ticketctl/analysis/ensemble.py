@@ -68,13 +68,13 @@ def write_ensemble(ens: Ensemble, out: Path) -> Path:
     ``--submission``); returns its path."""
     from ticketctl.store import paths
     from ticketctl.store.artifacts import write_artifact
-    from ticketctl.store.provenance import config_hash, provenance
+    from ticketctl.store.provenance import provenance
 
     members, combined, combine = ens.members, ens.outputs, ens.combine
     metrics = ens.score.metrics if ens.score else None
 
     parents = [a.parent_ref() for a in members.arts]
-    h = config_hash({"members": sorted(p["sha256"] for p in parents), "combine": combine})
+    h = _ensemble_hash(parents, combine)
     first = members.arts[0].meta
     tensors = {"outputs": combined.astype("float32"), "ids": members.ids}
     if members.labels is not None:
@@ -85,6 +85,23 @@ def write_ensemble(ens: Ensemble, out: Path) -> Path:
                       config={"combine": combine, "members": [p["path"] for p in parents]},
                       metrics=metrics or None, parents=parents)
     return write_artifact(out / paths.ensemble_name(members.task.name, members.split, h), "logits", tensors, meta)
+
+
+def _ensemble_hash(parents: list[dict], combine: str) -> str:
+    from ticketctl.store.provenance import config_hash
+
+    return config_hash({"members": sorted(p["sha256"] for p in parents), "combine": combine})
+
+
+def ensemble_path(paths: list[str], out: Path, combine: str = "probs") -> Path:
+    """The path :func:`write_ensemble` gives the ensemble of the logits artifacts ``paths`` in folder ``out``
+    (named by the members' content hashes and ``combine``), computed without combining them. Raises InputError
+    (members that must not be mixed)."""
+    from ticketctl.store import paths as names
+
+    members = load_ensemble_members(paths)
+    h = _ensemble_hash([a.parent_ref() for a in members.arts], combine)
+    return Path(out) / names.ensemble_name(members.task.name, members.split, h)
 
 
 def all_member_scores(members: Members, how: str = "probs", combined: np.ndarray | None = None) -> dict[str, float]:

@@ -20,6 +20,11 @@ Jobs (ids are ``KIND:SCHEME:sSEED``):
   (as ``ticketctl stats --groups``). One chain per group keeps the groups independent draws of the scheme, which the
   paper's averaging over groups assumes; ``--active-chain all`` makes one chain over every seed (the order given)
   instead, as ``examples/multi_ticket.sh`` did.
+- ``--distill-from S`` (a distilled scheme, docs/distillation.md): ``finetune:S:sN`` also scores the training file;
+  ``teacher:S:gG`` (G = 1, 2, ...: the seed groups) waits for the group's first k of them (seeds ascending) and
+  writes their ensemble's outputs on the training examples (``ensemble --combine probs --out``); the student
+  ``finetune:student-S:sN`` is ``finetune:S:sN``'s finetune (same mask, same bagging) distilled from its group's
+  teacher, so it waits for that teacher (and ``search:S:sN`` for a ticket).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Optional
 
 from ticketctl.data.task_table import TASKS
 from ticketctl.errors import UsageError
-from ticketctl.hparams import DataOptions, RunOptions, TrainConfig, option
+from ticketctl.hparams import DataOptions, DistillOptions, RunOptions, TrainConfig, option
 from ticketctl.protocol import executors
 
 PAPER_SCHEMES = ("dense", "bagging", "base", "active", "random")  # Kobayashi et al.'s five (the default)
@@ -116,18 +121,27 @@ class ProtocolOptions:
                                "stay independent) or every earlier seed (all).", choices=ACTIVE_CHAINS)
     executor: str = option("local", "; ".join(e.help for e in executors.EXECUTORS.values()) + ".",
                            choices=tuple(executors.EXECUTORS))
+    distill_from: Optional[str] = option(
+        None, "A distilled scheme: per seed group one teacher, the group's first k members of this scheme (one of "
+        "--schemes' members, e.g. random or structured-30) averaged (--combine probs) on the training examples; per "
+        "seed a student (student-SCHEME) trained as that scheme's member with --distill-alpha and "
+        "--distill-temperature (docs/distillation.md).", metavar="SCHEME")
+
+
+DISTILL_FIELDS = ("distill_alpha", "distill_temperature")  # DistillOptions' fields the protocol takes (not teacher)
 
 
 # Every option of the command beyond the training options: the protocol's own, then each executor's.
 def _command_options() -> type:
     """:class:`ProtocolOptions` and every registered executor's ``Options`` as one dataclass (the command's)."""
     spec = []
-    for cls in [ProtocolOptions, *executors.option_classes()]:
+    for cls in [ProtocolOptions, DistillOptions, *executors.option_classes()]:
         hints = typing.get_type_hints(cls)
         spec += [(f.name, hints[f.name], field(default=f.default, metadata=f.metadata))
-                 for f in dataclasses.fields(cls)]
+                 for f in dataclasses.fields(cls) if cls is not DistillOptions or f.name in DISTILL_FIELDS]
     made = dataclasses.make_dataclass("CommandOptions", spec, frozen=True)
-    made.__doc__ = "The protocol command's options: ProtocolOptions and every executor's Options."
+    made.__doc__ = ("The protocol command's options: ProtocolOptions, DistillOptions' alpha and temperature (the "
+                    "students of --distill-from) and every executor's Options.")
     made.__module__ = __name__
     return made
 
@@ -159,6 +173,9 @@ class Plan:
     resamples: int = 1000
     active_chain: str = "group"
     executor: str = "local"
+    distill_from: Optional[str] = None  # the scheme (a member scheme) whose k-member ensembles teach the students
+    distill_alpha: float = 0.5  # the students' DistillOptions (docs/distillation.md)
+    distill_temperature: float = 2.0
     executor_options: dict = field(default_factory=dict)  # every executor's options (None: not given), by name
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataOptions = field(default_factory=DataOptions)
@@ -228,7 +245,55 @@ class Plan:
             raise UsageError("--force does not fit a protocol (it would retrain every member); delete the artifacts "
                              "to recompute")
         self.data.validate()
+        self._validate_distill()
         return self
+
+    def _validate_distill(self) -> None:
+        """--distill-from names a planned member scheme whose training data is a file its finetunes can score."""
+        if self.distill_from is None:
+            if (self.distill_alpha, self.distill_temperature) != (0.5, 2.0):
+                raise UsageError("--distill-alpha and --distill-temperature belong to --distill-from")
+            return
+        if self.distill_from not in self.member_schemes:
+            raise UsageError(f"--distill-from {self.distill_from}: not a scheme of this plan (its schemes: "
+                             f"{', '.join(self.member_schemes)})")
+        DistillOptions("-", self.distill_alpha, self.distill_temperature).validate()
+        evals, train = self.data.max_eval_samples, self.data.max_train_samples
+        if evals is not None and (train is None or evals < train):
+            raise UsageError("--max-eval-samples would cut the teachers' outputs on the training examples short of "
+                             "the students' (--distill-from): give it >= --max-train-samples, or leave it out")
+        self.train_file()
+
+    def train_file(self) -> str:
+        """The file the task's training split is read from (the embedded GLUE copy, ``--data-dir``'s, or
+        ``--train-file``): the finetunes of ``--distill-from`` score it as one more evaluation split. Raises
+        UsageError where the training data is not a file (``--dataset``, a GLUE task from the hub)."""
+        from ticketctl.data import files
+
+        if self.data.train_file:
+            return str(self.data.train_file)
+        if self.data.dataset:
+            raise UsageError("--distill-from needs the training data as a file (--train-file or a GLUE task), not "
+                             "--dataset")
+        if not self.task:
+            raise UsageError("--task is required: a GLUE task, or your own data with --train-file")
+        task = files.get_task(self.task)
+        data_dir = files.data_dir_from_env(self.data.data_dir)
+        path = Path(data_dir) / task.folder / "train.tsv" if data_dir else files.EMBEDDED_DIR / task.folder / (
+            "train.tsv.gz")
+        if not path.is_file():
+            raise UsageError(f"--distill-from: no training file {path} for {task.name} (give --data-dir with GLUE's "
+                             f"layout)")
+        return str(path)
+
+    @property
+    def teacher_data(self) -> DataOptions:
+        """The data options of the finetunes of ``--distill-from``: the plan's, with the training file scored too."""
+        return dataclasses.replace(self.data, eval_files=[*self.data.eval_files, self.train_file()])
+
+    def distill(self, teacher: str) -> DistillOptions:
+        """The students' distillation options with ``teacher`` (the teacher job's artifact)."""
+        return DistillOptions(teacher, self.distill_alpha, self.distill_temperature)
 
     def seed_group(self, seed: int) -> int:
         """The 0-based seed group of ``seed``: the seeds in ascending order cut into ``groups`` equal parts (the
@@ -269,7 +334,31 @@ class Plan:
                     previous_active.append(search.id)
                 ticket = Job(f"finetune:{scheme}:s{seed}", "finetune", scheme, seed, (search.id,), mask=search.id)
                 jobs[ticket.id] = ticket
+        if self.distill_from is not None:
+            self._distilled(jobs)
         return {j: dataclasses.replace(job, task=self.task) for j, job in jobs.items()}
+
+    def _distilled(self, jobs: dict[str, "Job"]) -> None:
+        """Add ``--distill-from``'s jobs to ``jobs``: its finetunes also score the training file; per seed group
+        ``teacher:SCHEME:gG`` over the group's first k of them (seeds ascending); per seed
+        ``finetune:student-SCHEME:sN``, that seed's member's finetune (its mask, its bagging) with the teacher."""
+        scheme = self.distill_from
+        for seed in self.seeds:
+            member = f"finetune:{scheme}:s{seed}"
+            jobs[member] = dataclasses.replace(jobs[member], scores_train=True)
+        per_group = len(self.seeds) // self.groups
+        ordered = sorted(self.seeds)
+        for g in range(self.groups):
+            firsts = ordered[g * per_group:g * per_group + self.k]
+            teacher = Job(f"teacher:{scheme}:g{g + 1}", "teacher", scheme, firsts[0],
+                          tuple(f"finetune:{scheme}:s{s}" for s in firsts))
+            jobs[teacher.id] = teacher
+        for seed in self.seeds:
+            member = jobs[f"finetune:{scheme}:s{seed}"]
+            teacher = f"teacher:{scheme}:g{self.seed_group(seed) + 1}"
+            student = dataclasses.replace(member, id=f"finetune:student-{scheme}:s{seed}", scheme=f"student-{scheme}",
+                                          deps=(*member.deps, teacher), teacher=teacher, scores_train=False)
+            jobs[student.id] = student
 
     def options_dict(self) -> dict:
         """The resolved plan as plain values (for plan.toml and report.json)."""
@@ -279,6 +368,8 @@ class Plan:
             if f.name == "executor_options":
                 out.update(v)
                 continue
+            if f.name in DISTILL_FIELDS and self.distill_from is None:
+                continue  # a plan without students reads as it did
             if f.name in ("train", "data", "run"):
                 v = {k: (str(x) if isinstance(x, Path) else x) for k, x in dataclasses.asdict(v).items()}
             elif isinstance(v, Path):
@@ -289,7 +380,8 @@ class Plan:
 
 @dataclass(frozen=True)
 class Job:
-    """One step of the protocol: a ``search`` or a ``finetune`` of one scheme and seed."""
+    """One step of the protocol: a ``search`` or a ``finetune`` of one scheme and seed, or (``--distill-from``) a
+    ``teacher``: a seed group's k-member ensemble's outputs on the training examples (``seed``: the group's first)."""
 
     id: str
     kind: str  # search | finetune
@@ -300,6 +392,13 @@ class Job:
     priors: tuple[str, ...] = ()  # ACTIVE-LT search: the earlier members' search jobs, in order
     mask_index: int = 0  # finetune of a ticket: which of its search's masks (structured: one per level)
     task: Optional[str] = None  # the plan's task (``--task``)
+    teacher: Optional[str] = None  # a student's finetune: the teacher job whose artifact it distils
+    scores_train: bool = False  # a finetune of --distill-from: it also scores the training file (the teachers')
+
+    @property
+    def trained_as(self) -> str:
+        """The scheme whose options the finetune trains with (a student's: its teacher's scheme)."""
+        return self.scheme.removeprefix("student-")
 
     @property
     def key(self) -> str:

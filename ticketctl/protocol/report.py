@@ -33,6 +33,7 @@ from ticketctl.analysis.render import row_of
 from ticketctl.analysis.significance import compare, compare_gain, pairing
 from ticketctl.analysis.tables import format_cell, note
 from ticketctl.errors import InputError, UsageError
+from ticketctl.protocol import distilled
 from ticketctl.protocol.plan import Plan, toml_text
 from ticketctl.store.artifacts import read_artifact
 from ticketctl.store.provenance import versions
@@ -76,7 +77,7 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref,
             "k": plan.k, "metric": loaded.task.headline, "table1": _table1(plan, m), "parts": _parts(plan, m),
             "calibration": _calibration(plan, m), "table2": _table2(m), "figure3": _figure3(plan, m), "figure4": figure4, "figure4_structured": figure4s,
-            "members": _member_rows(plan, members, loaded.task.headline)}
+            "members": _member_rows(plan.member_schemes, members, loaded.task.headline)}
 
 
 def _table1(plan: Plan, m: _Members) -> list[dict]:
@@ -202,10 +203,10 @@ def _figure3(plan: Plan, m: _Members) -> dict[str, list[list]]:
     return figure3
 
 
-def _member_rows(plan: Plan, members: dict[str, list[Path]], headline: str) -> list[dict]:
-    """Each member: scheme, seed, path, dev metric and inference cost, from its artifact."""
+def _member_rows(schemes: list[str], members: dict[str, list[Path]], headline: str) -> list[dict]:
+    """Each member of ``schemes``: scheme, seed, path, dev metric and inference cost, from its artifact."""
     rows = []
-    for scheme in plan.member_schemes:
+    for scheme in schemes:
         for p in members[scheme]:
             art = read_artifact(p, "logits")
             cost = art.meta.get("cost") or {}
@@ -265,6 +266,7 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     folder = Path(plan.report)
     folder.mkdir(parents=True, exist_ok=True)
     data = analyse(plan, members, masks)
+    _add_students(plan, data, members)
     trained = [r for r in outcome.results.values() if r.get("ran")]
     n_members = sum(1 for r in trained if r["job"].startswith("finetune:"))
     times = member_times(members, masks)
@@ -308,6 +310,17 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     md.write_text(markdown(data, fig3.name if data["figure3"] else None, fig4.name if data["figure4"] else None,
                            reliability.name if data["calibration"] else None))
     return md
+
+
+def _add_students(plan: Plan, data: dict, members: dict[str, list[Path]]) -> None:
+    """``--distill-from``: the distillation section (``data["distillation"]``, None without students), the students
+    in Table 1 as single members and among the members."""
+    data["distillation"] = distilled.distillation(plan, members)
+    if data["distillation"] is None:
+        return
+    student = distilled.student_scheme(plan)
+    data["table1"].append(distilled.table1_row(data["distillation"], len(members[student])))
+    data["members"] += _member_rows([student], members, data["metric"])
 
 
 def plan_toml(plan: Plan) -> str:
@@ -380,7 +393,8 @@ def markdown(data: dict, fig3: str | None, fig4: str | None, reliability: str | 
              f"(`ticketctl stats` tests a sample of at most 50 per group); `p_paper`: the paper's t-test over the "
              f"combinations' scores for that same difference (optimistic: combinations share members).", ""]
     lines += (_md_table1(data, named) + md_calibration(data, named, reliability)
-              + _md_diversity_figures(data, named, fig3, fig4) + _md_cost(data))
+              + distilled.markdown(data.get("distillation")) + _md_diversity_figures(data, named, fig3, fig4)
+              + _md_cost(data))
     return "\n".join(lines)
 
 

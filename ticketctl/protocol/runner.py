@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ticketctl.analysis import ensemble as ensemble_stage
 from ticketctl.errors import InputError, NoLabels, TicketError, UsageError
 from ticketctl.log import Log
 from ticketctl.protocol import executors
@@ -87,10 +88,16 @@ class Locator:
         self.here = local_variant(plan.run.device, plan.train.precision, dropout)
         self._ctx = {v: (replace(ctx, dropout_stream=v[1]), replace(plan.train, precision=v[0]),
                          replace(plan.search_train, precision=v[0])) for v in self.variants}
+        self._scoring = {}  # --distill-from's finetunes: the context whose evaluation splits end with the training file
+        if plan.distill_from is not None:
+            scoring = replace(Context.create(plan.task, plan.run.model, plan.teacher_data, Log(True, False)),
+                              cache_dir=ctx.cache_dir, report_to=ctx.report_to)
+            self._scoring = {v: replace(scoring, dropout_stream=v[1]) for v in self.variants}
 
     def named(self, job: Job, known: dict, done: set, variant: tuple[str, str]) -> list[Path] | None:
         """The artifacts ``job`` writes when computed with ``variant``; None while an input (a mask) is missing."""
         ctx, cfg, search_cfg = self._ctx[variant]
+        ctx = self._scoring[variant] if job.scores_train else ctx
         return _job_targets(self.plan, job, ctx, cfg, search_cfg, known, done)
 
     def find(self, job: Job, known: dict, done: set) -> tuple[list[Path] | None, tuple[str, str] | None, list]:
@@ -152,13 +159,29 @@ def _job_targets(plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: 
         spec = imp.SearchSpec(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
                               prune_step=plan.prune_step, l1=plan.l1, priors=priors, data=plan.data, run=plan.run)
         return [imp.target(spec, ctx, search_cfg)]
-    if job.mask is not None:
-        if job.mask not in done:
+    if job.kind == "teacher":
+        if any(d not in done for d in job.deps):
             return None
-        return finetune_stage.targets(ctx, cfg, job.seed, out, mask_path=str(known[job.mask][job.mask_index]),
-                                      subset_seed=subset)
-    bagging = plan.bagging if job.scheme == "bagging" else 1.0
-    return finetune_stage.targets(ctx, cfg, job.seed, out, bagging=bagging, subset_seed=subset)
+        return [ensemble_stage.ensemble_path(_teacher_members(job, known), out)]
+    if any(d not in done for d in (job.mask, job.teacher) if d is not None):
+        return None
+    mask = str(known[job.mask][job.mask_index]) if job.mask is not None else None
+    return finetune_stage.targets(ctx, cfg, job.seed, out, mask_path=mask, bagging=_bagging(plan, job),
+                                  subset_seed=subset, distill=_distill(plan, job, known))
+
+
+def _bagging(plan: Plan, job: Job) -> float:
+    return plan.bagging if job.trained_as == "bagging" else 1.0
+
+
+def _distill(plan: Plan, job: Job, known: dict):
+    """A student's distillation options (its teacher job's artifact), else None."""
+    return None if job.teacher is None else plan.distill(str(known[job.teacher][0]))
+
+
+def _teacher_members(job: Job, known: dict) -> list[str]:
+    """A teacher job's members' outputs on the training file: the last evaluation split of each member finetune."""
+    return [str(known[d][-1]) for d in job.deps]
 
 
 # ---------------------------------------------------------------------------------------------- one job
@@ -211,26 +234,34 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
             sys.stderr.write(f"{job.id}: finished already ({variant[0]}, {variant[1]}): reusing "
                              + ", ".join(str(p) for p in found) + "\n")
             written = found
-        elif job.kind == "search" and job.scheme == "structured":
-            written = structured_stage.structured_search(plan.task, job.seed, levels=plan.levels, train=plan.train,
-                                                         data=replace(plan.data, eval_files=[]), run=plan.run)
-        elif job.kind == "search":
-            priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0])
-                                                                                  for p in job.priors]
-            written = [imp.search(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
-                                  prune_step=plan.prune_step, l1=plan.l1, priors=priors, train=plan.search_train,
-                                  data=replace(plan.data, eval_files=[]), run=plan.run)]  # as `search` takes it
         else:
-            written = finetune_stage.finetune(
-                plan.task, job.seed, mask=str(known[job.mask][job.mask_index]) if job.mask else None,
-                bagging=plan.bagging if job.scheme == "bagging" else 1.0, train=plan.train, data=plan.data,
-                run=plan.run)
+            written = _execute(plan, job, known)
     seconds = time.perf_counter() - start
     result = {"job": job.id, "paths": [str(p) for p in written], "seconds": round(seconds, 2), "ran": ran,
               "pid": os.getpid(), "threads": run.threads, **_made_on(written[0])}
     _journal(pdir, job.id, "done", task=plan.task, ran=ran, seconds=round(seconds, 2), device=result["device"],
              precision=result["precision"], stream=result["stream"])
     return result
+
+
+def _execute(plan: Plan, job: Job, known: dict) -> list[Path]:
+    """Run ``job`` (its inputs' artifacts in ``known``) with the library function its command calls; returns the
+    paths written."""
+    if job.kind == "search" and job.scheme == "structured":
+        return structured_stage.structured_search(plan.task, job.seed, levels=plan.levels, train=plan.train,
+                                                  data=replace(plan.data, eval_files=[]), run=plan.run)
+    if job.kind == "search":
+        priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0]) for p in job.priors]
+        return [imp.search(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
+                           prune_step=plan.prune_step, l1=plan.l1, priors=priors, train=plan.search_train,
+                           data=replace(plan.data, eval_files=[]), run=plan.run)]  # as `search` takes it
+    if job.kind == "teacher":  # `ensemble --combine probs --out OUT` of the members' outputs on the training file
+        ens = ensemble_stage.ensemble(_teacher_members(job, known), "probs")
+        return [ensemble_stage.write_ensemble(ens, plan.run.out)]
+    return finetune_stage.finetune(
+        plan.task, job.seed, mask=str(known[job.mask][job.mask_index]) if job.mask else None,
+        bagging=_bagging(plan, job), train=plan.train, data=plan.teacher_data if job.scores_train else plan.data,
+        run=plan.run, distill=_distill(plan, job, known))
 
 
 class job_lock:
@@ -327,13 +358,20 @@ def _made_on(path) -> dict:
 
 
 def _inputs(graph: dict[str, Job], job: Job) -> list[str]:
-    """The search jobs whose masks ``job`` reads (and, for an ACTIVE-LT prior, that prior's own priors first)."""
-    wanted = list(job.priors) + ([job.mask] if job.mask else [])
+    """The jobs whose artifacts ``job`` reads, earliest first: the search jobs whose masks it reads (and, for an
+    ACTIVE-LT prior, that prior's own priors first); a teacher's member finetunes (and their masks' searches); a
+    student's teacher (after the teacher's own inputs)."""
+    if job.kind == "teacher":
+        wanted = [i for d in job.deps for i in [*_inputs(graph, graph[d]), d]]
+    else:
+        wanted = list(job.priors) + ([job.mask] if job.mask else [])
+        wanted = [i for w in wanted for i in [*graph[w].priors, w]]
+        if job.teacher is not None:
+            wanted += [*_inputs(graph, graph[job.teacher]), job.teacher]
     order: list[str] = []
     for w in wanted:
-        for p in [*graph[w].priors, w]:
-            if p not in order:
-                order.append(p)
+        if w not in order:
+            order.append(w)
     return order
 
 
