@@ -375,7 +375,7 @@ def test_recipe_check_fills_fields_added_later():
     from pathlib import Path
 
     from ticketctl.store.artifacts import Artifact
-    from ticketctl.analysis.stats import check_same_recipe
+    from ticketctl.analysis.grouping import check_same_recipe
 
     def art(name, config):
         return Artifact(Path(name), {"config": config}, {}, "0" * 64)

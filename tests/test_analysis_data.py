@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ticketctl.analysis import diversity, ensemble, iou, render, show, stats, tables
+from ticketctl.analysis import diversity, ensemble, iou, phase, render, show, stats, tables
 from ticketctl.analysis.records import Diversity, EnsembleScore, IouMatrix, SizeTable, Table1
 from ticketctl.masks.weights import Mask
 from ticketctl.store.artifacts import write_artifact
@@ -149,7 +149,7 @@ def test_phase_transition_and_super_ticket_records(tmp_path):
             outs[(kind, level, s)] = o = rng.normal(size=(len(LABELS), 2))
             paths.append(logits(tmp_path / f"{kind}-{level}-{s}.safetensors", o, policy=kind, seed=str(s),
                                 target_sparsity=str(level), sparsity=str(level), ffn_sparsity=str(level / 2)))
-    table = stats.phase_transition(paths, resamples=0)
+    table = phase.phase_transition(paths, resamples=0)
     assert table.columns == ["winning", "random"] and [r.value for r in table.rows] == [0.25, 0.5]
     acc = {key: float(np.mean(o.argmax(-1) == LABELS)) for key, o in outs.items()}
     half = table.rows[1]
@@ -158,7 +158,7 @@ def test_phase_transition_and_super_ticket_records(tmp_path):
     assert half.full.mean == pytest.approx(np.mean([acc[("dense", 0.0, s)] for s in (1, 2)]))
     assert half.vs_full == pytest.approx(half.cells["winning"].mean - half.full.mean)
     assert (half.heads_pruned, half.ffn_pruned) == (0.5, 0.25) and math.isnan(half.p_vs_full)
-    ticket = stats.super_ticket(paths, 0.5)
+    ticket = phase.super_ticket(paths, 0.5)
     assert ticket.level in (0.25, 0.5) and ticket.chosen_on + ticket.reported_on == ticket.examples == 8
     assert ticket.masks == []  # these members record no parent mask
 

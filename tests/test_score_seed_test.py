@@ -153,7 +153,7 @@ def test_report_calibration_section_is_stats_score_and_a_reliability_diagram(tmp
     the markdown names the figure, which is drawn."""
     from types import SimpleNamespace
 
-    from ticketctl.analysis import stats
+    from ticketctl.analysis import plots, stats
     from ticketctl.analysis.metrics import reliability
     from ticketctl.protocol import report
 
@@ -188,7 +188,7 @@ def test_report_calibration_section_is_stats_score_and_a_reliability_diagram(tmp
     assert "## Probability calibration" in lines and "![Reliability diagram](mrpc-reliability.png)" in lines
     assert lines.count("| nll |") == 2 and "better" in lines
     figure = tmp_path / "reliability.png"
-    stats.plot_reliability(cal["reliability"], str(figure), "test")
+    plots.plot_reliability(cal["reliability"], str(figure), "test")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

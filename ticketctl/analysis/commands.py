@@ -70,7 +70,8 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     """``stats``: Table 1 (``ticketctl.analysis.stats.table1``), the phase transition for a pivot ``by``
     (sparsity, train_fraction), the super ticket (``select`` best) or the frontier at equal cost (``cost``);
     ``plot`` draws the matching figure; ``score`` compares Table 1 by a registered metric."""
-    from ticketctl.analysis import render
+    from ticketctl.analysis import phase, plots, render
+    from ticketctl.analysis.records import PIVOTS
     from ticketctl.analysis import stats as data
     from ticketctl.analysis.tables import note
     from ticketctl.store.artifacts import read_paths
@@ -78,13 +79,13 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     paths = read_paths(artifacts)
     data.check_options(by, size, bootstrap, select, score, cost)
     if select:
-        render.super_ticket(data.super_ticket(paths, select_fraction))
+        render.super_ticket(phase.super_ticket(paths, select_fraction))
         return
-    if by in data.PIVOTS:
-        table = data.phase_transition(paths, by, resamples)
+    if by in PIVOTS:
+        table = phase.phase_transition(paths, by, resamples)
         render.phase(table, format)
         if plot:
-            data.plot_phase(table, plot, f"{table.on.task}: "
+            plots.plot_phase(table, plot, f"{table.on.task}: "
                             + ("phase transition" if by == "sparsity" else "metric vs training data"))
     elif cost:
         from ticketctl.analysis import frontier
@@ -99,7 +100,7 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
                              score=score)
         render.table1(result, format)
         if plot:
-            data.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
+            plots.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
                            f"{result.on.task}: ensemble gain over {result.ref}", points=score is None)
     if plot:
         note(f"wrote {plot}")

@@ -13,7 +13,7 @@ Which function returns which record:
 ``iou.mask_iou`` / ``layer_iou``                      :class:`IouMatrix` / :class:`LayerIou` list
 ``iou.remaining`` / ``iou.importance``                :class:`Remaining` list / :class:`Importance`
 ``stats.table1``                                      :class:`Table1` of :class:`Table1Row`
-``stats.phase_transition`` / ``stats.super_ticket``   :class:`PhaseTable` of :class:`PhaseRow` / :class:`SuperTicket`
+``phase.phase_transition`` / ``phase.super_ticket``   :class:`PhaseTable` of :class:`PhaseRow` / :class:`SuperTicket`
 ``stats.cost_frontier``                               :class:`CostFrontier` of :class:`FrontierRow`
 ``show.describe``                                     :class:`ArtifactSummary` list
 ====================================================  ==========================================================
@@ -24,6 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+KIND_ORDER = ("winning", "random", "losing")  # the ticket kinds of the phase transition, in the order tables and figures show them
+PIVOTS = ("sparsity", "train_fraction")  # --by keys that print metric vs the key, one column per scheme
 
 
 @dataclass(frozen=True)

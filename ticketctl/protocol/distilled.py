@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.analysis.combine import member_terms
+from ticketctl.analysis.grouping import headline_scorer
 from ticketctl.analysis.members import load_ensemble_members
-from ticketctl.analysis.significance import Scorer, budget_interval, compare, pairing, protocol_scores
+from ticketctl.analysis.significance import budget_interval, compare, pairing, protocol_scores
 from ticketctl.errors import InputError
 
 
@@ -48,7 +48,7 @@ def distillation(plan, members: dict[str, list[Path]]) -> dict | None:
     loaded = load_ensemble_members(mine + theirs)
     mem = loaded.in_seed_order(list(range(len(mine))))
     stu = loaded.in_seed_order(list(range(len(mine), len(mine) + len(theirs))))
-    scorer = Scorer(loaded.task, member_terms(loaded.task, loaded.outputs, "probs"), loaded.labels)  # stats.scorer_of's
+    scorer = headline_scorer(loaded, "probs")
     seeds = [str(a.meta.get("seed", "?")) for a in loaded.arts]
     paired = pairing([seeds[i] for i in mem], [seeds[i] for i in stu])
     k, groups = plan.k, plan.groups

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.analysis import diversity, iou, stats
+from ticketctl.analysis import diversity, grouping, iou, plots, stats
 from ticketctl.analysis.render import row_of
 from ticketctl.analysis.significance import compare, compare_gain, pairing
 from ticketctl.analysis.tables import format_cell, note
@@ -68,9 +68,9 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
         if have != want:
             raise InputError(f"report: {scheme} has {have} of {want} members finished (rerun the protocol)")
     loaded, grouped = load_schemes([str(p) for s in plan.member_schemes for p in members[s]])
-    ref = stats.pick_ref(grouped, None)
+    ref = grouping.pick_ref(grouped, None)
     m = _Members(loaded, grouped, ref, stats.scorer_of(loaded, "probs"),
-                 {g: pairing(stats.seeds_of(loaded, grouped[g]), stats.seeds_of(loaded, grouped[ref]))
+                 {g: pairing(grouping.seeds_of(loaded, grouped[g]), grouping.seeds_of(loaded, grouped[ref]))
                   for g in grouped})
     figure4 = _iou([str(p) for s in plan.member_schemes if not s.startswith("structured") for p in masks.get(s, [])])
     figure4s = _iou([str(p) for s in plan.member_schemes if s.startswith("structured") for p in masks.get(s, [])])
@@ -173,10 +173,10 @@ def load_schemes(paths: list[str]):
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
     grouped: dict[str, list[int]] = defaultdict(list)
     for i, a in enumerate(loaded.arts):
-        grouped[stats.group_value(a, "scheme")].append(i)
+        grouped[grouping.group_value(a, "scheme")].append(i)
     for g, idx in grouped.items():
-        stats.check_same_recipe(g, [loaded.arts[i] for i in idx], ignore=HARDWARE_KEYS)
-        stats.check_same_level(g, [loaded.arts[i] for i in idx])
+        grouping.check_same_recipe(g, [loaded.arts[i] for i in idx], ignore=HARDWARE_KEYS)
+        grouping.check_same_level(g, [loaded.arts[i] for i in idx])
     return loaded, {g: loaded.in_seed_order(idx) for g, idx in grouped.items()}
 
 
@@ -293,7 +293,7 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     data["plan"] = plan.options_dict()
     fig3 = folder / f"{data['task']}-fig3-gain.png"
     if data["figure3"]:
-        stats.plot_gain({g: [(x[0], x[1]) for x in c] for g, c in data["figure3"].items()}, data["ref"],
+        plots.plot_gain({g: [(x[0], x[1]) for x in c] for g, c in data["figure3"].items()}, data["ref"],
                         data["metric"], str(fig3), f"{data['task']}: ensemble gain over {data['ref']} (95% intervals)",
                         {g: [(x[2], x[3]) for x in c] for g, c in data["figure3"].items()})
     fig4 = folder / f"{data['task']}-fig4-iou.png"
@@ -302,7 +302,7 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
                          f"{data['task']}: IoU of surviving weights")
     reliability = folder / f"{data['task']}-reliability.png"
     if data["calibration"]:
-        stats.plot_reliability(data["calibration"]["reliability"], str(reliability),
+        plots.plot_reliability(data["calibration"]["reliability"], str(reliability),
                                f"{data['task']}: reliability (ensembles solid,\nsingle members dashed)")
     (folder / "report.json").write_text(json.dumps(_jsonable(data), indent=1) + "\n")
     (folder / "plan.toml").write_text(plan_toml(plan))

@@ -98,12 +98,12 @@ class Locator:
         """The artifacts ``job`` writes when computed with ``variant``; None while an input (a mask) is missing."""
         ctx, cfg, search_cfg = self._ctx[variant]
         ctx = self._scoring[variant] if job.scores_train else ctx
-        return _job_targets(self.plan, job, ctx, cfg, search_cfg, known, done)
+        return kind_of(job).targets(self.plan, job, ctx, cfg, search_cfg, known, done)
 
     def find(self, job: Job, known: dict, done: set) -> tuple[list[Path] | None, tuple[str, str] | None, list]:
         """(paths, variant, other variants present) of ``job``'s finished artifacts under the first variant that has
         them all; (None, None, []) when none has or an input is missing."""
-        kind = "mask" if job.kind == "search" else "logits"
+        kind = kind_of(job).artifact
         hits = []
         for v in self.variants:
             paths = self.named(job, known, done, v)
@@ -145,29 +145,96 @@ def _existing(path: Path, kind: str) -> bool:
     return existing(path, kind) is not None
 
 
-def _job_targets(plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: set) -> list[Path] | None:
-    """The artifact paths ``job`` writes, or None while an input it depends on (a mask) is not finished."""
-    out = plan.run.out
-    subset = plan.data.subset_seed
-    if job.kind == "search" and job.scheme == "structured":
+class JobKind:
+    """How the protocol plans and runs one kind of job, in one place: :meth:`targets`, the artifact paths it writes
+    (computed without training, on any machine; None while an input it reads is unfinished), and :meth:`run`, the
+    library call its command makes. ``artifact`` is the kind of artifact it writes. A new kind of job is one
+    subclass and one entry in :data:`KINDS` (and its jobs in ``Plan.jobs_graph``)."""
+
+    artifact = "logits"
+
+    def targets(self, plan: Plan, job: Job, ctx, cfg, search_cfg, known: dict, done: set) -> list[Path] | None:
+        raise NotImplementedError
+
+    def run(self, plan: Plan, job: Job, known: dict) -> list[Path]:
+        raise NotImplementedError
+
+
+class _StructuredSearch(JobKind):
+    """``search --method structured`` (Super Tickets): one mask per level."""
+
+    artifact = "mask"
+
+    def targets(self, plan, job, ctx, cfg, search_cfg, known, done):
         spec = structured_stage.StructuredSpec(plan.task, job.seed, levels=plan.levels, data=plan.data, run=plan.run)
         return structured_stage.targets(spec, ctx, cfg)
-    if job.kind == "search":
+
+    def run(self, plan, job, known):
+        return structured_stage.structured_search(plan.task, job.seed, levels=plan.levels, train=plan.train,
+                                                  data=replace(plan.data, eval_files=[]), run=plan.run)
+
+
+class _ImpSearch(JobKind):
+    """``search`` by IMP (base, random, active: ACTIVE-LT's priors are its earlier searches' masks)."""
+
+    artifact = "mask"
+
+    @staticmethod
+    def _priors(job: Job, known: dict) -> list[str]:
+        return ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0]) for p in job.priors]
+
+    def targets(self, plan, job, ctx, cfg, search_cfg, known, done):
         if any(p not in done for p in job.priors):
             return None
-        priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0]) for p in job.priors]
         spec = imp.SearchSpec(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
-                              prune_step=plan.prune_step, l1=plan.l1, priors=priors, data=plan.data, run=plan.run)
+                              prune_step=plan.prune_step, l1=plan.l1, priors=self._priors(job, known), data=plan.data,
+                              run=plan.run)
         return [imp.target(spec, ctx, search_cfg)]
-    if job.kind == "teacher":
+
+    def run(self, plan, job, known):
+        return [imp.search(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
+                           prune_step=plan.prune_step, l1=plan.l1, priors=self._priors(job, known),
+                           train=plan.search_train, data=replace(plan.data, eval_files=[]), run=plan.run)]
+
+
+class _Teacher(JobKind):
+    """A distilled scheme's teacher: ``ensemble --combine probs --out OUT`` of its members' outputs on the
+    training file."""
+
+    def targets(self, plan, job, ctx, cfg, search_cfg, known, done):
         if any(d not in done for d in job.deps):
             return None
-        return [ensemble_stage.ensemble_path(_teacher_members(job, known), out)]
-    if any(d not in done for d in (job.mask, job.teacher) if d is not None):
-        return None
-    mask = str(known[job.mask][job.mask_index]) if job.mask is not None else None
-    return finetune_stage.targets(ctx, cfg, job.seed, out, mask_path=mask, bagging=_bagging(plan, job),
-                                  subset_seed=subset, distill=_distill(plan, job, known))
+        return [ensemble_stage.ensemble_path(_teacher_members(job, known), plan.run.out)]
+
+    def run(self, plan, job, known):
+        ens = ensemble_stage.ensemble(_teacher_members(job, known), "probs")
+        return [ensemble_stage.write_ensemble(ens, plan.run.out)]
+
+
+class _Finetune(JobKind):
+    """``finetune``: dense, bagging, a ticket (its search's mask), or a student (its teacher job's artifact)."""
+
+    def targets(self, plan, job, ctx, cfg, search_cfg, known, done):
+        if any(d not in done for d in (job.mask, job.teacher) if d is not None):
+            return None
+        mask = str(known[job.mask][job.mask_index]) if job.mask is not None else None
+        return finetune_stage.targets(ctx, cfg, job.seed, plan.run.out, mask_path=mask, bagging=_bagging(plan, job),
+                                      subset_seed=plan.data.subset_seed, distill=_distill(plan, job, known))
+
+    def run(self, plan, job, known):
+        return finetune_stage.finetune(
+            plan.task, job.seed, mask=str(known[job.mask][job.mask_index]) if job.mask else None,
+            bagging=_bagging(plan, job), train=plan.train,
+            data=plan.teacher_data if job.scores_train else plan.data, run=plan.run, distill=_distill(plan, job, known))
+
+
+KINDS: dict[str, JobKind] = {"structured-search": _StructuredSearch(), "search": _ImpSearch(),
+                             "teacher": _Teacher(), "finetune": _Finetune()}
+
+
+def kind_of(job: Job) -> JobKind:
+    """The one dispatch on a job's kind (a structured search is a search of the ``structured`` scheme)."""
+    return KINDS["structured-search" if job.kind == "search" and job.scheme == "structured" else job.kind]
 
 
 def _bagging(plan: Plan, job: Job) -> float:
@@ -235,33 +302,13 @@ def _run_job(plan: Plan, job: Job, pdir: Path, run) -> dict:
                              + ", ".join(str(p) for p in found) + "\n")
             written = found
         else:
-            written = _execute(plan, job, known)
+            written = kind_of(job).run(plan, job, known)
     seconds = time.perf_counter() - start
     result = {"job": job.id, "paths": [str(p) for p in written], "seconds": round(seconds, 2), "ran": ran,
               "pid": os.getpid(), "threads": run.threads, **_made_on(written[0])}
     _journal(pdir, job.id, "done", task=plan.task, ran=ran, seconds=round(seconds, 2), device=result["device"],
              precision=result["precision"], stream=result["stream"])
     return result
-
-
-def _execute(plan: Plan, job: Job, known: dict) -> list[Path]:
-    """Run ``job`` (its inputs' artifacts in ``known``) with the library function its command calls; returns the
-    paths written."""
-    if job.kind == "search" and job.scheme == "structured":
-        return structured_stage.structured_search(plan.task, job.seed, levels=plan.levels, train=plan.train,
-                                                  data=replace(plan.data, eval_files=[]), run=plan.run)
-    if job.kind == "search":
-        priors = ["none"] if job.scheme == "active" and not job.priors else [str(known[p][0]) for p in job.priors]
-        return [imp.search(plan.task, job.seed, policy=job.scheme, sparsity=plan.sparsity,
-                           prune_step=plan.prune_step, l1=plan.l1, priors=priors, train=plan.search_train,
-                           data=replace(plan.data, eval_files=[]), run=plan.run)]  # as `search` takes it
-    if job.kind == "teacher":  # `ensemble --combine probs --out OUT` of the members' outputs on the training file
-        ens = ensemble_stage.ensemble(_teacher_members(job, known), "probs")
-        return [ensemble_stage.write_ensemble(ens, plan.run.out)]
-    return finetune_stage.finetune(
-        plan.task, job.seed, mask=str(known[job.mask][job.mask_index]) if job.mask else None,
-        bagging=_bagging(plan, job), train=plan.train, data=plan.teacher_data if job.scores_train else plan.data,
-        run=plan.run, distill=_distill(plan, job, known))
 
 
 class job_lock:
