@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.analysis.grouping import headline_scorer
+from ticketctl.analysis.grouping import headline_scorer, seeds_of
 from ticketctl.analysis.members import load_ensemble_members
 from ticketctl.analysis.significance import budget_interval, compare, pairing, protocol_scores
 from ticketctl.errors import InputError
@@ -49,8 +49,7 @@ def distillation(plan, members: dict[str, list[Path]]) -> dict | None:
     mem = loaded.in_seed_order(list(range(len(mine))))
     stu = loaded.in_seed_order(list(range(len(mine), len(mine) + len(theirs))))
     scorer = headline_scorer(loaded, "probs")
-    seeds = [str(a.meta.get("seed", "?")) for a in loaded.arts]
-    paired = pairing([seeds[i] for i in mem], [seeds[i] for i in stu])
+    paired = pairing(seeds_of(loaded, mem), seeds_of(loaded, stu))
     k, groups = plan.k, plan.groups
     member = float(protocol_scores(scorer, mem, 1, 1).mean())
     taught = protocol_scores(scorer, stu, 1, 1)
