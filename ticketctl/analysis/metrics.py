@@ -27,6 +27,8 @@ from ticketctl.data.tasks import metric as prediction_metric
 from ticketctl.errors import UsageError
 
 ECE_BINS = 15  # Guo et al. (2017)
+NEWTON_TOL = 1e-4  # a fit stops after a step below this fraction of beta: measured within 1e-8 of a fit to 1e-9
+SUBSAMPLE_START = 50  # temperature fits start on every 8th example where that leaves at least this many
 FOLDS = 5  # cross-fitting folds for the temperature and the regression noise variance
 EPS = 1e-12  # probabilities are clipped here before a log: a member that gives the gold class 0 costs -log(1e-12)
 
@@ -47,6 +49,8 @@ def _top(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(max, argmax) over the last (class) axis; a tie goes to the lower class, as argmax does."""
     if a.shape[-1] > 8:
         return a.max(axis=-1), a.argmax(axis=-1)
+    if a.shape[-1] == 2:
+        return np.maximum(a[..., 0], a[..., 1]), (a[..., 1] > a[..., 0]).astype(np.int64)
     best, arg = a[..., 0].copy(), np.zeros(a.shape[:-1], dtype=np.int64)
     for j in range(1, a.shape[-1]):
         better = a[..., j] > best
@@ -151,7 +155,13 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def _gold_prob(probs: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """The gold class's entry of each example: (..., n, C), (n,) -> (..., n)."""
     gold = np.asarray(gold, dtype=np.int64)
+    if probs.shape[-1] <= 8 and gold.ndim == 1:  # class by class: several times faster than a gather
+        out = probs[..., 0].copy()
+        for j in range(1, probs.shape[-1]):
+            np.copyto(out, probs[..., j], where=gold == j)
+        return out
     idx = np.broadcast_to(gold, probs.shape[:-1])[..., None]
     return np.take_along_axis(probs, idx, axis=-1)[..., 0]
 
@@ -183,32 +193,50 @@ def _binned_gap(confidence: np.ndarray, correct: np.ndarray, bin_of: np.ndarray,
     return (np.abs(gap).reshape(len(conf), bins).sum(axis=-1) / n).reshape(lead)
 
 
+def _ece_of(conf: np.ndarray, correct: np.ndarray, bins: int) -> np.ndarray:
+    """ECE of top-label confidences and correctness (..., n) in ``bins`` equal-width bins (:func:`ece`)."""
+    if bins < 1:
+        raise UsageError(f"--ece-bins {bins}: needs at least 1 bin")
+    return _binned_gap(conf, correct, np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1), bins)
+
+
 def ece(probs: np.ndarray, gold: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
     """Expected calibration error (Naeini et al., 2015; Guo et al., 2017): top-label confidence in ``bins`` equal-width
     bins of [0, 1] (bin i holds (i/B, (i+1)/B], the first also 0), sum over bins of |bin|/n * |accuracy - mean
     confidence|. probs (..., n, C), gold (n,) -> (...). Raises UsageError for bins < 1."""
-    if bins < 1:
-        raise UsageError(f"--ece-bins {bins}: needs at least 1 bin")
     conf, top = _top(np.asarray(probs, dtype=np.float64))
-    correct = top == np.asarray(gold)
-    bin_of = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    return _binned_gap(conf, correct, bin_of, bins)
+    return _ece_of(conf, top == np.asarray(gold), bins)
 
 
 def adaptive_ece(probs: np.ndarray, gold: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
     """Adaptive (equal-mass) ECE (Nixon et al., 2019): the examples sorted by top-label confidence and cut into
     ``bins`` bins of as equal size as possible (sizes differ by at most one; example of rank r goes to bin
     floor(r * B / n)), then as :func:`ece`. (..., n, C), (n,) -> (...)."""
+    conf, top = _top(np.asarray(probs, dtype=np.float64))
+    return _adaptive_gap(conf, top == np.asarray(gold), stable_argsort(conf), bins)
+
+
+def _adaptive_gap(conf: np.ndarray, correct: np.ndarray, order: np.ndarray, bins: int) -> np.ndarray:
+    """Adaptive ECE of confidences (..., n) whose ascending order (ties in example order) is ``order``."""
     if bins < 1:
         raise UsageError(f"--ece-bins {bins}: needs at least 1 bin")
-    conf, top = _top(np.asarray(probs, dtype=np.float64))
-    correct = top == np.asarray(gold)
     n = conf.shape[-1]
-    order = np.argsort(conf, axis=-1, kind="stable")
     rank_bin = (np.arange(n) * bins) // n
     bin_of = np.empty(conf.shape, dtype=np.int64)
     np.put_along_axis(bin_of, order, np.broadcast_to(rank_bin, conf.shape), axis=-1)
     return _binned_gap(conf, correct, bin_of, bins)
+
+
+def stable_argsort(key: np.ndarray) -> np.ndarray:
+    """``np.argsort(key, axis=-1, kind="stable")`` (ties in index order), faster: an unstable sort first, and a
+    stable one again only for the rows where two keys are equal. (..., n) -> (..., n) int64."""
+    key = np.asarray(key)
+    order = np.argsort(key, axis=-1)
+    ordered = np.take_along_axis(key, order, axis=-1)
+    tied = np.any(ordered[..., 1:] == ordered[..., :-1], axis=-1)
+    if np.any(tied):
+        order[tied] = np.argsort(key[tied], axis=-1, kind="stable")
+    return order
 
 
 def aurc(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -216,11 +244,14 @@ def aurc(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
     confidence; at coverage i/n the risk is the error rate of the i accepted; AURC is the mean of those n risks.
     Ties in confidence are broken by example order (stable sort). confidence, correct (..., n) -> (...)."""
     conf = np.asarray(confidence, dtype=np.float64)
-    err = 1.0 - np.asarray(correct, dtype=np.float64)
-    order = np.argsort(-conf, axis=-1, kind="stable")
-    errs = np.take_along_axis(np.broadcast_to(err, conf.shape), order, axis=-1)
-    n = conf.shape[-1]
-    return (np.cumsum(errs, axis=-1) / np.arange(1, n + 1)).mean(axis=-1)
+    return _curve_area(np.broadcast_to(np.asarray(correct), conf.shape), stable_argsort(-conf))
+
+
+def _curve_area(correct: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """AURC of examples accepted in ``order`` (..., n)."""
+    err = 1.0 - np.take_along_axis(np.asarray(correct, dtype=np.float64), order, axis=-1)
+    n = err.shape[-1]
+    return (np.cumsum(err, axis=-1) / np.arange(1, n + 1)).mean(axis=-1)
 
 
 def oracle_aurc(correct: np.ndarray) -> np.ndarray:
@@ -303,8 +334,7 @@ def fit_temperature(log_probs: np.ndarray, gold: np.ndarray, weights: np.ndarray
         var = ez2 - ez**2
         grad = (w * (ez - zy)).sum(axis=-1) / total
         hess = (w * var).sum(axis=-1) / total
-        step = np.where(hess > 1e-12, grad / np.where(hess > 1e-12, hess, 1.0), np.sign(grad) * 0.5)
-        new = np.clip(beta - np.clip(step, -beta / 2, beta), 1e-3, 1e3)  # at most halve or double per step
+        new = _newton(beta, grad, hess)
         done = np.all(np.abs(new - beta) <= 1e-9 * beta)
         beta = new
         if done:  # Newton converges quadratically from beta = 1: a handful of steps in practice
@@ -317,24 +347,155 @@ def fold_of(n: int, folds: int) -> np.ndarray:
     return np.arange(n) % folds
 
 
+def _shifted(log_probs: np.ndarray, gold: np.ndarray):
+    """``log_probs`` (..., n, C) shifted so that each example's largest is 0: (the shifted values (..., n, C), the
+    C - 1 columns of each example's other classes (a list of (..., n), all <= 0, in no particular order), the top
+    class (..., n), the gold class's shifted value (..., n)). With beta > 0 the largest of beta * z is 0 as well, so
+    softmax(beta z) needs no further shift and its top-label probability is 1 / (1 + sum_others exp(beta z))."""
+    z = np.asarray(log_probs, dtype=np.float64)
+    top_value, top = _top(z)
+    z = z - top_value[..., None]
+    if z.shape[-1] == 2:
+        others = [-np.abs(z[..., 0] - z[..., 1])]
+    else:
+        others = list(np.moveaxis(np.sort(z, axis=-1)[..., :-1], -1, 0))
+    return z, others, top, _gold_prob(z, gold)
+
+
+def _moments(beta: np.ndarray, others: list[np.ndarray], third: bool = False):
+    """For softmax(beta z) of shifted values given by the other classes' columns (:func:`_shifted`): (E[z], Var[z],
+    the third central moment or None), each (..., n); ``beta`` broadcasts against (..., n). The derivatives in beta
+    of an example's NLL log(1 + sum_others exp(beta z)) - beta z_y are E[z] - z_y, Var[z] and the third central
+    moment."""
+    norm = m1 = m2 = m3 = None
+    for d in others:
+        e = beta * d
+        np.exp(e, out=e)
+        ed = e * d
+        ed2 = ed * d
+        if norm is None:
+            norm, m1, m2, m3 = e + 1.0, ed, ed2, ed2 * d if third else None
+        else:
+            norm += e
+            m1 += ed
+            m2 += ed2
+            if third:
+                m3 += ed2 * d
+    m1 /= norm
+    m2 /= norm
+    var = m2 - m1 * m1
+    if third:
+        m3 /= norm
+        m3 = m3 - 3 * m1 * m2 + 2 * m1**3
+    return m1, var, m3
+
+
+def _log_normaliser(beta: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    """log(1 + sum_others exp(beta z)) (..., n): the log-sum-exp of beta times the shifted values."""
+    total = None
+    for d in others:
+        e = beta * d
+        np.exp(e, out=e)
+        total = e if total is None else total + e
+    return np.log1p(total)
+
+
+Block = tuple[list[np.ndarray], np.ndarray]  # one fold's (other classes' shifted columns, gold's), rows (R, n_f)
+
+
+def _fitted_betas(cols: list[np.ndarray], zy: np.ndarray, folds: int, steps: int = 30):
+    """1/T of the temperature fitted on all examples (Newton's method, as :func:`fit_temperature`), and of each
+    fold's cross-fitting temperature (fitted on the other folds): (...), (..., folds). ``cols``, ``zy``: the shifted
+    values of :func:`_shifted`, (..., n).
+
+    The full fit starts from beta = 1 on every 8th example of each fold (when n >= ``8 * SUBSAMPLE_START``) and
+    finishes on all, stopping once a step is below ``NEWTON_TOL`` beta (Newton's method converges quadratically:
+    the error left after such a step is of the order of its square). The fold fits start where the full fit ends:
+    the NLL of the other folds differs from the full NLL by one fold's terms, so its minimum is usually a small step
+    away, predicted from the full fit's per-fold first, second and third derivatives (the nearer root of the
+    second-order expansion of the leave-fold-out gradient); Newton's method on the other folds goes on from there
+    to the same tolerance. Only the fits still moving are computed, each fold's examples are gathered once.
+    Temperatures within 1e-8 (relative) of separate fits run to 1e-9 (``tests/test_metrics.py``)."""
+    lead, n = zy.shape[:-1], zy.shape[-1]
+    cols = [col.reshape(-1, n) for col in cols]
+    zy = zy.reshape(-1, n)
+    blocks = [([c[:, f::folds] for c in cols], zy[:, f::folds]) for f in range(max(folds, 1))]
+    beta = np.ones(len(zy))
+    if n >= 8 * SUBSAMPLE_START:  # most of Newton's way on every 8th example, the last steps on all
+        beta = _newton_fit(beta, [([c[:, ::8] for c in d], y[:, ::8]) for d, y in blocks], steps, 1e-3)
+    beta = _newton_fit(beta, blocks, steps, NEWTON_TOL)
+    if folds < 2:
+        return beta.reshape(lead), beta.reshape(lead + (1,))
+    per_fold = [_moments(beta[:, None], d, third=True) + (y,) for d, y in blocks]
+    g = np.stack([(m1 - y).sum(-1) for m1, _, _, y in per_fold], axis=-1)
+    h = np.stack([var.sum(-1) for _, var, _, _ in per_fold], axis=-1)
+    t = np.stack([m3.sum(-1) for _, _, m3, _ in per_fold], axis=-1)
+    g_out, h_out, t_out = g.sum(-1, keepdims=True) - g, h.sum(-1, keepdims=True) - h, t.sum(-1, keepdims=True) - t
+    disc = np.maximum(h_out * h_out - 2 * t_out * g_out, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(h_out > 1e-12, -2 * g_out / (h_out + np.sqrt(disc)), 0.0)
+    start = np.clip(beta[:, None] + np.clip(step, -beta[:, None] / 2, beta[:, None]), 1e-3, 1e3)
+    fold_beta = np.stack([_newton_fit(start[:, f], blocks[:f] + blocks[f + 1:], steps, NEWTON_TOL)
+                          for f in range(folds)], axis=-1)
+    return beta.reshape(lead), fold_beta.reshape(lead + (folds,))
+
+
+def _newton_fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float) -> np.ndarray:
+    """Guarded Newton's method on each row's beta (R,) for the NLL of the examples of ``blocks``; a row stops once
+    its step is at most ``tol * beta``; at most ``steps`` steps. Only the rows still moving are computed."""
+    beta = beta.copy()
+    active = None  # all rows
+    for _ in range(steps):
+        rows = beta if active is None else beta[active]
+        grad = hess = 0.0
+        for others, zy in blocks:
+            if active is not None:
+                others, zy = [d[active] for d in others], zy[active]
+            m1, var, _ = _moments(rows[:, None], others)
+            grad, hess = grad + (m1 - zy).sum(axis=-1), hess + var.sum(axis=-1)
+        new = _newton(rows, grad, hess)
+        moving = np.abs(new - rows) > tol * rows
+        if active is None:
+            beta, active = new, np.flatnonzero(moving)
+        else:
+            beta[active], active = new, active[moving]
+        if not len(active):
+            break
+    return beta
+
+
+def _newton(beta: np.ndarray, grad: np.ndarray, hess: np.ndarray) -> np.ndarray:
+    """One guarded Newton step on beta: at most halve or double, kept in [1e-3, 1e3]."""
+    step = np.where(hess > 1e-12, grad / np.where(hess > 1e-12, hess, 1.0), np.sign(grad) * 0.5)
+    return np.clip(beta - np.clip(step, -beta / 2, beta), 1e-3, 1e3)
+
+
+def _scaled_terms(log_probs: np.ndarray, gold: np.ndarray, folds: int):
+    """Cross-fitted temperature scaling of ``log_probs`` (..., n, C) in the terms the metrics need: (the scaled
+    log-probability of the gold class (..., n), the scaled top-label probability (..., n), the top class (..., n),
+    the full fit's beta (...), the per-example beta (..., n), the shifted values (..., n, C))."""
+    z, others, top, zy = _shifted(log_probs, gold)
+    beta, fold_beta = _fitted_betas(others, zy, folds)
+    per_example = fold_beta[..., fold_of(zy.shape[-1], folds)]
+    log_norm = _log_normaliser(per_example, others)
+    return per_example * zy - log_norm, np.exp(-log_norm), top, beta, per_example, z
+
+
+def _check_folds(n: int, folds: int) -> None:
+    if folds < 2 or n < 2 * folds:
+        raise UsageError(f"temperature scaling cross-fits over {folds} folds: needs at least {2 * folds} examples")
+
+
 def cross_fitted_scaling(log_probs: np.ndarray, gold: np.ndarray, folds: int = FOLDS, reported: bool = True):
     """Temperature-scaled probabilities where each example's temperature was fitted on the other folds only (so no
     scored example fits its own temperature; Ashukha et al., 2020 compare methods after this). log_probs (..., n, C)
     -> (scaled probs (..., n, C), the temperature fitted on all examples (...), reported; None with ``reported``
-    False, which saves that fit where only the scaled probabilities are wanted). Raises UsageError when
-    n < 2 * folds."""
+    False). Raises UsageError when n < 2 * folds."""
     z = np.asarray(log_probs, dtype=np.float64)
-    n = z.shape[-2]
-    if folds < 2 or n < 2 * folds:
-        raise UsageError(f"temperature scaling cross-fits over {folds} folds: needs at least {2 * folds} examples")
-    fold = fold_of(n, folds)
-    scaled = np.empty_like(z)
-    for f in range(folds):
-        t = fit_temperature(z, gold, (fold != f).astype(np.float64))
-        s = z[..., fold == f, :] / t[..., None, None]
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
-        scaled[..., fold == f, :] = s / s.sum(axis=-1, keepdims=True)
-    return scaled, fit_temperature(z, gold) if reported else None
+    _check_folds(z.shape[-2], folds)
+    _, _, _, beta, per_example, shifted = _scaled_terms(z, gold, folds)
+    e = np.exp(per_example[..., None] * shifted)
+    return e / e.sum(axis=-1, keepdims=True), 1.0 / beta if reported else None
 
 
 # ---------------------------------------------------------------------------------------------- regression
@@ -366,95 +527,126 @@ for _name in _PREDICTION_METRICS:  # the task metrics of predictions: ticketctl.
         lambda c, gold, o, _n=_name: prediction_metric(_n, c.predictions, gold))
 
 
+def _memo(c: Combined, key: str, gold, compute):
+    """``compute()`` once per ensemble batch ``c`` and gold labels: the metrics of one batch share their sorts, fits
+    and derived arrays (held on ``c`` itself, so they go with it)."""
+    store = c.__dict__.setdefault("_memo", {})
+    entry = store.get(key)
+    if entry is None or entry[0] is not gold:
+        entry = store[key] = (gold, compute())
+    return entry[1]
+
+
+def _confidence_correct(c: Combined, gold):
+    """Top-label probability and whether the top class is the gold one, (..., n) each."""
+    def compute():
+        conf, top = _top(c.probs)
+        return conf, top == np.asarray(gold)
+    return _memo(c, "confidence", gold, compute)
+
+
+def _gold_p(c: Combined, gold):
+    return _memo(c, "gold_prob", gold, lambda: _gold_prob(c.probs, gold))
+
+
+def _gold_log_prob(c: Combined, gold):
+    return _memo(c, "gold_log_prob", gold, lambda: np.log(np.clip(_gold_p(c, gold), EPS, None)))
+
+
+def _scaled(c: Combined, gold, o: Options):
+    """Cross-fitted temperature scaling of the ensemble's probabilities: (scaled gold log-probability, scaled
+    top-label probability, top class, full-fit beta), shared by ts_nll, ts_ece and temperature."""
+    def compute():
+        _check_folds(c.probs.shape[-2], o.folds)
+        log_gold, conf, top, beta, _, _ = _scaled_terms(np.log(np.clip(c.probs, EPS, None)), gold, o.folds)
+        return log_gold, conf, top, beta
+    return _memo(c, f"scaled{o.folds}", gold, compute)
+
+
+def _order(c: Combined, gold, descending: bool):
+    """Each row's examples by top-label confidence, ties in example order: ascending for adaptive ECE, descending
+    for the risk-coverage curve."""
+    def compute():
+        conf = _confidence_correct(c, gold)[0]
+        if not descending:
+            return stable_argsort(conf)
+        order = _order(c, gold, False)[..., ::-1].copy()  # descending, but equal keys in reverse example order
+        ordered = np.take_along_axis(conf, order, axis=-1)
+        tied = np.any(ordered[..., 1:] == ordered[..., :-1], axis=-1)
+        if np.any(tied):
+            order[tied] = np.argsort(-conf[tied], axis=-1, kind="stable")
+        return order
+    return _memo(c, f"order{int(descending)}", gold, compute)
+
+
 @register("nll", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Lakshminarayanan et al. (2017); Ovadia et al. (2019)")
 def _nll(c, gold, o):
-    return nll(c.probs, gold)
+    return -_gold_log_prob(c, gold).mean(axis=-1)
 
 
 @register("brier", higher_is_better=False, kind="classification", combines=PROBABILISTIC, source="Brier (1950)")
 def _brier(c, gold, o):
-    return brier(c.probs, gold)
+    # sum_j (p_j - [j = y])^2 = sum_j p_j^2 - 2 p_y + 1
+    p = c.probs
+    return (_csum(p * p) - 2 * _gold_p(c, gold) + 1.0).mean(axis=-1)
 
 
 @register("ece", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Naeini et al. (2015); Guo et al. (2017)")
 def _ece(c, gold, o):
-    return ece(c.probs, gold, o.ece_bins)
+    return _ece_of(*_confidence_correct(c, gold), o.ece_bins)
 
 
 @register("adaptive_ece", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Nixon et al. (2019)")
 def _adaptive_ece(c, gold, o):
-    return adaptive_ece(c.probs, gold, o.ece_bins)
-
-
-def _same(key, cached) -> bool:
-    """Whether a cache entry was made for these very objects (held by the entry, so their ids cannot be reused)."""
-    return cached is not None and len(key) == len(cached) and all(a is b for a, b in zip(key, cached))
-
-
-_SCALED: list = [None, None]  # the last (inputs, result) of _scaled: ts_nll and ts_ece of one ensemble share a fit
-
-
-def _scaled(c, gold, o):
-    key = (c.probs, gold, o)
-    if not _same(key, _SCALED[0]):
-        _SCALED[:] = [key, cross_fitted_scaling(np.log(np.clip(c.probs, EPS, None)), gold, o.folds, False)]
-    return _SCALED[1]
+    conf, correct = _confidence_correct(c, gold)
+    return _adaptive_gap(conf, correct, _order(c, gold, False), o.ece_bins)
 
 
 @register("temperature", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
           source="Guo et al. (2017)")
 def _temperature(c, gold, o):
-    return fit_temperature(np.log(np.clip(c.probs, EPS, None)), gold)
+    return 1.0 / _scaled(c, gold, o)[3]
 
 
 @register("ts_nll", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Ashukha et al. (2020)")
 def _ts_nll(c, gold, o):
-    return nll(_scaled(c, gold, o)[0], gold)
+    return -_scaled(c, gold, o)[0].mean(axis=-1)
 
 
 @register("ts_ece", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Guo et al. (2017); Ashukha et al. (2020)")
 def _ts_ece(c, gold, o):
-    return ece(_scaled(c, gold, o)[0], gold, o.ece_bins)
+    _, conf, top, _ = _scaled(c, gold, o)
+    return _ece_of(conf, top == np.asarray(gold), o.ece_bins)
 
 
-def _confidence_correct(c, gold):
-    conf, top = _top(c.probs)
-    return conf, top == np.asarray(gold)
-
-
-_AURC: list = [None, None]  # the last (key, (aurc, correct)): aurc and eaurc of one ensemble share a sort
-
-
-def _aurc_and_correct(c, gold):
-    key = (c.probs, gold)
-    if not _same(key, _AURC[0]):
-        conf, correct = _confidence_correct(c, gold)
-        _AURC[:] = [key, (aurc(conf, correct), correct)]
-    return _AURC[1]
+def _aurc_of(c, gold):
+    def compute():
+        correct = _confidence_correct(c, gold)[1]
+        return _curve_area(correct, _order(c, gold, True))
+    return _memo(c, "aurc", gold, compute)
 
 
 @register("aurc", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Geifman & El-Yaniv (2017)")
 def _aurc(c, gold, o):
-    return _aurc_and_correct(c, gold)[0]
+    return _aurc_of(c, gold)
 
 
 @register("eaurc", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Geifman et al. (2019)")
 def _eaurc(c, gold, o):
-    value, correct = _aurc_and_correct(c, gold)
-    return value - oracle_aurc(correct)
+    return _aurc_of(c, gold) - oracle_aurc(_confidence_correct(c, gold)[1])
 
 
 @register("total_entropy", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
           source="Depeweg et al. (2018); Malinin & Gales (2018)")
 def _total_entropy(c, gold, o):
-    return entropy(c.member_probs_mean).mean(axis=-1)
+    return _memo(c, "total_entropy", None, lambda: entropy(c.member_probs_mean).mean(axis=-1))
 
 
 @register("expected_entropy", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
@@ -559,8 +751,10 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
                 pred = (shares + 1e-4 * mean).argmax(-1)
             else:
                 probs = mean if combine == "probs" else softmax((w @ logits).reshape(len(w), n, c))
-                pred = _top(probs)[1]
+                conf, pred = _top(probs)
             combined = Combined(pred, probs, mean, w @ member_entropy)
+            if probs is not None:
+                combined.__dict__["_memo"] = {"confidence": (labels, (conf, pred == np.asarray(labels)))}
         for name, v in evaluate(names, combined, labels, options).items():
             parts[name].append(np.atleast_1d(v))
     return {name: np.concatenate(v) for name, v in parts.items()}
