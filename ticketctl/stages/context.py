@@ -36,9 +36,10 @@ from ticketctl.train.seeds import CPU_STREAM
 @dataclass(frozen=True)
 class StageSpec:
     """What every stage's spec holds besides its own fields (``finetune.FinetuneSpec``, ``imp.SearchSpec``,
-    ``structured.StructuredSpec``, ``share.ShareSpec``): the option dataclasses of ``ticketctl.hparams``, keyword-only, None standing for their
-    defaults (the library functions accept None). A spec is frozen: what a run is asked to do does not change while
-    it runs; a subclass normalises its own fields in ``__post_init__`` through :meth:`_set`, after calling this one.
+    ``structured.StructuredSpec``, ``share.ShareSpec``): the option dataclasses of ``ticketctl.hparams``,
+    keyword-only, None standing for their defaults (the library functions accept None). A spec is frozen: what a run
+    is asked to do does not change while it runs; a subclass normalises its own fields in ``__post_init__`` through
+    :meth:`_set`, after calling this one.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig, kw_only=True)
