@@ -223,7 +223,7 @@ def run_reference(folder, split, keep, steps, warmup, batch_size, lr):
 
 def time_search_vs_finetunes(folder, split, precision):
     """A 3-round search on a small subset against 3 x the same training, with the same process set-up."""
-    from ticketctl.stages.finetune import finetune_context
+    from ticketctl.stages.finetune import FinetuneSpec, run_context
     from ticketctl.stages.imp import SearchSpec, search_context
     from ticketctl.log import Log
     from ticketctl.stages.context import Context
@@ -243,7 +243,7 @@ def time_search_vs_finetunes(folder, split, precision):
     for seed in range(3):
         with tempfile.TemporaryDirectory() as out:
             t = time.perf_counter()
-            finetune_context(ctx, cfg, torch.device("cpu"), seed, Path(out))
+            run_context(FinetuneSpec(task.name, seed, run=RunOptions(out=Path(out))), ctx, cfg, torch.device("cpu"))
             ft.append(time.perf_counter() - t)
     return {"search_seconds": search_s, "finetune_seconds": ft, "rounds": 3}
 

@@ -179,6 +179,10 @@ def test_stsb_regression(cli, tiny_args, tmp_path):
     (["finetune", "--task", "mrpc", "--precision", "fp8"], 2, "--precision"),
     (["search", "--task", "mrpc", "--threads", "0"], 2, "--threads must be >= 1"),
     (["finetune", "--task", "mrpc", "--max-length", "200"], 2, "longer than the model takes (128"),
+    (["finetune", "--task", "mrpc", "--save-model", "m", "--train-fraction", "0.5,1"], 2,
+     "--save-model takes a single --train-fraction"),
+    (["finetune", "--task", "mrpc", "--bagging", "0.5", "--train-fraction", "0.5"], 2, "both subsample"),
+    (["finetune", "--task", "mrpc", "--distill-alpha", "0.2"], 2, "need --teacher"),
 ])
 def test_bad_input_is_one_line_and_exit_code(cli, tiny_args, tmp_path, args, code, message):
     got, out, err = cli(*args, "--out", tmp_path, *tiny_args)
@@ -187,6 +191,24 @@ def test_bad_input_is_one_line_and_exit_code(cli, tiny_args, tmp_path, args, cod
     assert err.count("\n") == 1 and err.startswith("ticketctl: error: ")
     assert out == ""
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_predict_spec_refuses_what_cannot_run_before_reading_a_member(cli, tmp_path):
+    """``PredictSpec`` (#32): member folders kept as a tuple of paths, RunOptions' defaults for None, and its
+    checks run before any member folder is read (the folders here do not exist)."""
+    from ticketctl.errors import UsageError
+    from ticketctl.hparams import RunOptions
+    from ticketctl.stages.predict import PredictSpec, run_predict
+
+    spec = PredictSpec("x.tsv", ["m1", tmp_path / "m2"], run=None)
+    assert spec.model_dirs == (Path("m1"), tmp_path / "m2") and spec.run == RunOptions()
+    for bad, message in ((PredictSpec("x.tsv", []), "give at least one --model-dir"),
+                         (PredictSpec("x.tsv", ["missing"], batch_size=0), "--batch-size must be > 0")):
+        with pytest.raises(UsageError, match=message):
+            run_predict(bad)
+    code, out, err = cli("predict", tmp_path / "x.tsv", "--model-dir", tmp_path / "missing", "--batch-size", "0",
+                         "--out", tmp_path)
+    assert (code, out, err) == (2, "", "ticketctl: error: --batch-size must be > 0\n")
 
 
 def test_mask_of_another_model_is_refused(cli, tiny_args, tmp_path, tiny_model, glue_dir):

@@ -236,6 +236,35 @@ def test_run_identity_names_a_finetune(mrpc):
         "mrpc-logits-dev-dense-s2-bd43dede78.safetensors"
 
 
+def test_a_finetune_spec_plans_the_paths_its_run_writes(mrpc, tmp_path):
+    """One ``FinetuneSpec`` (#32): the planner's ``targets`` (no training) are the paths ``run_context`` writes, named
+    as pinned above, for a dense member and for one started from a saved member's encoder (``--init``, whose folder's
+    fingerprint enters the name); numbers and paths given as strings name the same run."""
+    from dataclasses import replace
+
+    import torch
+
+    from ticketctl.hparams import RunOptions
+    from ticketctl.stages import finetune
+
+    ctx, cfg = mrpc()
+    run = RunOptions(out=tmp_path / "runs", quiet=True)
+    dense = finetune.FinetuneSpec("mrpc", 1, run=run, save_model=tmp_path / "member")
+    assert dense == finetune.FinetuneSpec("mrpc", 1, bagging="1", train_fraction=1, save_model=str(tmp_path / "member"),
+                                          run=run)
+    planned = finetune.targets(dense, ctx, cfg)
+    assert planned == [tmp_path / "runs" / "mrpc-logits-dev-dense-s1-a9c3687337.safetensors"]
+    assert finetune.run_context(dense, ctx, cfg, torch.device("cpu")) == planned
+    transfer = replace(dense, seed=2, init=tmp_path / "member", train_fraction="0.5", save_model=None)
+    assert transfer.init == str(tmp_path / "member") and transfer.train_fraction == 0.5
+    planned = finetune.targets(transfer, ctx, cfg)
+    assert planned[0].name.startswith("mrpc-logits-dev-init-s2-")
+    assert finetune.run_context(transfer, ctx, cfg, torch.device("cpu")) == planned
+    assert read_artifact(planned[0]).meta["init_model"] == str(tmp_path / "member")
+    with pytest.raises(ValueError, match="differ in more than their training fraction"):  # one context for all
+        finetune.run_finetunes([dense, replace(dense, seed=3, train_fraction=0.5)])
+
+
 def test_run_identity_names_an_imp_search(mrpc):
     from ticketctl.store.identity import SEARCH_DEFAULTS
 

@@ -51,11 +51,11 @@ def finetune(
     Prints one logits artifact path per evaluation split (dev, then each --eval-file).
     """
     from ticketctl.data.sampling import parse_fractions
-    from ticketctl.stages.finetune import finetune as run_finetune
+    from ticketctl.stages.finetune import FinetuneSpec, run_finetunes
 
-    print_paths(run_finetune(task, seed, mask=mask, bagging=bagging, init=init, save_model=save_model,
-                             train_fraction=parse_fractions(train_fraction), train=train, data=data, run=run,
-                             distill=distill))
+    print_paths(run_finetunes([FinetuneSpec(task, seed, mask=mask, bagging=bagging, init=init, train_fraction=f,
+                                            save_model=save_model, train=train, data=data, run=run, distill=distill)
+                               for f in parse_fractions(train_fraction)]))
 
 
 @app.command()
@@ -189,11 +189,11 @@ def predict(
 
     Prints the artifact paths, or with --ensemble (and no --output) the predictions.
     """
-    from ticketctl.stages.predict import predict as run_predict
+    from ticketctl.stages.predict import PredictSpec, run_predict
 
     if output is not None and not ensemble:
         raise UsageError("--output belongs to --ensemble")
-    written = run_predict(data_file, model_dir, batch_size=batch_size, split=split, run=run)
+    written = run_predict(PredictSpec(data_file, model_dir, batch_size=batch_size, split=split, run=run))
     if not ensemble:
         print_paths(written)
         return

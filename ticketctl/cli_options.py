@@ -49,7 +49,8 @@ def options(**groups: type):
                 meta = f.metadata
                 decls = []  # Typer's own flag from the name (a bool gets --x / --no-x) unless the field names one
                 if meta.get("flag") or meta.get("short"):
-                    decls = [meta.get("flag") or "--" + f.name.replace("_", "-")] + [meta["short"]] * bool(meta["short"])
+                    decls = ([meta.get("flag") or "--" + f.name.replace("_", "-")]
+                             + [meta["short"]] * bool(meta["short"]))
                 default = None if f.default is dataclasses.MISSING else f.default
                 extra = {"autocompletion": choices(*meta["choices"])} if meta.get("choices") else {}
                 if meta.get("metavar"):

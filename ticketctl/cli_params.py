@@ -19,8 +19,8 @@ from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 Version = Annotated[bool, typer.Option("--version", callback=print_version, is_eager=True,
                                        help="Print ticketctl's version and exit.")]
 Task = Annotated[Optional[str], typer.Option(
-    "--task", "-t", autocompletion=choices(*TASKS), help=f"GLUE task: {', '.join(TASKS)}; with --train-file or --dataset, "
-    "the name of your task.")]
+    "--task", "-t", autocompletion=choices(*TASKS),
+    help=f"GLUE task: {', '.join(TASKS)}; with --train-file or --dataset, the name of your task.")]
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
 TrainFraction = Annotated[float, typer.Option(
     help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")]
@@ -32,7 +32,8 @@ SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_spli
 Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]
 Format = Annotated[str, typer.Option("--format", "-f", autocompletion=choices("table", "tsv", "json", "markdown"),
                                      help="table | tsv | json | markdown.")]
-Combine = Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"), help="How classification members are averaged: probs | logits | vote.")]
+Combine = Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"),
+                                      help="How classification members are averaged: probs | logits | vote.")]
 
 # ---------------------------------------------------------------------------------------------- per command
 
@@ -69,9 +70,10 @@ SearchDiversity = Annotated[Optional[float], typer.Option(
         help="structured --policy perturbed: sigma of the log-normal noise on the importance scores (default 0.5); "
         "active: weight of the earlier members' drops (default 1.0).")]
 SearchPrior = Annotated[Optional[list[str]], typer.Option(
-        "--prior", help="Earlier members' masks for --policy active (repeatable; - reads paths from stdin; none for the "
-        "first member, which is plain IMP recorded as active).")]
-ShareTask = Annotated[list[str], typer.Option("--task", "-t", help="A task to train on (repeat: --task rte --task mrpc).")]
+        "--prior", help="Earlier members' masks for --policy active (repeatable; - reads paths from stdin; none for "
+        "the first member, which is plain IMP recorded as active).")]
+ShareTask = Annotated[list[str], typer.Option("--task", "-t",
+                                              help="A task to train on (repeat: --task rte --task mrpc).")]
 ShareMask = Annotated[Optional[list[str]], typer.Option(
         help="The structured mask of each --task, in the same order (repeat). None: dense multi-task baseline.")]
 ShareSampling = Annotated[str, typer.Option(autocompletion=choices("proportional", "equal"),
@@ -87,8 +89,11 @@ PredictEnsemble = Annotated[bool, typer.Option(
         help="Also average the members and print id<TAB>prediction<TAB>p_<label>... and, for classification, "
         "total_entropy<TAB>mutual_information (nats: the row's uncertainty and the members' disagreement) (to "
         "--output FILE if given).")]
-PredictOutput = Annotated[Optional[Path], typer.Option(help="With --ensemble: write the predictions here, not to stdout.")]
-PredictCombine = Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"), help="How --ensemble averages classification members: probs | logits | vote.")]
+PredictOutput = Annotated[Optional[Path], typer.Option(
+    help="With --ensemble: write the predictions here, not to stdout.")]
+PredictCombine = Annotated[str, typer.Option(autocompletion=choices("probs", "logits", "vote"),
+                                             help="How --ensemble averages classification members: probs | logits | "
+                                             "vote.")]
 PredictBatchSize = Annotated[int, typer.Option(help="Examples per forward pass.")]
 PredictSplit = Annotated[Optional[str], typer.Option(help="Split name in the artifacts (default: the file's stem).")]
 ConvertSource = Annotated[Path, typer.Argument(help="A ticketctl mask artifact, or a file of torch prune '*_mask' "
@@ -96,8 +101,8 @@ ConvertSource = Annotated[Path, typer.Argument(help="A ticketctl mask artifact, 
 ConvertTarget = Annotated[Path, typer.Argument(help="Where to write: torch prune masks (.safetensors or .pt), or the "
                                                 "ticketctl mask artifact (.safetensors).")]
 ConvertModel = Annotated[Optional[str], typer.Option(help="The model the masks are for (import; a structured export "
-                                                      "reads its parameter names). Default: a structured export uses the model the mask records, an import the "
-                                                      "default model.")]
+                                                      "reads its parameter names). Default: a structured export uses "
+                                                      "the model the mask records, an import the default model.")]
 ConvertTask = Annotated[Optional[str], typer.Option("--task", "-t", help="Import: the task recorded in the mask "
                                                                      "(default: imported).")]
 ShowArtifacts = Annotated[list[str], typer.Argument(help="Artifact files (- reads paths from stdin).")]
@@ -109,7 +114,8 @@ ShowPlot = Annotated[Optional[str], typer.Option(
 EnsembleSize = Annotated[Optional[str], typer.Option(
     help="Score every k-member combination: k, a list 2,3,5, or a range 2-5 (mean, std, min, max).")]
 EnsembleGroups = Annotated[int, typer.Option(help="Split the members (in seed order, as stats does) into this many "
-                                                  "groups and pool combinations within groups (the paper's Appendix C).")]
+                                                  "groups and pool combinations within groups (the paper's Appendix "
+                                                  "C).")]
 EnsembleOut = Annotated[Optional[Path], typer.Option(help="Write the ensemble's logits artifact into this folder and "
                                                           "print its path.")]
 EnsembleSubmission = Annotated[Optional[Path], typer.Option(help="Write GLUE's index<TAB>prediction file.")]
@@ -135,14 +141,17 @@ StatsBy = Annotated[str, typer.Option(autocompletion=choices("policy", "scheme",
                                                            "train_fraction", "method"),
                                     help="Metadata key to group by: policy, scheme (policy, and the level of "
                                     "structured tickets), sparsity, bagging, seed, ...")]
-StatsRef = Annotated[Optional[str], typer.Option(help="Reference group of the comparisons (default: dense, else base).")]
+StatsRef = Annotated[Optional[str], typer.Option(
+    help="Reference group of the comparisons (default: dense, else base).")]
 StatsSize = Annotated[Optional[int], typer.Option(help="Ensemble size k (default: min(5, smallest group)).")]
-StatsPlot = Annotated[Optional[str], typer.Option(help="Draw ensemble gain over the reference vs k (Figure 3) to FILE.")]
+StatsPlot = Annotated[Optional[str], typer.Option(
+    help="Draw ensemble gain over the reference vs k (Figure 3) to FILE.")]
 StatsGroups = Annotated[int, typer.Option(help="The paper's protocol: split each scheme's seeds (in seed order) into G "
                                              "equal groups and average the ensembles within groups, then over groups "
                                              "(Kobayashi et al. use 2 groups of 10 seeds).")]
-StatsTest = Annotated[str, typer.Option(autocompletion=choices("permutation", "paper"), help="permutation: paired permutation test over seeds (calibrated); paper: "
-                                           "the paper's t-test over combinations (optimistic).")]
+StatsTest = Annotated[str, typer.Option(autocompletion=choices("permutation", "paper"),
+                                        help="permutation: paired permutation test over seeds (calibrated); paper: "
+                                        "the paper's t-test over combinations (optimistic).")]
 StatsScore = Annotated[Optional[str], typer.Option(
         help="Compare Table 1 by this registered metric instead of the task's own (--metric is the own data's "
         "headline metric): nll, brier, ece, adaptive_ece, ts_nll, ts_ece, aurc, eaurc; regression gaussian_nll, "

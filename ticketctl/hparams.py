@@ -32,7 +32,8 @@ class TrainConfig:
 
     epochs: float = option(3.0, "Training epochs (per IMP round for search).")
     batch_size: int = option(32, "Training batch size.")
-    lr: float = option(1e-4, "Peak learning rate (AdamW: linear warm-up over --warmup, then linear decay to zero).", flag="--lr")
+    lr: float = option(1e-4, "Peak learning rate (AdamW: linear warm-up over --warmup, then linear decay to zero).",
+                       flag="--lr")
     max_length: int = option(128, "Maximum tokens per example (truncation; batches are padded dynamically).")
     weight_decay: float = option(0.0, "AdamW weight decay (not on biases and LayerNorm).")
     warmup: float = option(0.0, "Fraction of the steps used for linear warm-up.")
@@ -112,8 +113,8 @@ class DataOptions:
         None, "Extra evaluation split of --dataset, labelled or not (repeatable).", flag="--eval-split",
         factory=list)
     text_columns: Optional[str] = option(
-        None, "Text column(s) of --train-file/--dataset data: a or a,b for sentence pairs. Default: sentence1,sentence2, "
-        "else text, else sentence.")
+        None, "Text column(s) of --train-file/--dataset data: a or a,b for sentence pairs. Default: "
+        "sentence1,sentence2, else text, else sentence.")
     label_column: Optional[str] = option(None, "Label column of --train-file/--dataset data. Default: label.")
     metric: Optional[str] = option(
         None, "Headline metric of --train-file/--dataset data: accuracy | f1 | matthews (classification) | pearson | "
@@ -163,10 +164,11 @@ class DistillOptions:
         "TRAIN of a member, or ensemble --out of members' such outputs), matched to the training examples by id "
         "(docs/distillation.md).")
     distill_alpha: float = option(
-        0.5, "With --teacher (protocol: --distill-from): the weight of the teacher term (1 - alpha on the labels); 0 is the plain finetune's loss.")
+        0.5, "With --teacher (protocol: --distill-from): the weight of the teacher term (1 - alpha on the labels); 0 "
+        "is the plain finetune's loss.")
     distill_temperature: float = option(
-        2.0, "With --teacher (protocol: --distill-from): softmax temperature T of teacher and student in the teacher term (scaled by T^2); "
-        "classification only.")
+        2.0, "With --teacher (protocol: --distill-from): softmax temperature T of teacher and student in the teacher "
+        "term (scaled by T^2); classification only.")
 
     def __post_init__(self) -> None:
         self.distill_alpha, self.distill_temperature = float(self.distill_alpha), float(self.distill_temperature)

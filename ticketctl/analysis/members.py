@@ -60,8 +60,8 @@ def in_seed_order(arts: list[Artifact], idx) -> list[int]:
 
 def check_compatible(arts: list[Artifact], keys=("task", "split", "data_fingerprint", "model_fingerprint")) -> None:
     first = arts[0]
-    what = {"task": "tasks", "task_spec": "task definitions (labels, columns or metrics)", "split": "splits", "data_fingerprint": "evaluation data",
-            "model_fingerprint": "models", "examples": "example counts"}
+    what = {"task": "tasks", "task_spec": "task definitions (labels, columns or metrics)", "split": "splits",
+            "data_fingerprint": "evaluation data", "model_fingerprint": "models", "examples": "example counts"}
     for a in arts[1:]:
         for k in keys:
             if a.meta.get(k) != first.meta.get(k):

@@ -9,7 +9,8 @@ Which function returns which record:
 ====================================================  ==========================================================
 ``ensemble.ensemble``                                 :class:`Ensemble` (its ``score``: :class:`EnsembleScore`)
 ``ensemble.size_table``                               :class:`SizeTable` of :class:`SizeRow`
-``diversity.diversity``                               :class:`Diversity` of :class:`DiversityRow` / :class:`PairDiversity`
+``diversity.diversity``                               :class:`Diversity` of :class:`DiversityRow` /
+                                                      :class:`PairDiversity`
 ``iou.mask_iou`` / ``layer_iou``                      :class:`IouMatrix` / :class:`LayerIou` list
 ``iou.remaining`` / ``iou.importance``                :class:`Remaining` list / :class:`Importance`
 ``stats.table1``                                      :class:`Table1` of :class:`Table1Row`
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KIND_ORDER = ("winning", "random", "losing")  # the ticket kinds of the phase transition, in the order tables and figures show them
+# the ticket kinds of the phase transition, in the order tables and figures show them
+KIND_ORDER = ("winning", "random", "losing")
 PIVOTS = ("sparsity", "train_fraction")  # --by keys that print metric vs the key, one column per scheme
 
 

@@ -180,7 +180,8 @@ def phase_table(result: PhaseTable, fmt: str = "table") -> Table:
     on = result.on
     if fmt in ("table", "markdown"):
         extra = ["heads/FFN pruned", "winning vs full (p)"] if full else []
-        return Table([by, *kinds, *(["full"] if full else []), *extra], [_phase_shown(r, by, kinds) for r in result.rows],
+        return Table([by, *kinds, *(["full"] if full else []), *extra],
+                     [_phase_shown(r, by, kinds) for r in result.rows],
                      f"{on.task} {on.split}: {on.metric} by {by} (mean ±std over seeds (n))"
                      + ("; full = unpruned model; p: permutation test over seeds" if full else ""))
     columns = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")]

@@ -83,7 +83,8 @@ def emit(table: Table, fmt: str = "table", out=None) -> None:
     out.flush()
 
 
-LEFT = ("group", "metric", "mask", "direction", "parameter", "test", "a", "b", "verdict")  # text columns; numbers go right
+# text columns; numbers go right
+LEFT = ("group", "metric", "mask", "direction", "parameter", "test", "a", "b", "verdict")
 
 
 def _rich(rows: list[dict], columns: list[str], title: str | None, out) -> None:

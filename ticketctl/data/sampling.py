@@ -35,14 +35,21 @@ def check_fraction(fraction: float) -> None:
         raise UsageError("--train-fraction values must be in (0, 1]")
 
 
-def training_subset(split, seed: int, bagging: float = 1.0, fraction: float = 1.0, subset_seed: int | None = None):
-    """The training split a run sees: all of it, a bagging sample, or a nested fraction (not both). The fraction is
-    drawn from ``subset_seed`` when given (the same data for every training seed), else from the run's seed."""
+def check_subsample(bagging: float, fraction: float) -> None:
+    """A bagging fraction and a training fraction (each in (0, 1]) that :func:`training_subset` takes: at most one
+    of them below 1. Raises UsageError."""
     if not 0 < bagging <= 1:
         raise UsageError("--bagging must be in (0, 1]")
     check_fraction(fraction)
     if bagging < 1 and fraction < 1:
         raise UsageError("--bagging and --train-fraction both subsample the training set: use one")
+
+
+def training_subset(split, seed: int, bagging: float = 1.0, fraction: float = 1.0, subset_seed: int | None = None):
+    """The training split a run sees: all of it, a bagging sample, or a nested fraction (not both). The fraction is
+    drawn from ``subset_seed`` when given (the same data for every training seed), else from the run's seed.
+    Raises UsageError (:func:`check_subsample`)."""
+    check_subsample(bagging, fraction)
     if bagging < 1:
         return split.subset(bagging_indices(len(split), bagging, seed))
     if fraction < 1:

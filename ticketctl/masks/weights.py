@@ -87,7 +87,8 @@ def plan_rounds(sparsity: float, prune_step: float) -> int:
 
 
 def pruned_count(total: int, round_: int, rounds: int, sparsity: float, prune_step: float) -> int:
-    """Weights pruned after ``round_``: ``round_ * prune_step`` of the original count, exactly ``sparsity`` at the end."""
+    """Weights pruned after ``round_``: ``round_ * prune_step`` of the original count, exactly ``sparsity`` at the
+    end."""
     frac = sparsity if round_ == rounds else round_ * prune_step
     return int(round(frac * total))
 

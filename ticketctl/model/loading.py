@@ -118,8 +118,8 @@ def load_model(folder: Path, num_labels: int, dropout: float | None, attention: 
                fresh_head: bool = False):
     """A sequence classifier on the pretrained encoder. With ``fresh_head`` (training) the task head is drawn from
     torch's global RNG, so seed it first: also where the folder holds a head of its own (a finetuned classifier, a
-    saved member), which is dropped, so that every seed draws its own (docs/training.md "finetune"). Without it (``predict``)
-    a saved member's head is kept.
+    saved member), which is dropped, so that every seed draws its own (docs/training.md "finetune"). Without it
+    (``predict``) a saved member's head is kept.
 
     Raises InputError naming the weight and both shapes where the folder's encoder weights do not fit its config
     (e.g. transformers 4 ``pruned_heads`` checkpoints), or the folder cannot be loaded."""

@@ -174,7 +174,8 @@ def unit_sizes(model) -> dict[str, int]:
     per_head = 3 * (hidden * d + d) + hidden * d
     per_ffn = size(names["i"]) + size(names["f"])
     layer_total = sum(p.numel() for n, p in params.items() if n.startswith(f"{lay.prefix}.0."))
-    return {"per_head": per_head, "per_ffn": per_ffn, "per_layer_rest": layer_total - per_head * lay.num_heads - per_ffn}
+    return {"per_head": per_head, "per_ffn": per_ffn,
+            "per_layer_rest": layer_total - per_head * lay.num_heads - per_ffn}
 
 
 def _take(linear: torch.nn.Linear, index: torch.Tensor, dim: int) -> torch.nn.Linear:
@@ -223,7 +224,8 @@ def prune_physically(model, mask) -> None:
                                                 dtype=dense.weight.dtype))
             lay.replace(i, "f", torch.nn.Linear(0, out.out_features, bias=False, device=out.weight.device,
                                                 dtype=out.weight.dtype))
-    setattr(model.config, STRUCTURE_KEY, {"heads": mask.heads.astype(int).tolist(), "ffn": mask.ffn.astype(int).tolist()})
+    setattr(model.config, STRUCTURE_KEY,
+            {"heads": mask.heads.astype(int).tolist(), "ffn": mask.ffn.astype(int).tolist()})
 
 
 def full_state(model) -> dict[str, torch.Tensor]:

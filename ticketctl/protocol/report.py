@@ -76,7 +76,8 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     figure4s = _iou([str(p) for s in plan.member_schemes if s.startswith("structured") for p in masks.get(s, [])])
     return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref,
             "k": plan.k, "metric": loaded.task.headline, "table1": _table1(plan, m), "parts": _parts(plan, m),
-            "calibration": _calibration(plan, m), "table2": _table2(m), "figure3": _figure3(plan, m), "figure4": figure4, "figure4_structured": figure4s,
+            "calibration": _calibration(plan, m), "table2": _table2(m), "figure3": _figure3(plan, m),
+            "figure4": figure4, "figure4_structured": figure4s,
             "members": _member_rows(plan.member_schemes, members, loaded.task.headline)}
 
 
@@ -485,7 +486,8 @@ def _md_cost(data: dict) -> list[str]:
               f"{run['wall_seconds']:.1f} s wall time on {run['device']} ({run['workers']}, executor "
               f"{run['executor']}); " + (f"{run['members_per_hour']} members per hour." if run["members_per_hour"]
                                          else "nothing to train: every member was finished already."),
-              f"Machine: {run['machine']}. Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()) + ".",
+              f"Machine: {run['machine']}. Versions: "
+              + ", ".join(f"{k} {v}" for k, v in run["versions"].items()) + ".",
               "", _record_line(data["members_record"]),
               "", "Each member's training cost (from its artifacts) and inference cost:", ""]
     times = {(t["scheme"], t["seed"]): t for t in run["member_times"]}

@@ -3,10 +3,11 @@ of ``ticketctl.store.paths``, under every hardware variant the plan allows: :cla
 executor, and return what every member is. Nothing here picks a device: each job decides its own where it runs.
 
 Each job calls the library function its command calls (:func:`ticketctl.stages.imp.search`,
-:func:`ticketctl.stages.finetune.finetune`) with the plan's options, so a member made here is the one ``search`` and
-``finetune`` make with the same options. A job holds a lock named by its identity under the first variant
-(``filelock``, ``OUT/protocol/locks``; the same whatever hardware runs it) while it runs, so two protocol runs on
-one ``--out`` never train the same member at once: the second waits and then reuses the first one's artifact.
+:func:`ticketctl.stages.finetune.run_finetune` with the job's ``FinetuneSpec``) with the plan's options, so a member
+made here is the one ``search`` and ``finetune`` make with the same options. A job holds a lock named by its
+identity under the first variant (``filelock``, ``OUT/protocol/locks``; the same whatever hardware runs it) while it
+runs, so two protocol runs on one ``--out`` never train the same member at once: the second waits and then reuses the
+first one's artifact.
 """
 
 from __future__ import annotations
@@ -217,15 +218,20 @@ class _Finetune(JobKind):
     def targets(self, plan, job, ctx, cfg, search_cfg, known, done):
         if any(d not in done for d in (job.mask, job.teacher) if d is not None):
             return None
-        mask = str(known[job.mask][job.mask_index]) if job.mask is not None else None
-        return finetune_stage.targets(ctx, cfg, job.seed, plan.run.out, mask_path=mask, bagging=_bagging(plan, job),
-                                      subset_seed=plan.data.subset_seed, distill=_distill(plan, job, known))
+        return finetune_stage.targets(_finetune_spec(plan, job, known), ctx, cfg)
 
     def run(self, plan, job, known):
-        return finetune_stage.finetune(
-            plan.task, job.seed, mask=str(known[job.mask][job.mask_index]) if job.mask else None,
-            bagging=_bagging(plan, job), train=plan.train,
-            data=plan.teacher_data if job.scores_train else plan.data, run=plan.run, distill=_distill(plan, job, known))
+        return finetune_stage.run_finetune(_finetune_spec(plan, job, known))
+
+
+def _finetune_spec(plan: Plan, job: Job, known: dict) -> finetune_stage.FinetuneSpec:
+    """A finetune job's spec, the one its planner's targets and its run both follow: the job's mask (its search's
+    artifact), bagging fraction and teacher, the plan's options (a member of ``--distill-from``'s scheme also scores
+    the training file)."""
+    return finetune_stage.FinetuneSpec(
+        plan.task, job.seed, mask=str(known[job.mask][job.mask_index]) if job.mask is not None else None,
+        bagging=_bagging(plan, job), train=plan.train, data=plan.teacher_data if job.scores_train else plan.data,
+        run=plan.run, distill=_distill(plan, job, known))
 
 
 KINDS: dict[str, JobKind] = {"structured-search": _StructuredSearch(), "search": _ImpSearch(),

@@ -6,8 +6,8 @@ search, share) is
 :class:`Context` is a task with its model and data resolved (and the run's identity built from them,
 ``ticketctl.store.identity.RunIdentity``); :func:`start` resolves the device and precision once and makes the
 contexts; :func:`finished` is the reuse check; :func:`train_model` runs the one training loop with progress on
-stderr (a dense finetune, a ticket's, an IMP round). What a stage reads (masks, the seeded model, tokens) is ``ticketctl.stages.inputs``, what it writes
-``ticketctl.stages.outputs``.
+stderr (a dense finetune, a ticket's, an IMP round). What a stage reads (masks, the seeded model, tokens) is
+``ticketctl.stages.inputs``, what it writes ``ticketctl.stages.outputs``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from ticketctl.train.seeds import CPU_STREAM
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What every stage's spec holds besides its own fields (``imp.SearchSpec``, ``structured.StructuredSpec``,
-    ``share.ShareSpec``): the option dataclasses of ``ticketctl.hparams``, keyword-only, None standing for their
-    defaults (the library functions accept None). A spec is frozen: what a run is asked to do does not change while
-    it runs; a subclass normalises its own fields in ``__post_init__`` through :meth:`_set`, after calling this one.
+    """What every stage's spec holds besides its own fields (``finetune.FinetuneSpec``, ``imp.SearchSpec``,
+    ``structured.StructuredSpec``, ``share.ShareSpec``): the option dataclasses of ``ticketctl.hparams``,
+    keyword-only, None standing for their defaults (the library functions accept None). A spec is frozen: what a run
+    is asked to do does not change while it runs; a subclass normalises its own fields in ``__post_init__`` through
+    :meth:`_set`, after calling this one.
     """
 
     train: TrainConfig = field(default_factory=TrainConfig, kw_only=True)
@@ -86,8 +87,8 @@ class Context:
             train = train.subset(np.arange(min(opts.max_train_samples, len(train))))
         names = [s.name for s in evals]
         if len(set(names)) != len(names):
-            raise UsageError(f"two evaluation splits are both named {sorted(n for n in names if names.count(n) > 1)[0]!r}"
-                             f" (rename an --eval-file)")
+            twice = sorted(n for n in names if names.count(n) > 1)[0]
+            raise UsageError(f"two evaluation splits are both named {twice!r} (rename an --eval-file)")
         if opts.max_eval_samples is not None:
             evals = [s.subset(np.arange(min(opts.max_eval_samples, len(s)))) for s in evals]
         log.debug(f"{task.name}: model {model_name} ({model_dir}, fingerprint {model_fp[:10]}); train {train.source} "
@@ -151,9 +152,10 @@ class Context:
                 if enc.token_type_ids is not None:
                     tensors["token_type_ids"] = np.concatenate(enc.token_type_ids)
                 atomic.ensure_writable(path.parent)
-                write_artifact(path, "tokens", tensors, self.meta(key=key, split=split.name, max_length=str(max_length),
-                                                                  data_fingerprint=split.fingerprint,
-                                                                  truncated=str(enc.truncated), longest=str(enc.longest)))
+                write_artifact(path, "tokens", tensors,
+                               self.meta(key=key, split=split.name, max_length=str(max_length),
+                                         data_fingerprint=split.fingerprint, truncated=str(enc.truncated),
+                                         longest=str(enc.longest)))
         _note_truncation(self.log, split, enc)
         return enc
 

@@ -40,8 +40,8 @@ def write_logits(ctx, split: data_files.Split, path: Path, outputs: np.ndarray, 
 
 def write_outputs(ctx, model, tokenizer, cfg: TrainConfig, device, rows, meta: dict,
                   structure=None) -> list[dict]:
-    """Evaluate the trained model on every split of ``rows`` (from ``Context.logits_rows``) and write its logits artifacts;
-    returns each split's metrics."""
+    """Evaluate the trained model on every split of ``rows`` (from ``Context.logits_rows``) and write its logits
+    artifacts; returns each split's metrics."""
     from ticketctl.train import distributed
     from ticketctl.train.loop import predict
 

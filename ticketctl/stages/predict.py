@@ -4,13 +4,18 @@ masked or a physically pruned structured ticket) writes one logits artifact, so 
 
 Members must agree on the task (its name and, for your own data, its labels, columns and metrics) and on the
 tokenizer; their batches are length-sorted and padded dynamically, as in training.
+
+A run is asked for by a :class:`PredictSpec` (what the command's options say; the ``predict`` function builds it
+from keywords) and :func:`run_predict` runs it: read and check the members, read the data, then for each member
+
+    identity (:func:`run_identity`) -> finished already? -> run the member -> write its logits
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -113,21 +118,56 @@ def read_data(task: Task, path: str | Path, name: str | None = None):
     return custom.read_split(task, path, name)
 
 
+@dataclass(frozen=True)
+class PredictSpec:
+    """One ``predict`` run as the command's options ask for it: ``data_file`` the new text (a GLUE task's TSV
+    layout, or any format of ``ticketctl.data.custom``: :func:`read_data`), ``model_dirs`` the members' folders
+    (written by ``finetune --save-model``; at least one, stored as a tuple of paths), ``batch_size`` the examples
+    per forward pass (> 0), ``split`` the name the data's logits artifacts carry (None: named after the file),
+    ``run`` where it computes and writes (``RunOptions``; its ``model`` is not used: each member is its own; None:
+    the defaults). Frozen: what a run is asked to do does not change while it runs."""
+
+    data_file: str | Path
+    model_dirs: tuple[Path, ...]
+    batch_size: int = 128
+    split: str | None = None
+    run: RunOptions = field(default_factory=RunOptions)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_dirs", tuple(Path(d) for d in self.model_dirs or ()))
+        object.__setattr__(self, "run", self.run or RunOptions())
+
+    def check(self) -> None:
+        """Refuse options that cannot run (UsageError, one line), before any member is read: no member folder, a
+        batch size below 1."""
+        if not self.model_dirs:
+            raise UsageError("give at least one --model-dir")
+        if self.batch_size <= 0:
+            raise UsageError("--batch-size must be > 0")
+
+
 def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: int = 128, split: str | None = None,
             run: RunOptions | None = None) -> list[Path]:
-    """Run every member on ``data_file``; returns the logits artifact paths, one per member, in order."""
+    """Run every member on ``data_file``; returns the logits artifact paths, one per member, in order. The
+    arguments are :class:`PredictSpec`'s fields; raises what :func:`run_predict` raises."""
+    return run_predict(PredictSpec(data_file, model_dirs, batch_size=batch_size, split=split, run=run))
+
+
+def run_predict(spec: PredictSpec) -> list[Path]:
+    """Check the options, read the members (they must agree on the task and the tokenizer) and the data, resolve the
+    device once, then run every member not finished already (its logits artifact, named by :func:`run_identity`,
+    exists). Returns the logits artifact paths, one per member, in order. Raises UsageError for bad options or a
+    member given twice, InputError for folders that are not saved members, members that do not agree, unreadable
+    data."""
     from ticketctl.train.device import describe, runtime
 
-    run = run or RunOptions()
-    if not model_dirs:
-        raise UsageError("give at least one --model-dir")
-    if batch_size <= 0:
-        raise UsageError("--batch-size must be > 0")
+    spec.check()
+    run = spec.run
     log = Log(run.quiet, run.verbose, run.log_every)
-    members = [read_member(d) for d in model_dirs]
+    members = [read_member(d) for d in spec.model_dirs]
     check_members(members)
     task = members[0].task
-    data = read_data(task, data_file, split)
+    data = read_data(task, spec.data_file, spec.split)
     device, precision = runtime(run.device, "fp32", run.threads, data_parallel=False,
                                 deterministic=run.deterministic)
     where = describe(device, 1, run.deterministic)
@@ -140,7 +180,7 @@ def predict(data_file: str | Path, model_dirs: list[str | Path], *, batch_size: 
         identity = run_identity(m, data, precision)
         path = identity.paths(run.out, [(data.name, data.fingerprint)])[0]
         if not context.finished(log, [path], "logits", run.force):
-            _predict_member(ctx, m, identity, path, device, batch_size)
+            _predict_member(ctx, m, identity, path, device, spec.batch_size)
         written.append(path)
     return written
 

@@ -228,7 +228,8 @@ def report_overlap(log, masks) -> None:
     heads = np.stack([m.heads for m in masks.values()])
     ffn = np.stack([m.ffn for m in masks.values()])
     counts = heads.sum(0)
-    log.info(f"heads kept by all tasks {int((counts == len(masks)).sum())}, by some {int(((counts > 0) & (counts < len(masks))).sum())}, "
+    some = int(((counts > 0) & (counts < len(masks))).sum())
+    log.info(f"heads kept by all tasks {int((counts == len(masks)).sum())}, by some {some}, "
              f"by none (pruned) {int((counts == 0).sum())} of {counts.size}; FFNs kept by none "
              f"{int((ffn.sum(0) == 0).sum())} of {ffn.shape[1]}")
 

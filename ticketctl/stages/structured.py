@@ -50,8 +50,9 @@ class StructuredSpec(StageSpec):
     FFN sublayers pruned (each in (0, 1); one mask per kind and level), ``kinds`` the ticket kinds (winning / random
     / losing), ``train_fraction`` the fraction of the training set the scores are computed on, ``policy`` a
     structured policy of ``ticketctl.masks.policies`` (base, perturbed, active), ``diversity`` its strength (None:
-    the policy's default), ``priors`` the earlier members' structured mask paths (``--policy active``). ``train``, ``data``, ``run``: the option dataclasses (``context.StageSpec``). Numbers are
-    stored as floats, sequences as tuples."""
+    the policy's default), ``priors`` the earlier members' structured mask paths (``--policy active``). ``train``,
+    ``data``, ``run``: the option dataclasses (``context.StageSpec``). Numbers are stored as floats, sequences as
+    tuples."""
 
     task: str | None
     seed: int = 0
