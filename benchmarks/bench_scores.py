@@ -5,6 +5,11 @@
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py                 # the groups below
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py nll,brier,ece   # given lists
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py --ks 2,3 ...    # fewer sizes (a quick look)
+    flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py --cli 0baf9cb   # the command, against a commit
+
+``--cli REV``: the whole command as a user runs it (``ticketctl ensemble --size 2-5 [--scores ...]`` in a fresh
+Python over 20 logits artifacts written to a temporary folder), this checkout against commit REV (checked out into
+a temporary git worktree and run with it on PYTHONPATH), best of 3 each, interleaved; the groups and ``all``.
 
 Prints one line per list: seconds (baseline: best of 2; a list: one run, baseline included) and its ratio to the
 baseline. One thread (OMP_NUM_THREADS=1).
@@ -43,8 +48,56 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def write_members(folder: Path, m: int = 20, n: int = 2000) -> list[str]:
+    """The synthetic members of :func:`members` as logits artifacts in ``folder``."""
+    from ticketctl.store.artifacts import write_artifact
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, n)
+    paths = []
+    for i in range(m):
+        outputs = (np.eye(2)[labels] * 2 + rng.normal(0, 2, (n, 2))).astype(np.float32)
+        meta = {"task": "mrpc", "split": "dev", "data_fingerprint": "d1", "model_fingerprint": "m1", "seed": str(i),
+                "policy": "dense"}
+        paths.append(str(write_artifact(folder / f"m{i:02d}.safetensors", "logits",
+                                        {"outputs": outputs, "ids": np.arange(n), "labels": labels}, meta)))
+    return paths
+
+
+def cli(rev: str, lists: list[str]) -> None:
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = write_members(tmp / "members")
+        base_tree = tmp / "base"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(base_tree), rev], check=True)
+        try:
+            def run(tree: Path, extra: list[str]) -> float:
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                cmd = [sys.executable, "-m", "ticketctl", "ensemble", "--size", "2-5", *extra, *paths]
+                start = time.perf_counter()
+                subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                return time.perf_counter() - start
+
+            base = min(run(base_tree, []) for _ in range(3))
+            here = min(run(root, []) for _ in range(3))
+            print(f"`ticketctl ensemble --size 2-5`, 20 members x 2,000 examples: {rev}: {base:.2f} s; "
+                  f"this checkout: {here:.2f} s")
+            for spec in [*lists, "all"]:
+                s = min(run(root, ["--scores", spec]) for _ in range(3))
+                print(f"--scores {spec}: {s:.2f} s = {s / base:.1f}x {rev}", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(base_tree)], check=False)
+
+
 def main(argv: list[str]) -> None:
     from ticketctl.analysis.ensemble import size_table
+
+    if argv[:1] == ["--cli"]:
+        return cli(argv[1], argv[2:] or GROUPS)
 
     ks = [2, 3, 4, 5]
     if argv[:1] == ["--ks"]:
