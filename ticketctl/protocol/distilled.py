@@ -204,11 +204,11 @@ def calibration(s: Students, names: list[str]) -> list[dict]:
 
 def frontier(s: Students, budgets: list[int]) -> dict:
     """The students on the cost frontier: one model each, never ensembled, so k = 1 at their own cost (the mean
-    ``relative_flops`` their artifacts record: dense-member equivalents of analytic FLOPs per example) at every
-    budget of ``budgets`` that affords one, against the reference's largest affordable ensemble at that budget (at
-    most a seed group's members, as ``analysis.frontier``), over seed groups. Returns ``{"group", "cost", "mean",
-    "rows"}``; each row the frontier's fields (budget, group, k, cost, mean, vs_ref, diff_low, diff_high) and
-    ``unit``. Raises InputError for an artifact without a cost record."""
+    ``relative_flops`` their artifacts record: dense-member equivalents of analytic FLOPs per example; the rows round
+    it to 4 decimals, as the frontier's) at every budget of ``budgets`` that affords one, against the reference's
+    largest affordable ensemble at that budget (at most a seed group's members, as ``analysis.frontier``), over seed
+    groups. Returns ``{"group", "cost", "mean", "rows"}``; each row the frontier's fields (budget, group, k, cost,
+    mean, vs_ref, diff_low, diff_high) and ``unit``. Raises InputError for an artifact without a cost record."""
     scorer, costs = headline_scorer(s.loaded, "probs"), member_costs(s.loaded)
     cost, ref_cost = float(costs[s.student].mean()), float(costs[s.ref].mean())
     taught = group_means(scorer, s.student, 1, s.groups)
@@ -221,7 +221,7 @@ def frontier(s: Students, budgets: list[int]) -> dict:
              else {"diff": float("nan"), "low": float("nan"), "high": float("nan")})
         rows.append({"budget": budget, "group": s.name, "k": 1, "cost": round(cost, 4), "mean": float(taught.mean()),
                      "vs_ref": c["diff"], "diff_low": c["low"], "diff_high": c["high"], "unit": UNIT})
-    return {"group": s.name, "cost": round(cost, 4), "mean": float(taught.mean()), "rows": rows}
+    return {"group": s.name, "cost": cost, "mean": float(taught.mean()), "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------- markdown
