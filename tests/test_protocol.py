@@ -92,7 +92,7 @@ def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_comput
     report = folder / "report"
     assert proc.stdout.strip() == "report/report.md"
     assert {p.name for p in report.iterdir()} == {"report.md", "report.json", "plan.toml", "mrpc-fig3-gain.png",
-                                                   "mrpc-fig4-iou.png", "mrpc-reliability.png"}
+                                                   "mrpc-fig4-iou.png", "mrpc-reliability.png", "mrpc-frontier.png"}
     data = json.loads((report / "report.json").read_text())
     members = {m["scheme"]: [] for m in data["members"]}
     for m in data["members"]:
@@ -133,6 +133,10 @@ def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_comput
         assert part["ensembling_diff"] == pytest.approx(t1[g]["ensemble_gain"] - t1["dense"]["ensemble_gain"])
         assert part["single_diff"] + part["ensembling_diff"] == pytest.approx(t1[g]["vs_ref"])
         assert part["p_single"] == pytest.approx(t1[g]["p_single"])
+    # the cost frontier: `stats --by scheme --cost`'s rows
+    want = _analysis_json(["stats", *logits, "--by", "scheme", "--cost"])
+    assert [{k: v for k, v in r.items() if v is not None} for r in data["frontier"]["rows"]] == [
+        {k: (pytest.approx(v) if isinstance(v, float) else v) for k, v in r.items() if v is not None} for r in want]
     # Table 2: `diversity` of each scheme's members
     for scheme, rows in data["table2"].items():
         want = _analysis_json(["diversity", *members[scheme]])
@@ -144,7 +148,7 @@ def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_comput
     assert np.allclose(data["figure4"]["iou"], [[r[c] for c in data["figure4"]["labels"]] for r in want])
     md = (report / "report.md").read_text()
     for heading in ("Table 1", "Probability calibration", "Reliability diagram", "Table 2", "Figure 3", "Figure 4",
-                    "Cost", "members per hour"):
+                    "Cost frontier", "Cost", "members per hour"):
         assert heading in md
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,8 +109,27 @@ def _check_distilled_run(tiny_model, glue_dir, tmp_path, *extra) -> None:
     for key in ("student_minus_member", "ensemble_minus_student", "ensemble_minus_member"):
         assert set(distill[key]) >= {"diff", "low", "high"}, distill
     assert (distill["share_kept"] is None) == (distill["share_reason"] is not None)
+    assert (distill["unit"], distill["groups"], distill["student_minus_member"]["p"]) == ("seed group", 1, None)
+    # the cost frontier holds the students: k = 1 at the cost their artifacts record, at every budget
+    recorded = {read_artifact(p, "logits").meta["cost"]["relative_flops"] for p in students}
+    front = data["frontier"]
+    points = [r for r in front["rows"] if r["group"] == "student-dense"]
+    assert len(recorded) == 1 and [r["budget"] for r in points] == sorted({r["budget"] for r in front["rows"]})
+    cost = recorded.pop()
+    student_mean = [r for r in data["table1"] if r["group"] == "student-dense"][0]["single_mean"]
+    assert {(r["k"], r["cost"], r["mean"]) for r in points} == {(1, round(cost, 4), student_mean)}
+    assert front["curves"]["student-dense"] == [[cost, student_mean]] and front["member_costs"]["student-dense"] == cost
+    assert (tmp_path / "report" / "mrpc-frontier.png").stat().st_size > 0
+    # the calibration section holds them as single members, no ensemble of students
+    cal = data["calibration"]
+    assert "student-dense" not in {r["group"] for r in cal["rows"]}
+    assert [r["metric"] for r in cal["students"]] == cal["metrics"]
+    for row in cal["students"]:
+        assert row["group"] == "student-dense" and row["ensemble_mean"] is None and row["single_mean"] > 0
+        assert row["p_ref"] is None and row["verdict_ref"] == "no test: one seed group"  # one group, one teacher
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "## Distillation" in md and "student-dense" in md
+    assert "## Distillation" in md and "student-dense" in md and "Unit: the seed group (1 group(s)" in md
+    assert "## Cost frontier" in md and "Students (`student-dense`) as single members" in md
     rerun = subprocess.run(_cmd(tiny_model, glue_dir, *extra), cwd=tmp_path, capture_output=True, text=True,
                            env=_env(), timeout=600)
     assert rerun.returncode == 0 and "0 to run" in rerun.stderr, rerun.stderr[-3000:]
@@ -181,3 +201,155 @@ def test_a_student_of_a_ticket_scheme_trains_under_its_seeds_mask(tiny_model, gl
         assert parents[0]["sha256"] == mask["sha256"] and len(parents) == 2  # its seed's mask, then the teacher
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["distillation"]["student"] == "student-random"
+
+
+# ---------------------------------------------------------------------------------------------- the seed group as unit
+
+
+def _synthetic(tmp_path, groups: int, n: int = 80):
+    """Dense (the reference) and random members and student-random students for seeds 1-6, as dev logits artifacts
+    with cost records (a student costs 0.75 of a dense member). The students of a group share a teacher effect:
+    group 1's are better than their members, group 2's worse, as one good and one poor teacher would make them."""
+    import numpy as np
+
+    from test_analysis import logits_file
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, n)
+    sign = 2 * labels - 1
+    teacher = np.where(np.arange(n) % 2, 1.2, 0.3)  # the teacher's pull toward the label, per example
+    members: dict[str, list] = {"dense": [], "random": [], "student-random": []}
+    margins = {}
+    for s in range(1, 7):
+        seed_effect = rng.normal(0, 1.0, n)
+        good = (s - 1) // 3 == 0 if groups == 2 else s % 2 == 1
+        for policy, signal in (("dense", 0.4), ("random", 0.5), ("student-random", None)):
+            if signal is None:
+                m = margins["random", s] + sign * teacher * (1.0 if good else -0.8) + rng.normal(0, 0.3, n)
+            else:
+                m = sign * signal + seed_effect + rng.normal(0, 0.7, n)
+            margins[policy, s] = m
+            cost = {"relative_flops": 0.75 if signal is None else 1.0, "flops_per_example": 1e9}
+            members[policy].append(Path(logits_file(tmp_path / f"{policy}-s{s}.safetensors",
+                                                    np.stack([-m / 2, m / 2], -1), labels, policy=policy, seed=str(s),
+                                                    cost=cost)))
+    return members, margins, labels
+
+
+def _hand(values_per_group):
+    """Float64 by hand: mean, Student's t interval over groups, exact two-sided sign-flip p over all patterns."""
+    import itertools
+
+    import numpy as np
+    from scipy import stats as st
+
+    d = np.asarray(values_per_group, dtype=np.float64)
+    g = len(d)
+    half = st.t.ppf(0.975, g - 1) * d.std(ddof=1) / np.sqrt(g)
+    flips = [abs(np.dot(signs, d) / g) for signs in itertools.product((1, -1), repeat=g)]
+    return d.mean(), d.mean() - half, d.mean() + half, np.mean([f >= abs(d.mean()) - 1e-12 for f in flips])
+
+
+def test_students_are_compared_over_seed_groups_on_the_frontier_and_in_calibration(tmp_path):
+    """With two seed groups, every comparison with a student is the mean of the two groups' differences with
+    Student's t over groups and the exact sign-flip p (a float64 hand computation from the margins); the frontier
+    holds the students at k = 1 and the cost their artifacts record at every budget; the calibration section holds
+    them as single members; the member schemes' frontier is ``stats --cost``'s."""
+    import itertools
+
+    import numpy as np
+
+    from ticketctl.analysis import stats
+    from ticketctl.analysis.significance import compare
+    from ticketctl.protocol import report
+
+    members, margins, labels = _synthetic(tmp_path, groups=2)
+    plan = _plan(seeds="1-6", groups=2, distill_from="random", resamples=99)
+    data = report.analyse(plan, members, {})
+    report._add_students(plan, data, members)
+    acc = {key: float(np.mean((m > 0) == (labels == 1))) for key, m in margins.items()}
+    prob = {key: 1 / (1 + np.exp(-m)) for key, m in margins.items()}  # softmax of [-m/2, m/2]: class 1's
+    groups = [(1, 2, 3), (4, 5, 6)]
+
+    def ens(policy, seeds, k):  # the protocol mean of k-member ensembles (mean probabilities) within a group
+        return np.mean([np.mean((np.mean([prob[policy, s] for s in c], 0) > 0.5) == (labels == 1))
+                        for c in itertools.combinations(seeds, k)])
+
+    student = [np.mean([acc["student-random", s] for s in g]) for g in groups]
+    d = data["distillation"]
+    for key, per_group in (("student_minus_member", [st - np.mean([acc["random", s] for s in g])
+                                                     for st, g in zip(student, groups)]),
+                           ("ensemble_minus_student", [ens("random", g, 2) - st for st, g in zip(student, groups)])):
+        diff, low, high, p = _hand(per_group)
+        assert np.allclose([d[key]["diff"], d[key]["low"], d[key]["high"]], [diff, low, high], atol=1e-12), key
+        assert d[key]["unit"] == "seed group" and d[key]["groups"] == 2
+        assert d[key].get("p", p) == p  # ensemble minus student: an interval only
+    assert d["student_minus_member"]["p"] in (0.5, 1.0)  # two groups: 4 sign patterns, the observed one and its mirror
+    # the seed as the unit would be far narrower here: the students of a group move together
+    loaded, idx = report.load_schemes([str(x) for x in members["random"] + members["student-random"]])
+    seed_level = compare(report.stats.scorer_of(loaded, "probs"), idx["student-random"], idx["random"], 1, 1,
+                         True, 99, limit=None)
+    kept = d["student_minus_member"]
+    assert kept["high"] - kept["low"] > 3 * (seed_level.high - seed_level.low)
+
+    front = data["frontier"]
+    rows = [r for r in front["rows"] if r["group"] == "student-random"]
+    assert [r["budget"] for r in rows] == [1, 2, 3] and {(r["k"], r["cost"]) for r in rows} == {(1, 0.75)}
+    assert front["member_costs"]["student-random"] == 0.75 and front["curves"]["student-random"] == [
+        [0.75, np.mean(student)]]
+    for r in rows:  # against the largest dense ensemble the budget affords, over groups
+        diff, low, high, _ = _hand([st - ens("dense", g, r["budget"]) for st, g in zip(student, groups)])
+        assert np.allclose([r["vs_ref"], r["diff_low"], r["diff_high"]], [diff, low, high], atol=1e-12)
+    plain = stats.cost_frontier([str(x) for s in ("dense", "random") for x in members[s]], by="scheme", groups=2)
+    assert report._jsonable([r for r in front["rows"] if r["group"] != "student-random"]) == report._jsonable(
+        [report.row_of(r) for r in plain.rows])
+
+    cal = data["calibration"]
+    assert "student-random" not in {r["group"] for r in cal["rows"]}  # no ensemble-of-students row
+    nll = {r["metric"]: r for r in cal["students"]}["nll"]
+    member_nll = {key: -np.mean(np.log(np.where(labels == 1, prob[key], 1 - prob[key]))) for key in prob}
+    per_group = [np.mean([member_nll["student-random", s] - member_nll["dense", s] for s in g]) for g in groups]
+    diff, low, high, p = _hand(per_group)
+    assert nll["ensemble_mean"] is None and np.isclose(nll["single_mean"], np.mean(
+        [member_nll["student-random", s] for s in range(1, 7)]), atol=1e-6)
+    assert np.allclose([nll["vs_ref"], nll["ref_low"], nll["ref_high"], nll["p_ref"]], [diff, low, high, p], atol=1e-6)
+    assert {r["metric"] for r in cal["students"]} == set(cal["metrics"])
+
+    md = report.markdown({**data, "plan": plan.options_dict(), "run": _run(), "members_record": _record()},
+                         None, None, None, "mrpc-frontier.png")
+    assert "## Cost frontier" in md and "| 1 | student-random | 1 | 0.7500 |" in md and "smallest p" in md
+    assert "Students (`student-random`) as single members" in md
+
+
+def test_with_one_seed_group_a_comparison_with_students_has_no_interval_and_says_why(tmp_path):
+    import math
+
+    from ticketctl.protocol import distilled
+
+    members, _, _ = _synthetic(tmp_path, groups=1)
+    d = distilled.distillation(_plan(seeds="1-6", distill_from="random"), members)
+    kept = d["student_minus_member"]
+    assert d["groups"] == 1 and all(math.isnan(kept[x]) for x in ("low", "high", "p"))
+    assert math.isfinite(d["ensemble_minus_member"]["low"])  # the gain involves no student: seeds stay the unit
+    text = "\n".join(distilled.markdown(d))
+    assert "no test: one seed group" in text and "With one group there is one teacher" in text
+
+
+def test_the_sign_flip_test_over_groups_is_exact_and_monte_carlo_beyond_sixteen():
+    import numpy as np
+
+    from ticketctl.protocol.distilled import sign_flip_p
+
+    assert sign_flip_p(np.array([0.1, 0.2, 0.3])) == 2 / 8  # only the observed pattern and its mirror reach it
+    assert sign_flip_p(np.array([0.1, -0.1, 0.1, -0.1])) == 1.0
+    d = np.random.default_rng(0).normal(0.5, 1, 20)
+    assert sign_flip_p(d, resamples=999) == sign_flip_p(d, resamples=999) and 0 < sign_flip_p(d, resamples=999) < 1
+
+
+def _run():
+    return {"executor": "local", "workers": "1 worker", "device": "cpu", "wall_seconds": 1.0, "jobs_run": 0,
+            "members_trained": 0, "members_per_hour": None, "member_times": [], "versions": {}, "machine": "m"}
+
+
+def _record():
+    return {"members": 0, "job_seconds": 0, "members_per_job_hour": None, "made_on": {}, "also_present": {}}

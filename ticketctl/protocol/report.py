@@ -12,6 +12,10 @@ programs) and ``REPORT/plan.toml`` (the resolved plan, usable as ``--plan``).
   same seed test (``stats --score NAME``'s rows), and a reliability diagram per scheme.
 - Table 2: the five diversity metrics per scheme (regression: error correlation and ambiguity).
 - Figure 3: ensemble gain over BASELINE vs k. Figure 4: IoU of the tickets' masks.
+- The cost frontier (``stats --by scheme --cost``'s rows, docs/cost.md): per budget of dense-member equivalents each
+  scheme's largest affordable ensemble against BASELINE's, and its figure.
+- With ``--distill-from`` (``protocol.distilled``): the students in Table 1, the distillation section, the
+  calibration section (single members) and the cost frontier (k = 1 at their own cost), over seed groups.
 - Cost: each member's training seconds and inference cost, the run's wall time, members per hour, device, versions.
 
 Everything here reads artifacts (numpy, scipy, matplotlib): the analysis functions of ``ticketctl.analysis``.
@@ -77,7 +81,7 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref,
             "k": plan.k, "metric": loaded.task.headline, "table1": _table1(plan, m), "parts": _parts(plan, m),
             "calibration": _calibration(plan, m), "table2": _table2(m), "figure3": _figure3(plan, m),
-            "figure4": figure4, "figure4_structured": figure4s,
+            "figure4": figure4, "figure4_structured": figure4s, "frontier": cost_frontier(plan, m),
             "members": _member_rows(plan.member_schemes, members, loaded.task.headline)}
 
 
@@ -179,6 +183,23 @@ def load_schemes(paths: list[str]):
         grouping.check_same_recipe(g, [loaded.arts[i] for i in idx], ignore=HARDWARE_KEYS)
         grouping.check_same_level(g, [loaded.arts[i] for i in idx])
     return loaded, {g: loaded.in_seed_order(idx) for g, idx in grouped.items()}
+
+
+def cost_frontier(plan: Plan, m: _Members) -> dict | None:
+    """The cost frontier (docs/cost.md; ``stats --by scheme --cost --groups G`` gives the same rows): per budget of
+    dense-member equivalents and scheme, its largest affordable ensemble, its cost, protocol mean and difference to
+    the reference at the same budget with the jackknife interval (``analysis.frontier``); ``member_costs`` (scheme
+    -> its members' mean relative FLOPs) and ``curves`` (scheme -> [cost of k members, protocol mean]). None where
+    a member has no cost record (made before ticketctl recorded costs)."""
+    from ticketctl.analysis import frontier
+
+    if not all((a.meta.get("cost") or {}).get("relative_flops") is not None for a in m.loaded.arts):
+        return None
+    costs = frontier.group_costs(m.loaded, m.grouped)
+    means = frontier.protocol_means(m.scorer, m.grouped, plan.groups)
+    rows = frontier.frontier(m.scorer, m.grouped, costs, m.ref, plan.groups, m.paired, means)
+    return {"ref": m.ref, "member_costs": costs, "rows": [row_of(r) for r in rows],
+            "curves": {g: [list(p) for p in c] for g, c in frontier.curves(means, costs).items()}}
 
 
 def _table2(m: _Members) -> dict[str, list[dict]]:
@@ -301,6 +322,7 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     if data["figure4"]:
         iou.plot_heatmap(np.array(data["figure4"]["iou"]), data["figure4"]["labels"], str(fig4),
                          f"{data['task']}: IoU of surviving weights")
+    frontier_png = _plot_frontier(data, folder)
     reliability = folder / f"{data['task']}-reliability.png"
     if data["calibration"]:
         plots.plot_reliability(data["calibration"]["reliability"], str(reliability),
@@ -309,19 +331,35 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     (folder / "plan.toml").write_text(plan_toml(plan))
     md = folder / "report.md"
     md.write_text(markdown(data, fig3.name if data["figure3"] else None, fig4.name if data["figure4"] else None,
-                           reliability.name if data["calibration"] else None))
+                           reliability.name if data["calibration"] else None, frontier_png))
     return md
 
 
 def _add_students(plan: Plan, data: dict, members: dict[str, list[Path]]) -> None:
     """``--distill-from``: the distillation section (``data["distillation"]``, None without students), the students
-    in Table 1 as single members and among the members."""
-    data["distillation"] = distilled.distillation(plan, members)
-    if data["distillation"] is None:
+    in Table 1 as single members, among the members, in the calibration section (``calibration["students"]``: single
+    members only) and on the cost frontier (k = 1 at their own recorded cost), their comparisons over seed groups."""
+    students = distilled.load(plan, members, _group_paths(plan, members, data["ref"]))
+    data["distillation"] = distilled.distillation(plan, members, students)
+    if students is None:
         return
     student = distilled.student_scheme(plan)
     data["table1"].append(distilled.table1_row(data["distillation"], len(members[student])))
     data["members"] += _member_rows([student], members, data["metric"])
+    if data["calibration"]:
+        data["calibration"]["students"] = distilled.calibration(students, data["calibration"]["metrics"])
+    front = data.get("frontier")
+    if front:
+        point = distilled.frontier(students, sorted({r["budget"] for r in front["rows"]}))
+        front["rows"] = sorted(front["rows"] + point["rows"], key=lambda r: r["budget"])  # stable: students last
+        front["member_costs"][student] = point["cost"]
+        front["curves"][student] = [[point["cost"], point["mean"]]]
+
+
+def _group_paths(plan: Plan, members: dict[str, list[Path]], group: str) -> list[Path]:
+    """The dev logits of the report's group ``group`` (a scheme, or ``winning-30%`` for a structured level)."""
+    return [p for s in plan.member_schemes for p in members.get(s, [])
+            if grouping.scheme_of(read_artifact(p, "logits")) == group]
 
 
 def plan_toml(plan: Plan) -> str:
@@ -378,7 +416,8 @@ def _interval(v: float, low, high) -> str:
     return f"{100 * v:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
-def markdown(data: dict, fig3: str | None, fig4: str | None, reliability: str | None = None) -> str:
+def markdown(data: dict, fig3: str | None, fig4: str | None, reliability: str | None = None,
+             frontier: str | None = None) -> str:
     ref, k, metric = data["ref"], data["k"], data["metric"]
     plan = data["plan"]
     named = lambda g: f"{g} ({NAMES[g]})" if g in NAMES else g  # noqa: E731
@@ -394,7 +433,8 @@ def markdown(data: dict, fig3: str | None, fig4: str | None, reliability: str | 
              f"(`ticketctl stats` tests a sample of at most 50 per group); `p_paper`: the paper's t-test over the "
              f"combinations' scores for that same difference (optimistic: combinations share members).", ""]
     lines += (_md_table1(data, named) + md_calibration(data, named, reliability)
-              + distilled.markdown(data.get("distillation")) + _md_diversity_figures(data, named, fig3, fig4)
+              + distilled.markdown(data.get("distillation")) + md_frontier(data, named, frontier)
+              + _md_diversity_figures(data, named, fig3, fig4)
               + _md_cost(data))
     return "\n".join(lines)
 
@@ -434,6 +474,9 @@ def md_calibration(data: dict, named, figure: str | None) -> list[str]:
     rows = [{**r, "group": named(r["group"]), "ensemble_vs_ref": r["vs_ref"]} for r in cal["rows"]]
     lines += [_table(rows, ["metric", "group", "single_mean", "ensemble_mean", "ensemble_gain", "ensemble_vs_ref",
                             "diff_low", "diff_high", "p_value", "p_single", "verdict"]), ""]
+    if cal.get("students"):
+        d = data["distillation"]
+        lines += distilled.calibration_markdown(cal["students"], ref, d["scheme"], _table)
     if cal["skipped"]:
         lines += [f"Left out: {', '.join(cal['skipped'])} (temperature scaling cross-fits over 5 folds: it needs "
                   f"at least 10 examples).", ""]
@@ -442,6 +485,42 @@ def md_calibration(data: dict, named, figure: str | None) -> list[str]:
                   "over each scheme's ensembles (solid) and single members (dashed); the diagonal is perfect "
                   "calibration. Its numbers are `calibration.reliability` in report.json.", "",
                   f"![Reliability diagram]({figure})", ""]
+    return lines
+
+
+def _plot_frontier(data: dict, folder: Path) -> str | None:
+    """Draw the cost frontier's curves (students: one point) into ``folder``; its file name, None without one."""
+    from ticketctl.analysis import frontier
+
+    if not data.get("frontier"):
+        return None
+    path = folder / f"{data['task']}-frontier.png"
+    frontier.plot({g: [tuple(p) for p in c] for g, c in data["frontier"]["curves"].items()}, data["metric"],
+                  str(path), f"{data['task']}: {data['metric']} against inference cost")
+    return path.name
+
+
+def md_frontier(data: dict, named, figure: str | None) -> list[str]:
+    """The cost frontier section (markdown lines; none where a member has no cost record)."""
+    front, ref = data.get("frontier"), data["ref"]
+    if not front:
+        return []
+    costs = ", ".join(f"{named(g)} {c:.4g}" for g, c in front["member_costs"].items())
+    lines = ["## Cost frontier: equal inference cost", "",
+             f"Per budget of dense-member equivalents (analytic FLOPs per example, docs/cost.md), each scheme's "
+             f"largest affordable ensemble (`k`, at most a seed group's members), its `cost`, its protocol `mean`, "
+             f"and `vs_ref` against {ref}'s largest affordable ensemble at the same budget with its 95% interval "
+             f"(leave-one-seed-out jackknife; no p-value: at different sizes the members are not exchangeable), as "
+             f"`ticketctl stats --by scheme --cost` gives them. Member cost: {costs}."]
+    if data.get("distillation"):
+        d = data["distillation"]
+        lines[-1] += (f" `{d['student']}`: one model per seed, never ensembled: k = 1 at its own recorded cost at "
+                      f"every budget that affords it; its interval takes the seed group as the unit (students of a "
+                      f"group share their teacher, docs/distillation.md).")
+    rows = [{**r, "group": named(r["group"])} for r in front["rows"]]
+    lines += ["", _table(rows, ["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"]), ""]
+    if figure:
+        lines += [f"![Cost frontier]({figure})", ""]
     return lines
 
 
