@@ -1,7 +1,7 @@
 """``stats --by sparsity`` and ``--by train_fraction``: metric vs the sparsity level per ticket kind, the full model
 as reference (the phase transition of Super Tickets, Liang et al., 2021), or vs the training fraction per scheme
-(transfer, their Table 4); :func:`super_ticket` picks the best winning level on held-apart examples and reports it
-on the others."""
+(transfer, their Table 4), by the task's headline metric or any registered metric with a direction (``--score``);
+:func:`super_ticket` picks the best winning level on held-apart examples and reports it on the others."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from ticketctl.analysis.grouping import check_same_recipe, group_value, headline_scorer, level_of, seeds_of
 from ticketctl.analysis.members import Members, load_ensemble_members
+from ticketctl.analysis.metrics import scorer_for
 from ticketctl.analysis.records import KIND_ORDER, Cell, PhaseRow, PhaseTable, SuperTicket
 from ticketctl.analysis.significance import RESAMPLES, Scorer, compare, pairing
 from ticketctl.errors import UsageError
@@ -38,14 +39,19 @@ def row_value(art: Artifact, by: str) -> float:
 
 
 def phase_table(members: Members, by: str = "sparsity", examples: np.ndarray | None = None,
-                resamples: int = 0) -> tuple[PhaseTable, dict[tuple[str, float], list[int]]]:
+                resamples: int = 0, score: str | None = None) -> tuple[PhaseTable, dict[tuple[str, float], list[int]]]:
     """Metric vs ``by`` (rows), one column per scheme. ``--by sparsity`` is the Super Tickets phase transition
     (Liang et al., 2021): columns are the ticket kinds, the full (unpruned) model is the reference column, each row
     gives the head and FFN fractions its tickets really prune and (with ``resamples``) the winning tickets'
     difference to the full model with the calibrated test over seeds. ``--by train_fraction`` is the transfer table
     (paper's Table 4): columns are the schemes and the models they started from. Scores on ``examples`` (default
-    all). Returns the table and {(column, row value): member indices in seed order}. Raises UsageError when no
-    member is pruned, InputError when members differ in more than seed, mask and the pivot key."""
+    all) by the task's headline metric, or with ``score`` by that registered metric with a direction
+    (``metrics.scorer_for``: nll, brier, ece, ...; each cell then in its units, the table's ``direction`` set).
+    Returns the table and {(column, row value): member indices in seed order}. Raises UsageError when no member is
+    pruned or for an unknown or undirected score, InputError when members differ in more than seed, mask and the
+    pivot key."""
+    scorer = headline_scorer(members, "probs") if score is None else scorer_for(
+        members.task, members.outputs, members.labels, "probs", score)  # a bad score is refused first
     check_same_recipe("all", members.arts, ignore={"init", "train_fraction", "mask", "method"})
     cells: dict[tuple[str, float], list[int]] = defaultdict(list)
     full: list[int] = []
@@ -58,7 +64,6 @@ def phase_table(members: Members, by: str = "sparsity", examples: np.ndarray | N
     if not cells:
         raise UsageError("--by sparsity: no pruned members (only full models) among the artifacts")
     kinds = sorted({k for k, _ in cells}, key=lambda k: (KIND_ORDER.index(k) if k in KIND_ORDER else 9, k))
-    scorer = headline_scorer(members, "probs")
     if examples is not None:
         scorer = scorer.on_examples(examples)
     cells = {key: members.in_seed_order(idx) for key, idx in cells.items()}
@@ -70,7 +75,10 @@ def phase_table(members: Members, by: str = "sparsity", examples: np.ndarray | N
         if by == "sparsity":
             row = _against_full(members, scorer, scores, row, kinds, cells, full, resamples)
         rows.append(row)
-    return PhaseTable(members.evaluated, by, kinds, rows), cells
+    if score is None:
+        return PhaseTable(members.evaluated, by, kinds, rows), cells
+    on = replace(members.evaluated, metric=scorer.name)
+    return PhaseTable(on, by, kinds, rows, scorer.metric.direction), cells
 
 
 def _summary(s: np.ndarray) -> Cell:
@@ -112,11 +120,12 @@ def _labelled(paths: list[str]) -> Members:
     return members
 
 
-def phase_transition(paths: list[str], by: str = "sparsity", resamples: int = RESAMPLES) -> PhaseTable:
+def phase_transition(paths: list[str], by: str = "sparsity", resamples: int = RESAMPLES,
+                     score: str | None = None) -> PhaseTable:
     """``stats --by sparsity``: the phase-transition table (metric vs sparsity per ticket kind, the full model as
-    reference; Liang et al., 2021); ``--by train_fraction``: metric vs training data per scheme (transfer). See
-    :func:`phase_table`."""
-    return phase_table(_labelled(paths), by, resamples=resamples)[0]
+    reference; Liang et al., 2021); ``--by train_fraction``: metric vs training data per scheme (transfer); with
+    ``score`` (``stats --score NAME``) by that registered metric. See :func:`phase_table`."""
+    return phase_table(_labelled(paths), by, resamples=resamples, score=score)[0]
 
 
 def super_ticket(paths: list[str], fraction: float = 0.5) -> SuperTicket:

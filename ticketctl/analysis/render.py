@@ -157,17 +157,40 @@ def table1(result: Table1, fmt: str = "table") -> None:
         note(PAPER_NOTE)
 
 
-def frontier_table(result: CostFrontier) -> Table:
+def frontier_table(result: CostFrontier, fmt: str = "table") -> Table:
+    """The frontier at equal cost: a row per budget and scheme. With a registered metric (``result.direction``) an
+    ``on_frontier`` column, the direction and sign convention in the title, and for programs (tsv, json) the
+    metric's name and direction in every row."""
     on = result.on
-    return Table(["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"],
-                 [row_of(r) for r in result.rows],
-                 f"{on.task} {on.split}: {on.metric} of the largest ensemble within each inference budget "
-                 f"(dense-member equivalents, analytic FLOPs; {result.combine}, {result.groups} seed group(s); vs "
-                 f"{result.ref} at the same budget: difference and 95% jackknife interval)")
+    columns = ["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"]
+    rows = [row_of(r) for r in result.rows]
+    title = (f"{on.task} {on.split}: {on.metric} of the largest ensemble within each inference budget "
+             f"(dense-member equivalents, analytic FLOPs; {result.combine}, {result.groups} seed group(s); vs "
+             f"{result.ref} at the same budget: difference and 95% jackknife interval)")
+    if result.direction:
+        columns.append("on_frontier")
+        title += (f"; {direction_words(result.direction, result.ref)}; on_frontier: no ensemble that costs at most "
+                  f"as much has a better {on.metric}")
+        columns, rows = _named_metric(columns, rows, on.metric, result.direction, fmt)
+    return Table(columns, rows, title)
+
+
+def direction_words(direction: str, ref: str) -> str:
+    """A registered metric's direction and what the sign of a difference to ``ref`` means, in words."""
+    sign = "negative" if direction.startswith("lower") else "positive"
+    return f"{direction}; vs_ref = group minus {ref}: {sign} favours the group"
+
+
+def _named_metric(columns: list[str], rows: list[dict], metric: str, direction: str,
+                  fmt: str) -> tuple[list[str], list[dict]]:
+    """For programs (tsv, json) every row names the metric and its direction (people read them in the title)."""
+    if fmt not in ("tsv", "json"):
+        return columns, rows
+    return columns + ["metric", "direction"], [{**r, "metric": metric, "direction": direction} for r in rows]
 
 
 def cost_frontier(result: CostFrontier, fmt: str = "table") -> None:
-    emit(frontier_table(result), fmt)
+    emit(frontier_table(result, fmt), fmt)
     costs = result.member_costs
     note("member cost (x dense): " + ", ".join(f"{g} {costs[g]:.3f}" for g in sorted(costs))
          + "; unstructured tickets cost a dense member (no sparse kernel)")
@@ -178,14 +201,22 @@ def phase_table(result: PhaseTable, fmt: str = "table") -> Table:
     for programs (tsv, json) each column's mean, std and n are separate columns."""
     by, kinds, full = result.by, result.columns, result.by == "sparsity"
     on = result.on
+    said = ""  # with a registered metric: its direction, and which sign of winning vs full favours the tickets
+    if result.direction:
+        sign = "negative" if result.direction.startswith("lower") else "positive"
+        said = f"; {result.direction}" + (f", winning vs full = winning minus full: {sign} favours the tickets"
+                                          if full else "")
     if fmt in ("table", "markdown"):
         extra = ["heads/FFN pruned", "winning vs full (p)"] if full else []
         return Table([by, *kinds, *(["full"] if full else []), *extra], [_phase_shown(r, by, kinds) for r in result.rows],
                      f"{on.task} {on.split}: {on.metric} by {by} (mean ±std over seeds (n))"
-                     + ("; full = unpruned model; p: permutation test over seeds" if full else ""))
+                     + ("; full = unpruned model; p: permutation test over seeds" if full else "") + said)
     columns = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")]
     columns += ["full", "full_n", "heads_pruned", "ffn_pruned", "vs_full", "p_vs_full"] if full else []
-    return Table(columns, [_phase_values(r, by) for r in result.rows], f"{on.task} {on.split}: {on.metric} by {by}")
+    rows = [_phase_values(r, by) for r in result.rows]
+    if result.direction:
+        columns, rows = _named_metric(columns, rows, on.metric, result.direction, fmt)
+    return Table(columns, rows, f"{on.task} {on.split}: {on.metric} by {by}" + said)
 
 
 def phase(result: PhaseTable, fmt: str = "table") -> None:
