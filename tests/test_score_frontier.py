@@ -1,5 +1,6 @@
-"""``stats --cost --score NAME`` and ``stats --by sparsity|train_fraction --score NAME``: the cost frontier and the
-phase-transition tables on a registered metric, its direction deciding which ensembles are on the frontier
+"""``stats --cost --score NAME`` and ``stats --by sparsity|train_fraction --score NAME``: the cost frontier, the
+phase-transition tables and the super ticket on a registered metric, its direction deciding which ensembles are on
+the frontier and which level is best
 (docs/cost.md, docs/calibration.md "The cost frontier and the phase tables on any metric").
 
 Every expected number here is computed in the test with numpy in float64 (softmax, mean of member probabilities,
@@ -213,6 +214,39 @@ def test_phase_table_by_nll(cli, tmp_path):
     assert code == 0 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", err
 
 
+def test_super_ticket_by_nll_picks_the_lowest(cli, tmp_path):
+    """Winning tickets at 25% are right more often but 4x over-sharp; at 50% less accurate but near calibrated.
+    ``--select best`` by the task's accuracy picks 25%, ``--score nll`` the level of lowest NLL on the selection
+    half (chosen here by hand on the same seeded half), reported on the other half."""
+    rng = np.random.default_rng(3)
+    truth = rng.normal(0, 1.5, EXAMPLES)
+    labels = (rng.random(EXAMPLES) < 1 / (1 + np.exp(-truth))).astype(np.int64)
+    paths, outputs = [], {}
+    for s in range(3):
+        for kind, level, noise, sharp in (("dense", 0.0, 0.3, 1.0), ("winning", 0.25, 0.1, 4.0),
+                                          ("winning", 0.5, 1.0, 1.0)):
+            o = np.stack([np.zeros(EXAMPLES), sharp * (truth + rng.normal(0, noise, EXAMPLES))], -1)
+            outputs.setdefault(level, []).append(o.astype(np.float32).astype(np.float64))
+            meta = {} if kind == "dense" else {
+                "method": "structured", "target_sparsity": level, "sparsity": level, "ffn_sparsity": level,
+                "parents": [{"kind": "mask", "path": f"mask-{level}-{s}.safetensors", "sha256": "0" * 64}]}
+            paths.append(logits_file(tmp_path / f"{kind}-{level}-{s}.safetensors", o.astype(np.float32), labels,
+                                     task="rte", policy=kind, seed=str(s), **meta))
+    order = np.random.default_rng(0).permutation(EXAMPLES)  # phase.SELECT_SEED's split of the examples
+    choose, report = np.sort(order[:EXAMPLES // 2]), np.sort(order[EXAMPLES // 2:])
+    nll_on = {lv: np.mean([_nll(o[choose], labels[choose]) for o in outputs[lv]]) for lv in (0.25, 0.5)}
+    acc_on = {lv: np.mean([np.mean(o[choose].argmax(-1) == labels[choose]) for o in outputs[lv]])
+              for lv in (0.25, 0.5)}
+    assert acc_on[0.25] > acc_on[0.5] and nll_on[0.5] < nll_on[0.25]  # the construction holds on this half
+    code, out, err = cli("stats", "--by", "sparsity", "--select", "best", *paths)
+    assert code == 0 and out.split() == [f"mask-0.25-{s}.safetensors" for s in range(3)], err
+    code, out, err = cli("stats", "--by", "sparsity", "--select", "best", "--score", "nll", *paths)
+    assert code == 0 and out.split() == [f"mask-0.5-{s}.safetensors" for s in range(3)], err
+    held = np.mean([_nll(o[report], labels[report]) for o in outputs[0.5]])
+    full = np.mean([_nll(o[report], labels[report]) for o in outputs[0.0]])
+    assert "winning at 50%" in err and f"dev nll {held:.4f} (full model {full:.4f}); lower is better" in err
+
+
 def test_train_fraction_table_by_brier(cli, tmp_path):
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 80)
@@ -243,5 +277,5 @@ def test_undirected_or_unknown_score_refused_in_one_line(cli, tmp_path, view):
         assert code == 2 and out == "" and message in err and len(err.strip().splitlines()) == 1, (view, err)
     code, out, err = cli("stats", *paths, "--cost", "--score", "nll", "--combine", "vote")
     assert code == 2 and "undefined under --combine vote" in err and out == ""
-    code, out, err = cli("stats", *paths, "--by", "sparsity", "--select", "best", "--score", "nll")
-    assert code == 2 and "--select best" in err and out == ""
+    code, out, err = cli("stats", *paths, "--by", "sparsity", "--select", "best", "--score", "temperature")
+    assert code == 2 and "neither better nor worse" in err and out == ""

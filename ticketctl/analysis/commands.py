@@ -69,8 +69,8 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
                 cost: bool = False, score: str | None = None, format: str = "table") -> None:
     """``stats``: Table 1 (``ticketctl.analysis.stats.table1``), the phase transition for a pivot ``by``
     (sparsity, train_fraction), the super ticket (``select`` best) or the frontier at equal cost (``cost``);
-    ``plot`` draws the matching figure; ``score`` compares Table 1, the phase tables and the frontier by a
-    registered metric with a direction (not the super ticket)."""
+    ``plot`` draws the matching figure; ``score`` compares Table 1, the phase tables and the frontier, and picks
+    the super ticket, by a registered metric with a direction."""
     from ticketctl.analysis import phase, plots, render
     from ticketctl.analysis.records import PIVOTS
     from ticketctl.analysis import stats as data
@@ -78,9 +78,9 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     from ticketctl.store.artifacts import read_paths
 
     paths = read_paths(artifacts)
-    data.check_options(by, size, bootstrap, select, score, cost)
+    data.check_options(by, size, bootstrap, select)
     if select:
-        render.super_ticket(phase.super_ticket(paths, select_fraction))
+        render.super_ticket(phase.super_ticket(paths, select_fraction, score))
         return
     if by in PIVOTS:
         table = phase.phase_transition(paths, by, resamples, score)

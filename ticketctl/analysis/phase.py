@@ -105,12 +105,14 @@ def _against_full(members: Members, scorer: Scorer, scores: np.ndarray, row: Pha
 
 
 def best_level(table: PhaseTable, kind: str = "winning") -> PhaseRow:
-    """The super ticket: the level where ``kind`` scores best (ties: the sparser one). Raises UsageError when no
+    """The super ticket: the level where ``kind`` scores best in the table's direction (highest for the task's
+    metric, lowest for a lower-is-better ``--score`` such as nll; ties: the sparser one). Raises UsageError when no
     level has ``kind`` tickets."""
     scored = [r for r in table.rows if kind in r.cells and not math.isnan(r.cells[kind].mean)]
     if not scored:
         raise UsageError(f"--select best: no {kind} tickets among the artifacts")
-    return max(scored, key=lambda r: (r.cells[kind].mean, r.value))
+    sign = -1.0 if (table.direction or "").startswith("lower") else 1.0
+    return max(scored, key=lambda r: (sign * r.cells[kind].mean, r.value))
 
 
 def _labelled(paths: list[str]) -> Members:
@@ -128,11 +130,12 @@ def phase_transition(paths: list[str], by: str = "sparsity", resamples: int = RE
     return phase_table(_labelled(paths), by, resamples=resamples, score=score)[0]
 
 
-def super_ticket(paths: list[str], fraction: float = 0.5) -> SuperTicket:
+def super_ticket(paths: list[str], fraction: float = 0.5, score: str | None = None) -> SuperTicket:
     """``stats --by sparsity --select best``: the sparsity level whose winning tickets score best on a seeded
     ``fraction`` of the evaluation examples, its mask paths (the winning members' parents), and its score on the
-    other examples (so that the choice does not flatter it). Raises UsageError for a fraction outside (0, 1) or
-    no winning tickets."""
+    other examples (so that the choice does not flatter it); by the task's headline metric, or with ``score`` by
+    that registered metric in its direction (the lowest nll). Raises UsageError for a fraction outside (0, 1), no
+    winning tickets, or an unknown or undirected score."""
     members = _labelled(paths)
     if not 0 < fraction < 1:
         raise UsageError("--select-fraction must be in (0, 1)")
@@ -140,12 +143,12 @@ def super_ticket(paths: list[str], fraction: float = 0.5) -> SuperTicket:
     order = np.random.default_rng(SELECT_SEED).permutation(n)
     cut = max(1, min(n - 1, int(round(fraction * n))))
     choose, report = np.sort(order[:cut]), np.sort(order[cut:])
-    chosen, cells = phase_table(members, "sparsity", choose)
+    chosen, cells = phase_table(members, "sparsity", choose, score=score)
     best = best_level(chosen)
-    held = next(r for r in phase_table(members, "sparsity", report)[0].rows if r.value == best.value)
+    held = next(r for r in phase_table(members, "sparsity", report, score=score)[0].rows if r.value == best.value)
     masks = [par["path"] for i in cells[("winning", best.value)] for par in members.arts[i].meta.get("parents") or []]
-    return SuperTicket(members.evaluated, best.value, masks, fraction, len(choose), n, len(report),
-                       held.cells["winning"].mean, held.full.mean)
+    return SuperTicket(chosen.on, best.value, masks, fraction, len(choose), n, len(report),
+                       held.cells["winning"].mean, held.full.mean, chosen.direction)
 
 
 SELECT_SEED = 0  # the split of the evaluation examples into selection and report halves for --select best

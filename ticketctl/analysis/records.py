@@ -260,6 +260,7 @@ class SuperTicket:
     reported_on: int
     winning: float  # the winning tickets' mean on the report examples
     full: float  # the full model's mean there (NaN without full members)
+    direction: str | None = None  # --score: the metric's direction, which "best" followed (None: the task's metric)
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,7 @@ def super_ticket(result: SuperTicket) -> None:
     on = result.on
     note(f"super ticket: winning at {result.level:.0%}, chosen on {result.chosen_on} of {result.examples} {on.split} "
          f"examples (a seeded {result.fraction:g} of them); on the other {result.reported_on}: {on.split} {on.metric} "
-         f"{result.winning:.4f} (full model {result.full:.4f})")
+         f"{result.winning:.4f} (full model {result.full:.4f})" + (f"; {result.direction}" if result.direction else ""))
 
 
 # ---------------------------------------------------------------------------------------------- show

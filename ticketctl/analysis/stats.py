@@ -152,14 +152,9 @@ def gain_curves(scorer: Scorer, groups: dict[str, list[int]], ref: str,
     return {g: [(k + 1, means[g][k] - means[ref][k]) for k in range(smallest)] for g in groups if g != ref}
 
 
-def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None,
-                  score: str | None = None, cost: bool = False) -> None:
+def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None) -> None:
     """The command's flag combinations: raises UsageError for a negative --bootstrap, a --size below 1, a --select
-    other than best, --select without --by sparsity, or --score with --select (the super ticket is chosen by the
-    task's own metric)."""
-    if score is not None and select is not None:
-        raise UsageError("--score with --select best: the super ticket is chosen by the task's own metric; "
-                         "leave out --score (or use --by sparsity --score NAME for the table)")
+    other than best, or --select without --by sparsity."""
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
     if size is not None and size < 1:
