@@ -123,6 +123,19 @@ def test_cost_frontier_by_accuracy_follows_higher_is_better(cli, tmp_path):
     assert "on_frontier" not in plain[0] and "metric" not in plain[0]
 
 
+def test_table1_json_names_the_metric_and_direction(cli, tmp_path):
+    paths, outputs, labels = _members(tmp_path)
+    code, out, err = cli("stats", *paths, "--size", "2", "--score", "accuracy", "--resamples", "99", "--format",
+                         "json")
+    assert code == 0, err
+    rows = _rows(out)
+    assert [(r["metric"], r["direction"]) for r in rows] == [("accuracy", "higher is better")] * 2
+    means = _protocol_means(outputs, labels, "accuracy")
+    assert [r["ensemble_mean"] for r in rows] == pytest.approx([means["dense"][1], means["random"][1]], abs=1e-12)
+    code, out, _ = cli("stats", *paths, "--size", "2", "--resamples", "99", "--format", "json")
+    assert "metric" not in _rows(out)[0]  # the task's own metric: the table as it was
+
+
 def test_frontier_plot_on_a_registered_metric(cli, tmp_path):
     paths, _, _ = _members(tmp_path)
     figure = tmp_path / "frontier.png"

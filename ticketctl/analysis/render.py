@@ -127,9 +127,10 @@ PAPER_NOTE = ("note: --test paper is the t-test of Kobayashi et al. over k-membe
               "members, so its p-values are optimistic, too small (docs/statistics.md)")
 
 
-def table1_table(result: Table1) -> Table:
+def table1_table(result: Table1, fmt: str = "table") -> Table:
     """Table 1: a row per group, the reference first; cost columns where members record costs, p_paper beside the
-    permutation test, the bootstrap interval with --bootstrap."""
+    permutation test, the bootstrap interval with --bootstrap; with a registered metric (``--score``) a verdict
+    column and, for programs (tsv, json), the metric's name and direction in every row."""
     costs = bool(result.rows) and result.rows[0].cost is not None
     columns = (["group", "members", "single_mean", "single_std", "k"] + (["cost", "gflops"] if costs else [])
                + ["combinations", "ensemble_mean", "ensemble_gain", "vs_ref", "diff_low", "diff_high", "p_value",
@@ -144,7 +145,10 @@ def table1_table(result: Table1) -> Table:
     if result.direction:  # --score: the convention, in words
         sign = "negative" if result.direction.startswith("lower") else "positive"
         metric += f" ({result.direction}; differences are group minus {result.ref}: {sign} favours the group)"
-    return Table(columns, [row_of(r, drop_none=True) for r in result.rows],
+    rows = [row_of(r, drop_none=True) for r in result.rows]
+    if result.direction:
+        columns, rows = _named_metric(columns, rows, on.metric, result.direction, fmt)
+    return Table(columns, rows,
                  f"{on.task} {on.split}: {metric} by {result.by} (k={result.k}, {result.combine}, {result.groups} "
                  f"seed group(s); vs {result.ref}: difference, 95% interval, {what})")
 
@@ -152,7 +156,7 @@ def table1_table(result: Table1) -> Table:
 def table1(result: Table1, fmt: str = "table") -> None:
     for line in result.notes:
         note(line)
-    emit(table1_table(result), fmt)
+    emit(table1_table(result, fmt), fmt)
     if result.test == "paper":
         note(PAPER_NOTE)
 
