@@ -73,8 +73,7 @@ def test_score_refusals(cli, tmp_path):
                           (["--score", "temperature"], "neither better nor worse"),
                           (["--score", "nope"], "unknown score"),
                           (["--score", "gaussian_nll"], "regression"),
-                          (["--score", "nll", "--cost"], "Table 1 only"),
-                          (["--score", "nll", "--by", "sparsity"], "Table 1 only")):
+                          (["--score", "nll", "--by", "sparsity", "--select", "worst"], "--select must be best")):
         code, out, err = cli("stats", *paths, "--size", "1", *args)
         assert code == 2 and message in err and out == "", (args, err)
 

@@ -153,11 +153,12 @@ StatsTest = Annotated[str, typer.Option(autocompletion=choices("permutation", "p
                                         help="permutation: paired permutation test over seeds (calibrated); paper: "
                                         "the paper's t-test over combinations (optimistic).")]
 StatsScore = Annotated[Optional[str], typer.Option(
-        help="Compare Table 1 by this registered metric instead of the task's own (--metric is the own data's "
-        "headline metric): nll, brier, ece, adaptive_ece, ts_nll, ts_ece, aurc, eaurc; regression gaussian_nll, "
-        "spread_error_corr. Same protocol and permutation test; differences stay group minus --ref in the metric's "
-        "units (for lower-is-better metrics a negative one favours the group) and a verdict column says better or "
-        "worse (docs/calibration.md).")]
+        help="Compare by this registered metric instead of the task's own (--metric is the own data's "
+        "headline metric): nll, brier, ece, adaptive_ece, ts_nll, ts_ece, aurc, eaurc, accuracy, f1, ...; regression "
+        "gaussian_nll, spread_error_corr. Table 1, --cost, --by sparsity/train_fraction: same protocol and tests; "
+        "differences stay group minus --ref in the metric's units (for lower-is-better metrics a negative one "
+        "favours the group), Table 1 gets a verdict column and --cost an on_frontier column that follow the "
+        "metric's direction, and --select best picks the level best in that direction (docs/calibration.md).")]
 StatsResamples = Annotated[int, typer.Option(help="Permutations of the test.")]
 StatsBootstrap = Annotated[int, typer.Option(help="Resample the evaluation examples N times for a 95% interval of "
                                                 "each group's ensemble mean (0: off).")]

@@ -69,7 +69,8 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
                 cost: bool = False, score: str | None = None, format: str = "table") -> None:
     """``stats``: Table 1 (``ticketctl.analysis.stats.table1``), the phase transition for a pivot ``by``
     (sparsity, train_fraction), the super ticket (``select`` best) or the frontier at equal cost (``cost``);
-    ``plot`` draws the matching figure; ``score`` compares Table 1 by a registered metric."""
+    ``plot`` draws the matching figure; ``score`` compares Table 1, the phase tables and the frontier, and picks
+    the super ticket, by a registered metric with a direction."""
     from ticketctl.analysis import phase, plots, render
     from ticketctl.analysis.records import PIVOTS
     from ticketctl.analysis import stats as data
@@ -77,12 +78,12 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     from ticketctl.store.artifacts import read_paths
 
     paths = read_paths(artifacts)
-    data.check_options(by, size, bootstrap, select, score, cost)
+    data.check_options(by, size, bootstrap, select)
     if select:
-        render.super_ticket(phase.super_ticket(paths, select_fraction))
+        render.super_ticket(phase.super_ticket(paths, select_fraction, score))
         return
     if by in PIVOTS:
-        table = phase.phase_transition(paths, by, resamples)
+        table = phase.phase_transition(paths, by, resamples, score)
         render.phase(table, format)
         if plot:
             plots.plot_phase(table, plot, f"{table.on.task}: "
@@ -90,17 +91,20 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     elif cost:
         from ticketctl.analysis import frontier
 
-        result = data.cost_frontier(paths, by, ref, combine, groups)
+        result = data.cost_frontier(paths, by, ref, combine, groups, score)
         render.cost_frontier(result, format)
         if plot:
+            ringed = None if score is None else frontier.on_frontier(result.curves,
+                                                                     result.direction == "higher is better")
             frontier.plot(result.curves, result.on.metric, plot,
-                          f"{result.on.task}: {result.on.metric} vs inference cost, by {by}")
+                          f"{result.on.task}: {result.on.metric} vs inference cost, by {by}", result.direction, ringed)
     else:
         result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot),
                              score=score)
         render.table1(result, format)
         if plot:
             plots.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
-                           f"{result.on.task}: ensemble gain over {result.ref}", points=score is None)
+                           f"{result.on.task}: ensemble gain over {result.ref}", points=score is None,
+                           direction=result.direction)
     if plot:
         note(f"wrote {plot}")

@@ -37,10 +37,13 @@ def save_figure(fig, path: str) -> None:
 
 
 def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str, path: str, title: str,
-              intervals: dict[str, list[tuple[float, float]]] | None = None, points: bool = True) -> None:
+              intervals: dict[str, list[tuple[float, float]]] | None = None, points: bool = True,
+              direction: str | None = None) -> None:
     """Figure 3: each group's gain over ``ref`` vs k; with ``intervals`` (per group, a (low, high) per point of its
     curve; NaN where there is none) a shaded 95% band. ``points``: the metric is a fraction, drawn x 100 (points);
-    False draws it in its own units (nll, brier, ...)."""
+    False draws it in its own units (nll, brier, ...). ``direction`` (a registered metric's: "lower is better",
+    ...): named on the axis with the sign that favours a group, so the figure reads right for any metric; None
+    (the task's headline metric) leaves the axis as it was."""
     scale = 100 if points else 1
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -54,7 +57,10 @@ def plot_gain(curves: dict[str, list[tuple[int, float]]], ref: str, metric: str,
     ax.set_xticks(ks)
     ax.axhline(0, color="grey", linewidth=1, linestyle="--", label=f"{ref} (reference)")
     ax.set_xlabel("ensemble members k")
-    ax.set_ylabel(f"{metric} gain over {ref} (points)" if points else f"{metric} minus {ref}'s")
+    label = f"{metric} gain over {ref} (points)" if points else f"{metric} minus {ref}'s"
+    if direction:
+        label += f"\n({direction}: {'below' if direction.startswith('lower') else 'above'} 0 favours the group)"
+    ax.set_ylabel(label)
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
@@ -88,23 +94,27 @@ def plot_reliability(curves: dict[str, dict], path: str, title: str) -> None:
 
 
 def plot_phase(table: PhaseTable, path: str, title: str) -> None:
-    """Each column's mean (±std over seeds) against the sparsity level or training fraction, in percent."""
+    """Each column's mean (±std over seeds) against the sparsity level or training fraction: the task's headline
+    metric in percent, a registered metric (``table.direction`` set) in its own units with its direction on the
+    axis."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [100 * r.value for r in table.rows]
+    scale = 100 if table.direction is None else 1
     for k in table.columns:
-        ys = [100 * r.cells[k].mean for r in table.rows]
-        err = [0 if math.isnan(r.cells[k].std) else 100 * r.cells[k].std for r in table.rows]
+        ys = [scale * r.cells[k].mean for r in table.rows]
+        err = [0 if math.isnan(r.cells[k].std) else scale * r.cells[k].std for r in table.rows]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{k} tickets" if k in KIND_ORDER else k)
     if table.by == "sparsity" and not math.isnan(table.rows[0].full.mean):
-        ax.axhline(100 * table.rows[0].full.mean, color="grey", linestyle="--", linewidth=1, label="full model")
+        ax.axhline(scale * table.rows[0].full.mean, color="grey", linestyle="--", linewidth=1, label="full model")
     if table.by == "train_fraction":
         ax.set_xscale("log")
         ax.set_xlabel("training data used (%)")
     else:
         ax.set_xticks(xs)
         ax.set_xlabel("sparsity (% pruned)")
-    ax.set_ylabel(f"dev {table.on.metric} (mean over seeds)")
+    ax.set_ylabel(f"dev {table.on.metric} (mean over seeds)" if table.direction is None
+                  else f"{table.on.split} {table.on.metric} (mean over seeds; {table.direction})")
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)

@@ -242,10 +242,11 @@ class PhaseRow:
 
 @dataclass(frozen=True)
 class PhaseTable:
-    on: EvalSplit
+    on: EvalSplit  # on.metric: the metric compared (a registered one with --score)
     by: str  # sparsity | train_fraction
     columns: list[str]  # ticket kinds (winning, random, losing) or schemes
     rows: list[PhaseRow]
+    direction: str | None = None  # --score: "lower is better" or "higher is better" (None: the task's metric)
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,7 @@ class SuperTicket:
     reported_on: int
     winning: float  # the winning tickets' mean on the report examples
     full: float  # the full model's mean there (NaN without full members)
+    direction: str | None = None  # --score: the metric's direction, which "best" followed (None: the task's metric)
 
 
 @dataclass(frozen=True)
@@ -275,11 +277,13 @@ class FrontierRow:
     vs_ref: float  # minus the reference's at the same budget (NaN for the reference, or where it affords none)
     diff_low: float  # 95% jackknife interval of vs_ref
     diff_high: float
+    on_frontier: bool | None = None  # no ensemble of any scheme that costs at most as much is better (in the
+    # metric's direction)
 
 
 @dataclass(frozen=True)
 class CostFrontier:
-    on: EvalSplit
+    on: EvalSplit  # on.metric: the metric compared (a registered one with --score)
     by: str
     ref: str
     combine: str
@@ -287,6 +291,7 @@ class CostFrontier:
     rows: list[FrontierRow]
     member_costs: dict[str, float]  # group -> its members' relative FLOPs
     curves: dict[str, list[tuple[float, float]]]  # group -> (cost of k members, protocol mean), k = 1, 2, ...
+    direction: str | None = None  # --score: "lower is better" or "higher is better" (None: the task's metric)
 
 
 # ---------------------------------------------------------------------------------------------- show

@@ -127,9 +127,10 @@ PAPER_NOTE = ("note: --test paper is the t-test of Kobayashi et al. over k-membe
               "members, so its p-values are optimistic, too small (docs/statistics.md)")
 
 
-def table1_table(result: Table1) -> Table:
+def table1_table(result: Table1, fmt: str = "table") -> Table:
     """Table 1: a row per group, the reference first; cost columns where members record costs, p_paper beside the
-    permutation test, the bootstrap interval with --bootstrap."""
+    permutation test, the bootstrap interval with --bootstrap; with a registered metric (``--score``) a verdict
+    column and, for programs (tsv, json), the metric's name and direction in every row."""
     costs = bool(result.rows) and result.rows[0].cost is not None
     columns = (["group", "members", "single_mean", "single_std", "k"] + (["cost", "gflops"] if costs else [])
                + ["combinations", "ensemble_mean", "ensemble_gain", "vs_ref", "diff_low", "diff_high", "p_value",
@@ -144,7 +145,10 @@ def table1_table(result: Table1) -> Table:
     if result.direction:  # --score: the convention, in words
         sign = "negative" if result.direction.startswith("lower") else "positive"
         metric += f" ({result.direction}; differences are group minus {result.ref}: {sign} favours the group)"
-    return Table(columns, [row_of(r, drop_none=True) for r in result.rows],
+    rows = [row_of(r, drop_none=True) for r in result.rows]
+    if result.direction:
+        columns, rows = _named_metric(columns, rows, on.metric, result.direction, fmt)
+    return Table(columns, rows,
                  f"{on.task} {on.split}: {metric} by {result.by} (k={result.k}, {result.combine}, {result.groups} "
                  f"seed group(s); vs {result.ref}: difference, 95% interval, {what})")
 
@@ -152,22 +156,45 @@ def table1_table(result: Table1) -> Table:
 def table1(result: Table1, fmt: str = "table") -> None:
     for line in result.notes:
         note(line)
-    emit(table1_table(result), fmt)
+    emit(table1_table(result, fmt), fmt)
     if result.test == "paper":
         note(PAPER_NOTE)
 
 
-def frontier_table(result: CostFrontier) -> Table:
+def frontier_table(result: CostFrontier, fmt: str = "table") -> Table:
+    """The frontier at equal cost: a row per budget and scheme. With a registered metric (``result.direction``) an
+    ``on_frontier`` column, the direction and sign convention in the title, and for programs (tsv, json) the
+    metric's name and direction in every row."""
     on = result.on
-    return Table(["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"],
-                 [row_of(r) for r in result.rows],
-                 f"{on.task} {on.split}: {on.metric} of the largest ensemble within each inference budget "
-                 f"(dense-member equivalents, analytic FLOPs; {result.combine}, {result.groups} seed group(s); vs "
-                 f"{result.ref} at the same budget: difference and 95% jackknife interval)")
+    columns = ["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high"]
+    rows = [row_of(r) for r in result.rows]
+    title = (f"{on.task} {on.split}: {on.metric} of the largest ensemble within each inference budget "
+             f"(dense-member equivalents, analytic FLOPs; {result.combine}, {result.groups} seed group(s); vs "
+             f"{result.ref} at the same budget: difference and 95% jackknife interval)")
+    if result.direction:
+        columns.append("on_frontier")
+        title += (f"; {direction_words(result.direction, result.ref)}; on_frontier: no ensemble that costs at most "
+                  f"as much has a better {on.metric}")
+        columns, rows = _named_metric(columns, rows, on.metric, result.direction, fmt)
+    return Table(columns, rows, title)
+
+
+def direction_words(direction: str, ref: str) -> str:
+    """A registered metric's direction and what the sign of a difference to ``ref`` means, in words."""
+    sign = "negative" if direction.startswith("lower") else "positive"
+    return f"{direction}; vs_ref = group minus {ref}: {sign} favours the group"
+
+
+def _named_metric(columns: list[str], rows: list[dict], metric: str, direction: str,
+                  fmt: str) -> tuple[list[str], list[dict]]:
+    """For programs (tsv, json) every row names the metric and its direction (people read them in the title)."""
+    if fmt not in ("tsv", "json"):
+        return columns, rows
+    return columns + ["metric", "direction"], [{**r, "metric": metric, "direction": direction} for r in rows]
 
 
 def cost_frontier(result: CostFrontier, fmt: str = "table") -> None:
-    emit(frontier_table(result), fmt)
+    emit(frontier_table(result, fmt), fmt)
     costs = result.member_costs
     note("member cost (x dense): " + ", ".join(f"{g} {costs[g]:.3f}" for g in sorted(costs))
          + "; unstructured tickets cost a dense member (no sparse kernel)")
@@ -178,15 +205,23 @@ def phase_table(result: PhaseTable, fmt: str = "table") -> Table:
     for programs (tsv, json) each column's mean, std and n are separate columns."""
     by, kinds, full = result.by, result.columns, result.by == "sparsity"
     on = result.on
+    said = ""  # with a registered metric: its direction, and which sign of winning vs full favours the tickets
+    if result.direction:
+        sign = "negative" if result.direction.startswith("lower") else "positive"
+        said = f"; {result.direction}" + (f", winning vs full = winning minus full: {sign} favours the tickets"
+                                          if full else "")
     if fmt in ("table", "markdown"):
         extra = ["heads/FFN pruned", "winning vs full (p)"] if full else []
         return Table([by, *kinds, *(["full"] if full else []), *extra],
                      [_phase_shown(r, by, kinds) for r in result.rows],
                      f"{on.task} {on.split}: {on.metric} by {by} (mean ±std over seeds (n))"
-                     + ("; full = unpruned model; p: permutation test over seeds" if full else ""))
+                     + ("; full = unpruned model; p: permutation test over seeds" if full else "") + said)
     columns = [by] + [c for k in kinds for c in (k, f"{k}_std", f"{k}_n")]
     columns += ["full", "full_n", "heads_pruned", "ffn_pruned", "vs_full", "p_vs_full"] if full else []
-    return Table(columns, [_phase_values(r, by) for r in result.rows], f"{on.task} {on.split}: {on.metric} by {by}")
+    rows = [_phase_values(r, by) for r in result.rows]
+    if result.direction:
+        columns, rows = _named_metric(columns, rows, on.metric, result.direction, fmt)
+    return Table(columns, rows, f"{on.task} {on.split}: {on.metric} by {by}" + said)
 
 
 def phase(result: PhaseTable, fmt: str = "table") -> None:
@@ -224,7 +259,7 @@ def super_ticket(result: SuperTicket) -> None:
     on = result.on
     note(f"super ticket: winning at {result.level:.0%}, chosen on {result.chosen_on} of {result.examples} {on.split} "
          f"examples (a seeded {result.fraction:g} of them); on the other {result.reported_on}: {on.split} {on.metric} "
-         f"{result.winning:.4f} (full model {result.full:.4f})")
+         f"{result.winning:.4f} (full model {result.full:.4f})" + (f"; {result.direction}" if result.direction else ""))
 
 
 # ---------------------------------------------------------------------------------------------- show

@@ -21,7 +21,7 @@ from ticketctl.analysis.grouping import (check_same_level, check_same_recipe, gr
                                          seeds_of)
 from ticketctl.analysis.members import Members, load_ensemble_members
 from ticketctl.analysis.metrics import MetricScorer, scorer_for
-from ticketctl.analysis.records import PIVOTS, CostFrontier, Table1, Table1Row
+from ticketctl.analysis.records import CostFrontier, Table1, Table1Row
 from ticketctl.analysis.significance import (RESAMPLES, Scorer, better, compare, difference, pairing, paper_ttest,
                                              protocol_combinations, protocol_scores, smallest_p, split_groups)
 from ticketctl.errors import UsageError
@@ -152,12 +152,9 @@ def gain_curves(scorer: Scorer, groups: dict[str, list[int]], ref: str,
     return {g: [(k + 1, means[g][k] - means[ref][k]) for k in range(smallest)] for g in groups if g != ref}
 
 
-def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None,
-                  score: str | None = None, cost: bool = False) -> None:
+def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None) -> None:
     """The command's flag combinations: raises UsageError for a negative --bootstrap, a --size below 1, a --select
-    other than best, --select without --by sparsity, or --score with a view other than Table 1."""
-    if score is not None and (cost or select is not None or by in PIVOTS):
-        raise UsageError("--score compares Table 1 only: not with --cost, --select or --by sparsity/train_fraction")
+    other than best, or --select without --by sparsity."""
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
     if size is not None and size < 1:
@@ -206,20 +203,26 @@ def _with_costs(members: Members, grouped: dict[str, list[int]], rows: list[Tabl
 
 
 def cost_frontier(paths: list[str], by: str = "policy", ref: str | None = None, combine: str = "probs",
-                  groups: int = 1) -> CostFrontier:
-    """``stats --cost``: per budget (dense-member equivalents) and scheme, the largest affordable ensemble and its
-    difference to the reference at the same budget (``ticketctl.analysis.frontier``), the members' costs, and each
-    scheme's metric-vs-cost curve. Raises InputError for a member without a cost record, or groups that do not
-    split into ``groups`` equal groups."""
+                  groups: int = 1, score: str | None = None) -> CostFrontier:
+    """``stats --cost``: per budget (dense-member equivalents) and scheme, the largest affordable ensemble, its
+    difference to the reference at the same budget and whether it is on the frontier
+    (``ticketctl.analysis.frontier``), the members' costs, and each scheme's metric-vs-cost curve. ``score``: by
+    this registered metric with a direction (``ticketctl.analysis.metrics``: nll, brier, ece, accuracy, ...)
+    instead of the task's headline metric; every number is then in its units, differences stay group minus the
+    reference, and the frontier follows the metric's direction (lower is better for nll). Raises UsageError for an
+    unknown or undirected score (temperature), InputError for a member without a cost record, or groups that do
+    not split into ``groups`` equal groups."""
     from ticketctl.analysis import frontier
 
     members, grouped = load_groups(paths, by)
     ref = pick_ref(grouped, ref)
-    scorer = scorer_of(members, combine)
+    scorer = scorer_of(members, combine, score)
     for idx in grouped.values():
         split_groups(len(idx), groups)
     costs = frontier.group_costs(members, grouped)
     pairs = {g: pairing(seeds_of(members, idx), seeds_of(members, grouped[ref])) for g, idx in grouped.items()}
     means = frontier.protocol_means(scorer, grouped, groups)
     rows = frontier.frontier(scorer, grouped, costs, ref, groups, pairs, means)
-    return CostFrontier(members.evaluated, by, ref, combine, groups, rows, costs, frontier.curves(means, costs))
+    on = members.evaluated if score is None else replace(members.evaluated, metric=scorer.name)
+    return CostFrontier(on, by, ref, combine, groups, rows, costs, frontier.curves(means, costs),
+                        None if score is None else scorer.metric.direction)
