@@ -9,7 +9,8 @@
 
 ``--cli REV``: the whole command as a user runs it (``ticketctl ensemble --size 2-5 [--scores ...]`` in a fresh
 Python over 20 logits artifacts written to a temporary folder), this checkout against commit REV (checked out into
-a temporary git worktree and run with it on PYTHONPATH), best of 3 each, interleaved; the groups and ``all``.
+a temporary git worktree and run with it on PYTHONPATH), best of 3 each; the groups and ``all``. These runs use
+every core, as a user's would (no OMP_NUM_THREADS).
 
 Prints one line per list: seconds (baseline: best of 2; a list: one run, baseline included) and its ratio to the
 baseline. One thread (OMP_NUM_THREADS=1).
@@ -76,7 +77,8 @@ def cli(rev: str, lists: list[str]) -> None:
         subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(base_tree), rev], check=True)
         try:
             def run(tree: Path, extra: list[str]) -> float:
-                env = {**os.environ, "PYTHONPATH": str(tree)}
+                env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # every core, as a user's
+                env["PYTHONPATH"] = str(tree)
                 cmd = [sys.executable, "-m", "ticketctl", "ensemble", "--size", "2-5", *extra, *paths]
                 start = time.perf_counter()
                 subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

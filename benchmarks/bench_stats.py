@@ -9,6 +9,12 @@ schemes) to a temporary folder, then times:
 - ``stats --groups 2`` (the default permutation test, 1,000 permutations, for ensembles and single members);
 - ``stats --groups 2 --bootstrap 1000`` as well.
 Prints one JSON line per measurement (seconds) on stdout.
+
+    python benchmarks/bench_stats.py --scores-vs REV [--seeds 20] [--examples 1725] [--resamples 1000]
+
+The cost of ``stats --score NAME`` (#33) as a user runs it, MRPC-shaped: commit REV's ``stats --groups 2``
+(checked out into a temporary git worktree, run with it on PYTHONPATH in a fresh Python) against this checkout's
+with each directed classification metric, one run each, in one session.
 """
 
 from __future__ import annotations
@@ -65,12 +71,45 @@ def timed(*args) -> float:
     return time.perf_counter() - start
 
 
+SCORED = ("nll", "brier", "ece", "adaptive_ece", "aurc", "eaurc", "ts_nll", "ts_ece")
+
+
+def scores_vs(rev: str, seeds: int, examples: int, resamples: int) -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_members(Path(tmp), "mrpc", seeds, examples)
+        base_tree = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(base_tree), rev], check=True)
+        try:
+            def run(tree: Path, extra: list[str]) -> float:
+                cmd = [sys.executable, "-m", "ticketctl", "stats", *paths, "--groups", "2", "--resamples",
+                       str(resamples), "--format", "tsv", *extra]
+                start = time.perf_counter()
+                subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                return time.perf_counter() - start
+
+            base = run(base_tree, [])
+            print(json.dumps({"run": f"{rev}: stats --groups 2", "seconds": round(base, 2)}), flush=True)
+            for name in ("", *SCORED):
+                seconds = run(root, ["--score", name] if name else [])
+                print(json.dumps({"run": f"stats --groups 2 {'--score ' + name if name else ''}".strip(),
+                                  "seconds": round(seconds, 2), "vs_rev": round(seconds / base, 1)}), flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(base_tree)], check=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--examples", type=int, default=1725)
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--scores-vs", metavar="REV")
     args = ap.parse_args()
+    if args.scores_vs:
+        return scores_vs(args.scores_vs, args.seeds, args.examples, args.resamples)
     with tempfile.TemporaryDirectory() as tmp:
         for task in ("mrpc", "stsb"):
             paths = write_members(Path(tmp), task, args.seeds, args.examples)

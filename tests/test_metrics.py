@@ -403,3 +403,20 @@ def test_batch_sort_metrics_with_tied_confidences_equal_the_direct_ones():
         assert len(set(conf.tolist())) == 10  # tied indeed
         assert got["aurc"][b] == pytest.approx(_aurc_direct(list(conf), list(correct)), rel=1e-12)
         assert got["adaptive_ece"][b] == pytest.approx(float(M.adaptive_ece(p, y)), rel=1e-12)
+
+
+def test_fitted_metrics_do_not_depend_on_the_threads(monkeypatch):
+    """ts_nll and ts_ece are scored chunk by chunk on metric_threads() threads: the same values, bit for bit, on one
+    thread and on two (chunks made small so that there are several)."""
+    rng = np.random.default_rng(24)
+    y = rng.integers(0, 3, 50)
+    x = rng.normal(0, 2, (7, 50, 3))
+    combos = np.array(list(itertools.combinations(range(7), 3)))
+    monkeypatch.setattr(M, "CHUNK_ELEMENTS", 600)  # 4 ensembles a chunk: 9 chunks
+    got = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        assert M.metric_threads() == int(threads)
+        got[threads] = M.combination_values(x, y, combos, ["ts_nll", "ts_ece", "nll"], "probs", regression=False)
+    for name in ("ts_nll", "ts_ece", "nll"):
+        np.testing.assert_array_equal(got["1"][name], got["2"][name])
