@@ -51,7 +51,7 @@ def targets(ctx: Context, cfg: TrainConfig, seed: int, out: Path, mask_path: str
     teacher = _teacher(ctx, distill, train_split)
     identity = run_identity(ctx, cfg, seed, train_split, mask_art, float(bagging), None, None, float(train_fraction),
                             teacher)
-    return [path for _, path, _ in ctx.logits_rows(identity, out)]
+    return ctx.required(ctx.logits_rows(identity, out))
 
 
 def run_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split, mask_art, bagging: float, init,
@@ -113,7 +113,7 @@ def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Pat
     identity = run_identity(ctx, cfg, seed, train_split, mask_art, bagging, init, init_fp, train_fraction, teacher)
     rows = ctx.logits_rows(identity, out)
     if _finished(ctx, rows, save_model, force, out):
-        return [p for _, p, _ in rows]
+        return ctx.written(rows)
     model, tokenizer, keep, extra = _setup(ctx, cfg, seed, device, mask_art, mask_path, init, init_dir)
     extra = {"init_model": str(init) if init else "pretrained", "train_fraction": str(train_fraction),
              "train_examples": str(len(train_split)), "subset_seed": subset_seed, **extra}
@@ -123,13 +123,13 @@ def finetune_context(ctx: Context, cfg: TrainConfig, device, seed: int, out: Pat
     losses, curve, seconds = _train(ctx, model, tokenizer, cfg, seed, device, identity.scheme, keep, teacher)
     _write(ctx, model, tokenizer, cfg, device, out, identity, rows, [a for a in (mask_art, teacher and teacher.art) if a],
            losses, curve, seconds, extra, save_model)
-    return [path for _, path, _ in rows]
+    return ctx.written(rows)
 
 
 def _finished(ctx: Context, rows, save_model: Path | None, force: bool, out: Path) -> bool:
     """finished already? Every logits artifact exists (and, with --save-model, the folder holds this member)."""
     saved = save_model is not None and outputs.check_model_folder(save_model, None if force else rows[0][2])
-    if (save_model is None or saved) and context.finished(ctx.log, [p for _, p, _ in rows], "logits", force):
+    if (save_model is None or saved) and context.finished(ctx.log, ctx.required(rows), "logits", force):
         if saved:
             ctx.log.info(f"reusing the member saved in {save_model}")
         return True
