@@ -256,3 +256,21 @@ def test_protocol_counts_a_member_without_ood_outputs_done(cli, tiny_args, tiny_
     code, out, err = cli("finetune", "--task", "mrpc", "--out", tmp_path, *tiny_args, "--eval-file", clash,
                          "--ood-file", tmp_path / "texts.jsonl")
     assert code != 0 and "both named 'ood'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_protocol_members_get_ood_outputs_up_front_and_are_not_rerun_for_them(cli, tiny_args, tmp_path):
+    runs, ood_file = tmp_path / "runs", _ood_file(tmp_path)
+    plan = ["protocol", *tiny_args, "--task", "mrpc", "--seeds", "1-2", "--schemes", "dense", "--size", "2",
+            "--resamples", "99", "--out", runs, "--report", tmp_path / "report"]
+    code, out, err = cli(*plan[:-4], "--out", tmp_path / "first", "--report", tmp_path / "r1", "--ood-file", ood_file)
+    assert code == 0, err
+    oods = sorted((tmp_path / "first").glob("mrpc-logits-ood-dense-s*.safetensors"))
+    devs = sorted((tmp_path / "first").glob("mrpc-logits-dev-dense-s*.safetensors"))
+    assert len(oods) == 2 and len(devs) == 2
+    code, out, err = cli("ensemble", *devs, *oods, "--ood", "ood", "--format", "json")
+    assert code == 0 and "auroc_mi" in out, err
+    # members finished without the OOD file: the protocol with it has nothing to run
+    code, out, err = cli(*plan)
+    assert code == 0, err
+    code, out, err = cli(*plan, "--ood-file", ood_file, "--dry-run")
+    assert code == 0 and out.strip().splitlines()[-1] == "0 to run, 2 done", out
