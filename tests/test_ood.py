@@ -269,8 +269,28 @@ def test_protocol_members_get_ood_outputs_up_front_and_are_not_rerun_for_them(cl
     assert len(oods) == 2 and len(devs) == 2
     code, out, err = cli("ensemble", *devs, *oods, "--ood", "ood", "--format", "json")
     assert code == 0 and "auroc_mi" in out, err
-    # members finished without the OOD file: the protocol with it has nothing to run
+    whole = _json_rows(out)[0]
+    # the report's section: the 2-member ensemble (the one combination) and the mean single member, as ensemble says
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())["ood"]
+    (row,) = report["rows"]
+    assert row["scheme"] == "dense" and report["missing"] == {}
+    for c in ood.columns(2):
+        assert row[f"ensemble_{c}"] == pytest.approx(whole[c], abs=1e-9), c
+    singles = []
+    for d, o in zip(devs, oods):
+        code, out, err = cli("ensemble", d, o, "--ood", "ood", "--format", "json")
+        singles.append(_json_rows(out)[0])
+    for c in ood.columns(1):
+        assert row[f"single_{c}"] == pytest.approx(np.mean([r[c] for r in singles]), abs=1e-9), c
+    assert "## Out-of-distribution detection" in (tmp_path / "r1" / "report.md").read_text()
+    # members finished without the OOD file: the protocol with it has nothing to run, and says they are left out
     code, out, err = cli(*plan)
     assert code == 0, err
     code, out, err = cli(*plan, "--ood-file", ood_file, "--dry-run")
     assert code == 0 and out.strip().splitlines()[-1] == "0 to run, 2 done", out
+    before = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.safetensors")}
+    code, out, err = cli(*plan, "--ood-file", ood_file)
+    assert code == 0, err
+    assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.safetensors")} == before  # nothing trained
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["ood"]["missing"] == {"dense": 2}
+    assert "without OOD outputs" in (tmp_path / "report" / "report.md").read_text()
