@@ -234,7 +234,7 @@ def ensemble(
     combine: opt.Combine = "probs",
     size: opt.EnsembleSize = None, groups: opt.EnsembleGroups = 1, out: opt.EnsembleOut = None,
     submission: opt.EnsembleSubmission = None, scores: opt.EnsembleScores = None, ece_bins: opt.EnsembleEceBins = 15,
-    format: opt.Format = "table",
+    ood: opt.EnsembleOod = None, format: opt.Format = "table",
 ):
     """Average member outputs and print the ensemble's metrics (or its artifact path with --out)."""
     from ticketctl.analysis import ensemble as data
@@ -246,7 +246,7 @@ def ensemble(
     if ece_bins < 1:
         raise UsageError(f"--ece-bins {ece_bins}: needs at least 1 bin")
     options = metrics.Options(ece_bins=ece_bins)
-    result = data.ensemble(read_paths(members), combine, size, scores, options)
+    result = data.ensemble(read_paths(members), combine, size, scores, options, ood)
     if result.undefined:
         note(metrics.vote_note(result.undefined))
     if submission is not None:
@@ -255,8 +255,8 @@ def ensemble(
     if out is not None:
         render.ensemble_written(result, data.write_ensemble(result, out))
         return
-    sizes = (data.size_table(result.members, result.sizes, combine, groups, result.scores, options) if result.sizes
-             else None)
+    sizes = (data.size_table(result.members, result.sizes, combine, groups, result.scores, options, result.ood)
+             if result.sizes else None)
     render.ensemble(result, sizes, format, submission is not None)
 
 

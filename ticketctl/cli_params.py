@@ -24,10 +24,11 @@ Task = Annotated[Optional[str], typer.Option(
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
 TrainFraction = Annotated[float, typer.Option(
     help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")]
-TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits"}), "run": RunOptions}
+TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "ood_file"}), "run": RunOptions}
 CUSTOM_DATA = {"train_file", "validation_file", "dataset", "dataset_config", "validation_split", "text_columns",
                "label_column", "metric"}
-SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "subset_seed", *CUSTOM_DATA}),
+SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "ood_file", "subset_seed",
+                                                       *CUSTOM_DATA}),
            "run": RunOptions}
 Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]
 Format = Annotated[str, typer.Option("--format", "-f", autocompletion=choices("table", "tsv", "json", "markdown"),
@@ -124,6 +125,12 @@ EnsembleScores = Annotated[Optional[str], typer.Option(
          "ece, adaptive_ece; ts_nll, ts_ece and the temperature after cross-fitted temperature scaling), selective "
          "prediction (aurc, eaurc), uncertainty (total_entropy, expected_entropy, mutual_information); regression: "
          "gaussian_nll, spread_error_corr (docs/calibration.md).")]
+EnsembleOod = Annotated[Optional[str], typer.Option(
+    "--ood", metavar="SPLIT",
+    help="Out-of-distribution detection: the artifacts given of this split (finetune --ood-file's are 'ood') are the "
+         "same members' outputs on texts from another distribution, paired member by member; adds AUROC and FPR at "
+         "95% TPR of 1 - max probability (msp), entropy and mutual information (mi, for >1 member) at telling them "
+         "from the evaluation split's texts (docs/calibration.md).")]
 EnsembleEceBins = Annotated[int, typer.Option(help="Bins of ece, adaptive_ece and ts_ece (equal width; adaptive: "
                                                    "equal mass).")]
 DiversityMatrix = Annotated[bool, typer.Option(help="Print every pair instead of the averages.")]

@@ -112,6 +112,11 @@ class DataOptions:
     eval_splits: Optional[list[str]] = option(
         None, "Extra evaluation split of --dataset, labelled or not (repeatable).", flag="--eval-split",
         factory=list)
+    ood_file: Optional[str] = option(
+        None, "Texts from another distribution, to tell from the evaluation split's (out-of-distribution detection): "
+        ".csv, .tsv, .json or .jsonl with a header and the task's text columns, no labels needed (a label column is "
+        "ignored). Scored at the end of training as the unlabelled split 'ood' (a logits artifact without metrics, "
+        "for `ensemble --ood ood`); a member finished without it is reused, not retrained (docs/calibration.md).")
     text_columns: Optional[str] = option(
         None, "Text column(s) of --train-file/--dataset data: a or a,b for sentence pairs. Default: "
         "sentence1,sentence2, else text, else sentence.")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ticketctl.analysis import ood
 from ticketctl.analysis.combine import combination_scores, combined_outputs, member_terms
 from ticketctl.analysis.metrics import Options, combination_values, combine_members, evaluate, parse_scores
 from ticketctl.analysis.members import Members, load_ensemble_members
@@ -20,16 +21,22 @@ from ticketctl.errors import UsageError
 
 
 def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, scores: str | None = None,
-             options: Options = Options()) -> Ensemble:
+             options: Options = Options(), ood_split: str | None = None) -> Ensemble:
     """The logits artifacts among ``paths`` averaged (``combine``: probs | logits | vote), scored on a labelled
     split; ``size`` (k, a list 2,3,5, a range 2-5, or ``all``) is parsed and checked for :func:`size_table`;
     ``scores`` (``--scores``: names or ``all``, :func:`ticketctl.analysis.metrics.parse_scores`): further registered
     metrics added after the task's own; those undefined under ``combine`` are left out and listed in the record.
+    ``ood_split`` (``--ood``): the artifacts of that split are the same members' outputs on out-of-distribution
+    texts (:func:`load_ood`); the ensemble's AUROC and FPR at 95% TPR at telling them from the
+    evaluation split's texts are added to its metrics (under ``vote``, left out and listed as undefined).
 
-    Raises UsageError (a bad --size, --size on an unlabelled split, a bad --combine, an unknown score) or InputError
-    (members that must not be mixed)."""
-    members = load_ensemble_members(paths)
+    Raises UsageError (a bad --size, --size on an unlabelled split, a bad --combine, an unknown score, --ood on a
+    regression task) or InputError (members that must not be mixed, or that do not pair up across the splits)."""
+    paired = load_ood(paths, ood_split) if ood_split is not None else None
+    members = paired.inside if paired else load_ensemble_members(paths)
     chosen, undefined = parse_scores(scores, members.task.is_regression, combine)
+    if paired and combine == "vote":
+        undefined, paired = [*undefined, *ood.columns(len(members))], None
     combined = combined_outputs(members.task, members.outputs, combine)
     sizes = parse_k(size.replace("all", f"1-{len(members)}") if size else None)
     scored = None
@@ -41,7 +48,39 @@ def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, 
             scored = dataclasses.replace(scored, metrics={**scored.metrics, **extra})
     elif sizes:
         raise UsageError("--size needs a labelled split")
-    return Ensemble(members, combine, combined, scored, sizes, chosen, undefined)
+    if paired:
+        scored = scored or EnsembleScore(members.evaluated, len(members), combine, {})
+        scored = dataclasses.replace(scored, metrics={**scored.metrics, **ood.whole(paired, combine)})
+    return Ensemble(members, combine, combined, scored, sizes, chosen, undefined, paired)
+
+
+def load_ood(paths: list[str], split: str) -> ood.Paired:
+    """``--ood SPLIT``: the logits artifacts among ``paths`` of split ``split`` are the members' outputs on the OOD
+    texts, the others (one evaluation split) on the in-distribution texts; each member must have both
+    (:func:`ticketctl.analysis.ood.pairing`), of one task and model.
+
+    Raises UsageError (regression; nothing of ``split`` or nothing else given) or InputError (members that do not
+    pair up, another task or model, the same examples on both sides)."""
+    from ticketctl.store.artifacts import read_artifact
+
+    arts = [read_artifact(p) for p in paths]
+    is_ood = [a.kind == "logits" and a.meta.get("split") == split for a in arts]
+    ood_paths = [p for p, o in zip(paths, is_ood) if o]
+    in_paths = [p for p, o in zip(paths, is_ood) if not o]
+    if not ood_paths:
+        splits = sorted({str(a.meta.get("split")) for a in arts if a.kind == "logits"})
+        raise UsageError(f"--ood {split}: no logits artifacts of split {split!r} among those given (splits: "
+                         f"{', '.join(splits) or 'none'})")
+    if not in_paths:
+        raise UsageError(f"--ood {split}: every artifact given is of split {split!r}; give the members' outputs on "
+                         f"the evaluation split too")
+    inside = load_ensemble_members(in_paths)
+    if inside.task.is_regression:
+        raise UsageError(f"--ood: {inside.task.name} is a regression task; the OOD scores (1 - max probability, "
+                         f"entropy, mutual information) need class probabilities")
+    outside = load_ensemble_members(ood_paths, split=split)
+    ood.check_sides(inside, outside, split)
+    return ood.Paired(inside, outside.outputs[ood.pairing(inside.arts, outside.arts, split)], split)
 
 
 def cost_records(members: Members) -> list[dict] | None:
@@ -112,11 +151,13 @@ def all_member_scores(members: Members, how: str = "probs", combined: np.ndarray
 
 
 def size_table(members: Members, sizes: list[int], how: str = "probs", groups: int = 1, scores: list[str] = (),
-               options: Options = Options()) -> SizeTable:
+               options: Options = Options(), paired: "ood.Paired | None" = None) -> SizeTable:
     """One row per ensemble size k: the headline metric's mean/std/min/max over all k-member combinations (within
     each of ``groups`` equal groups of the members in seed order, pooled over groups: Kobayashi et al., 2022,
     Appendix C), the mean of the task's other metrics, and the ensemble's cost (k x the mean member's relative
-    FLOPs) where members record it; ``scores``: the mean of further registered metrics over the same combinations.
+    FLOPs) where members record it; ``scores``: the mean of further registered metrics over the same combinations;
+    ``paired`` (:func:`load_ood`): the mean OOD AUROC and FPR95 over them (mutual information
+    NaN at k = 1).
     Raises UsageError on an unlabelled split or a k a group cannot hold,
     InputError when the members do not split into equal groups."""
     if members.labels is None:
@@ -133,14 +174,17 @@ def size_table(members: Members, sizes: list[int], how: str = "probs", groups: i
             raise UsageError(f"--size {k}: needs between 1 and {len(parts[0])} members per group")
         per_group = [combination_scores(task, terms, members.labels, k, g) for g in parts]
         pooled = {m: np.concatenate([pg[m] for pg in per_group]) for m in task.metrics}
+        combos = np.asarray([c for g in parts for c in itertools.combinations(g, k)], dtype=np.int64)
         if scores:
-            combos = np.asarray([c for g in parts for c in itertools.combinations(g, k)], dtype=np.int64)
             pooled.update(combination_values(members.outputs, members.labels, combos, list(scores), how,
                                              task.is_regression, options))
+        extra = [*scores, *(ood.columns(2) if paired else [])]
+        if paired:
+            pooled.update(ood.combination_values(paired, combos, how))
         head = pooled[task.headline]
         rows.append(SizeRow(k, sum(comb(len(g), k) for g in parts), float(head.mean()),
                             float(head.std(ddof=1)) if len(head) > 1 else 0.0, float(head.min()), float(head.max()),
-                            {m: float(pooled[m].mean()) for m in [*task.metrics[1:], *scores]},
+                            {m: float(pooled[m].mean()) for m in [*task.metrics[1:], *extra]},
                             round(k * mean_cost, 4) if costs else None))
     return SizeTable(members.evaluated, how, len(members), groups, rows)
 

@@ -66,6 +66,7 @@ class Ensemble:
     sizes: list[int] = field(default_factory=list)  # the ensemble sizes --size asked for (k, all spelled out)
     scores: list[str] = field(default_factory=list)  # further registered metrics asked for (--scores), computed
     undefined: list[str] = field(default_factory=list)  # those asked for but undefined under this combine: left out
+    ood: object = None  # ticketctl.analysis.ood.Paired: the members' outputs on --ood texts too (None: not given)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ a quote is part of the text, as in GLUE), ``.json`` (a list of objects, or an ob
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -384,6 +385,24 @@ def read_split(task: Task, path: str | Path, name: str | None = None, need_label
                warn=stderr_notice) -> Split:
     columns, rows = read_table(path, warn)
     return split_of(task, columns, rows, str(path), name or Path(path).name.split(".")[0], need_labels, warn)
+
+
+OOD_SPLIT = "ood"  # the split name of --ood-file's outputs (docs/calibration.md)
+
+
+def read_ood(task: Task, path: str | Path, warn=stderr_notice) -> Split:
+    """``--ood-file``: texts from another distribution, as the unlabelled split :data:`OOD_SPLIT` of ``task``. Any
+    format of :func:`read_table` with a header row (a GLUE TSV with its header too) and the task's text columns (a
+    GLUE task's also under the hub's names, sentence1,sentence2 for MRPC); a label column, where there is one, is
+    ignored: its values need not be the task's labels. Raises InputError (unreadable file, missing text columns,
+    no rows) or UsageError (unknown format)."""
+    columns, rows = read_table(path, warn)
+    text = task.text_columns
+    if not all(c in columns for c in text) and all(c in columns for c in task.hub_text_columns):
+        text = task.hub_text_columns
+    reader = Task(task.name, task.folder, text, task.label_column, task.labels, task.metrics)
+    split = split_of(reader, [c for c in columns if c != task.label_column], rows, str(path), OOD_SPLIT, warn=warn)
+    return dataclasses.replace(split, task=task)
 
 
 # ---------------------------------------------------------------------------------------------- hub datasets

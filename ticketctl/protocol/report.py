@@ -38,6 +38,7 @@ from ticketctl.analysis.significance import compare, compare_gain, pairing
 from ticketctl.analysis.tables import format_cell, note
 from ticketctl.errors import InputError, UsageError
 from ticketctl.protocol import distilled
+from ticketctl.protocol import ood as ood_report
 from ticketctl.protocol.plan import Plan, toml_text
 from ticketctl.store.artifacts import read_artifact
 from ticketctl.store.provenance import versions
@@ -289,6 +290,7 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     folder.mkdir(parents=True, exist_ok=True)
     data = analyse(plan, members, masks)
     _add_students(plan, data, members)
+    data["ood"] = ood_report.section(plan, members)
     trained = [r for r in outcome.results.values() if r.get("ran")]
     n_members = sum(1 for r in trained if r["job"].startswith("finetune:"))
     times = member_times(members, masks)
@@ -433,7 +435,8 @@ def markdown(data: dict, fig3: str | None, fig4: str | None, reliability: str | 
              f"(`ticketctl stats` tests a sample of at most 50 per group); `p_paper`: the paper's t-test over the "
              f"combinations' scores for that same difference (optimistic: combinations share members).", ""]
     lines += (_md_table1(data, named) + md_calibration(data, named, reliability)
-              + distilled.markdown(data.get("distillation")) + md_frontier(data, named, frontier)
+              + distilled.markdown(data.get("distillation")) + ood_report.markdown(data.get("ood"), named)
+              + md_frontier(data, named, frontier)
               + _md_diversity_figures(data, named, fig3, fig4)
               + _md_cost(data))
     return "\n".join(lines)

@@ -72,6 +72,7 @@ class Context:
     runtime: dict | None = None  # where the run computes (ticketctl.train.device.describe), in every artifact
     dropout_stream: str = CPU_STREAM  # where its dropout masks come from (train.device.dropout_stream): identity
     source_train: data_files.Split | None = None  # the training split as read, before --max-train-samples
+    ood_split: str | None = None  # the split of --ood-file (custom.OOD_SPLIT), the last of ``evals``; None: not given
 
     @classmethod
     def create(cls, task_name: str | None, model: str | None, opts: DataOptions, log: Log) -> "Context":
@@ -80,6 +81,8 @@ class Context:
         model_fp = loading.model_fingerprint(model_dir)
         source = custom.own_task_data if opts.custom else data_files.glue_task_data  # the data-source switch
         task, train, evals = source(task_name, opts, log.info)
+        if opts.ood_file:  # one more evaluation split, unlabelled; a finished member is not retrained for it
+            evals = [*evals, custom.read_ood(task, opts.ood_file, log.info)]
         if train.labels is None:
             raise NoLabels(f"{train.source}: the training split has no labels")
         source_train = train
@@ -101,7 +104,7 @@ class Context:
         if model_head:
             log.info(f"note: {model_name} holds a task head of its own; it is dropped and each seed draws its own")
         return cls(task, model_name, model_dir, model_fp, train, evals, log, model_head=model_head,
-                   source_train=source_train)
+                   source_train=source_train, ood_split=custom.OOD_SPLIT if opts.ood_file else None)
 
     def with_train(self, split: data_files.Split) -> "Context":
         return replace(self, train=split)
@@ -121,6 +124,24 @@ class Context:
         """(split, logits path, config hash) of every evaluation split of this context for ``identity``."""
         named = identity.logits(out, [(s.name, s.fingerprint) for s in self.evals])
         return [(split, path, h) for split, (path, h) in zip(self.evals, named)]
+
+    def required(self, rows: list[tuple[data_files.Split, Path, str]]) -> list[Path]:
+        """The logits paths of ``rows`` (:meth:`logits_rows`) a run counts as finished with: every split's but the
+        ``--ood-file`` split's, so that a member finished before it was given is reused, not retrained
+        (docs/calibration.md "Outputs on a new split without retraining")."""
+        return [path for split, path, _ in rows if split.name != self.ood_split]
+
+    def written(self, rows: list[tuple[data_files.Split, Path, str]]) -> list[Path]:
+        """The logits paths of ``rows`` a run has: :meth:`required`, and the ``--ood-file`` split's where it exists
+        (scored at the end of training, now or by an earlier run). Where it does not (the member was finished
+        without it), says on stderr, once, how to score it without retraining."""
+        missing = [path for split, path, _ in rows if split.name == self.ood_split and not path.exists()]
+        if missing:
+            self.log.info(f"note: the member was finished before --ood-file was given and is not retrained for it: "
+                          f"no {self.ood_split} outputs ({missing[0].name}); a member saved with --save-model gets "
+                          f"them from `ticketctl predict --model-dir DIR FILE --split {self.ood_split}` "
+                          f"(docs/calibration.md)")
+        return [path for _, path, _ in rows if path not in missing]
 
     def encoded(self, tokenizer, split: data_files.Split, max_length: int):
         """``split`` tokenised, from the cache when this tokenizer, truncation length and data were tokenised before

@@ -139,8 +139,20 @@ class Finetune:
 
     @property
     def paths(self) -> list[Path]:
-        """The logits artifacts (one per evaluation split: dev, then each --eval-file; ``store/paths.py``)."""
+        """The logits artifacts (one per evaluation split: dev, then each --eval-file, then --ood-file's;
+        ``store/paths.py``)."""
         return [path for _, path, _ in self.rows]
+
+    @property
+    def required(self) -> list[Path]:
+        """The artifacts that make the member finished: all but the ``--ood-file`` split's (``Context.required``)."""
+        return self.ctx.required(self.rows)
+
+    @property
+    def written(self) -> list[Path]:
+        """The artifacts there are: the required ones, and the ``--ood-file`` split's where it exists
+        (``Context.written``)."""
+        return self.ctx.written(self.rows)
 
     @property
     def parents(self) -> list[Artifact]:
@@ -169,7 +181,7 @@ def targets(spec: FinetuneSpec, ctx: Context, cfg: TrainConfig) -> list[Path]:
     """The logits artifact paths (one per evaluation split) :func:`run_context` writes for ``spec``, whether or not
     they exist, computed without training: ``ctx`` and ``cfg`` as :func:`ticketctl.stages.context.start` resolves
     them. Raises InputError for an unreadable mask or a teacher that does not fit."""
-    return resolve(spec, ctx, cfg).paths
+    return resolve(spec, ctx, cfg).required
 
 
 def run_identity(ctx: Context, cfg: TrainConfig, seed: int, train_split, mask_art, bagging: float, init,
@@ -211,18 +223,18 @@ def run_context(spec: FinetuneSpec, ctx: Context, cfg: TrainConfig, device) -> l
         outputs.check_model_folder(spec.save_model, "*")  # fails fast, before loading; which member is checked below
     f = resolve(spec, ctx, cfg)
     if _finished(f):
-        return f.paths
+        return f.written
     model, tokenizer, keep, ticket_meta = _setup(f, device)
     losses, curve, seconds = _train(f, model, tokenizer, device, keep)
     _write(f, model, tokenizer, device, losses, curve, seconds, _provenance(f, ticket_meta))
-    return f.paths
+    return f.written
 
 
 def _finished(f: Finetune) -> bool:
     """finished already? Every logits artifact exists (and, with --save-model, the folder holds this member)."""
     save_model, force = f.spec.save_model, f.spec.run.force
     saved = save_model is not None and outputs.check_model_folder(save_model, None if force else f.rows[0][2])
-    if (save_model is None or saved) and context.finished(f.ctx.log, f.paths, "logits", force):
+    if (save_model is None or saved) and context.finished(f.ctx.log, f.required, "logits", force):
         if saved:
             f.ctx.log.info(f"reusing the member saved in {save_model}")
         return True

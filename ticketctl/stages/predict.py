@@ -206,7 +206,8 @@ def _predict_member(ctx, m: Member, identity: RunIdentity, path: Path, device, b
     metrics = outputs.write_logits(ctx, data, path, logits, {
         "seed": str(identity.seed), "policy": identity.scheme, "sparsity": m.info.get("sparsity", "0"),
         "method": m.info.get("method"), "config_hash": identity.hash(), "member_model": str(m.folder),
-        "member_fingerprint": m.fingerprint, "produced_by": "predict", "cost": outputs.inference_cost(model, enc),
+        "member_fingerprint": m.fingerprint, "member_config_hash": m.info.get("config_hash"),
+        "produced_by": "predict", "cost": outputs.inference_cost(model, enc),
         "config": {"member": m.fingerprint, "max_length": m.max_length, "precision": precision}})
     ctx.log.info(f"{m.folder}: {format_metrics(metrics) or f'{len(data)} examples'} -> {path}")
 
