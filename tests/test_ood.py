@@ -249,7 +249,8 @@ def test_protocol_counts_a_member_without_ood_outputs_done(cli, tiny_args, tiny_
     run = RunOptions(model=str(tiny_model), out=tmp_path, device="cpu", quiet=True)
     ctx, cfg, _ = context.start("mrpc", TrainConfig(epochs=1, batch_size=8), data, run)
     assert [s.name for s in ctx.evals] == ["dev", "ood"]
-    assert [str(p) for p in finetune.targets(ctx, cfg, 5, tmp_path)] == out.split()
+    spec = finetune.FinetuneSpec("mrpc", 5, train=TrainConfig(epochs=1, batch_size=8), data=data, run=run)
+    assert [str(p) for p in finetune.targets(spec, ctx, cfg)] == out.split()
     (tmp_path / "ood.jsonl").rename(tmp_path / "texts.jsonl")
     clash = tmp_path / "ood.tsv"
     clash.write_text((glue_dir / "MRPC" / "dev.tsv").read_text())
