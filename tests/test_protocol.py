@@ -153,6 +153,38 @@ def test_local_run_writes_every_table_and_figure_as_the_analysis_commands_comput
 
 
 @pytest.mark.slow
+def test_regression_report_has_the_gaussian_calibration_section_and_no_reliability_diagram(tiny_model, glue_dir,
+                                                                                            tmp_path):
+    """STS-B (regression), BASELINE and BAGGING over 4 seeds: the report's calibration section is
+    ``stats --score gaussian_nll`` and ``--score spread_error_corr`` on the same artifacts (8 dev examples: the
+    noise variance is still cross-fitted, every fold fitted on the others), single members' spread_error_corr is
+    n/a, and no reliability diagram is drawn."""
+    cmd = [c if c != "mrpc" else "stsb" for c in _protocol(tiny_model, glue_dir, "--schemes", "dense,bagging")]
+    _run(cmd, tmp_path)
+    report = tmp_path / "report"
+    assert not any(p.name.endswith("reliability.png") for p in report.iterdir())
+    data = json.loads((report / "report.json").read_text())
+    cal = data["calibration"]
+    assert cal["metrics"] == ["gaussian_nll", "spread_error_corr"] and cal["reliability"] is None
+    assert all(isinstance(r["ensemble_mean"], float) for r in cal["rows"])  # numbers, not NaN (null)
+    logits = [str(tmp_path / m["path"]) for m in data["members"]]
+    for name in cal["metrics"]:
+        want = {r["group"]: r for r in _analysis_json(["stats", *logits, "--size", "3", "--resamples", "199",
+                                                        "--score", name])}
+        for row in (r for r in cal["rows"] if r["metric"] == name):
+            for key in ("single_mean", "ensemble_mean", "vs_ref", "diff_low", "diff_high", "p_value", "p_single"):
+                expected = want[row["group"]].get(key)
+                got = row.get(key)
+                assert got is None if expected is None else got == pytest.approx(expected), (name, row["group"], key)
+            assert row["verdict"] == want[row["group"]]["verdict"]
+            if name == "spread_error_corr":
+                assert row["single_mean"] is None and row["p_single"] is None
+    md = (report / "report.md").read_text()
+    assert "## Probability calibration" in md and "No reliability diagram" in md and "![Reliability" not in md
+    assert md.count("| spread_error_corr |") == 2 and "| n/a |" in md
+
+
+@pytest.mark.slow
 def test_a_protocol_member_is_the_one_search_and_finetune_make(full_run, tiny_model, glue_dir, tmp_path, cli,
                                                                monkeypatch):
     """The same tensors, names and metadata but for timings (train seconds, IMP rounds' seconds, and so the

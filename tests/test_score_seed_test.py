@@ -191,6 +191,102 @@ def test_report_calibration_section_is_stats_score_and_a_reliability_diagram(tmp
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _regression_schemes(tmp_path, seeds=6, examples=40):
+    """STS-B members of two schemes on paired seeds: ``dense`` members err with one spread everywhere (sd 0.8),
+    ``random`` members with a spread that varies by example (sd 0.1 to 1.0: smaller on average, and the members'
+    spread follows the error), so random's Gaussian NLL is lower and its spread-error correlation higher by
+    construction."""
+    rng = np.random.default_rng(7)
+    gold = rng.uniform(0, 5, examples)
+    sd = np.linspace(0.1, 1.0, examples)[rng.permutation(examples)]
+    paths, outputs = [], []
+    for s in range(seeds):
+        for policy, o in (("dense", gold + rng.normal(0, 0.8, examples)), ("random", gold + rng.normal(0, sd))):
+            outputs.append(o)
+            paths.append(logits_file(tmp_path / f"{policy}{s}.safetensors", o[:, None], gold, task="stsb",
+                                     policy=policy, seed=str(s)))
+    return paths, np.array(outputs, dtype=np.float32).astype(np.float64), gold
+
+
+def _gaussian_nll_by_hand(pred, spread, gold, folds=5):
+    """docs/calibration.md's definition, example by example in float64: s^2 of example i is the mean over the
+    examples of the other folds (j mod 5 != i mod 5) of max((y_j - pred_j)^2 - spread_j^2, 0)."""
+    n = len(gold)
+    total = 0.0
+    for i in range(n):
+        others = [j for j in range(n) if j % folds != i % folds]
+        noise = sum(max((gold[j] - pred[j]) ** 2 - spread[j] ** 2, 0.0) for j in others) / len(others)
+        var = spread[i] ** 2 + noise
+        total += 0.5 * np.log(2 * np.pi * var) + (gold[i] - pred[i]) ** 2 / (2 * var)
+    return total / n
+
+
+def test_report_calibration_section_on_regression_is_stats_score_with_na_for_single_spread(tmp_path):
+    """A regression task's calibration section (``protocol.report._calibration``): gaussian_nll and
+    spread_error_corr rows equal ``stats --score NAME``'s on the same artifacts; the Gaussian NLL of single members
+    (spread 0: the variance is the cross-fitted noise alone) and of 2-member ensembles, and the ensembles' spread-error
+    correlation, equal a float64 computation here; spread_error_corr has no single-member number (None in the JSON,
+    n/a in the markdown, and no p-value from ``stats`` either); the verdicts follow each metric's direction; no
+    reliability diagram."""
+    from types import SimpleNamespace
+
+    from ticketctl.analysis import stats
+    from ticketctl.protocol import report
+
+    paths, outputs, gold = _regression_schemes(tmp_path)
+    members = {"dense": [p for p in paths if "dense" in p], "random": [p for p in paths if "random" in p]}
+    plan = SimpleNamespace(seeds=list(range(6)), member_schemes=["dense", "random"], k=2, groups=1, resamples=199)
+    data = report.analyse(plan, members, {})
+    cal = data["calibration"]
+    assert cal["metrics"] == ["gaussian_nll", "spread_error_corr"] and cal["skipped"] == []
+    assert cal["regression"] and cal["reliability"] is None and cal["single_undefined"] == ["spread_error_corr"]
+    assert cal["directions"] == {"gaussian_nll": "lower is better", "spread_error_corr": "higher is better"}
+    for name in cal["metrics"]:
+        want = stats.table1(paths, size=2, resamples=199, score=name)
+        got = [r for r in cal["rows"] if r["metric"] == name]
+        assert [r["group"] for r in got] == [r.group for r in want.rows] == ["dense", "random"]
+        for row, w in zip(got, want.rows):
+            for key in ("ensemble_mean", "vs_ref", "diff_low", "diff_high", "p_value"):
+                assert row[key] == pytest.approx(getattr(w, key), nan_ok=True), (name, key)
+            for key in ("single_mean", "single_std", "ensemble_gain", "p_single"):
+                if name == "spread_error_corr":  # undefined for one member: no number, not NaN's p-value
+                    assert row[key] is None and np.isnan(getattr(w, key)), key
+                else:
+                    assert row[key] == pytest.approx(getattr(w, key), nan_ok=True), (name, key)
+            assert row["verdict"] == w.verdict
+    combos = list(itertools.combinations(range(6), 2))
+    for i, g in enumerate(("dense", "random")):
+        mine = outputs[i::2]
+        rows = {r["metric"]: r for r in cal["rows"] if r["group"] == g}
+        single = np.mean([_gaussian_nll_by_hand(o, np.zeros_like(o), gold) for o in mine])
+        ens = np.mean([_gaussian_nll_by_hand(mine[list(c)].mean(0), mine[list(c)].std(0), gold) for c in combos])
+        assert rows["gaussian_nll"]["single_mean"] == pytest.approx(single, rel=1e-9)
+        assert rows["gaussian_nll"]["ensemble_mean"] == pytest.approx(ens, rel=1e-9)
+        corr = np.mean([np.corrcoef(mine[list(c)].std(0), np.abs(mine[list(c)].mean(0) - gold))[0, 1]
+                        for c in combos])
+        assert rows["spread_error_corr"]["ensemble_mean"] == pytest.approx(corr, rel=1e-9)
+    rows = {r["metric"]: r for r in cal["rows"] if r["group"] == "random"}
+    assert rows["gaussian_nll"]["vs_ref"] < 0 and rows["gaussian_nll"]["verdict"] == "better"
+    assert rows["spread_error_corr"]["vs_ref"] > 0 and rows["spread_error_corr"]["verdict"] == "better"
+    text = "\n".join(report.md_calibration(data, lambda g: g, None))
+    lines = text.splitlines()
+    assert "## Probability calibration" in text and "No reliability diagram" in text and "![" not in text
+    corr_rows = [line for line in lines if line.startswith("| spread_error_corr |")]
+    assert len(corr_rows) == 2 and all(line.count("| n/a |") == 3 for line in corr_rows)
+    assert all("n/a" not in line for line in lines if line.startswith("| gaussian_nll |"))
+    # students (single members, never ensembled) get the metrics defined for one member: gaussian_nll, here
+    # random's members standing in as students of dense in 2 seed groups
+    from ticketctl.protocol import distilled
+
+    loaded, grouped = report.load_schemes(paths)
+    students = distilled.Students(loaded, grouped["dense"], grouped["random"], grouped["dense"], "dense",
+                                  "student-dense", 2)
+    taught = distilled.calibration(students, [n for n in cal["metrics"] if n not in cal["single_undefined"]])
+    assert [r["metric"] for r in taught] == ["gaussian_nll"]
+    assert taught[0]["single_mean"] == pytest.approx(
+        np.mean([_gaussian_nll_by_hand(o, np.zeros_like(o), gold) for o in outputs[1::2]]), rel=1e-9)
+
+
 def test_predict_ensemble_rows_carry_total_entropy_and_mutual_information(capsys):
     """By hand: members with probabilities (3/4, 1/4) and (1/4, 3/4) on one example average to (1/2, 1/2): total
     entropy ln 2 = 0.6931; each member's entropy -(3/4 ln 3/4 + 1/4 ln 1/4) = 0.5623; mutual information 0.1308.

@@ -114,8 +114,10 @@ def _against_ref(scorer: Scorer, a: list[int], b: list[int], ens_a, ens_b, singl
     if len(a) < 2 or len(b) < 2:
         return {"test": "n/a (one seed)"}
     c = compare(scorer, a, b, k, n_groups, paired, resamples)
-    c1 = compare(scorer, a, b, 1, 1, paired, resamples)
-    return {"diff_low": c.low, "diff_high": c.high, "p_value": c.p, "test": c.test, "p_single": c1.p,
+    # a metric undefined for one member (spread_error_corr: NaN) has no single-member test, not a p of NaNs
+    defined = bool(np.isfinite(single_a).all() and np.isfinite(single_b).all())
+    p_single = compare(scorer, a, b, 1, 1, paired, resamples).p if defined else float("nan")
+    return {"diff_low": c.low, "diff_high": c.high, "p_value": c.p, "test": c.test, "p_single": p_single,
             "p_paper": paper_ttest(ens_a, ens_b)}
 
 

@@ -7,9 +7,10 @@ programs) and ``REPORT/plan.toml`` (the resolved plan, usable as ``--plan``).
   difference. Then that difference split into the single-member part (single - BASELINE's single) and the
   ensembling part (gain - BASELINE's gain), each with its interval and permutation p-value: every p-value is for
   the difference printed beside it.
-- Probability calibration (classification): per scheme, NLL, Brier, ECE and, after cross-fitted temperature
-  scaling, NLL and ECE (docs/calibration.md) of single members and k-member ensembles, against BASELINE with the
-  same seed test (``stats --score NAME``'s rows), and a reliability diagram per scheme.
+- Probability calibration: per scheme, NLL, Brier, ECE and, after cross-fitted temperature scaling, NLL and ECE
+  (docs/calibration.md) of single members and k-member ensembles, against BASELINE with the same seed test
+  (``stats --score NAME``'s rows), and a reliability diagram per scheme; for regression the Gaussian NLL (the
+  members' spread plus a cross-fitted noise variance) and the correlation of spread with error (ensembles only).
 - Table 2: the five diversity metrics per scheme (regression: error correlation and ambiguity).
 - Figure 3: ensemble gain over BASELINE vs k. Figure 4: IoU of the tickets' masks.
 - The cost frontier (``stats --by scheme --cost``'s rows, docs/cost.md): per budget of dense-member equivalents each
@@ -117,28 +118,42 @@ def _parts(plan: Plan, m: _Members) -> list[dict]:
 
 
 CALIBRATION = ("nll", "brier", "ece", "ts_nll", "ts_ece")  # the report's probability calibration section
+REGRESSION_CALIBRATION = ("gaussian_nll", "spread_error_corr")  # the same section for a regression task
+ENSEMBLE_ONLY = ("spread_error_corr",)  # undefined for one member: a single prediction has no spread
 
 
-def _calibration(plan: Plan, m: _Members) -> dict | None:
-    """Probability calibration per scheme: for each metric of :data:`CALIBRATION`, Table 1's row with it as the
-    score (``stats --score NAME --size k --groups G --resamples R`` gives the same numbers: the mean single member,
-    the mean k-member ensemble, against the reference the difference of ensembles, group minus reference, with its
-    jackknife interval, the permutation p-values of ensembles and single members, and the verdict by the metric's
-    direction, lower is better for all five); and per scheme the reliability diagram of its k-member ensembles and
-    of its single members. None for a regression task. ts_nll and ts_ece are left out, and named in ``skipped``,
-    with fewer than 10 examples (their temperature is cross-fitted over 5 folds)."""
-    from ticketctl.analysis.metrics import FOLDS
+def _calibration(plan: Plan, m: _Members) -> dict:
+    """Probability calibration per scheme: for each metric of :data:`CALIBRATION` (classification) or
+    :data:`REGRESSION_CALIBRATION` (regression), Table 1's row with it as the score (``stats --score NAME --size k
+    --groups G --resamples R`` gives the same numbers: the mean single member, the mean k-member ensemble, against
+    the reference the difference of ensembles, group minus reference, with its jackknife interval, the permutation
+    p-values of ensembles and single members, and the verdict by the metric's direction, in ``directions``); and,
+    classification only, per scheme the reliability diagram of its k-member ensembles and of its single members
+    (``reliability`` None for regression). A metric of :data:`ENSEMBLE_ONLY` (named in ``single_undefined``) has its
+    single-member fields (single_mean, single_std, ensemble_gain, p_single) None: undefined, not a number. ts_nll and
+    ts_ece are left out, and named in ``skipped``, with fewer than 10 examples (their temperature is cross-fitted
+    over 5 folds)."""
+    from ticketctl.analysis.metrics import FOLDS, get
 
-    if m.loaded.task.is_regression:
-        return None
-    names = [n for n in CALIBRATION if not n.startswith("ts_") or len(m.loaded.labels) >= 2 * FOLDS]
+    regression = m.loaded.task.is_regression
+    wanted = REGRESSION_CALIBRATION if regression else CALIBRATION
+    names = [n for n in wanted if not n.startswith("ts_") or len(m.loaded.labels) >= 2 * FOLDS]
     rows = []
     for name in names:
         table, _, _ = stats.table1_rows(m.loaded, m.grouped, m.ref, plan.k, stats.scorer_of(m.loaded, "probs", name),
                                         plan.groups, "permutation", plan.resamples)
-        rows += [{"metric": name, **row_of(r, drop_none=True)} for r in table]
-    return {"metrics": names, "skipped": [n for n in CALIBRATION if n not in names], "rows": rows,
-            "reliability": _reliability(plan, m)}
+        rows += [_calibration_row(name, row_of(r, drop_none=True)) for r in table]
+    return {"metrics": names, "skipped": [n for n in wanted if n not in names], "regression": regression,
+            "directions": {n: get(n).direction for n in names},
+            "single_undefined": [n for n in names if n in ENSEMBLE_ONLY], "rows": rows,
+            "reliability": None if regression else _reliability(plan, m)}
+
+
+def _calibration_row(name: str, row: dict) -> dict:
+    """One row of the calibration section; for a metric of :data:`ENSEMBLE_ONLY` its single-member fields None."""
+    if name in ENSEMBLE_ONLY:
+        row.update(single_mean=None, single_std=None, ensemble_gain=None, p_single=None)
+    return {"metric": name, **row}
 
 
 def _reliability(plan: Plan, m: _Members) -> dict[str, dict]:
@@ -326,14 +341,15 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
                          f"{data['task']}: IoU of surviving weights")
     frontier_png = _plot_frontier(data, folder)
     reliability = folder / f"{data['task']}-reliability.png"
-    if data["calibration"]:
+    drawn = bool(data["calibration"] and data["calibration"]["reliability"])  # classification only
+    if drawn:
         plots.plot_reliability(data["calibration"]["reliability"], str(reliability),
                                f"{data['task']}: reliability (ensembles solid,\nsingle members dashed)")
     (folder / "report.json").write_text(json.dumps(_jsonable(data), indent=1) + "\n")
     (folder / "plan.toml").write_text(plan_toml(plan))
     md = folder / "report.md"
     md.write_text(markdown(data, fig3.name if data["figure3"] else None, fig4.name if data["figure4"] else None,
-                           reliability.name if data["calibration"] else None, frontier_png))
+                           reliability.name if drawn else None, frontier_png))
     return md
 
 
@@ -349,7 +365,9 @@ def _add_students(plan: Plan, data: dict, members: dict[str, list[Path]]) -> Non
     data["table1"].append(distilled.table1_row(data["distillation"], len(members[student])))
     data["members"] += _member_rows([student], members, data["metric"])
     if data["calibration"]:
-        data["calibration"]["students"] = distilled.calibration(students, data["calibration"]["metrics"])
+        cal = data["calibration"]
+        single = [n for n in cal["metrics"] if n not in cal["single_undefined"]]  # students are single members
+        cal["students"] = distilled.calibration(students, single)
     front = data.get("frontier")
     if front:
         point = distilled.frontier(students, sorted({r["budget"] for r in front["rows"]}))
@@ -461,20 +479,15 @@ def _md_table1(data: dict, named) -> list[str]:
 
 
 def md_calibration(data: dict, named, figure: str | None) -> list[str]:
-    """The probability calibration section (markdown lines; none for a regression task)."""
+    """The probability calibration section (markdown lines): classification's or regression's
+    (:func:`_md_calibration_intro`); a metric of ``single_undefined`` shows n/a in the single-member columns."""
     cal, ref = data.get("calibration"), data["ref"]
     if not cal:
         return []
-    lines = ["## Probability calibration", "",
-             f"How good the probabilities are (docs/calibration.md; not the calibrated level of the seed test): per "
-             f"scheme and metric, the mean single member, the mean {data['k']}-member ensemble (mean of the members' "
-             f"probabilities) and its gain, and against {ref} `ensemble_vs_ref` (the scheme's ensembles minus "
-             f"{ref}'s, in the metric's units) with its 95% jackknife interval and the permutation test over seeds "
-             f"(`p_value`; `p_single` for single members), over at most 50 combinations per seed group, as "
-             f"`ticketctl stats --score NAME` prints them. All five are lower-is-better: a negative difference "
-             f"favours the scheme, and `verdict` says it in words (p < 0.05). `ts_` metrics are after temperature "
-             f"scaling cross-fitted over 5 folds.", ""]
-    rows = [{**r, "group": named(r["group"]), "ensemble_vs_ref": r["vs_ref"]} for r in cal["rows"]]
+    lines = ["## Probability calibration", "", _md_calibration_intro(cal, data["k"], ref), ""]
+    undefined = {"single_mean": "n/a", "ensemble_gain": "n/a", "p_single": "n/a"}
+    rows = [{**r, "group": named(r["group"]), "ensemble_vs_ref": r["vs_ref"],
+             **(undefined if r["metric"] in cal.get("single_undefined", []) else {})} for r in cal["rows"]]
     lines += [_table(rows, ["metric", "group", "single_mean", "ensemble_mean", "ensemble_gain", "ensemble_vs_ref",
                             "diff_low", "diff_high", "p_value", "p_single", "verdict"]), ""]
     if cal.get("students"):
@@ -489,6 +502,27 @@ def md_calibration(data: dict, named, figure: str | None) -> list[str]:
                   "calibration. Its numbers are `calibration.reliability` in report.json.", "",
                   f"![Reliability diagram]({figure})", ""]
     return lines
+
+
+def _md_calibration_intro(cal: dict, k: int, ref: str) -> str:
+    """The calibration section's first paragraph: what its rows are, and per task kind what its metrics mean."""
+    common = (f"per scheme and metric, the mean single member, the mean {k}-member ensemble and its gain, and against "
+              f"{ref} `ensemble_vs_ref` (the scheme's ensembles minus {ref}'s, in the metric's units) with its 95% "
+              f"jackknife interval and the permutation test over seeds (`p_value`; `p_single` for single members), "
+              f"over at most 50 combinations per seed group, as `ticketctl stats --score NAME` prints them.")
+    if not cal.get("regression"):
+        return (f"How good the probabilities are (docs/calibration.md; not the calibrated level of the seed test): "
+                f"{common} Ensembles average the members' probabilities. All five are lower-is-better: a negative "
+                f"difference favours the scheme, and `verdict` says it in words (p < 0.05). `ts_` metrics are after "
+                f"temperature scaling cross-fitted over 5 folds.")
+    return (f"How good the predictive distribution is (docs/calibration.md; not the calibrated level of the seed "
+            f"test): {common} `gaussian_nll` (lower is better: a negative difference favours the scheme): the NLL "
+            f"(nats) of the gold score under a normal with the members' mean prediction and variance spread^2 + s^2, "
+            f"spread the members' standard deviation and s^2 a noise variance cross-fitted over 5 folds; a single "
+            f"member has spread 0, so its variance is s^2 alone. `spread_error_corr` (higher is better: a positive "
+            f"difference favours the scheme): Pearson's r of the spread with the absolute error, for ensembles "
+            f"only: one member has no spread, so its single-member columns are n/a. `verdict` says it in words "
+            f"(p < 0.05). No reliability diagram: it bins class probabilities, which a regression has none of.")
 
 
 def _plot_frontier(data: dict, folder: Path) -> str | None:
