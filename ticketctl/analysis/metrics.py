@@ -257,12 +257,12 @@ def _curve_area(correct: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 def oracle_aurc(correct: np.ndarray) -> np.ndarray:
     """The AURC of a confidence that ranks every error last (Geifman et al., 2019): (..., n) -> (...)."""
-    c = np.asarray(correct, dtype=np.float64)
+    c = np.asarray(correct)
     n = c.shape[-1]
-    errors = n - c.sum(axis=-1, keepdims=True)
-    i = np.arange(1, n + 1)
-    wrong_accepted = np.maximum(i - (n - errors), 0)
-    return (wrong_accepted / i).mean(axis=-1)
+    errors = n - np.count_nonzero(c, axis=-1)
+    # the i-th accepted is wrong once i > n - e: mean over i of (i - (n - e)) / i = (e - (n - e)(H_n - H_{n-e})) / n
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
+    return (errors - (n - errors) * (harmonic[n] - harmonic[n - errors])) / n
 
 
 def ood_auroc(score_in: np.ndarray, score_out: np.ndarray) -> float:
@@ -588,9 +588,12 @@ def _nll(c, gold, o):
 
 @register("brier", higher_is_better=False, kind="classification", combines=PROBABILISTIC, source="Brier (1950)")
 def _brier(c, gold, o):
-    # sum_j (p_j - [j = y])^2 = sum_j p_j^2 - 2 p_y + 1
-    p = c.probs
-    return (_csum(p * p) - 2 * _gold_p(c, gold) + 1.0).mean(axis=-1)
+    # sum_j (p_j - [j = y])^2 = sum_j p_j^2 - 2 p_y + 1; with two classes (p_other = 1 - p_y) 2 (1 - p_y)^2
+    p, gold_p = c.probs, _gold_p(c, gold)
+    if p.shape[-1] == 2:
+        miss = 1.0 - gold_p
+        return 2.0 * (miss * miss).mean(axis=-1)
+    return (_csum(p * p) - 2 * gold_p + 1.0).mean(axis=-1)
 
 
 @register("ece", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
@@ -634,14 +637,17 @@ def _ts_ece(c, gold, o):
 
 def _aurc_of(c, gold):
     def compute():
-        conf, correct, tied = _sorted(c, gold)
-        err = 1.0 - correct[..., ::-1]  # descending confidence; tied rows below, where equal keys keep example order
-        if np.any(tied):
+        # AURC = mean_i (errors among the i most confident) / i = sum_p err_p w_p over the acceptance order, with
+        # w_p = (H_n - H_p) / n (the weights sum to 1): one matrix product instead of a cumulative sum.
+        _, correct, tied = _sorted(c, gold)
+        n = correct.shape[-1]
+        w = np.cumsum((1.0 / np.arange(1, n + 1))[::-1])[::-1] / n
+        value = 1.0 - correct.astype(np.float64) @ w[::-1]  # ascending order read backwards: descending
+        if np.any(tied):  # where equal confidences keep example order, descending
             raw_conf, raw_correct = _confidence_correct(c, gold)
             order = np.argsort(-raw_conf[tied], axis=-1, kind="stable")
-            err[tied] = 1.0 - np.take_along_axis(raw_correct[tied], order, axis=-1)
-        n = err.shape[-1]
-        return (np.cumsum(err, axis=-1) / np.arange(1, n + 1)).mean(axis=-1)
+            value[tied] = 1.0 - np.take_along_axis(raw_correct[tied], order, axis=-1).astype(np.float64) @ w
+        return value
     return _memo(c, "aurc", gold, compute)
 
 
