@@ -796,8 +796,8 @@ def _map_chunks(fn, chunks: list, threaded: bool) -> list:
     """``[fn(c) for c in chunks]``; ``threaded`` (a fitted metric is asked for), on :func:`metric_threads` threads
     where there are several chunks. Each chunk is computed alone (its own arrays, its own shared fits), so the values
     do not depend on the threads. Only fitted metrics: for the others the threads' matrix products contend with the
-    BLAS's own threads, and the table took longer on 2 cores (1.71 s against 1.40 s for nll,brier,ece in
-    ``benchmarks/bench_scores.py --cli``), while ts_nll,ts_ece took 7.8 s against 11.4 s."""
+    BLAS's own threads (``benchmarks/bench_scores.py --cli`` on 2 cores: nll,brier,ece 1.71 s with threads, 1.40 s
+    in the run before without them; ts_nll,ts_ece 7.8 s against 11.4 s)."""
     threads = min(metric_threads(), len(chunks)) if threaded else 1
     if threads <= 1:
         return [fn(c) for c in chunks]
