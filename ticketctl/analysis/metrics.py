@@ -231,13 +231,18 @@ def _adaptive_gap(conf: np.ndarray, correct: np.ndarray, order: np.ndarray, bins
 def stable_argsort(key: np.ndarray) -> np.ndarray:
     """``np.argsort(key, axis=-1, kind="stable")`` (ties in index order), faster: an unstable sort first, and a
     stable one again only for the rows where two keys are equal. (..., n) -> (..., n) int64."""
-    key = np.asarray(key)
+    return _stable_sort(np.asarray(key))[0]
+
+
+def _stable_sort(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`stable_argsort`'s (order, the keys in that order, which rows have equal keys)."""
     order = np.argsort(key, axis=-1)
     ordered = np.take_along_axis(key, order, axis=-1)
     tied = np.any(ordered[..., 1:] == ordered[..., :-1], axis=-1)
     if np.any(tied):
         order[tied] = np.argsort(key[tied], axis=-1, kind="stable")
-    return order
+        ordered[tied] = np.take_along_axis(key[tied], order[tied], axis=-1)
+    return order, ordered, tied
 
 
 def aurc(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -249,10 +254,16 @@ def aurc(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
 
 
 def _curve_area(correct: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """AURC of examples accepted in ``order`` (..., n)."""
+    """AURC of examples accepted in ``order`` (..., n): mean over i of (errors among the first i) / i, which is
+    sum over acceptance positions p of err_p w_p (:func:`_area_weights`)."""
     err = 1.0 - np.take_along_axis(np.asarray(correct, dtype=np.float64), order, axis=-1)
-    n = err.shape[-1]
-    return (np.cumsum(err, axis=-1) / np.arange(1, n + 1)).mean(axis=-1)
+    return err @ _area_weights(err.shape[-1])
+
+
+def _area_weights(n: int) -> np.ndarray:
+    """w_p = (H_n - H_p) / n for acceptance positions p = 0 .. n-1 (H the harmonic numbers): the weight of the p-th
+    accepted example's error in the AURC; the weights sum to 1."""
+    return np.cumsum((1.0 / np.arange(1, n + 1))[::-1])[::-1] / n
 
 
 def oracle_aurc(correct: np.ndarray) -> np.ndarray:
@@ -570,12 +581,7 @@ def _sorted(c: Combined, gold):
     risk-coverage curve share it."""
     def compute():
         conf, correct = _confidence_correct(c, gold)
-        order = np.argsort(conf, axis=-1)
-        ordered = np.take_along_axis(conf, order, axis=-1)
-        tied = np.any(ordered[..., 1:] == ordered[..., :-1], axis=-1)
-        if np.any(tied):
-            order[tied] = np.argsort(conf[tied], axis=-1, kind="stable")
-            ordered[tied] = np.take_along_axis(conf[tied], order[tied], axis=-1)
+        order, ordered, tied = _stable_sort(conf)
         return ordered, np.take_along_axis(correct, order, axis=-1), tied
     return _memo(c, "sorted", gold, compute)
 
@@ -637,16 +643,13 @@ def _ts_ece(c, gold, o):
 
 def _aurc_of(c, gold):
     def compute():
-        # AURC = mean_i (errors among the i most confident) / i = sum_p err_p w_p over the acceptance order, with
-        # w_p = (H_n - H_p) / n (the weights sum to 1): one matrix product instead of a cumulative sum.
+        # The ascending sort read backwards is the acceptance order (the weights sum to 1); not where equal
+        # confidences must keep example order in descending order too: those rows are sorted again.
         _, correct, tied = _sorted(c, gold)
-        n = correct.shape[-1]
-        w = np.cumsum((1.0 / np.arange(1, n + 1))[::-1])[::-1] / n
-        value = 1.0 - correct.astype(np.float64) @ w[::-1]  # ascending order read backwards: descending
-        if np.any(tied):  # where equal confidences keep example order, descending
+        value = 1.0 - correct.astype(np.float64) @ _area_weights(correct.shape[-1])[::-1]
+        if np.any(tied):
             raw_conf, raw_correct = _confidence_correct(c, gold)
-            order = np.argsort(-raw_conf[tied], axis=-1, kind="stable")
-            value[tied] = 1.0 - np.take_along_axis(raw_correct[tied], order, axis=-1).astype(np.float64) @ w
+            value[tied] = _curve_area(raw_correct[tied], np.argsort(-raw_conf[tied], axis=-1, kind="stable"))
         return value
     return _memo(c, "aurc", gold, compute)
 
