@@ -420,3 +420,23 @@ def test_fitted_metrics_do_not_depend_on_the_threads(monkeypatch):
         got[threads] = M.combination_values(x, y, combos, ["ts_nll", "ts_ece", "nll"], "probs", regression=False)
     for name in ("ts_nll", "ts_ece", "nll"):
         np.testing.assert_array_equal(got["1"][name], got["2"][name])
+
+
+def test_temperature_alone_is_the_full_fit_and_needs_no_folds():
+    """`temperature` is the fit on all examples: defined on fewer examples than cross-fitting needs (8 < 2 x 5), and
+    equal to fit_temperature within the fits' tolerance, alone or beside ts_nll."""
+    rng = np.random.default_rng(25)
+    y = rng.integers(0, 2, 8)
+    x = rng.normal(0, 3, (3, 8, 2))
+    x[:, np.arange(8), y] += 2.0
+    c = M.combine_members(x, "probs", regression=False)
+    want = M.fit_temperature(np.log(c.probs), y)
+    assert M.evaluate(["temperature"], c, y)["temperature"] == pytest.approx(float(want), rel=1e-8)
+    with pytest.raises(UsageError):
+        M.evaluate(["ts_nll"], M.combine_members(x, "probs", regression=False), y)
+    y40 = rng.integers(0, 2, 40)
+    x40 = rng.normal(0, 3, (3, 40, 2))
+    x40[:, np.arange(40), y40] += 2.0
+    c40 = M.combine_members(x40, "probs", regression=False)
+    both = M.evaluate(["ts_nll", "temperature"], c40, y40)
+    assert both["temperature"] == pytest.approx(float(M.fit_temperature(np.log(c40.probs), y40)), rel=1e-8)

@@ -428,16 +428,33 @@ def _fitted_betas(cols: list[np.ndarray], zy: np.ndarray, folds: int, steps: int
     second-order expansion of the leave-fold-out gradient); Newton's method on the other folds goes on from there
     to the same tolerance. Only the fits still moving are computed, each fold's examples are gathered once.
     Temperatures within 1e-8 (relative) of separate fits run to 1e-9 (``tests/test_metrics.py``)."""
-    lead, n = zy.shape[:-1], zy.shape[-1]
-    cols = [col.reshape(-1, n) for col in cols]
-    zy = zy.reshape(-1, n)
-    blocks = [([c[:, f::folds] for c in cols], zy[:, f::folds]) for f in range(max(folds, 1))]
-    beta = np.ones(len(zy))
-    if n >= 8 * SUBSAMPLE_START:  # most of Newton's way on every 8th example, the last steps on all
-        beta = _newton_fit(beta, [([c[:, ::8] for c in d], y[:, ::8]) for d, y in blocks], steps, 1e-3)
-    beta = _newton_fit(beta, blocks, steps, NEWTON_TOL)
+    beta = _full_fit(cols, zy, steps)
     if folds < 2:
-        return beta.reshape(lead), beta.reshape(lead + (1,))
+        return beta, beta[..., None]
+    return beta, _fold_fits(cols, zy, folds, beta, steps)
+
+
+def _blocks(cols: list[np.ndarray], zy: np.ndarray, folds: int) -> list[Block]:
+    """The examples of each cross-fitting fold (:func:`fold_of`), leading axes flattened to rows: (R, n_f) each."""
+    n = zy.shape[-1]
+    cols, zy = [col.reshape(-1, n) for col in cols], zy.reshape(-1, n)
+    return [([c[:, f::folds] for c in cols], zy[:, f::folds]) for f in range(folds)]
+
+
+def _full_fit(cols: list[np.ndarray], zy: np.ndarray, steps: int = 30) -> np.ndarray:
+    """beta = 1/T of the temperature fitted on all examples (:func:`_fitted_betas`' full fit): (...)."""
+    blocks = _blocks(cols, zy, 1)
+    beta = np.ones(len(blocks[0][1]))
+    if zy.shape[-1] >= 8 * SUBSAMPLE_START:  # most of Newton's way on every 8th example, the last steps on all
+        beta = _newton_fit(beta, [([c[:, ::8] for c in d], y[:, ::8]) for d, y in blocks], steps, 1e-3)
+    return _newton_fit(beta, blocks, steps, NEWTON_TOL).reshape(zy.shape[:-1])
+
+
+def _fold_fits(cols: list[np.ndarray], zy: np.ndarray, folds: int, beta: np.ndarray, steps: int = 30) -> np.ndarray:
+    """beta of each fold's temperature, fitted on the other folds starting from the full fit's ``beta`` (...)
+    (:func:`_fitted_betas`): (..., folds)."""
+    lead = zy.shape[:-1]
+    blocks, beta = _blocks(cols, zy, folds), beta.reshape(-1)
     per_fold = [_moments(beta[:, None], d, third=True) + (y,) for d, y in blocks]
     g = np.stack([(m1 - y).sum(-1) for m1, _, _, y in per_fold], axis=-1)
     h = np.stack([var.sum(-1) for _, var, _, _ in per_fold], axis=-1)
@@ -449,7 +466,7 @@ def _fitted_betas(cols: list[np.ndarray], zy: np.ndarray, folds: int, steps: int
     start = np.clip(beta[:, None] + np.clip(step, -beta[:, None] / 2, beta[:, None]), 1e-3, 1e3)
     fold_beta = np.stack([_newton_fit(start[:, f], blocks[:f] + blocks[f + 1:], steps, NEWTON_TOL)
                           for f in range(folds)], axis=-1)
-    return beta.reshape(lead), fold_beta.reshape(lead + (folds,))
+    return fold_beta.reshape(lead + (folds,))
 
 
 def _newton_fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float) -> np.ndarray:
@@ -565,13 +582,30 @@ def _gold_log_prob(c: Combined, gold):
     return _memo(c, "gold_log_prob", gold, lambda: np.log(np.clip(_gold_p(c, gold), EPS, None)))
 
 
+def _shifted_of(c: Combined, gold):
+    """:func:`_shifted` of the ensemble's log-probabilities, once per batch."""
+    return _memo(c, "shifted", gold, lambda: _shifted(np.log(np.clip(c.probs, EPS, None)), gold))
+
+
+def _full_beta(c: Combined, gold):
+    """1/T of the temperature fitted on all examples (:func:`_full_fit`), once per batch: ``temperature``'s value
+    and where the cross-fitting folds' fits start."""
+    def compute():
+        _, others, _, zy = _shifted_of(c, gold)
+        return _full_fit(others, zy)
+    return _memo(c, "full_beta", gold, compute)
+
+
 def _scaled(c: Combined, gold, o: Options):
     """Cross-fitted temperature scaling of the ensemble's probabilities: (scaled gold log-probability, scaled
-    top-label probability, top class, full-fit beta), shared by ts_nll, ts_ece and temperature."""
+    top-label probability, top class), shared by ts_nll and ts_ece."""
     def compute():
         _check_folds(c.probs.shape[-2], o.folds)
-        log_gold, conf, top, beta, _, _ = _scaled_terms(np.log(np.clip(c.probs, EPS, None)), gold, o.folds)
-        return log_gold, conf, top, beta
+        _, others, top, zy = _shifted_of(c, gold)
+        fold_beta = _fold_fits(others, zy, o.folds, _full_beta(c, gold))
+        per_example = fold_beta[..., fold_of(zy.shape[-1], o.folds)]
+        log_norm = _log_normaliser(per_example, others)
+        return per_example * zy - log_norm, np.exp(-log_norm), top
     return _memo(c, f"scaled{o.folds}", gold, compute)
 
 
@@ -625,7 +659,7 @@ def _adaptive_ece(c, gold, o):
 @register("temperature", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
           source="Guo et al. (2017)", fitted=True)
 def _temperature(c, gold, o):
-    return 1.0 / _scaled(c, gold, o)[3]
+    return 1.0 / _full_beta(c, gold)
 
 
 @register("ts_nll", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
@@ -637,7 +671,7 @@ def _ts_nll(c, gold, o):
 @register("ts_ece", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Guo et al. (2017); Ashukha et al. (2020)", fitted=True)
 def _ts_ece(c, gold, o):
-    _, conf, top, _ = _scaled(c, gold, o)
+    _, conf, top = _scaled(c, gold, o)
     return _ece_of(conf, top == np.asarray(gold), o.ece_bins)
 
 
