@@ -165,13 +165,15 @@ def test_members_that_do_not_pair_up_are_refused(cli, tmp_path):
     assert "no logits artifacts of split 'ood'" in _refused(cli, tmp_path, *ins)
 
 
-def test_regression_is_refused(cli, tmp_path):
+def test_one_regression_member_is_refused(cli, tmp_path):
+    """A regression ensemble's uncertainty is its members' spread (tests/test_ood_significance.py): one member has
+    none, so no OOD score."""
     rng = np.random.default_rng(1)
     a = _art(tmp_path / "a.safetensors", rng.normal(size=(20, 1)), "dev", 0, rng.uniform(0, 5, 20).astype(np.float32),
              task="stsb")
     b = _art(tmp_path / "b.safetensors", rng.normal(size=(10, 1)), "ood", 0, task="stsb", data="d2")
     code, out, err = cli("ensemble", a, b, "--ood", "ood")
-    assert code != 0 and "regression" in err and len(err.strip().splitlines()) == 1
+    assert code != 0 and "regression" in err and "two members" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------- finetune --ood-file

@@ -4,7 +4,6 @@ seed order, the paper's Appendix C)."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from math import comb
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ticketctl.analysis.combine import combination_scores, combined_outputs, mem
 from ticketctl.analysis.metrics import Options, combination_values, combine_members, evaluate, parse_scores
 from ticketctl.analysis.members import Members, load_ensemble_members
 from ticketctl.analysis.records import Ensemble, EnsembleScore, SizeRow, SizeTable
-from ticketctl.analysis.significance import parse_k, split_groups
+from ticketctl.analysis.significance import group_combinations, parse_k, split_groups
 from ticketctl.data.tasks import predictions, score
 from ticketctl.errors import UsageError
 
@@ -28,14 +27,15 @@ def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, 
     metrics added after the task's own; those undefined under ``combine`` are left out and listed in the record.
     ``ood_split`` (``--ood``): the artifacts of that split are the same members' outputs on out-of-distribution
     texts (:func:`load_ood`); the ensemble's AUROC and FPR at 95% TPR at telling them from the
-    evaluation split's texts are added to its metrics (under ``vote``, left out and listed as undefined).
+    evaluation split's texts are added to its metrics (:func:`ticketctl.analysis.ood.task_columns`; regression: of
+    the members' spread; classification under ``vote``: left out and listed as undefined).
 
-    Raises UsageError (a bad --size, --size on an unlabelled split, a bad --combine, an unknown score, --ood on a
-    regression task) or InputError (members that must not be mixed, or that do not pair up across the splits)."""
+    Raises UsageError (a bad --size, --size on an unlabelled split, a bad --combine, an unknown score, --ood on one
+    regression member) or InputError (members that must not be mixed, or that do not pair up across the splits)."""
     paired = load_ood(paths, ood_split) if ood_split is not None else None
     members = paired.inside if paired else load_ensemble_members(paths)
     chosen, undefined = parse_scores(scores, members.task.is_regression, combine)
-    if paired and combine == "vote":
+    if paired and combine == "vote" and not members.task.is_regression:
         undefined, paired = [*undefined, *ood.columns(len(members))], None
     combined = combined_outputs(members.task, members.outputs, combine)
     sizes = parse_k(size.replace("all", f"1-{len(members)}") if size else None)
@@ -50,7 +50,7 @@ def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, 
         raise UsageError("--size needs a labelled split")
     if paired:
         scored = scored or EnsembleScore(members.evaluated, len(members), combine, {})
-        scored = dataclasses.replace(scored, metrics={**scored.metrics, **ood.whole(paired, combine)})
+        scored = dataclasses.replace(scored, metrics={**scored.metrics, **ood.any_whole(paired, combine)})
     return Ensemble(members, combine, combined, scored, sizes, chosen, undefined, paired)
 
 
@@ -59,7 +59,7 @@ def load_ood(paths: list[str], split: str) -> ood.Paired:
     texts, the others (one evaluation split) on the in-distribution texts; each member must have both
     (:func:`ticketctl.analysis.ood.pairing`), of one task and model.
 
-    Raises UsageError (regression; nothing of ``split`` or nothing else given) or InputError (members that do not
+    Raises UsageError (nothing of ``split`` or nothing else given) or InputError (members that do not
     pair up, another task or model, the same examples on both sides)."""
     from ticketctl.store.artifacts import read_artifact
 
@@ -75,9 +75,6 @@ def load_ood(paths: list[str], split: str) -> ood.Paired:
         raise UsageError(f"--ood {split}: every artifact given is of split {split!r}; give the members' outputs on "
                          f"the evaluation split too")
     inside = load_ensemble_members(in_paths)
-    if inside.task.is_regression:
-        raise UsageError(f"--ood: {inside.task.name} is a regression task; the OOD scores (1 - max probability, "
-                         f"entropy, mutual information) need class probabilities")
     outside = load_ensemble_members(ood_paths, split=split)
     ood.check_sides(inside, outside, split)
     return ood.Paired(inside, outside.outputs[ood.pairing(inside.arts, outside.arts, split)], split)
@@ -156,8 +153,8 @@ def size_table(members: Members, sizes: list[int], how: str = "probs", groups: i
     each of ``groups`` equal groups of the members in seed order, pooled over groups: Kobayashi et al., 2022,
     Appendix C), the mean of the task's other metrics, and the ensemble's cost (k x the mean member's relative
     FLOPs) where members record it; ``scores``: the mean of further registered metrics over the same combinations;
-    ``paired`` (:func:`load_ood`): the mean OOD AUROC and FPR95 over them (mutual information
-    NaN at k = 1).
+    ``paired`` (:func:`load_ood`): the mean OOD AUROC and FPR95 over them (mutual information, and regression's
+    spread, NaN at k = 1).
     Raises UsageError on an unlabelled split or a k a group cannot hold,
     InputError when the members do not split into equal groups."""
     if members.labels is None:
@@ -174,13 +171,13 @@ def size_table(members: Members, sizes: list[int], how: str = "probs", groups: i
             raise UsageError(f"--size {k}: needs between 1 and {len(parts[0])} members per group")
         per_group = [combination_scores(task, terms, members.labels, k, g) for g in parts]
         pooled = {m: np.concatenate([pg[m] for pg in per_group]) for m in task.metrics}
-        combos = np.asarray([c for g in parts for c in itertools.combinations(g, k)], dtype=np.int64)
+        combos = group_combinations(order, groups, k)
         if scores:
             pooled.update(combination_values(members.outputs, members.labels, combos, list(scores), how,
                                              task.is_regression, options))
-        extra = [*scores, *(ood.columns(2) if paired else [])]
+        extra = [*scores, *(ood.task_columns(task.is_regression, 2) if paired else [])]
         if paired:
-            pooled.update(ood.combination_values(paired, combos, how))
+            pooled.update(ood.any_combinations(paired, combos, how))
         head = pooled[task.headline]
         rows.append(SizeRow(k, sum(comb(len(g), k) for g in parts), float(head.mean()),
                             float(head.std(ddof=1)) if len(head) > 1 else 0.0, float(head.min()), float(head.max()),

@@ -17,12 +17,13 @@ or file name; ``ticketctl.analysis.ensemble.load_ood`` loads both sides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ticketctl.analysis.combine import softmax
-from ticketctl.errors import InputError
+from ticketctl.analysis.significance import Scorer
+from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
 
 EPS = 1e-12  # probabilities clipped before a log, as ticketctl.analysis.metrics clips them
@@ -200,3 +201,152 @@ def combination_values(paired: Paired, combos: np.ndarray, combine: str) -> dict
     weights = np.zeros((len(combos), len(paired.inside)))
     np.put_along_axis(weights, combos, 1.0 / combos.shape[1], axis=1)
     return weighted(paired, weights, combine)
+
+
+# ---------------------------------------------------------------------------------------------- regression
+
+REGRESSION_SCORES = ("spread",)
+
+
+def task_columns(regression: bool, members: int) -> list[str]:
+    """The OOD columns of a task kind for an ensemble of ``members``: :func:`columns` for classification; for
+    regression ``auroc_spread``, ``fpr95_spread`` (the members' spread: :func:`spread`), none for one member (a
+    single prediction has no spread)."""
+    if not regression:
+        return columns(members)
+    return [f"{what}_{s}" for s in REGRESSION_SCORES for what in ("auroc", "fpr95")] if members > 1 else []
+
+
+def spread(predictions: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The members' spread under each ensemble, the regression ensemble's uncertainty (Lakshminarayanan et al.,
+    2017; ``metrics``' ``spread``): ``predictions`` (m, n) float64, ``weights`` (B, m) rows summing to 1 -> (B, n),
+    sqrt(sum_i w_i (x_i - mean)^2), the standard deviation of the members' predictions (ddof 0; 0 for one member).
+    The predictions are first centred per example on all members' mean (the spread is unchanged by a shift, the
+    rounding of the difference of squares is smaller)."""
+    centred = predictions - predictions.mean(axis=0)
+    mean = weights @ centred
+    return np.sqrt(np.maximum(weights @ centred**2 - mean**2, 0.0))
+
+
+def spread_weighted(paired: Paired, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """AUROC and FPR at 95% TPR of the members' spread (higher: less sure) at telling the OOD texts from the
+    evaluation split's, for every regression ensemble given as a row of ``weights`` (B, m) summing to 1: arrays of
+    B values named as :func:`task_columns`, NaN for a one-member row (no spread), in chunks of ensembles."""
+    x_in = np.asarray(paired.inside.outputs, dtype=np.float64)[..., 0]
+    x_out = np.asarray(paired.outside, dtype=np.float64)[..., 0]
+    step = max(1, CHUNK_ELEMENTS // (x_in.shape[1] + x_out.shape[1]))
+    single = (weights > 0).sum(axis=1) == 1
+    out: dict[str, list] = {c: [np.zeros(0)] for c in task_columns(True, 2)}
+    for lo in range(0, len(weights), step):
+        w, one = weights[lo:lo + step], single[lo:lo + step]
+        s_in, s_out = spread(x_in, w), spread(x_out, w)
+        out["auroc_spread"].append(np.where(one, np.nan, auroc_rows(s_in, s_out)))
+        out["fpr95_spread"].append(np.where(one, np.nan, fpr_rows(s_in, s_out)))
+    return {c: np.concatenate(v) for c, v in out.items()}
+
+
+def any_weighted(paired: Paired, weights: np.ndarray, combine: str) -> dict[str, np.ndarray]:
+    """:func:`weighted` (classification) or :func:`spread_weighted` (regression: ``combine`` plays no part), by
+    the task of ``paired``'s members: every column of :func:`task_columns` for ensembles of more than one member."""
+    if paired.inside.task.is_regression:
+        return spread_weighted(paired, weights)
+    return weighted(paired, weights, combine)
+
+
+def any_combinations(paired: Paired, combos: np.ndarray, combine: str) -> dict[str, np.ndarray]:
+    """:func:`any_weighted` of every ensemble whose members are a row of ``combos`` (B, k) member indices (equal
+    weights)."""
+    combos = np.asarray(combos, dtype=np.int64)
+    weights = np.zeros((len(combos), len(paired.inside)))
+    np.put_along_axis(weights, combos, 1.0 / max(1, combos.shape[1]), axis=1)
+    return any_weighted(paired, weights, combine)
+
+
+def any_whole(paired: Paired, combine: str) -> dict[str, float]:
+    """The columns of :func:`task_columns` for the ensemble of all members (:func:`whole` for classification).
+    Raises UsageError for one regression member: its prediction has no spread, so no OOD score."""
+    m, regression = len(paired.inside), paired.inside.task.is_regression
+    if not regression:
+        return whole(paired, combine)
+    if m < 2:
+        raise UsageError(f"--ood {paired.split}: one member of a regression task has no OOD score (its uncertainty "
+                         f"is the members' spread); give at least two members")
+    values = spread_weighted(paired, np.full((1, m), 1.0 / m))
+    return {c: float(values[c][0]) for c in task_columns(True, m)}
+
+
+# ---------------------------------------------------------------------------------------------- the seed test
+
+
+class OodScorer(Scorer):
+    """One OOD column (``auroc_msp``, ``fpr95_entropy``, ``auroc_mi``, ...; regression ``auroc_spread``,
+    ``fpr95_spread``: :func:`task_columns`) of ensembles given as membership weights over the paired members, with
+    :class:`ticketctl.analysis.significance.Scorer`'s interface, so the protocol's seed test (permutation over seeds,
+    jackknife interval) runs on it unchanged: an ensemble's value is the one ``ensemble --ood`` gives it.
+
+    AUROC is higher-is-better, FPR at 95% TPR lower-is-better. ``labels`` (n_in + n_out,): 0 for an evaluation
+    example, 1 for an OOD one (what is detected). Columns undefined for one member (``mi``, ``spread``) are NaN for
+    single members. Every distinct ensemble is computed once, all its columns together; scorers made by
+    :meth:`column` and :meth:`subset` share what was computed. Raises UsageError for a column not of the task's
+    kind, and under ``--combine vote`` for classification (vote shares are not probabilities)."""
+
+    def __init__(self, paired: Paired, score: str, combine: str = "probs"):
+        regression = paired.inside.task.is_regression
+        if combine == "vote" and not regression:
+            raise UsageError("--ood: the OOD scores are undefined under --combine vote (vote shares are not "
+                             "probabilities)")
+        self.task, self.paired, self.combine, self.regression = paired.inside.task, paired, combine, regression
+        self.labels = np.r_[np.zeros(paired.inside.outputs.shape[1]), np.ones(paired.outside.shape[1])].astype(int)
+        self._known: dict[bytes, dict[str, float]] = {}
+        self._subsets: dict[tuple, tuple] = {}
+        self.score = self._checked(score)
+
+    def _checked(self, score: str) -> str:
+        names = task_columns(self.regression, 2)
+        if score not in names:
+            raise UsageError(f"--score {score}: with --ood give one of {', '.join(names)} "
+                             f"({'regression' if self.regression else 'classification'})")
+        return score
+
+    name = property(lambda self: self.score)
+    higher_is_better = property(lambda self: self.score.startswith("auroc"))
+    direction = property(lambda self: "higher is better" if self.higher_is_better else "lower is better")
+
+    def __len__(self) -> int:
+        return len(self.paired.inside)
+
+    def column(self, score: str) -> "OodScorer":
+        """The scorer of another column of the same members, sharing what is computed."""
+        sub = object.__new__(OodScorer)
+        sub.__dict__.update(self.__dict__)
+        sub.score = self._checked(score)
+        return sub
+
+    def subset(self, members) -> "OodScorer":
+        """A scorer over these members only (remembered: every column's scorer of these members shares it)."""
+        key = tuple(int(i) for i in members)
+        if key not in self._subsets:
+            idx, inside = list(key), self.paired.inside
+            sides = replace(inside, arts=[inside.arts[i] for i in idx], outputs=inside.outputs[idx])
+            self._subsets[key] = (Paired(sides, self.paired.outside[idx], self.paired.split), {}, {})
+        sub = object.__new__(OodScorer)
+        sub.__dict__.update(self.__dict__)
+        sub.paired, sub._known, sub._subsets = self._subsets[key]
+        return sub
+
+    def on_examples(self, examples: np.ndarray) -> "OodScorer":
+        raise UsageError("--bootstrap resamples the labelled evaluation examples: not with --ood")
+
+    def scores(self, weights: np.ndarray, examples: np.ndarray | None = None) -> np.ndarray:
+        """The column's value of each ensemble (row of ``weights``, membership; normalised to sum to 1)."""
+        if examples is not None:
+            self.on_examples(examples)
+        weights = np.asarray(weights, dtype=np.float64)
+        keys = [row.tobytes() for row in weights]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._known))
+        if missing:
+            rows = np.frombuffer(b"".join(missing), dtype=np.float64).reshape(len(missing), -1)
+            values = any_weighted(self.paired, rows / rows.sum(axis=1, keepdims=True), self.combine)
+            for i, k in enumerate(missing):
+                self._known[k] = {c: float(v[i]) for c, v in values.items()}
+        return np.fromiter((self._known[k][self.score] for k in keys), dtype=np.float64, count=len(keys))

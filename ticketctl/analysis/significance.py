@@ -156,6 +156,14 @@ def split_groups(n: int, groups: int) -> list[list[int]]:
     return [list(range(g * size, (g + 1) * size)) for g in range(groups)]
 
 
+def group_combinations(order: list[int], groups: int, k: int) -> np.ndarray:
+    """(B, k) member indices: every k-member combination inside each of ``groups`` equal consecutive groups of
+    ``order`` (member indices in seed order; :func:`split_groups`), groups concatenated in order, combinations in
+    ``itertools.combinations`` order. Zero rows where k exceeds a group's size; raises as :func:`split_groups`."""
+    parts = [[order[i] for i in part] for part in split_groups(len(order), groups)]
+    return np.asarray([c for g in parts for c in combinations(g, k)], dtype=np.int64).reshape(-1, k)
+
+
 def protocol_combinations(n: int, k: int, groups: int, limit: int | None = None,
                           rng: np.random.Generator | None = None) -> np.ndarray:
     """Membership matrix (combinations, n) of every k-member combination inside each group, groups concatenated
