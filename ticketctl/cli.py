@@ -288,7 +288,7 @@ def stats(
     combine: opt.Combine = "probs", plot: opt.StatsPlot = None, groups: opt.StatsGroups = 1,
     test: opt.StatsTest = "permutation", resamples: opt.StatsResamples = 1000, bootstrap: opt.StatsBootstrap = 0,
     select: opt.StatsSelect = None, select_fraction: opt.StatsSelectFraction = 0.5, cost: opt.StatsCost = False,
-    score: opt.StatsScore = None, format: opt.Format = "table",
+    score: opt.StatsScore = None, ood: opt.StatsOod = None, format: opt.Format = "table",
 ):
     """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics (the paper's protocol with
     --groups), and against the reference group the difference with a 95% interval and a calibrated p-value
@@ -298,7 +298,7 @@ def stats(
 
     print_stats(artifacts, by=by, ref=ref, size=size, combine=combine, plot=plot, groups=groups, test=test,
                 resamples=resamples, bootstrap=bootstrap, select=select, select_fraction=select_fraction, cost=cost,
-                score=score, format=format)
+                score=score, format=format, ood=ood)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -166,6 +166,12 @@ StatsScore = Annotated[Optional[str], typer.Option(
         "differences stay group minus --ref in the metric's units (for lower-is-better metrics a negative one "
         "favours the group), Table 1 gets a verdict column and --cost an on_frontier column that follow the "
         "metric's direction, and --select best picks the level best in that direction (docs/calibration.md).")]
+StatsOod = Annotated[Optional[str], typer.Option(
+        "--ood", metavar="SPLIT",
+        help="Table 1 of out-of-distribution detection: the artifacts given of this split are the same members' "
+        "outputs on other texts (as ensemble --ood); --score is then an OOD column, default auroc_msp: auroc_ or "
+        "fpr95_ of msp, entropy, mi (ensembles only); regression auroc_spread, fpr95_spread (ensembles only). Same "
+        "protocol and seed test; AUROC higher, FPR95 lower is better (docs/calibration.md).")]
 StatsResamples = Annotated[int, typer.Option(help="Permutations of the test.")]
 StatsBootstrap = Annotated[int, typer.Option(help="Resample the evaluation examples N times for a 95% interval of "
                                                 "each group's ensemble mean (0: off).")]

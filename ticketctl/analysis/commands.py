@@ -66,19 +66,24 @@ def print_iou(masks: list[str], layers: bool = False, importance: bool = False, 
 def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = None, size: int | None = None,
                 combine: str = "probs", plot: str | None = None, groups: int = 1, test: str = "permutation",
                 resamples: int = 1000, bootstrap: int = 0, select: str | None = None, select_fraction: float = 0.5,
-                cost: bool = False, score: str | None = None, format: str = "table") -> None:
+                cost: bool = False, score: str | None = None, format: str = "table", ood: str | None = None) -> None:
     """``stats``: Table 1 (``ticketctl.analysis.stats.table1``), the phase transition for a pivot ``by``
     (sparsity, train_fraction), the super ticket (``select`` best) or the frontier at equal cost (``cost``);
     ``plot`` draws the matching figure; ``score`` compares Table 1, the phase tables and the frontier, and picks
-    the super ticket, by a registered metric with a direction."""
+    the super ticket, by a registered metric with a direction; ``ood`` (a split): Table 1 of an OOD column
+    (``stats.table1``'s ``paired``), UsageError with a pivot, ``select`` or ``cost``."""
     from ticketctl.analysis import phase, plots, render
     from ticketctl.analysis.records import PIVOTS
     from ticketctl.analysis import stats as data
+    from ticketctl.analysis.ensemble import load_ood
     from ticketctl.analysis.tables import note
+    from ticketctl.errors import UsageError
     from ticketctl.store.artifacts import read_paths
 
     paths = read_paths(artifacts)
     data.check_options(by, size, bootstrap, select)
+    if ood is not None and (select or cost or by in PIVOTS):
+        raise UsageError("--ood: Table 1 only (not with --cost, --select or --by sparsity/train_fraction)")
     if select:
         render.super_ticket(phase.super_ticket(paths, select_fraction, score))
         return
@@ -99,12 +104,13 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
             frontier.plot(result.curves, result.on.metric, plot,
                           f"{result.on.task}: {result.on.metric} vs inference cost, by {by}", result.direction, ringed)
     else:
+        paired = load_ood(paths, ood) if ood is not None else None
         result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot),
-                             score=score)
+                             score=score, paired=paired)
         render.table1(result, format)
         if plot:
             plots.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
-                           f"{result.on.task}: ensemble gain over {result.ref}", points=score is None,
+                           f"{result.on.task}: ensemble gain over {result.ref}", points=score is None and ood is None,
                            direction=result.direction)
     if plot:
         note(f"wrote {plot}")

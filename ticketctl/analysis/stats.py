@@ -21,6 +21,8 @@ from ticketctl.analysis.grouping import (check_same_level, check_same_recipe, gr
                                          seeds_of)
 from ticketctl.analysis.members import Members, load_ensemble_members
 from ticketctl.analysis.metrics import MetricScorer, scorer_for
+from ticketctl.analysis.ood import OodScorer
+from ticketctl.analysis.ood import Paired as OodPaired
 from ticketctl.analysis.records import CostFrontier, Table1, Table1Row
 from ticketctl.analysis.significance import (RESAMPLES, Scorer, better, compare, difference, pairing, paper_ttest,
                                              protocol_combinations, protocol_scores, smallest_p, split_groups)
@@ -29,10 +31,11 @@ from ticketctl.errors import UsageError
 TESTS = ("permutation", "paper")
 
 
-def load_groups(paths: list[str], by: str) -> tuple[Members, dict[str, list[int]]]:
-    """All members, and each group's member indices in seed order. Raises UsageError on an unlabelled split or a
-    missing key, InputError for a group that mixes configurations or sparsity levels."""
-    members = load_ensemble_members(paths)
+def load_groups(paths: list[str], by: str, members: Members | None = None) -> tuple[Members, dict[str, list[int]]]:
+    """All members (``members``: those already loaded, instead of ``paths``), and each group's member indices in
+    seed order. Raises UsageError on an unlabelled split or a missing key, InputError for a group that mixes
+    configurations or sparsity levels."""
+    members = load_ensemble_members(paths) if members is None else members
     if members.labels is None:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
     grouped: dict[str, list[int]] = defaultdict(list)
@@ -98,7 +101,7 @@ def table1_rows(members: Members, groups: dict[str, list[int]], ref: str, k: int
             notes += _few_seeds(g, ref, len(groups[g]), len(groups[ref]), paired) if "p_paper" in row else []
         if bootstrap:
             row.update(dict(zip(("ci_low", "ci_high"), example_interval(scorer, groups[g], k, n_groups, bootstrap))))
-        if isinstance(scorer, MetricScorer):  # --score: say in words which way the difference goes
+        if isinstance(scorer, (MetricScorer, OodScorer)):  # --score: say in words which way the difference goes
             row["verdict"] = "ref" if g == ref else better(row["vs_ref"], row["p_value"], scorer.higher_is_better)
         rows.append(Table1Row(**row))
     return rows, k, notes
@@ -169,7 +172,8 @@ def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 
 
 def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
            combine: str = "probs", groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
-           bootstrap: int = 0, curves: bool = False, score: str | None = None) -> Table1:
+           bootstrap: int = 0, curves: bool = False, score: str | None = None,
+           paired: OodPaired | None = None) -> Table1:
     """The paper's Table 1 from the logits artifacts among ``paths``, grouped by the metadata key ``by`` (see
     :func:`table1_rows`; ``ref`` default: dense, else base, else the first group), with each k-member ensemble's
     cost where members record one, and with ``curves`` Figure 3's gain over ``ref`` for k = 1, 2, ...
@@ -178,17 +182,32 @@ def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: i
     reference (negative favours A where lower is better) and each row gets a ``verdict`` in words.
 
     Raises UsageError (unlabelled split, unknown --ref, --test or score, k too large) or InputError (groups that
-    mix configurations or levels, members that do not split into ``groups`` equal groups)."""
-    members, grouped = load_groups(paths, by)
+    mix configurations or levels, members that do not split into ``groups`` equal groups).
+
+    ``paired`` (``stats --ood SPLIT``, ``ensemble.load_ood``): the members (``paths`` unused) with their outputs on
+    OOD texts; ``score`` is then one OOD column (:func:`ticketctl.analysis.ood.task_columns`, default ``auroc_msp``,
+    regression ``auroc_spread``) and every number is that column's (``ood.OodScorer``); UsageError with
+    ``bootstrap`` (it resamples labelled examples) or under ``--combine vote`` for classification."""
+    members, grouped = load_groups(paths, by, paired.inside if paired else None)
     ref = pick_ref(grouped, ref)
-    scorer = scorer_of(members, combine, score)
+    scorer = scorer_of(members, combine, score) if paired is None else ood_scorer(paired, combine, score, bootstrap)
     rows, k, notes = table1_rows(members, grouped, ref, size, scorer, groups, test, resamples, bootstrap)
     if all(a.meta.get("cost") for a in members.arts):
         rows = _with_costs(members, grouped, rows)
-    on = members.evaluated if score is None else replace(members.evaluated, metric=scorer.name)
+    tested = score is not None or paired is not None
+    on = replace(members.evaluated, metric=scorer.name) if tested else members.evaluated
     return Table1(on, by, ref, k, combine, groups, test, bootstrap, rows, notes,
                   gain_curves(scorer, grouped, ref, groups) if curves else None,
-                  None if score is None else scorer.metric.direction)
+                  scorer.direction if paired is not None else scorer.metric.direction if tested else None)
+
+
+def ood_scorer(paired: OodPaired, combine: str, score: str | None, bootstrap: int = 0) -> OodScorer:
+    """``stats --ood``'s scorer: the OOD column ``score`` (default ``auroc_msp``; regression ``auroc_spread``).
+    Raises UsageError for another column, with ``bootstrap``, or under vote (classification)."""
+    if bootstrap:
+        raise UsageError("--bootstrap resamples the labelled evaluation examples: not with --ood")
+    default = "auroc_spread" if paired.inside.task.is_regression else "auroc_msp"
+    return OodScorer(paired, default if score is None else score, combine)
 
 
 def _with_costs(members: Members, grouped: dict[str, list[int]], rows: list[Table1Row]) -> list[Table1Row]:
