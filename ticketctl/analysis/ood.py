@@ -11,6 +11,10 @@ members' under ``--combine probs``, the softmax of their mean logits under ``log
 - ``mi``: mutual information, the entropy of the mean of the members' own probabilities minus the mean of their
   entropies (the members' disagreement; Depeweg et al., 2018; Malinin & Gales, 2018); only for more than one member.
 
+For a regression task the ensemble's uncertainty is its members' spread (:func:`spread`, :func:`task_columns`:
+``auroc_spread``, ``fpr95_spread``; more than one member only). :class:`OodScorer` puts one column under the seed
+test of ``ticketctl.analysis.significance`` (``stats --ood``, the protocol report's OOD section).
+
 Members are paired across the two splits by their identity (:func:`member_keys`, :func:`pairing`), never by position
 or file name; ``ticketctl.analysis.ensemble.load_ood`` loads both sides.
 """
