@@ -51,7 +51,7 @@ def _art(path, outputs, split, seed, policy, labels=None, task="mnli", data="d1"
     return str(write_artifact(path, "logits", tensors, meta))
 
 
-def _schemes(tmp_path, sharper=1.0, n_in=50, n_out=40, regression=False):
+def _schemes(tmp_path, sharper=1.0, n_in=50, n_out=40, regression=False, labelled=True):
     """Two schemes' members, seeds 0..SEEDS-1: ``dense`` (the reference) and ``base``, whose OOD outputs are flatter
     by ``sharper`` (1: the same distribution); a seed's two members share an effect (head, data order).
     Returns (paths, {policy: (x_in (m, n, C), x_out (m, n_out, C)) float64})."""
@@ -73,8 +73,8 @@ def _schemes(tmp_path, sharper=1.0, n_in=50, n_out=40, regression=False):
             ins.append(a)
             outs.append(b)
             task = "stsb" if regression else "mnli"
-            paths.append(_art(tmp_path / f"{policy}-dev-{s}.safetensors", a, "dev", s, policy,
-                              labels.astype(np.float32) if regression else labels, task=task))
+            gold = (labels.astype(np.float32) if regression else labels) if labelled else None
+            paths.append(_art(tmp_path / f"{policy}-dev-{s}.safetensors", a, "dev", s, policy, gold, task=task))
             paths.append(_art(tmp_path / f"{policy}-ood-{s}.safetensors", b, "ood", s, policy, task=task, data="d2"))
         x[policy] = (np.stack(ins), np.stack(outs))
     return paths, x
@@ -163,6 +163,20 @@ def test_a_scheme_that_separates_better_is_reported_better(cli, tmp_path):
     assert code == 0, err
     base = next(r for r in map(json.loads, out.splitlines()) if r["group"] == "base")
     assert base["verdict"] in ("no significant difference", "better", "worse")  # a real test, whichever way
+
+
+def test_stats_ood_needs_no_labels(cli, tmp_path):
+    """Detection scores need no gold labels: an unlabelled evaluation split gives the same table."""
+    rows = []
+    for labelled in (True, False):
+        paths, _ = _schemes(tmp_path / str(labelled), sharper=1.3, labelled=labelled)
+        code, out, err = cli("stats", *paths, "--by", "policy", "--ood", "ood", "--size", "3", "--resamples", "99",
+                             "--format", "json")
+        assert code == 0, err
+        rows.append([json.loads(line) for line in out.splitlines()])
+    assert rows[0] == rows[1]
+    code, out, err = cli("stats", *[p for p in paths if "-dev-" in p], "--by", "policy")
+    assert code != 0 and "unlabelled" in err  # without --ood an unlabelled split is still refused
 
 
 @pytest.mark.parametrize("args, message", [

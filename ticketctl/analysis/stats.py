@@ -32,11 +32,12 @@ TESTS = ("permutation", "paper")
 
 
 def load_groups(paths: list[str], by: str, members: Members | None = None) -> tuple[Members, dict[str, list[int]]]:
-    """All members (``members``: those already loaded, instead of ``paths``), and each group's member indices in
-    seed order. Raises UsageError on an unlabelled split or a missing key, InputError for a group that mixes
-    configurations or sparsity levels."""
-    members = load_ensemble_members(paths) if members is None else members
-    if members.labels is None:
+    """All members (``members``: those already loaded, instead of ``paths``, labelled or not: ``stats --ood`` needs
+    no labels), and each group's member indices in seed order. Raises UsageError on an unlabelled split (of
+    ``paths``) or a missing key, InputError for a group that mixes configurations or sparsity levels."""
+    given = members is not None
+    members = members if given else load_ensemble_members(paths)
+    if members.labels is None and not given:
         raise UsageError("the artifacts' split is unlabelled: nothing to score")
     grouped: dict[str, list[int]] = defaultdict(list)
     for i, a in enumerate(members.arts):
