@@ -249,3 +249,21 @@ def test_sections_follow_each_metrics_direction(tmp_path):
     # every number report.md prints for the section is in the data: here Figure 3's first cell
     first = data["scores"]["nll"]["figure3"]["random"][0]
     assert f"| {first[1]:+.4f} [{first[2]:+.4f}, {first[3]:+.4f}] |" in md
+
+
+def test_a_temperature_scaled_score_on_too_few_examples_is_left_out_with_the_reason(tmp_path):
+    """8 examples cannot be cross-fitted over 5 folds: ts_nll's section says so, nll's is there."""
+    from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+    from ticketctl.protocol import report
+    from ticketctl.protocol.plan import build
+
+    paths, _, _ = _synthetic(tmp_path, seeds=2, examples=8)
+    plan = build({"seeds": "1-2", "schemes": "dense,random", "size": "2", "resamples": 199,
+                  "report_score": "ts_nll,nll"}, TrainConfig(), DataOptions(), RunOptions())
+    data = report.analyse(plan, paths, {})
+    assert data["scores"]["ts_nll"] == {"metric": "ts_nll", "skipped": "8 examples: temperature scaling cross-fits "
+                                        "over 5 folds, which needs at least 10"}
+    assert len(data["scores"]["nll"]["table1"]) == 2
+    md = "\n".join(report.md_scores(data, str, {}))
+    assert "## On ts_nll\n\nLeft out: 8 examples: temperature scaling cross-fits over 5 folds" in md
+    assert "## On nll (lower is better)" in md
