@@ -18,6 +18,8 @@ programs) and ``REPORT/plan.toml`` (the resolved plan, usable as ``--plan``).
 - With ``--distill-from`` (``protocol.distilled``): the students in Table 1, the distillation section, the
   calibration section (single members) and the cost frontier (k = 1 at their own cost), over seed groups.
 - Cost: each member's training seconds and inference cost, the run's wall time, members per hour, device, versions.
+- With ``--report-score NAME`` (:func:`score_sections`): per registered metric, Table 1, its split, Figure 3 and the
+  cost frontier with it as the score (``stats --score NAME``'s numbers, in its units, read by its direction).
 
 Everything here reads artifacts (numpy, scipy, matplotlib): the analysis functions of ``ticketctl.analysis``.
 """
