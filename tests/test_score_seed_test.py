@@ -158,7 +158,8 @@ def test_report_calibration_section_is_stats_score_and_a_reliability_diagram(tmp
 
     paths, outputs, labels = _schemes(tmp_path, seeds=6, examples=60)
     members = {"dense": [p for p in paths if "dense" in p], "random": [p for p in paths if "random" in p]}
-    plan = SimpleNamespace(seeds=list(range(6)), member_schemes=["dense", "random"], k=2, groups=1, resamples=199)
+    plan = SimpleNamespace(seeds=list(range(6)), member_schemes=["dense", "random"], k=2, groups=1, resamples=199,
+                           report_scores=[])
     data = report.analyse(plan, members, {})
     cal = data["calibration"]
     assert cal["metrics"] == ["nll", "brier", "ece", "ts_nll", "ts_ece"] and cal["skipped"] == []
@@ -235,7 +236,8 @@ def test_report_calibration_section_on_regression_is_stats_score_with_na_for_sin
 
     paths, outputs, gold = _regression_schemes(tmp_path)
     members = {"dense": [p for p in paths if "dense" in p], "random": [p for p in paths if "random" in p]}
-    plan = SimpleNamespace(seeds=list(range(6)), member_schemes=["dense", "random"], k=2, groups=1, resamples=199)
+    plan = SimpleNamespace(seeds=list(range(6)), member_schemes=["dense", "random"], k=2, groups=1, resamples=199,
+                           report_scores=[])
     data = report.analyse(plan, members, {})
     cal = data["calibration"]
     assert cal["metrics"] == ["gaussian_nll", "spread_error_corr"] and cal["skipped"] == []

@@ -44,6 +44,8 @@ PAPER_SCHEMES = ("dense", "bagging", "base", "active", "random")  # Kobayashi et
 SCHEMES = PAPER_SCHEMES + ("structured",)  # + structured winning tickets (Liang et al.) at --structured-levels
 SEARCHED = ("base", "active", "random")  # schemes whose members are tickets found by IMP
 ACTIVE_CHAINS = ("group", "all")  # ACTIVE-LT's earlier members: those of the seed group, or every earlier seed
+REPORT_COMBINE = "probs"  # how the report's ensembles combine their members (the paper's: mean probabilities)
+ENSEMBLE_ONLY = ("spread_error_corr",)  # metrics undefined for one member: a single prediction has no spread
 
 
 def level_scheme(level: float) -> str:
@@ -89,6 +91,18 @@ def parse_schemes(spec: str | list) -> list[str]:
     return names
 
 
+def parse_names(spec: str | list | None, what: str) -> list[str]:
+    """``"nll,ece"`` or a list of names (a plan file's) -> the names in that order; None -> []. Raises UsageError
+    naming ``what`` (the option) for a name given twice or an empty one."""
+    if spec is None:
+        return []
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    names = [str(s).strip() for s in parts]
+    if not all(names) or len(set(names)) != len(names):
+        raise UsageError(f"{what} {spec!r}: give names separated by commas, each once")
+    return names
+
+
 @dataclass(frozen=True)
 class ProtocolOptions:
     """The ``protocol`` command's own options as given on the command line or in a plan file (ranges and lists as
@@ -126,6 +140,11 @@ class ProtocolOptions:
         "--schemes' members, e.g. random or structured-30) averaged (--combine probs) on the training examples; per "
         "seed a student (student-SCHEME) trained as that scheme's member with --distill-alpha and "
         "--distill-temperature (docs/distillation.md).", metavar="SCHEME")
+    report_score: Optional[str] = option(
+        None, "Also report on these registered metrics (comma-separated; each with a direction: nll, brier, ece, "
+        "accuracy, ... or, for regression, gaussian_nll): per metric a section with Table 1, its single-member / "
+        "ensembling split, Figure 3 and the cost frontier on it, as `ticketctl stats --score NAME` computes them. "
+        "Changes no job: rerun on a finished --out to add it to the report.", metavar="NAME[,NAME...]")
 
 
 DISTILL_FIELDS = ("distill_alpha", "distill_temperature")  # DistillOptions' fields the protocol takes (not teacher)
@@ -176,6 +195,7 @@ class Plan:
     distill_from: Optional[str] = None  # the scheme (a member scheme) whose k-member ensembles teach the students
     distill_alpha: float = 0.5  # the students' DistillOptions (docs/distillation.md)
     distill_temperature: float = 2.0
+    report_scores: list[str] = field(default_factory=list)  # --report-score: the report's sections "On NAME"
     executor_options: dict = field(default_factory=dict)  # every executor's options (None: not given), by name
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataOptions = field(default_factory=DataOptions)
@@ -246,7 +266,39 @@ class Plan:
                              "to recompute")
         self.data.validate()
         self._validate_distill()
+        self.check_report_scores(self._known_regression())
         return self
+
+    def _known_regression(self) -> Optional[bool]:
+        """Whether the task is a regression, where the plan alone says (a GLUE task, or own data with --metric);
+        None where only its data can (own data's labels: :class:`ticketctl.protocol.runner.Locator` checks then)."""
+        if self.data.metric is not None:
+            return self.data.metric in ("pearson", "spearman")
+        if self.data.train_file or self.data.dataset or self.task not in TASKS:
+            return None
+        return TASKS[self.task].is_regression
+
+    def check_report_scores(self, regression: Optional[bool]) -> None:
+        """``--report-score``: each name a registered metric (``ticketctl.analysis.metrics``) with a direction,
+        defined under the report's ``--combine probs``, defined for one member (Table 1's single members), of the
+        task's kind (``regression`` None: not known yet). Raises UsageError, one line."""
+        from ticketctl.analysis.metrics import REGISTRY
+
+        for name in self.report_scores:
+            metric = REGISTRY.get(name)
+            if metric is None:
+                raise UsageError(f"--report-score {name}: not a registered metric (choose from {', '.join(REGISTRY)})")
+            if metric.higher_is_better is None:
+                raise UsageError(f"--report-score {name}: a quantity reported, neither better nor worse: no "
+                                 f"difference to test")
+            if REPORT_COMBINE not in metric.combines:
+                raise UsageError(f"--report-score {name}: undefined under the report's --combine {REPORT_COMBINE}")
+            if name in ENSEMBLE_ONLY:
+                raise UsageError(f"--report-score {name}: undefined for one member (Table 1's single members); the "
+                                 f"calibration section reports it for ensembles")
+            kind = None if regression is None else ("regression" if regression else "classification")
+            if kind is not None and metric.kind != kind:
+                raise UsageError(f"--report-score {name}: a {metric.kind} metric, and this task is {kind}")
 
     def _validate_distill(self) -> None:
         """--distill-from names a planned member scheme whose training data is a file its finetunes can score."""
@@ -529,10 +581,11 @@ def build(options: dict, train: TrainConfig, data: DataOptions, run: RunOptions,
     parsed = {"task": options["task"], "seeds": seeds, "schemes": parse_schemes(options["schemes"]),
               "groups": n_groups, "sizes": sizes, "report": Path(options["report"]),
               "structured_levels": None if options["structured_levels"] is None else structured.parse_levels(
-                  options["structured_levels"], "--structured-levels")}
+                  options["structured_levels"], "--structured-levels"),
+              "report_scores": parse_names(options["report_score"], "--report-score")}
     hints = typing.get_type_hints(CommandOptions)
     for name in defaults():
-        if name not in parsed and name not in ("size",):
+        if name not in parsed and name not in ("size", "report_score"):
             parsed[name] = _typed(options[name], hints[name], "--" + name.replace("_", "-"))
     mine = {n for e in executors.EXECUTORS.values() for n in e.options}
     plan = Plan(**{k: v for k, v in parsed.items() if k not in mine},

@@ -18,6 +18,8 @@ programs) and ``REPORT/plan.toml`` (the resolved plan, usable as ``--plan``).
 - With ``--distill-from`` (``protocol.distilled``): the students in Table 1, the distillation section, the
   calibration section (single members) and the cost frontier (k = 1 at their own cost), over seed groups.
 - Cost: each member's training seconds and inference cost, the run's wall time, members per hour, device, versions.
+- With ``--report-score NAME`` (:func:`score_sections`): per registered metric, Table 1, its split, Figure 3 and the
+  cost frontier with it as the score (``stats --score NAME``'s numbers, in its units, read by its direction).
 
 Everything here reads artifacts (numpy, scipy, matplotlib): the analysis functions of ``ticketctl.analysis``.
 """
@@ -35,12 +37,12 @@ import numpy as np
 
 from ticketctl.analysis import diversity, grouping, iou, plots, stats
 from ticketctl.analysis.render import row_of
-from ticketctl.analysis.significance import compare, compare_gain, pairing
+from ticketctl.analysis.significance import better, compare, compare_gain, pairing
 from ticketctl.analysis.tables import format_cell, note
 from ticketctl.errors import InputError, UsageError
 from ticketctl.protocol import distilled
 from ticketctl.protocol import ood as ood_report
-from ticketctl.protocol.plan import Plan, toml_text
+from ticketctl.protocol.plan import ENSEMBLE_ONLY, REPORT_COMBINE, Plan, toml_text
 from ticketctl.store.artifacts import read_artifact
 from ticketctl.store.provenance import versions
 from ticketctl.train.seeds import CPU_STREAM
@@ -84,6 +86,7 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
             "k": plan.k, "metric": loaded.task.headline, "table1": _table1(plan, m), "parts": _parts(plan, m),
             "calibration": _calibration(plan, m), "table2": _table2(m), "figure3": _figure3(plan, m),
             "figure4": figure4, "figure4_structured": figure4s, "frontier": cost_frontier(plan, m),
+            "scores": score_sections(plan, m),
             "members": _member_rows(plan.member_schemes, members, loaded.task.headline)}
 
 
@@ -117,9 +120,42 @@ def _parts(plan: Plan, m: _Members) -> list[dict]:
     return parts
 
 
+def score_sections(plan: Plan, m: _Members) -> dict[str, dict]:
+    """``--report-score``: per named metric (``plan.report_scores``, checked by ``Plan.check_report_scores``) the
+    headline analyses with it as the score (``stats --score NAME``'s scorer, :class:`MetricScorer`, combining
+    probabilities): ``table1`` (:func:`_table1`'s rows, each with ``verdict`` in words by the metric's direction
+    and the p-value printed beside it, p < 0.05), ``parts`` (:func:`_parts`), ``figure3`` (:func:`_figure3`: per
+    scheme [k, scheme minus reference, interval low, high], in the metric's units) and ``frontier``
+    (:func:`cost_frontier`, with ``on_frontier`` in the metric's direction; None without cost records), with
+    ``direction`` ("lower is better" or "higher is better"). Differences are always scheme minus the reference:
+    for a lower-is-better metric a negative one favours the scheme. A ``ts_`` metric with fewer than 10 examples
+    (its temperature is cross-fitted over 5 folds) has only ``skipped``, the reason. The students of
+    ``--distill-from`` are not in these sections."""
+    out = {}
+    for name in plan.report_scores:
+        if _too_few_to_fit(name, m):
+            out[name] = {"metric": name, "skipped": f"{len(m.loaded.labels)} examples: temperature scaling "
+                         f"cross-fits over 5 folds, which needs at least 10"}
+            continue
+        on = replace(m, scorer=stats.scorer_of(m.loaded, REPORT_COMBINE, name))
+        table1 = _table1(plan, on)
+        for row in table1:
+            if row["group"] != on.ref:
+                row["verdict"] = better(row["vs_ref"], row.get("p_value", math.nan), on.scorer.higher_is_better)
+        out[name] = {"metric": name, "direction": on.scorer.metric.direction, "table1": table1,
+                     "parts": _parts(plan, on), "figure3": _figure3(plan, on), "frontier": cost_frontier(plan, on)}
+    return out
+
+
+def _too_few_to_fit(name: str, m: _Members) -> bool:
+    """A metric after cross-fitted temperature scaling (``ts_``) on fewer than 2 x 5 folds examples."""
+    from ticketctl.analysis.metrics import FOLDS
+
+    return name.startswith("ts_") and len(m.loaded.labels) < 2 * FOLDS
+
+
 CALIBRATION = ("nll", "brier", "ece", "ts_nll", "ts_ece")  # the report's probability calibration section
 REGRESSION_CALIBRATION = ("gaussian_nll", "spread_error_corr")  # the same section for a regression task
-ENSEMBLE_ONLY = ("spread_error_corr",)  # undefined for one member: a single prediction has no spread
 
 
 def _calibration(plan: Plan, m: _Members) -> dict:
@@ -345,12 +381,41 @@ def write_report(plan: Plan, outcome, members: dict[str, list[Path]], masks: dic
     if drawn:
         plots.plot_reliability(data["calibration"]["reliability"], str(reliability),
                                f"{data['task']}: reliability (ensembles solid,\nsingle members dashed)")
+    scores_png = _plot_scores(data, folder)
     (folder / "report.json").write_text(json.dumps(_jsonable(data), indent=1) + "\n")
     (folder / "plan.toml").write_text(plan_toml(plan))
     md = folder / "report.md"
     md.write_text(markdown(data, fig3.name if data["figure3"] else None, fig4.name if data["figure4"] else None,
-                           reliability.name if drawn else None, frontier_png))
+                           reliability.name if drawn else None, frontier_png, scores_png))
     return md
+
+
+def _plot_scores(data: dict, folder: Path) -> dict[str, dict[str, str | None]]:
+    """Draw each ``--report-score`` section's Figure 3 and cost frontier into ``folder`` (``TASK-fig3-gain-NAME.png``,
+    ``TASK-frontier-NAME.png``, in the metric's units, its direction on the axis); per metric their file names
+    (None: not drawn)."""
+    from ticketctl.analysis import frontier
+
+    drawn = {}
+    for name, sec in data["scores"].items():
+        drawn[name] = {"figure3": None, "frontier": None}
+        if sec.get("skipped"):
+            continue
+        task, ref, direction = data["task"], data["ref"], sec["direction"]
+        if sec["figure3"]:
+            path = folder / f"{task}-fig3-gain-{name}.png"
+            plots.plot_gain({g: [(x[0], x[1]) for x in c] for g, c in sec["figure3"].items()}, ref, name, str(path),
+                            f"{task}: {name} of ensembles minus {ref}'s (95% intervals)",
+                            {g: [(x[2], x[3]) for x in c] for g, c in sec["figure3"].items()}, points=False,
+                            direction=direction)
+            drawn[name]["figure3"] = path.name
+        if sec["frontier"]:
+            path = folder / f"{task}-frontier-{name}.png"
+            curves = {g: [tuple(p) for p in c] for g, c in sec["frontier"]["curves"].items()}
+            frontier.plot(curves, name, str(path), f"{task}: {name} against inference cost", direction,
+                          frontier.on_frontier(curves, direction == "higher is better"))
+            drawn[name]["frontier"] = path.name
+    return drawn
 
 
 def _add_students(plan: Plan, data: dict, members: dict[str, list[Path]]) -> None:
@@ -385,7 +450,9 @@ def _group_paths(plan: Plan, members: dict[str, list[Path]], group: str) -> list
 def plan_toml(plan: Plan) -> str:
     """The resolved plan as a flat TOML table that ``--plan`` reads back."""
     values = plan.options_dict()
-    flat = {k: v for k, v in values.items() if k not in ("train", "data", "run", "sizes", "seeds", "schemes")}
+    flat = {k: v for k, v in values.items() if k not in ("train", "data", "run", "sizes", "seeds", "schemes",
+                                                          "report_scores")}
+    flat["report_score"] = ",".join(plan.report_scores) or None
     flat["seeds"] = ",".join(str(s) for s in plan.seeds)
     flat["schemes"] = ",".join(plan.schemes)
     flat["size"] = ",".join(str(s) for s in plan.sizes)
@@ -437,7 +504,7 @@ def _interval(v: float, low, high) -> str:
 
 
 def markdown(data: dict, fig3: str | None, fig4: str | None, reliability: str | None = None,
-             frontier: str | None = None) -> str:
+             frontier: str | None = None, scores: dict[str, dict] | None = None) -> str:
     ref, k, metric = data["ref"], data["k"], data["metric"]
     plan = data["plan"]
     named = lambda g: f"{g} ({NAMES[g]})" if g in NAMES else g  # noqa: E731
@@ -454,7 +521,7 @@ def markdown(data: dict, fig3: str | None, fig4: str | None, reliability: str | 
              f"combinations' scores for that same difference (optimistic: combinations share members).", ""]
     lines += (_md_table1(data, named) + md_calibration(data, named, reliability)
               + distilled.markdown(data.get("distillation")) + ood_report.markdown(data.get("ood"), named)
-              + md_frontier(data, named, frontier)
+              + md_frontier(data, named, frontier) + md_scores(data, named, scores or {})
               + _md_diversity_figures(data, named, fig3, fig4)
               + _md_cost(data))
     return "\n".join(lines)
@@ -559,6 +626,72 @@ def md_frontier(data: dict, named, figure: str | None) -> list[str]:
     if figure:
         lines += [f"![Cost frontier]({figure})", ""]
     return lines
+
+
+def _units_interval(v: float, low, high) -> str:
+    """A difference in a metric's own units with its interval (none where it has none: one seed)."""
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return f"{v:+.4f}"
+    return f"{v:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def md_scores(data: dict, named, figures: dict[str, dict]) -> list[str]:
+    """The ``--report-score`` sections (markdown lines): per metric, Table 1, the split of its difference, Figure 3
+    and the cost frontier on it (:func:`score_sections`), with ``figures`` (per metric, its drawn files)."""
+    lines = []
+    for name, sec in (data.get("scores") or {}).items():
+        if sec.get("skipped"):
+            lines += [f"## On {name}", "", f"Left out: {sec['skipped']}.", ""]
+            continue
+        ref, k, direction = data["ref"], data["k"], sec["direction"]
+        sign = "negative" if direction.startswith("lower") else "positive"
+        lines += [f"## On {name} ({direction})", "",
+                  f"Table 1, where its difference to {ref} comes from, Figure 3 and the cost frontier with {name} as "
+                  f"the score instead of {data['metric']} (`--report-score`), in {name}'s own units (not points): "
+                  f"the same protocol, intervals and permutation tests as above, as `ticketctl stats --score {name}` "
+                  f"computes them (the frontier: `stats --by scheme --cost --score {name}`). Every difference is the "
+                  f"scheme minus {ref}: {direction}, so a {sign} difference favours the scheme; `verdict` says it in "
+                  f"words (p < 0.05). Students of --distill-from are not in this section.", "",
+                  f"### Table 1 on {name}: single members and {k}-member ensembles", "",
+                  _table([{**r, "group": named(r["group"])} for r in sec["table1"]],
+                         ["group", "members", "single_mean", "single_std", "ensemble_mean", "ensemble_gain", "vs_ref",
+                          "diff_low", "diff_high", "p_value", "p_single", "p_paper", "verdict"]), ""]
+        if sec["parts"]:
+            lines += [f"Where the difference to {ref} comes from (single-member part + ensembling part = `vs_ref`):",
+                      "", _table([{**r, "group": named(r["group"])} for r in sec["parts"]],
+                                 ["group", "single_diff", "single_low", "single_high", "p_single", "ensembling_diff",
+                                  "ensembling_low", "ensembling_high", "p_ensembling"]), ""]
+        lines += _md_score_figure3(sec, named, ref, (figures.get(name) or {}).get("figure3"))
+        lines += _md_score_frontier(sec, named, ref, (figures.get(name) or {}).get("frontier"))
+    return lines
+
+
+def _md_score_figure3(sec: dict, named, ref: str, figure: str | None) -> list[str]:
+    """A ``--report-score`` section's Figure 3 (markdown lines): per scheme and k, scheme minus reference [interval]."""
+    f3, name = sec["figure3"], sec["metric"]
+    if not f3:
+        return []
+    rows = [{"group": named(g), **{f"k={x[0]}": _units_interval(x[1], x[2], x[3]) for x in pts}}
+            for g, pts in f3.items()]
+    lines = [f"### Figure 3 on {name}: k-member ensembles minus {ref}'s", "",
+             f"Protocol mean of k-member ensembles' {name} minus {ref}'s, with the 95% jackknife interval.", "",
+             _table(rows, ["group", *[f"k={x[0]}" for x in next(iter(f3.values()))]]), ""]
+    return lines + ([f"![Figure 3 on {name}]({figure})", ""] if figure else [])
+
+
+def _md_score_frontier(sec: dict, named, ref: str, figure: str | None) -> list[str]:
+    """A ``--report-score`` section's cost frontier (markdown lines; none without cost records)."""
+    front, name = sec["frontier"], sec["metric"]
+    if not front:
+        return []
+    rows = [{**r, "group": named(r["group"])} for r in front["rows"]]
+    lines = [f"### Cost frontier on {name}", "",
+             f"Per budget of dense-member equivalents, each scheme's largest affordable ensemble, its protocol `mean` "
+             f"{name} and `vs_ref` against {ref}'s at the same budget with its 95% interval, as in the cost frontier "
+             f"above; `on_frontier`: no ensemble of any scheme that costs at most as much has a better {name}.", "",
+             _table(rows, ["budget", "group", "k", "cost", "mean", "vs_ref", "diff_low", "diff_high", "on_frontier"]),
+             ""]
+    return lines + ([f"![Cost frontier on {name}]({figure})", ""] if figure else [])
 
 
 def _md_diversity_figures(data: dict, named, fig3: str | None, fig4: str | None) -> list[str]:

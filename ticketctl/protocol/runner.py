@@ -81,6 +81,7 @@ class Locator:
         if ctx.evals and ctx.evals[0].labels is None:
             raise UsageError(f"{ctx.evals[0].source}: the {ctx.evals[0].name} split has no labels; the protocol's "
                              f"report scores members on it (give a labelled --validation-file)")
+        plan.check_report_scores(ctx.task.is_regression)  # own data: its labels say which kind of task it is
         ctx = replace(ctx, cache_dir=plan.run.out / paths.CACHE_DIR, report_to=plan.run.report_to)
         replace(plan.train, precision="fp32").validate()
         atomic.ensure_writable(plan.run.out)
