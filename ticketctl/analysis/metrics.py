@@ -65,6 +65,7 @@ class Metric:
     combines: tuple[str, ...]  # the --combine modes under which it is defined
     source: str  # the paper that defines it
     fitted: bool = False  # fits a parameter per ensemble (a temperature): scored on several threads (metric_threads)
+    member_entropy: bool = False  # reads Combined.member_entropy (batch paths compute it only for such metrics)
 
     @property
     def direction(self) -> str:
@@ -79,11 +80,13 @@ PROBABILISTIC = ("probs", "logits")
 
 
 def register(name: str, *, higher_is_better: bool | None, kind: str, combines: tuple[str, ...] = ALL_COMBINES,
-             source: str = "", fitted: bool = False):
-    """Decorator: add ``fn(combined, gold, options) -> value over leading axes`` to the registry as ``name``."""
+             source: str = "", fitted: bool = False, member_entropy: bool = False):
+    """Decorator: add ``fn(combined, gold, options) -> value over leading axes`` to the registry as ``name``;
+    ``member_entropy``: ``fn`` reads ``combined.member_entropy`` (:func:`weighted_values` leaves it None
+    otherwise)."""
 
     def add(fn):
-        REGISTRY[name] = Metric(name, fn, higher_is_better, kind, combines, source, fitted)
+        REGISTRY[name] = Metric(name, fn, higher_is_better, kind, combines, source, fitted, member_entropy)
         return fn
 
     return add
@@ -668,13 +671,13 @@ def _total_entropy(c, gold, o):
 
 
 @register("expected_entropy", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
-          source="Depeweg et al. (2018); Malinin & Gales (2018)")
+          source="Depeweg et al. (2018); Malinin & Gales (2018)", member_entropy=True)
 def _expected_entropy(c, gold, o):
     return np.asarray(c.member_entropy, dtype=np.float64).mean(axis=-1)
 
 
 @register("mutual_information", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
-          source="Depeweg et al. (2018); Malinin & Gales (2018)")
+          source="Depeweg et al. (2018); Malinin & Gales (2018)", member_entropy=True)
 def _mutual_information(c, gold, o):
     return _total_entropy(c, gold, o) - _expected_entropy(c, gold, o)
 
@@ -736,7 +739,8 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
     """Each named metric of every ensemble given as a row of ``weights`` (B, m), each row summing to 1 (1/k on a
     k-member ensemble's members; other weights average members unequally), over the members' raw outputs (m, n, C):
     arrays of B values, computed in chunks. Each member's probabilities and entropy are computed once; a chunk's
-    ensembles are the weights times them (one matrix product). The one path that scores registered metrics of
+    ensembles are the weights times them (one matrix product); the entropies only where a named metric reads them
+    (``Metric.member_entropy``). The one path that scores registered metrics of
     ensembles: ``ensemble --scores`` and ``stats --score`` (``significance.MetricScorer``) both come here."""
     from ticketctl.analysis.combine import softmax
 
@@ -752,7 +756,7 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
         member = softmax(x)
         flat = member.reshape(m, n * c)
         logits = x.reshape(m, n * c) if combine == "logits" else None
-        member_entropy = entropy(member)
+        member_entropy = entropy(member) if any(get(name).member_entropy for name in names) else None
     per = max(1, CHUNK_ELEMENTS // max(1, n * c))
 
     def chunk(w: np.ndarray) -> dict:
@@ -769,7 +773,7 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
             else:
                 probs = mean if combine == "probs" else softmax((w @ logits).reshape(len(w), n, c))
                 conf, pred = _top(probs)
-            combined = Combined(pred, probs, mean, w @ member_entropy)
+            combined = Combined(pred, probs, mean, None if member_entropy is None else w @ member_entropy)
             if probs is not None:
                 combined.__dict__["_memo"] = {"confidence": (labels, (conf, pred == np.asarray(labels)))}
         return {name: np.atleast_1d(v) for name, v in evaluate(names, combined, labels, options).items()}
