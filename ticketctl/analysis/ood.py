@@ -176,6 +176,6 @@ def combination_values(paired: Paired, combos: np.ndarray, combine: str) -> dict
     return weighted(paired, weights, combine)
 
 
-__all__ = ["SCORES", "Paired", "auroc_rows", "check_sides", "columns", "combination_values", "detection_rows", "entropy",
-           "fpr_rows", "member_keys", "pairing", "scores", "weighted", "whole"]  # auroc_rows, detection_rows, entropy, fpr_rows:
-# ticketctl.analysis.numerics' (one copy, shared with ticketctl.analysis.metrics)
+# auroc_rows, detection_rows, entropy, fpr_rows: ticketctl.analysis.numerics' (one copy, shared with metrics)
+__all__ = ["SCORES", "Paired", "auroc_rows", "check_sides", "columns", "combination_values", "detection_rows",
+           "entropy", "fpr_rows", "member_keys", "pairing", "scores", "weighted", "whole"]
