@@ -110,7 +110,7 @@ def pairing(inside: list[Artifact], outside: list[Artifact], split: str) -> np.n
 
 def _members(logits: np.ndarray, combine: str) -> tuple:
     """What every ensemble of a side is a weighted sum of, computed once per side (not per chunk of ensembles): the
-    members' probabilities (m, n C), their logits under ``logits`` (else None), their entropies (m, n)."""
+    members' probabilities (m, n * C), their logits (m, n * C) under ``logits`` (else None), their entropies (m, n)."""
     m, n, c = logits.shape
     member = softmax(logits)
     return member.reshape(m, n * c), logits.reshape(m, n * c) if combine == "logits" else None, entropy(member)
