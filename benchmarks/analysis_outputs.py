@@ -1,12 +1,12 @@
 """Record what every analysis command prints, in every format, to check that a refactor of the analysis changed
-no byte of it: stdout, stderr and the exit status of ``ensemble``, ``diversity``, ``iou``, ``stats`` (Table 1, the
-phase transition, ``--select best``, ``--cost``, ``--by train_fraction``) and ``show``, each in table, tsv, json and
-markdown where it offers them, plus the refusals.
+no byte of it: stdout, stderr and the exit status of ``ensemble`` (also ``--scores`` and ``--ood``), ``diversity``,
+``iou``, ``stats`` (Table 1, the phase transition, ``--select best``, ``--cost``, ``--by train_fraction``) and
+``show``, each in table, tsv, json and markdown where it offers them, plus the refusals.
 
 Reads two folders of artifacts: the run folder ``benchmarks/frozen.py`` trained (real masks and logits of a tiny
 BERT; its path is printed at the end of that run as ``/tmp/frozen-*``), and a folder of synthetic logits artifacts
 this script writes (seeded random outputs: several schemes x seeds with inference costs, structured levels, a
-regression task, training fractions), so that the tables have more than one member per cell.
+regression task, training fractions, members with outputs on OOD texts for ``ensemble --ood``), so that the tables have more than one member per cell.
 
     python benchmarks/analysis_outputs.py /tmp/frozen-XXXX before.json     # on the old code
     python benchmarks/analysis_outputs.py /tmp/frozen-XXXX after.json      # on the new code
@@ -74,6 +74,34 @@ def synthetic(folder: Path) -> dict[str, list[str]]:
         for fraction in (0.25, 0.5, 1.0):
             out["fraction"].append(write(f"mrpc-frac{fraction}-s{seed}", "mrpc", mrpc_labels, 3.0 - fraction,
                                          policy="dense", seed=seed, train_fraction=fraction))
+    out.update(ood_members(folder))
+    return out
+
+
+def ood_members(folder: Path) -> dict[str, list[str]]:
+    """Seeded members of a 3-class task (mnli) and a 2-class one (mrpc) on a labelled dev split and on OOD texts
+    (split ``ood``, other examples, paired by the run config); logits rounded to one decimal so that the OOD scores
+    tie, within and across the two sides. Its own random stream: the other synthetic artifacts stay as they were."""
+    from ticketctl.store.artifacts import write_artifact
+
+    rng = np.random.default_rng(11)
+    out: dict[str, list[str]] = {"ood-mnli": [], "ood-mrpc": []}
+    for task, classes in (("mnli", 3), ("mrpc", 2)):
+        labels = rng.integers(0, classes, 40)
+        for seed in range(1, 6):
+            config = {"task": task, "seed": seed, "lr": 1e-4}
+            for split, n, data in (("dev", 40, "d1"), ("ood", 30, "d2")):
+                if split == "dev":
+                    logits = np.eye(classes)[labels] * 2 + rng.normal(0, 1.5, (n, classes))
+                else:
+                    logits = rng.normal(0, 1.2, (n, classes))
+                tensors = {"outputs": np.round(logits, 1).astype(np.float32), "ids": np.arange(n)}
+                if split == "dev":
+                    tensors["labels"] = labels
+                meta = {"task": task, "split": split, "data_fingerprint": data, "model_fingerprint": "m1",
+                        "seed": str(seed), "policy": "dense", "config": config}
+                out[f"ood-{task}"].append(str(write_artifact(folder / f"{task}-{split}-dense-s{seed}.safetensors",
+                                                             "logits", tensors, meta)))
     return out
 
 
@@ -99,6 +127,14 @@ def commands(frozen: Path, syn: dict[str, list[str]], scratch: Path) -> dict[str
         cmds[f"ensemble-syn-size-{f}"] = ["ensemble", "--format", f, "--size", "1-3", "--groups", "2",
                                           *syn["mrpc"][:6]]
         cmds[f"ensemble-stsb-{f}"] = ["ensemble", "--format", f, "--size", "2", *syn["stsb"]]
+        for task in ("mnli", "mrpc"):
+            cmds[f"ensemble-ood-{task}-{f}"] = ["ensemble", "--format", f, "--ood", "ood", *syn[f"ood-{task}"]]
+            cmds[f"ensemble-ood-{task}-size-{f}"] = ["ensemble", "--format", f, "--ood", "ood", "--size", "1-4",
+                                                     "--combine", "logits", *syn[f"ood-{task}"]]
+        cmds[f"ensemble-scores-mnli-{f}"] = ["ensemble", "--format", f, "--scores", "all", "--size", "1-3",
+                                             *[p for p in syn["ood-mnli"] if "-dev-" in p]]
+        cmds[f"ensemble-scores-mrpc-{f}"] = ["ensemble", "--format", f, "--scores", "all", "--size", "2",
+                                             "--combine", "logits", *syn["mrpc"][:6]]
         cmds[f"diversity-{f}"] = ["diversity", "--format", f, *dev]
         cmds[f"diversity-matrix-{f}"] = ["diversity", "--format", f, "--matrix", *dev]
         cmds[f"diversity-stsb-{f}"] = ["diversity", "--format", f, *syn["stsb"]]
@@ -171,6 +207,10 @@ def commands(frozen: Path, syn: dict[str, list[str]], scratch: Path) -> dict[str
     cmds["cost-no-record"] = ["stats", "--cost", *dev]
     cmds["phase-unlabelled"] = ["stats", "--by", "sparsity", *g("mrpc-logits-extra-dense-*")]
     cmds["phase-only-full"] = ["stats", "--by", "sparsity", *dev]
+    cmds["ensemble-ood-vote"] = ["ensemble", "--ood", "ood", "--combine", "vote", *syn["ood-mnli"]]
+    cmds["ensemble-ood-scores"] = ["ensemble", "--ood", "ood", "--scores", "nll,mutual_information", "--size", "2",
+                                   *syn["ood-mnli"]]
+    cmds["ensemble-ood-unpaired"] = ["ensemble", "--ood", "ood", *syn["ood-mnli"][:-1]]
     return cmds
 
 

@@ -6,11 +6,16 @@
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py nll,brier,ece   # given lists
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py --ks 2,3 ...    # fewer sizes (a quick look)
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py --cli 0baf9cb   # the command, against a commit
+    flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py --ood 8d2918f   # ensemble --ood, against a commit
 
 ``--cli REV``: the whole command as a user runs it (``ticketctl ensemble --size 2-5 [--scores ...]`` in a fresh
 Python over 20 logits artifacts written to a temporary folder), this checkout against commit REV (checked out into
 a temporary git worktree and run with it on PYTHONPATH), best of 3 each; the groups and ``all``. These runs use
 every core, as a user's would (no OMP_NUM_THREADS).
+
+``--ood REV``: the same members with their outputs on 2,000 other texts (split ``ood``, paired by run config),
+``ensemble --size 2-5 --format json`` without and with ``--ood ood``, this checkout against REV, best of 3 each, and
+whether the two print the same bytes.
 
 Prints one line per list: seconds (baseline: best of 2; a list: one run, baseline included) and its ratio to the
 baseline. One thread (OMP_NUM_THREADS=1).
@@ -49,8 +54,10 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def write_members(folder: Path, m: int = 20, n: int = 2000) -> list[str]:
-    """The synthetic members of :func:`members` as logits artifacts in ``folder``."""
+def write_members(folder: Path, m: int = 20, n: int = 2000, ood: int = 0) -> list[str]:
+    """The synthetic members of :func:`members` as logits artifacts in ``folder``; with ``ood`` > 0 also each
+    member's outputs on ``ood`` other texts (split ``ood``, flatter logits, its own random stream), paired with its
+    dev artifact by the run config, as ``ensemble --ood ood`` reads them (dev paths first, then the OOD ones)."""
     from ticketctl.store.artifacts import write_artifact
 
     rng = np.random.default_rng(0)
@@ -59,40 +66,105 @@ def write_members(folder: Path, m: int = 20, n: int = 2000) -> list[str]:
     for i in range(m):
         outputs = (np.eye(2)[labels] * 2 + rng.normal(0, 2, (n, 2))).astype(np.float32)
         meta = {"task": "mrpc", "split": "dev", "data_fingerprint": "d1", "model_fingerprint": "m1", "seed": str(i),
-                "policy": "dense"}
+                "policy": "dense", "config": {"task": "mrpc", "seed": i}}
         paths.append(str(write_artifact(folder / f"m{i:02d}.safetensors", "logits",
                                         {"outputs": outputs, "ids": np.arange(n), "labels": labels}, meta)))
+    other = np.random.default_rng(1)
+    for i in range(m if ood else 0):
+        outputs = other.normal(0, 1.5, (ood, 2)).astype(np.float32)
+        meta = {"task": "mrpc", "split": "ood", "data_fingerprint": "d2", "model_fingerprint": "m1", "seed": str(i),
+                "policy": "dense", "config": {"task": "mrpc", "seed": i}}
+        paths.append(str(write_artifact(folder / f"ood{i:02d}.safetensors", "logits",
+                                        {"outputs": outputs, "ids": np.arange(ood)}, meta)))
     return paths
 
 
+class Trees:
+    """This checkout and commit ``rev`` (checked out into a temporary git worktree), each run as a fresh
+    ``python -m ticketctl`` with its tree on PYTHONPATH and every core (no OMP_NUM_THREADS), as a user's would.
+    The commands run in a scratch folder: ``python -m`` puts the working folder first on sys.path, so run from the
+    repository root both would import this checkout's package (the ``--cli`` runs before 2026-12-06 did)."""
+
+    def __init__(self, rev: str, tmp: Path):
+        import subprocess
+
+        self.root = Path(__file__).resolve().parent.parent
+        self.rev, self.base, self.scratch = rev, tmp / "base", tmp / "cwd"
+        self.scratch.mkdir()
+        subprocess.run(["git", "-C", str(self.root), "worktree", "add", "-q", "--detach", str(self.base), rev],
+                       check=True)
+
+    def run(self, tree: Path, args: list[str]) -> tuple[float, bytes]:
+        """(seconds, stdout) of ``ticketctl ARGS`` with ``tree``'s code."""
+        import subprocess
+
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        env["PYTHONPATH"] = str(tree)
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "ticketctl", *args], env=env, check=True, cwd=self.scratch,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start, done.stdout
+
+    def check(self) -> None:
+        """Each tree's command imports that tree's package (SystemExit otherwise)."""
+        import subprocess
+
+        for tree in (self.base, self.root):
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            got = subprocess.run([sys.executable, "-c", "import ticketctl; print(ticketctl.__file__)"], env=env,
+                                 cwd=self.scratch, check=True, capture_output=True, text=True).stdout.strip()
+            if not got.startswith(str(tree)):
+                raise SystemExit(f"with PYTHONPATH={tree} the package imported is {got}")
+
+    def best(self, tree: Path, args: list[str], times: int = 3) -> tuple[float, bytes]:
+        runs = [self.run(tree, args) for _ in range(times)]
+        return min(t for t, _ in runs), runs[0][1]
+
+    def close(self) -> None:
+        import subprocess
+
+        subprocess.run(["git", "-C", str(self.root), "worktree", "remove", "--force", str(self.base)], check=False)
+
+
 def cli(rev: str, lists: list[str]) -> None:
-    import subprocess
     import tempfile
 
-    root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        paths = write_members(tmp / "members")
-        base_tree = tmp / "base"
-        subprocess.run(["git", "-C", str(root), "worktree", "add", "-q", "--detach", str(base_tree), rev], check=True)
+        paths = write_members(Path(tmp) / "members")
+        trees = Trees(rev, Path(tmp))
         try:
-            def run(tree: Path, extra: list[str]) -> float:
-                env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # every core, as a user's
-                env["PYTHONPATH"] = str(tree)
-                cmd = [sys.executable, "-m", "ticketctl", "ensemble", "--size", "2-5", *extra, *paths]
-                start = time.perf_counter()
-                subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                return time.perf_counter() - start
-
-            base = min(run(base_tree, []) for _ in range(3))
-            here = min(run(root, []) for _ in range(3))
+            trees.check()
+            base = trees.best(trees.base, ["ensemble", "--size", "2-5", *paths])[0]
+            here = trees.best(trees.root, ["ensemble", "--size", "2-5", *paths])[0]
             print(f"`ticketctl ensemble --size 2-5`, 20 members x 2,000 examples: {rev}: {base:.2f} s; "
                   f"this checkout: {here:.2f} s")
             for spec in [*lists, "all"]:
-                s = min(run(root, ["--scores", spec]) for _ in range(3))
+                s = trees.best(trees.root, ["ensemble", "--size", "2-5", "--scores", spec, *paths])[0]
                 print(f"--scores {spec}: {s:.2f} s = {s / base:.1f}x {rev}", flush=True)
         finally:
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(base_tree)], check=False)
+            trees.close()
+
+
+def cli_ood(rev: str, n_ood: int = 2000) -> None:
+    """``--ood REV``: ``ensemble --size 2-5`` over the 20 members, without and with ``--ood ood`` (their outputs
+    on ``n_ood`` other texts), this checkout against REV, best of 3 each; checks that both print the same table
+    (``--format json``, every digit)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_members(Path(tmp) / "members", ood=n_ood)
+        dev = [p for p in paths if not Path(p).name.startswith("ood")]
+        trees = Trees(rev, Path(tmp))
+        try:
+            trees.check()
+            for what, args in (("without --ood", dev), ("--ood ood", ["--ood", "ood", *paths])):
+                cmd = ["ensemble", "--size", "2-5", "--format", "json", *args]
+                (base, out_base), (here, out_here) = trees.best(trees.base, cmd), trees.best(trees.root, cmd)
+                same = "same output" if out_base == out_here else "OUTPUT DIFFERS"
+                print(f"`ensemble --size 2-5 {what}`, 20 members x 2,000 dev (+ {n_ood:,} OOD) examples: {rev}: "
+                      f"{base:.2f} s; this checkout: {here:.2f} s ({base / here:.2f}x faster; {same})", flush=True)
+        finally:
+            trees.close()
 
 
 def main(argv: list[str]) -> None:
@@ -100,6 +172,8 @@ def main(argv: list[str]) -> None:
 
     if argv[:1] == ["--cli"]:
         return cli(argv[1], argv[2:] or GROUPS)
+    if argv[:1] == ["--ood"]:
+        return cli_ood(argv[1])
 
     ks = [2, 3, 4, 5]
     if argv[:1] == ["--ks"]:

@@ -87,7 +87,9 @@ def scores_vs(rev: str, seeds: int, examples: int, resamples: int) -> None:
                 cmd = [sys.executable, "-m", "ticketctl", "stats", *paths, "--groups", "2", "--resamples",
                        str(resamples), "--format", "tsv", *extra]
                 start = time.perf_counter()
-                subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(tree)}, check=True,
+                # cwd: ``python -m`` puts the working folder first on sys.path; from the repository root both runs
+                # imported this checkout's package (before 2026-12-06)
+                subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(tree)}, check=True, cwd=tmp,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 return time.perf_counter() - start
 

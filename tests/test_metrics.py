@@ -342,6 +342,32 @@ def test_combination_values_match_one_ensemble_at_a_time():
             assert got[name][b] == pytest.approx(v, rel=1e-9), name
 
 
+def test_member_entropies_only_for_the_metrics_that_read_them(monkeypatch):
+    """weighted_values computes the members' entropies (and each ensemble's weighted mean of them) only when a named
+    metric reads ``member_entropy``; the values are the same either way."""
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 3, 30)
+    x = rng.normal(0, 2, (4, 30, 3))
+    w = np.full((2, 4), 0.25)
+    w[1] = [0.5, 0.5, 0, 0]
+    reads = {n for n, m in M.REGISTRY.items() if m.member_entropy}
+    assert reads == {"expected_entropy", "mutual_information"}
+    want = M.weighted_values(x, y, w, ["nll", "mutual_information"], "probs", False)
+    shapes = []
+    real = M.entropy
+    monkeypatch.setattr(M, "entropy", lambda p: shapes.append(np.shape(p)) or real(p))
+    got = M.weighted_values(x, y, w, ["nll", "brier"], "probs", False)
+    assert shapes == []  # no entropy computed without an entropy metric
+    np.testing.assert_array_equal(got["nll"], want["nll"])
+    again = M.weighted_values(x, y, w, ["mutual_information"], "probs", False)
+    assert (4, 30, 3) in shapes  # the members' own entropies, once
+    np.testing.assert_array_equal(again["mutual_information"], want["mutual_information"])
+    member = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+    h = lambda p: -(p * np.log(p)).sum(-1)  # noqa: E731
+    assert again["mutual_information"][1] == pytest.approx((h(member[:2].mean(0)) - h(member[:2]).mean(0)).mean(),
+                                                           rel=1e-10)
+
+
 def test_shared_fits_are_not_reused_for_other_inputs():
     """ts_nll/ts_ece and aurc/eaurc share one computation per ensemble: a new ensemble (even built in a loop where the
     old one is freed) gets its own."""

@@ -22,6 +22,9 @@ from typing import Callable
 
 import numpy as np
 
+from ticketctl.analysis.numerics import EPS, auroc_rows, entropy, fpr_rows
+from ticketctl.analysis.numerics import class_sum as _csum
+from ticketctl.analysis.numerics import top as _top
 from ticketctl.analysis.significance import Scorer
 from ticketctl.data.tasks import metric as prediction_metric
 from ticketctl.errors import UsageError
@@ -30,33 +33,7 @@ ECE_BINS = 15  # Guo et al. (2017)
 NEWTON_TOL = 1e-4  # a fit stops after a step below this fraction of beta: measured within 1e-8 of a fit to 1e-9
 SUBSAMPLE_START = 50  # temperature fits start on every 8th example where that leaves at least this many
 FOLDS = 5  # cross-fitting folds for the temperature and the regression noise variance
-EPS = 1e-12  # probabilities are clipped here before a log: a member that gives the gold class 0 costs -log(1e-12)
-
-
-
-def _csum(a: np.ndarray) -> np.ndarray:
-    """Sum over the last (class) axis, slice by slice when it is short: numpy's reduction over a last axis of 2 or 3
-    is several times slower than adding the slices."""
-    if a.shape[-1] > 8:
-        return a.sum(axis=-1)
-    out = a[..., 0].copy()
-    for j in range(1, a.shape[-1]):
-        out += a[..., j]
-    return out
-
-
-def _top(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(max, argmax) over the last (class) axis; a tie goes to the lower class, as argmax does."""
-    if a.shape[-1] > 8:
-        return a.max(axis=-1), a.argmax(axis=-1)
-    if a.shape[-1] == 2:
-        return np.maximum(a[..., 0], a[..., 1]), (a[..., 1] > a[..., 0]).astype(np.int64)
-    best, arg = a[..., 0].copy(), np.zeros(a.shape[:-1], dtype=np.int64)
-    for j in range(1, a.shape[-1]):
-        better = a[..., j] > best
-        best = np.where(better, a[..., j], best)
-        arg[better] = j
-    return best, arg
+# EPS (ticketctl.analysis.numerics): probabilities are clipped at 1e-12 before a log
 
 
 # ---------------------------------------------------------------------------------------------- the registry
@@ -88,6 +65,7 @@ class Metric:
     combines: tuple[str, ...]  # the --combine modes under which it is defined
     source: str  # the paper that defines it
     fitted: bool = False  # fits a parameter per ensemble (a temperature): scored on several threads (metric_threads)
+    member_entropy: bool = False  # reads Combined.member_entropy (batch paths compute it only for such metrics)
 
     @property
     def direction(self) -> str:
@@ -102,11 +80,13 @@ PROBABILISTIC = ("probs", "logits")
 
 
 def register(name: str, *, higher_is_better: bool | None, kind: str, combines: tuple[str, ...] = ALL_COMBINES,
-             source: str = "", fitted: bool = False):
-    """Decorator: add ``fn(combined, gold, options) -> value over leading axes`` to the registry as ``name``."""
+             source: str = "", fitted: bool = False, member_entropy: bool = False):
+    """Decorator: add ``fn(combined, gold, options) -> value over leading axes`` to the registry as ``name``;
+    ``member_entropy``: ``fn`` reads ``combined.member_entropy`` (:func:`weighted_values` leaves it None
+    otherwise)."""
 
     def add(fn):
-        REGISTRY[name] = Metric(name, fn, higher_is_better, kind, combines, source, fitted)
+        REGISTRY[name] = Metric(name, fn, higher_is_better, kind, combines, source, fitted, member_entropy)
         return fn
 
     return add
@@ -147,12 +127,6 @@ def evaluate(names: list[str], combined: Combined, gold: np.ndarray, options: Op
 
 
 # ---------------------------------------------------------------------------------------------- metric functions
-
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Shannon entropy in nats over the last axis: (..., C) -> (...)."""
-    p = np.asarray(probs, dtype=np.float64)
-    return -_csum(p * np.log(np.clip(p, EPS, None)))
 
 
 def _gold_prob(probs: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -278,27 +252,17 @@ def oracle_aurc(correct: np.ndarray) -> np.ndarray:
 
 def ood_auroc(score_in: np.ndarray, score_out: np.ndarray) -> float:
     """AUROC of a score meant to be higher on out-of-distribution inputs (Hendrycks & Gimpel, 2017): the probability
-    that an OOD example scores above an in-distribution one, ties counting half (Mann-Whitney U / (n_in n_out))."""
-    a = np.asarray(score_in, dtype=np.float64)
-    b = np.asarray(score_out, dtype=np.float64)
-    both = np.concatenate([a, b])
-    order = np.argsort(both, kind="stable")
-    ranks = np.empty(len(both))
-    ranks[order] = np.arange(1, len(both) + 1)
-    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2)[inverse]  # average ranks for ties
-    u = ranks[len(a):].sum() - len(b) * (len(b) + 1) / 2
-    return float(u / (len(a) * len(b)))
+    that an OOD example scores above an in-distribution one, ties counting half (Mann-Whitney U / (n_in n_out)).
+    score_in (n_in,), score_out (n_out,): :func:`ticketctl.analysis.numerics.auroc_rows` of one row."""
+    return float(auroc_rows(np.ravel(score_in)[None], np.ravel(score_out)[None])[0])
 
 
 def fpr_at_tpr(score_in: np.ndarray, score_out: np.ndarray, tpr: float = 0.95) -> float:
     """False-positive rate at ``tpr`` true-positive rate (OOD = positive, higher score = more OOD): the fraction of
     in-distribution examples scoring at or above the threshold that flags ``tpr`` of the OOD examples (the largest
-    threshold t with mean(score_out >= t) >= tpr)."""
-    out = np.sort(np.asarray(score_out, dtype=np.float64))[::-1]
-    t = out[int(np.ceil(tpr * len(out))) - 1]
-    return float(np.mean(np.asarray(score_in, dtype=np.float64) >= t))
+    threshold t with mean(score_out >= t) >= tpr). score_in (n_in,), score_out (n_out,):
+    :func:`ticketctl.analysis.numerics.fpr_rows` of one row."""
+    return float(fpr_rows(np.ravel(score_in)[None], np.ravel(score_out)[None], tpr)[0])
 
 
 def reliability(probs: np.ndarray, gold: np.ndarray, bins: int = ECE_BINS) -> dict[str, list]:
@@ -707,13 +671,13 @@ def _total_entropy(c, gold, o):
 
 
 @register("expected_entropy", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
-          source="Depeweg et al. (2018); Malinin & Gales (2018)")
+          source="Depeweg et al. (2018); Malinin & Gales (2018)", member_entropy=True)
 def _expected_entropy(c, gold, o):
     return np.asarray(c.member_entropy, dtype=np.float64).mean(axis=-1)
 
 
 @register("mutual_information", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
-          source="Depeweg et al. (2018); Malinin & Gales (2018)")
+          source="Depeweg et al. (2018); Malinin & Gales (2018)", member_entropy=True)
 def _mutual_information(c, gold, o):
     return _total_entropy(c, gold, o) - _expected_entropy(c, gold, o)
 
@@ -775,7 +739,8 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
     """Each named metric of every ensemble given as a row of ``weights`` (B, m), each row summing to 1 (1/k on a
     k-member ensemble's members; other weights average members unequally), over the members' raw outputs (m, n, C):
     arrays of B values, computed in chunks. Each member's probabilities and entropy are computed once; a chunk's
-    ensembles are the weights times them (one matrix product). The one path that scores registered metrics of
+    ensembles are the weights times them (one matrix product); the entropies only where a named metric reads them
+    (``Metric.member_entropy``). The one path that scores registered metrics of
     ensembles: ``ensemble --scores`` and ``stats --score`` (``significance.MetricScorer``) both come here."""
     from ticketctl.analysis.combine import softmax
 
@@ -791,7 +756,7 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
         member = softmax(x)
         flat = member.reshape(m, n * c)
         logits = x.reshape(m, n * c) if combine == "logits" else None
-        member_entropy = entropy(member)
+        member_entropy = entropy(member) if any(get(name).member_entropy for name in names) else None
     per = max(1, CHUNK_ELEMENTS // max(1, n * c))
 
     def chunk(w: np.ndarray) -> dict:
@@ -808,7 +773,7 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
             else:
                 probs = mean if combine == "probs" else softmax((w @ logits).reshape(len(w), n, c))
                 conf, pred = _top(probs)
-            combined = Combined(pred, probs, mean, w @ member_entropy)
+            combined = Combined(pred, probs, mean, None if member_entropy is None else w @ member_entropy)
             if probs is not None:
                 combined.__dict__["_memo"] = {"confidence": (labels, (conf, pred == np.asarray(labels)))}
         return {name: np.atleast_1d(v) for name, v in evaluate(names, combined, labels, options).items()}

@@ -26,14 +26,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ticketctl.analysis.combine import softmax
+from ticketctl.analysis.numerics import auroc_rows, detection_rows, entropy, fpr_rows, top_value
 from ticketctl.analysis.significance import Scorer
 from ticketctl.errors import InputError, UsageError
 from ticketctl.store.artifacts import Artifact
 
-EPS = 1e-12  # probabilities clipped before a log, as ticketctl.analysis.metrics clips them
-
 SCORES = ("msp", "entropy", "mi")
-TPR = 0.95
 CHUNK_ELEMENTS = 2_000_000  # bound on the (ensembles x examples x classes) block held at once
 
 
@@ -115,77 +113,53 @@ def pairing(inside: list[Artifact], outside: list[Artifact], split: str) -> np.n
 # ---------------------------------------------------------------------------------------------- the numbers
 
 
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Shannon entropy in nats over the last axis (``metrics.entropy``'s formula, without importing the metric
-    registry): (..., C) -> (...)."""
-    out = np.zeros(probs.shape[:-1])
-    for j in range(probs.shape[-1]):  # class by class: numpy's reduction over a short last axis is slow
-        p = probs[..., j]
-        out -= p * np.log(np.clip(p, EPS, None))
+def _members(logits: np.ndarray, combine: str) -> tuple:
+    """What every ensemble of a side is a weighted sum of, computed once per side (not per chunk of ensembles): the
+    members' probabilities (m, n * C), their logits (m, n * C) under ``logits`` (else None), their entropies (m, n)."""
+    m, n, c = logits.shape
+    member = softmax(logits)
+    return member.reshape(m, n * c), logits.reshape(m, n * c) if combine == "logits" else None, entropy(member)
+
+
+def _scores(side: tuple, shape: tuple, weights: np.ndarray, mi: bool) -> dict[str, np.ndarray]:
+    """:func:`scores` from a side's :func:`_members`; ``mi`` False leaves mutual information out."""
+    flat, logits, member_entropy = side
+    n, c = shape
+    mean = (weights @ flat).reshape(-1, n, c)
+    probs = mean if logits is None else softmax((weights @ logits).reshape(-1, n, c))
+    total = entropy(probs)
+    out = {"msp": 1.0 - top_value(probs), "entropy": total}
+    if mi:
+        out["mi"] = (total if logits is None else entropy(mean)) - weights @ member_entropy
     return out
-
-
-def _top(probs: np.ndarray) -> np.ndarray:
-    """max over the last (class) axis, class by class."""
-    out = probs[..., 0].copy()
-    for j in range(1, probs.shape[-1]):
-        np.maximum(out, probs[..., j], out=out)
-    return out
-
-
-def auroc_rows(score_in: np.ndarray, score_out: np.ndarray) -> np.ndarray:
-    """AUROC of each row: (B, a) in-distribution and (B, b) OOD scores -> (B,), the probability that an OOD example
-    scores above an in-distribution one, ties counting half (Mann-Whitney U / (a b), average ranks within ties), as
-    ``metrics.ood_auroc`` computes it for one row."""
-    a, b = score_in.shape[1], score_out.shape[1]
-    both = np.concatenate([score_in, score_out], axis=1)
-    order = np.argsort(both, axis=1)
-    ranked = np.take_along_axis(both, order, axis=1)
-    n = both.shape[1]
-    pos = np.broadcast_to(np.arange(n), both.shape)
-    first = np.ones(both.shape, dtype=bool)
-    first[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
-    last = np.ones(both.shape, dtype=bool)
-    last[:, :-1] = first[:, 1:]
-    start = np.maximum.accumulate(np.where(first, pos, 0), axis=1)
-    end = np.minimum.accumulate(np.where(last, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]
-    out_ranks = np.where(order >= a, (start + end) / 2 + 1, 0.0).sum(axis=1)  # the OOD examples' rank sum
-    return (out_ranks - b * (b + 1) / 2) / (a * b)
-
-
-def fpr_rows(score_in: np.ndarray, score_out: np.ndarray, tpr: float = TPR) -> np.ndarray:
-    """False-positive rate at ``tpr`` of each row ((B, a), (B, b) -> (B,)), as ``metrics.fpr_at_tpr``: the fraction
-    of in-distribution scores at or above the largest threshold that flags ``tpr`` of the OOD examples."""
-    ranked = np.sort(score_out, axis=1)[:, ::-1]
-    t = ranked[:, int(np.ceil(tpr * score_out.shape[1])) - 1]
-    return (score_in >= t[:, None]).mean(axis=1)
 
 
 def scores(logits: np.ndarray, weights: np.ndarray, combine: str) -> dict[str, np.ndarray]:
     """The three scores (see the module docstring) of every ensemble given as a row of ``weights`` (B, m) (1/k on
     a k-member ensemble's members) on the members' logits (m, n, C): each (B, n)."""
-    m, n, c = logits.shape
-    member = softmax(logits)
-    mean = (weights @ member.reshape(m, n * c)).reshape(-1, n, c)
-    probs = softmax((weights @ logits.reshape(m, n * c)).reshape(-1, n, c)) if combine == "logits" else mean
-    return {"msp": 1.0 - _top(probs), "entropy": entropy(probs),
-            "mi": entropy(mean) - weights @ entropy(member)}
+    return _scores(_members(logits, combine), logits.shape[1:], weights, True)
 
 
 def weighted(paired: Paired, weights: np.ndarray, combine: str) -> dict[str, np.ndarray]:
     """AUROC and FPR at 95% TPR of each score for every ensemble given as a row of ``weights`` (B, m): arrays of B
-    values named as :func:`columns` (``mi`` NaN for a one-member row), computed in chunks of ensembles."""
-    n = paired.inside.outputs.shape[1] + paired.outside.shape[1]
-    step = max(1, CHUNK_ELEMENTS // (n * paired.outside.shape[-1]))
+    values named as :func:`columns` (``mi`` NaN for a one-member row), computed in chunks of ensembles. Each side's
+    member probabilities and entropies are computed once; each score's OOD side is sorted once for both figures."""
+    inside, outside = paired.inside.outputs, paired.outside
+    n = inside.shape[1] + outside.shape[1]
+    step = max(1, CHUNK_ELEMENTS // (n * outside.shape[-1]))
+    sides = (_members(inside, combine), inside.shape[1:]), (_members(outside, combine), outside.shape[1:])
     out: dict[str, list] = {c: [] for c in columns(2)}
     single = (weights > 0).sum(axis=1) == 1
     for lo in range(0, len(weights), step):
-        w = weights[lo:lo + step]
-        s_in, s_out = scores(paired.inside.outputs, w, combine), scores(paired.outside, w, combine)
+        w, one = weights[lo:lo + step], single[lo:lo + step]
+        s_in, s_out = (_scores(side, shape, w, not one.all()) for side, shape in sides)
         for s in SCORES:
-            auroc, fpr = auroc_rows(s_in[s], s_out[s]), fpr_rows(s_in[s], s_out[s])
+            if s == "mi" and one.all():
+                auroc = fpr = np.full(len(w), np.nan)
+            else:
+                auroc, fpr = detection_rows(s_in[s], s_out[s])
             if s == "mi":
-                auroc, fpr = np.where(single[lo:lo + step], np.nan, auroc), np.where(single[lo:lo + step], np.nan, fpr)
+                auroc, fpr = np.where(one, np.nan, auroc), np.where(one, np.nan, fpr)
             out[f"auroc_{s}"].append(auroc)
             out[f"fpr95_{s}"].append(fpr)
     return {c: np.concatenate(v) for c, v in out.items()}
@@ -354,3 +328,9 @@ class OodScorer(Scorer):
             for i, k in enumerate(missing):
                 self._known[k] = {c: float(v[i]) for c, v in values.items()}
         return np.fromiter((self._known[k][self.score] for k in keys), dtype=np.float64, count=len(keys))
+
+
+# auroc_rows, detection_rows, entropy, fpr_rows: ticketctl.analysis.numerics' (one copy, shared with metrics)
+__all__ = ["SCORES", "OodScorer", "Paired", "any_combinations", "any_weighted", "any_whole", "auroc_rows",
+           "check_sides", "columns", "combination_values", "detection_rows", "entropy", "fpr_rows", "member_keys",
+           "pairing", "scores", "spread", "spread_weighted", "task_columns", "weighted", "whole"]
