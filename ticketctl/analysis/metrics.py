@@ -510,7 +510,7 @@ def _full_fit(cols: list[np.ndarray], zy: np.ndarray, folds: int = 1, steps: int
     blocks = _blocks(cols, zy, folds)
     beta = np.ones(len(blocks[0][2]))
     if zy.shape[-1] >= 8 * SUBSAMPLE_START:  # most of the way on every 8th example, the last steps on all
-        beta = _fit(beta, _blocks(cols, zy, folds, every=8), steps, 1e-3, order=3)[0]
+        beta = _fit(beta, _blocks(cols, zy, folds, every=8), steps, 1e-3, order=3, grow=3.0)[0]
     beta, at, sums = _fit(beta, blocks, steps, NEWTON_TOL, order=3)
     return beta.reshape(zy.shape[:-1]), (blocks, at, sums)
 
@@ -530,10 +530,10 @@ def _fold_fits(state, lead: tuple, steps: int = 30) -> np.ndarray:
     return fold_beta.reshape(tuple(lead) + (folds,))
 
 
-def _fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float, order: int):
+def _fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float, order: int, grow: float = 0.5):
     """Guarded Newton's (``order`` 2) or Halley's (3) method on each row's beta (R,) for the NLL of the examples of
-    ``blocks``; a row stops once its step is at most ``tol * beta``; at most ``steps`` steps. Only the rows still
-    moving are computed. Returns (beta (R,), the beta of each row's last evaluation (R,), the per-block derivative
+    ``blocks`` (a step adds at most ``grow`` times beta, :func:`_step`); a row stops once its step is at most
+    ``tol * beta``; at most ``steps`` steps. Only the rows still moving are computed. Returns (beta (R,), the beta of each row's last evaluation (R,), the per-block derivative
     sums there (order, R, blocks))."""
     beta, at = beta.copy(), beta.copy()
     kept = np.zeros((order, len(beta), len(blocks)))
@@ -541,7 +541,7 @@ def _fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float, order: i
     for _ in range(steps):
         rows = beta if active is None else beta[active]
         per_block = np.stack([_sums(rows, block, active, order) for block in blocks], axis=-1)
-        new = _step(rows, per_block.sum(-1))
+        new = _step(rows, per_block.sum(-1), grow)
         moving = np.abs(new - rows) > tol * rows
         if active is None:
             at, kept, beta, active = rows.copy(), per_block, new, np.flatnonzero(moving)
@@ -552,10 +552,11 @@ def _fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float, order: i
     return beta, at, kept
 
 
-def _step(beta: np.ndarray, sums: np.ndarray) -> np.ndarray:
+def _step(beta: np.ndarray, sums: np.ndarray, grow: float = 0.5) -> np.ndarray:
     """One guarded step on beta from the NLL's derivative sums (2 or 3, R): Newton's, or with the third derivative
-    Halley's (the nearer root of the second-order expansion of the gradient; Newton's where it has none); at most
-    halve or add half, kept in [1e-3, 1e3]."""
+    Halley's (the nearer root of the second-order expansion of the gradient; Newton's where it has none); it adds at
+    most ``grow`` times beta and leaves at least 0, and the result is kept in [1e-3, 1e3]. The fits' start on a
+    subsample may grow beta fourfold a step, the others by half (as :func:`fit_temperature`)."""
     g, h = sums[0], sums[1]
     safe = np.where(h > 1e-12, h, 1.0)
     step = g / safe
@@ -563,7 +564,7 @@ def _step(beta: np.ndarray, sums: np.ndarray) -> np.ndarray:
         disc = h * h - 2 * sums[2] * g
         step = np.where(disc > 0, 2 * g / (safe + np.sqrt(np.maximum(disc, 0.0))), step)
     step = np.where(h > 1e-12, step, np.sign(g) * 0.5)
-    return np.clip(beta - np.clip(step, -beta / 2, beta), 1e-3, 1e3)
+    return np.clip(beta - np.clip(step, -grow * beta, beta), 1e-3, 1e3)
 
 
 def _scaled_terms(log_probs: np.ndarray, gold: np.ndarray, folds: int):
