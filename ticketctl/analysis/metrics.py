@@ -533,8 +533,8 @@ def _fold_fits(state, lead: tuple, steps: int = 30) -> np.ndarray:
 def _fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float, order: int, grow: float = 0.5):
     """Guarded Newton's (``order`` 2) or Halley's (3) method on each row's beta (R,) for the NLL of the examples of
     ``blocks`` (a step adds at most ``grow`` times beta, :func:`_step`); a row stops once its step is at most
-    ``tol * beta``; at most ``steps`` steps. Only the rows still moving are computed. Returns (beta (R,), the beta of each row's last evaluation (R,), the per-block derivative
-    sums there (order, R, blocks))."""
+    ``tol * beta``; at most ``steps`` steps. Only the rows still moving are computed. Returns (beta (R,), the beta
+    of each row's last evaluation (R,), the per-block derivative sums there (order, R, blocks))."""
     beta, at = beta.copy(), beta.copy()
     kept = np.zeros((order, len(beta), len(blocks)))
     active = None  # all rows
