@@ -310,7 +310,7 @@ def fit_temperature(log_probs: np.ndarray, gold: np.ndarray, weights: np.ndarray
         var = ez2 - ez**2
         grad = (w * (ez - zy)).sum(axis=-1) / total
         hess = (w * var).sum(axis=-1) / total
-        new = _newton(beta, grad, hess)
+        new = _step(beta, np.stack([grad, hess]))
         done = np.all(np.abs(new - beta) <= 1e-9 * beta)
         beta = new
         if done:  # Newton converges quadratically from beta = 1: a handful of steps in practice
@@ -329,13 +329,21 @@ def _shifted(log_probs: np.ndarray, gold: np.ndarray):
     class (..., n), the gold class's shifted value (..., n)). With beta > 0 the largest of beta * z is 0 as well, so
     softmax(beta z) needs no further shift and its top-label probability is 1 / (1 + sum_others exp(beta z))."""
     z = np.asarray(log_probs, dtype=np.float64)
+    if z.shape[-1] == 2:
+        return (z - np.maximum(z[..., 0], z[..., 1])[..., None],) + _two_class_shifted(z[..., 0], z[..., 1], gold)
     top_value, top = _top(z)
     z = z - top_value[..., None]
-    if z.shape[-1] == 2:
-        others = [-np.abs(z[..., 0] - z[..., 1])]
-    else:
-        others = list(np.moveaxis(np.sort(z, axis=-1)[..., :-1], -1, 0))
+    others = list(np.moveaxis(np.sort(z, axis=-1)[..., :-1], -1, 0))
     return z, others, top, _gold_prob(z, gold)
+
+
+def _two_class_shifted(z0: np.ndarray, z1: np.ndarray, gold: np.ndarray):
+    """:func:`_shifted` of two classes' log-probabilities (..., n) each, less the shifted values: (the other class's
+    column [-|z0 - z1|], the top class (..., n), the gold class's shifted value (..., n): 0 where it is the top)."""
+    top = z1 > z0
+    d = z0 - z1
+    np.negative(np.abs(d, out=d), out=d)
+    return [d], top.astype(np.int64), np.where(top == (np.asarray(gold) == 1), 0.0, d)
 
 
 def _moments(beta: np.ndarray, others: list[np.ndarray], third: bool = False):
@@ -376,7 +384,66 @@ def _log_normaliser(beta: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
     return np.log1p(total)
 
 
-Block = tuple[list[np.ndarray], np.ndarray]  # one fold's (other classes' shifted columns, gold's), rows (R, n_f)
+ROW_BLOCK = 65_536  # elements per row block of the moment sums: a block's temporaries stay in a core's cache
+
+# One fold's examples, leading axes flattened to rows: (the other classes' shifted columns, each (R, n_f) and
+# contiguous; with two classes their squares (R, n_f), else None; the gold class's shifted values summed (R,)).
+Block = tuple[list[np.ndarray], "np.ndarray | None", np.ndarray]
+
+
+def _blocks(cols: list[np.ndarray], zy: np.ndarray, folds: int, every: int = 1) -> list[Block]:
+    """The examples of each cross-fitting fold (:func:`fold_of`), gathered once into contiguous rows; ``every`` > 1
+    keeps every ``every``-th example of each fold (the full fit's start)."""
+    n = zy.shape[-1]
+    cols, zy = [col.reshape(-1, n) for col in cols], zy.reshape(-1, n)
+    blocks = []
+    for f in range(folds):
+        part = [np.ascontiguousarray(c[:, f :: folds * every]) for c in cols]
+        blocks.append((part, part[0] * part[0] if len(part) == 1 else None, zy[:, f :: folds * every].sum(-1)))
+    return blocks
+
+
+def _two_class_sums(beta: np.ndarray, d: np.ndarray, sq: np.ndarray, out: np.ndarray, buf: np.ndarray) -> None:
+    """:func:`_sums` of one row block with two classes: the other class is taken with probability s = sigmoid(beta d)
+    (d <= 0), so E[z] = d s, Var[z] = d^2 s (1 - s) and the third central moment d^3 s (1 - s) (1 - 2 s). Writes
+    ``out`` (order, k); ``buf`` (2, >= k, n) holds the temporaries."""
+    k = len(d)
+    s, w = buf[0, :k], buf[1, :k]
+    np.multiply(d, beta[:, None], out=s)
+    np.exp(s, out=s)
+    np.add(s, 1.0, out=w)
+    np.divide(s, w, out=s)  # s = e / (1 + e)
+    np.divide(s, w, out=w)  # w = s (1 - s) = e / (1 + e)^2
+    out[0] = np.einsum("ij,ij->i", d, s)
+    out[1] = np.einsum("ij,ij->i", sq, w)
+    if len(out) > 2:
+        np.multiply(s, -2.0, out=s)
+        s += 1.0
+        s *= w
+        s *= d
+        out[2] = np.einsum("ij,ij->i", sq, s)
+
+
+def _sums(beta: np.ndarray, block: Block, rows: np.ndarray | None, order: int) -> np.ndarray:
+    """The first ``order`` (2 or 3) derivatives in beta of the NLL summed over ``block``'s examples, for its rows
+    ``rows`` (all where None) at ``beta`` (k,): (order, k): sum(E[z] - z_y), sum(Var[z]), sum(third central
+    moment) (:func:`_moments`). Computed a block of rows at a time."""
+    cols, sq, zy_sum = block
+    n, k = cols[0].shape[-1], len(beta)
+    per = max(1, ROW_BLOCK // max(n, 1))
+    out = np.empty((order, k))
+    buf = np.empty((2, min(per, k), n)) if sq is not None else None
+    for s in range(0, k, per):
+        at = slice(s, s + per) if rows is None else rows[s : s + per]
+        if sq is not None:
+            _two_class_sums(beta[s : s + per], cols[0][at], sq[at], out[:, s : s + per], buf)
+            continue
+        m1, var, m3 = _moments(beta[s : s + per, None], [c[at] for c in cols], third=order > 2)
+        out[0, s : s + per], out[1, s : s + per] = m1.sum(-1), var.sum(-1)
+        if order > 2:
+            out[2, s : s + per] = m3.sum(-1)
+    out[0] -= zy_sum if rows is None else zy_sum[rows]
+    return out
 
 
 def _fitted_betas(cols: list[np.ndarray], zy: np.ndarray, folds: int, steps: int = 30):
@@ -385,82 +452,83 @@ def _fitted_betas(cols: list[np.ndarray], zy: np.ndarray, folds: int, steps: int
     values of :func:`_shifted`, (..., n).
 
     The full fit starts from beta = 1 on every 8th example of each fold (when n >= ``8 * SUBSAMPLE_START``) and
-    finishes on all, stopping once a step is below ``NEWTON_TOL`` beta (Newton's method converges quadratically:
-    the error left after such a step is of the order of its square). The fold fits start where the full fit ends:
-    the NLL of the other folds differs from the full NLL by one fold's terms, so its minimum is usually a small step
-    away, predicted from the full fit's per-fold first, second and third derivatives (the nearer root of the
-    second-order expansion of the leave-fold-out gradient); Newton's method on the other folds goes on from there
-    to the same tolerance. Only the fits still moving are computed, each fold's examples are gathered once.
+    finishes on all, by Halley's method (the nearer root of the second-order expansion of the gradient, from the
+    first three derivatives; cubic convergence), stopping once a step is below ``NEWTON_TOL`` beta (the error left
+    after such a step is of the order of its cube). Its last pass over the examples also gives the per-fold first,
+    second and third derivatives the fold fits start from: the NLL of the other folds differs from the full NLL by
+    one fold's terms, so its minimum is usually a small step away (the nearer root of the second-order expansion of
+    the leave-fold-out gradient); Newton's method on the other folds goes on from there to the same tolerance
+    (usually one step, which verifies the start). Only the fits still moving are computed, each fold's examples
+    are gathered once, and two classes (one other class) take one exponential per example and pass.
     Temperatures within 1e-8 (relative) of separate fits run to 1e-9 (``tests/test_metrics.py``)."""
-    beta = _full_fit(cols, zy, steps)
+    beta, state = _full_fit(cols, zy, folds if folds >= 2 else 1, steps)
     if folds < 2:
         return beta, beta[..., None]
-    return beta, _fold_fits(cols, zy, folds, beta, steps)
+    return beta, _fold_fits(state, zy.shape[:-1], steps)
 
 
-def _blocks(cols: list[np.ndarray], zy: np.ndarray, folds: int) -> list[Block]:
-    """The examples of each cross-fitting fold (:func:`fold_of`), leading axes flattened to rows: (R, n_f) each."""
-    n = zy.shape[-1]
-    cols, zy = [col.reshape(-1, n) for col in cols], zy.reshape(-1, n)
-    return [([c[:, f::folds] for c in cols], zy[:, f::folds]) for f in range(folds)]
+def _full_fit(cols: list[np.ndarray], zy: np.ndarray, folds: int = 1, steps: int = 30):
+    """beta = 1/T of the temperature fitted on all examples (:func:`_fitted_betas`' full fit), (...), and what the
+    fold fits start from: (the ``folds`` blocks, the beta of the last evaluation (R,), the per-fold derivative sums
+    there (3, R, folds))."""
+    blocks = _blocks(cols, zy, folds)
+    beta = np.ones(len(blocks[0][2]))
+    if zy.shape[-1] >= 8 * SUBSAMPLE_START:  # most of the way on every 8th example, the last steps on all
+        beta = _fit(beta, _blocks(cols, zy, folds, every=8), steps, 1e-3, order=3, grow=3.0)[0]
+    beta, at, sums = _fit(beta, blocks, steps, NEWTON_TOL, order=3)
+    return beta.reshape(zy.shape[:-1]), (blocks, at, sums)
 
 
-def _full_fit(cols: list[np.ndarray], zy: np.ndarray, steps: int = 30) -> np.ndarray:
-    """beta = 1/T of the temperature fitted on all examples (:func:`_fitted_betas`' full fit): (...)."""
-    blocks = _blocks(cols, zy, 1)
-    beta = np.ones(len(blocks[0][1]))
-    if zy.shape[-1] >= 8 * SUBSAMPLE_START:  # most of Newton's way on every 8th example, the last steps on all
-        beta = _newton_fit(beta, [([c[:, ::8] for c in d], y[:, ::8]) for d, y in blocks], steps, 1e-3)
-    return _newton_fit(beta, blocks, steps, NEWTON_TOL).reshape(zy.shape[:-1])
-
-
-def _fold_fits(cols: list[np.ndarray], zy: np.ndarray, folds: int, beta: np.ndarray, steps: int = 30) -> np.ndarray:
-    """beta of each fold's temperature, fitted on the other folds starting from the full fit's ``beta`` (...)
-    (:func:`_fitted_betas`): (..., folds)."""
-    lead = zy.shape[:-1]
-    blocks, beta = _blocks(cols, zy, folds), beta.reshape(-1)
-    per_fold = [_moments(beta[:, None], d, third=True) + (y,) for d, y in blocks]
-    g = np.stack([(m1 - y).sum(-1) for m1, _, _, y in per_fold], axis=-1)
-    h = np.stack([var.sum(-1) for _, var, _, _ in per_fold], axis=-1)
-    t = np.stack([m3.sum(-1) for _, _, m3, _ in per_fold], axis=-1)
-    g_out, h_out, t_out = g.sum(-1, keepdims=True) - g, h.sum(-1, keepdims=True) - h, t.sum(-1, keepdims=True) - t
-    disc = np.maximum(h_out * h_out - 2 * t_out * g_out, 0.0)
+def _fold_fits(state, lead: tuple, steps: int = 30) -> np.ndarray:
+    """beta of each fold's temperature, fitted on the other folds from the full fit's ``state`` (:func:`_full_fit`,
+    :func:`_fitted_betas`): (lead..., folds)."""
+    blocks, at, sums = state
+    folds = len(blocks)
+    g, h, t = sums.sum(-1, keepdims=True) - sums  # the other folds' derivatives at ``at``
+    disc = np.maximum(h * h - 2 * t * g, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        step = np.where(h_out > 1e-12, -2 * g_out / (h_out + np.sqrt(disc)), 0.0)
-    start = np.clip(beta[:, None] + np.clip(step, -beta[:, None] / 2, beta[:, None]), 1e-3, 1e3)
-    fold_beta = np.stack([_newton_fit(start[:, f], blocks[:f] + blocks[f + 1:], steps, NEWTON_TOL)
+        step = np.where(h > 1e-12, -2 * g / (h + np.sqrt(disc)), 0.0)
+    start = np.clip(at[:, None] + np.clip(step, -at[:, None] / 2, at[:, None]), 1e-3, 1e3)
+    fold_beta = np.stack([_fit(start[:, f], blocks[:f] + blocks[f + 1 :], steps, NEWTON_TOL, order=2)[0]
                           for f in range(folds)], axis=-1)
-    return fold_beta.reshape(lead + (folds,))
+    return fold_beta.reshape(tuple(lead) + (folds,))
 
 
-def _newton_fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float) -> np.ndarray:
-    """Guarded Newton's method on each row's beta (R,) for the NLL of the examples of ``blocks``; a row stops once
-    its step is at most ``tol * beta``; at most ``steps`` steps. Only the rows still moving are computed."""
-    beta = beta.copy()
+def _fit(beta: np.ndarray, blocks: list[Block], steps: int, tol: float, order: int, grow: float = 0.5):
+    """Guarded Newton's (``order`` 2) or Halley's (3) method on each row's beta (R,) for the NLL of the examples of
+    ``blocks`` (a step adds at most ``grow`` times beta, :func:`_step`); a row stops once its step is at most
+    ``tol * beta``; at most ``steps`` steps. Only the rows still moving are computed. Returns (beta (R,), the beta
+    of each row's last evaluation (R,), the per-block derivative sums there (order, R, blocks))."""
+    beta, at = beta.copy(), beta.copy()
+    kept = np.zeros((order, len(beta), len(blocks)))
     active = None  # all rows
     for _ in range(steps):
         rows = beta if active is None else beta[active]
-        grad = hess = 0.0
-        for others, zy in blocks:
-            if active is not None:
-                others, zy = [d[active] for d in others], zy[active]
-            m1, var, _ = _moments(rows[:, None], others)
-            grad, hess = grad + (m1 - zy).sum(axis=-1), hess + var.sum(axis=-1)
-        new = _newton(rows, grad, hess)
+        per_block = np.stack([_sums(rows, block, active, order) for block in blocks], axis=-1)
+        new = _step(rows, per_block.sum(-1), grow)
         moving = np.abs(new - rows) > tol * rows
         if active is None:
-            beta, active = new, np.flatnonzero(moving)
+            at, kept, beta, active = rows.copy(), per_block, new, np.flatnonzero(moving)
         else:
-            beta[active], active = new, active[moving]
+            at[active], kept[:, active], beta[active], active = rows, per_block, new, active[moving]
         if not len(active):
             break
-    return beta
+    return beta, at, kept
 
 
-def _newton(beta: np.ndarray, grad: np.ndarray, hess: np.ndarray) -> np.ndarray:
-    """One guarded Newton step on beta: at most halve or double, kept in [1e-3, 1e3]."""
-    step = np.where(hess > 1e-12, grad / np.where(hess > 1e-12, hess, 1.0), np.sign(grad) * 0.5)
-    return np.clip(beta - np.clip(step, -beta / 2, beta), 1e-3, 1e3)
+def _step(beta: np.ndarray, sums: np.ndarray, grow: float = 0.5) -> np.ndarray:
+    """One guarded step on beta from the NLL's derivative sums (2 or 3, R): Newton's, or with the third derivative
+    Halley's (the nearer root of the second-order expansion of the gradient; Newton's where it has none); it adds at
+    most ``grow`` times beta and leaves at least 0, and the result is kept in [1e-3, 1e3]. The fits' start on a
+    subsample may grow beta fourfold a step, the others by half (as :func:`fit_temperature`)."""
+    g, h = sums[0], sums[1]
+    safe = np.where(h > 1e-12, h, 1.0)
+    step = g / safe
+    if len(sums) > 2:
+        disc = h * h - 2 * sums[2] * g
+        step = np.where(disc > 0, 2 * g / (safe + np.sqrt(np.maximum(disc, 0.0))), step)
+    step = np.where(h > 1e-12, step, np.sign(g) * 0.5)
+    return np.clip(beta - np.clip(step, -grow * beta, beta), 1e-3, 1e3)
 
 
 def _scaled_terms(log_probs: np.ndarray, gold: np.ndarray, folds: int):
@@ -469,9 +537,32 @@ def _scaled_terms(log_probs: np.ndarray, gold: np.ndarray, folds: int):
     the full fit's beta (...), the per-example beta (..., n), the shifted values (..., n, C))."""
     z, others, top, zy = _shifted(log_probs, gold)
     beta, fold_beta = _fitted_betas(others, zy, folds)
-    per_example = fold_beta[..., fold_of(zy.shape[-1], folds)]
-    log_norm = _log_normaliser(per_example, others)
-    return per_example * zy - log_norm, np.exp(-log_norm), top, beta, per_example, z
+    gold_log_p, conf = _scaled_values(fold_beta, others, zy)
+    return gold_log_p, conf, top, beta, fold_beta[..., fold_of(zy.shape[-1], folds)], z
+
+
+def _scaled_values(fold_beta: np.ndarray, others: list[np.ndarray], zy: np.ndarray):
+    """The scaled log-probability of the gold class and the scaled top-label probability 1 / (1 + sum_others
+    exp(beta z)), each (..., n), of the shifted values of :func:`_shifted` with each example scaled by its fold's
+    beta (``fold_beta`` (..., folds), folds by :func:`fold_of`)."""
+    n, folds = zy.shape[-1], fold_beta.shape[-1]
+    fold = fold_of(n, folds)
+    if len(others) != 1:
+        per_example = fold_beta[..., fold]
+        log_norm = _log_normaliser(per_example, others)
+        return per_example * zy - log_norm, np.exp(-log_norm)
+    d, y, b = others[0].reshape(-1, n), zy.reshape(-1, n), fold_beta.reshape(-1, folds)
+    gold_log_p, conf = np.empty_like(d), np.empty_like(d)
+    per = max(1, ROW_BLOCK // max(n, 1))
+    for s in range(0, len(d), per):  # two classes, a block of rows at a time: one exponential per example
+        rows, at = b[s : s + per][:, fold], slice(s, s + per)
+        e = np.multiply(rows, d[at], out=conf[at])
+        np.exp(e, out=e)
+        np.log1p(e, out=gold_log_p[at])
+        np.subtract(np.multiply(rows, y[at], out=rows), gold_log_p[at], out=gold_log_p[at])
+        e += 1.0
+        np.reciprocal(e, out=e)
+    return gold_log_p.reshape(zy.shape), conf.reshape(zy.shape)
 
 
 def _check_folds(n: int, folds: int) -> None:
@@ -548,16 +639,23 @@ def _gold_log_prob(c: Combined, gold):
 
 def _shifted_of(c: Combined, gold):
     """:func:`_shifted` of the ensemble's log-probabilities, once per batch."""
-    return _memo(c, "shifted", gold, lambda: _shifted(np.log(np.clip(c.probs, EPS, None)), gold))
+    def compute():
+        p = c.probs
+        if p.shape[-1] != 2:
+            return _shifted(np.log(np.clip(p, EPS, None)), gold)
+        return (None,) + _two_class_shifted(np.log(np.maximum(p[..., 0], EPS)), np.log(np.maximum(p[..., 1], EPS)),
+                                            gold)
+    return _memo(c, "shifted", gold, compute)
 
 
-def _full_beta(c: Combined, gold):
-    """1/T of the temperature fitted on all examples (:func:`_full_fit`), once per batch: ``temperature``'s value
-    and where the cross-fitting folds' fits start."""
+def _full_fit_of(c: Combined, gold, folds: int):
+    """:func:`_full_fit` of the ensemble (examples gathered by ``folds`` cross-fitting folds where there are at
+    least 2 x ``folds`` examples), once per batch: its beta is ``temperature``'s value, its last pass is where the
+    folds' fits start."""
     def compute():
         _, others, _, zy = _shifted_of(c, gold)
-        return _full_fit(others, zy)
-    return _memo(c, "full_beta", gold, compute)
+        return _full_fit(others, zy, folds if zy.shape[-1] >= 2 * folds else 1)
+    return _memo(c, f"full_fit{folds}", gold, compute)
 
 
 def _scaled(c: Combined, gold, o: Options):
@@ -566,10 +664,9 @@ def _scaled(c: Combined, gold, o: Options):
     def compute():
         _check_folds(c.probs.shape[-2], o.folds)
         _, others, top, zy = _shifted_of(c, gold)
-        fold_beta = _fold_fits(others, zy, o.folds, _full_beta(c, gold))
-        per_example = fold_beta[..., fold_of(zy.shape[-1], o.folds)]
-        log_norm = _log_normaliser(per_example, others)
-        return per_example * zy - log_norm, np.exp(-log_norm), top
+        fold_beta = _fold_fits(_full_fit_of(c, gold, o.folds)[1], zy.shape[:-1])
+        gold_log_p, conf = _scaled_values(fold_beta, others, zy)
+        return gold_log_p, conf, top
     return _memo(c, f"scaled{o.folds}", gold, compute)
 
 
@@ -623,7 +720,7 @@ def _adaptive_ece(c, gold, o):
 @register("temperature", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
           source="Guo et al. (2017)", fitted=True)
 def _temperature(c, gold, o):
-    return 1.0 / _full_beta(c, gold)
+    return 1.0 / _full_fit_of(c, gold, o.folds)[0]
 
 
 @register("ts_nll", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
