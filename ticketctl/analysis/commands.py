@@ -66,11 +66,13 @@ def print_iou(masks: list[str], layers: bool = False, importance: bool = False, 
 def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = None, size: int | None = None,
                 combine: str = "probs", plot: str | None = None, groups: int = 1, test: str = "permutation",
                 resamples: int = 1000, bootstrap: int = 0, select: str | None = None, select_fraction: float = 0.5,
-                cost: bool = False, score: str | None = None, format: str = "table") -> None:
+                cost: bool = False, score: str | None = None, format: str = "table",
+                calibration_split: str | None = None) -> None:
     """``stats``: Table 1 (``ticketctl.analysis.stats.table1``), the phase transition for a pivot ``by``
     (sparsity, train_fraction), the super ticket (``select`` best) or the frontier at equal cost (``cost``);
     ``plot`` draws the matching figure; ``score`` compares Table 1, the phase tables and the frontier, and picks
-    the super ticket, by a registered metric with a direction."""
+    the super ticket, by a registered metric with a direction; ``calibration_split``: Table 1's ts_nll or ts_ece fit
+    their temperature on that split's artifacts among ``artifacts`` (``stats.table1``)."""
     from ticketctl.analysis import phase, plots, render
     from ticketctl.analysis.records import PIVOTS
     from ticketctl.analysis import stats as data
@@ -78,7 +80,7 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     from ticketctl.store.artifacts import read_paths
 
     paths = read_paths(artifacts)
-    data.check_options(by, size, bootstrap, select)
+    data.check_options(by, size, bootstrap, select, cost, calibration_split)
     if select:
         render.super_ticket(phase.super_ticket(paths, select_fraction, score))
         return
@@ -100,7 +102,7 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
                           f"{result.on.task}: {result.on.metric} vs inference cost, by {by}", result.direction, ringed)
     else:
         result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot),
-                             score=score)
+                             score=score, calibration_split=calibration_split)
         render.table1(result, format)
         if plot:
             plots.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
