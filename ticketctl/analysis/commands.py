@@ -101,8 +101,9 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
             frontier.plot(result.curves, result.on.metric, plot,
                           f"{result.on.task}: {result.on.metric} vs inference cost, by {by}", result.direction, ringed)
     else:
+        paths, options = _calibration(paths, calibration_split, combine, score)
         result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot),
-                             score=score, calibration_split=calibration_split)
+                             score=score, options=options)
         render.table1(result, format)
         if plot:
             plots.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
@@ -110,3 +111,18 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
                            direction=result.direction)
     if plot:
         note(f"wrote {plot}")
+
+
+def _calibration(paths: list[str], split: str | None, combine: str, score: str | None):
+    """``stats --calibration-split``: (the artifacts not of ``split``, the metric options with temperature scaling's
+    calibration split paired with their members: ``ensemble.calibration_of``); (``paths``, None) without ``split``.
+    Raises UsageError without a ``score`` that fits a temperature, and as ``calibration_of`` does."""
+    from ticketctl.analysis.ensemble import CALIBRATION_FLAG, calibration_of
+    from ticketctl.errors import UsageError
+
+    if split is None:
+        return paths, None
+    if score is None:
+        raise UsageError(f"{CALIBRATION_FLAG} {split}: give --score ts_nll or ts_ece (the task's own metric fits no "
+                         f"temperature)")
+    return calibration_of(paths, split, combine, [score])

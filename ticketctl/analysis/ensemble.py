@@ -150,6 +150,15 @@ def calibration_options(options: Options, chosen: list[str], inside: Members, pa
     return dataclasses.replace(options, calibration=load_calibration(inside, paths, split, combine))
 
 
+def calibration_of(paths: list[str], split: str, combine: str, chosen: list[str]) -> tuple[list[str], Options]:
+    """The artifacts among ``paths`` not of split ``split`` (:func:`split_paths`), and metric options with temperature
+    scaling's calibration split (those of ``split``) in the order of their members (``load_ensemble_members`` of
+    them gives it; :func:`calibration_options`), for ``stats``. Raises as those do."""
+    rest, calibration_paths = split_paths(paths, split, CALIBRATION_FLAG)
+    members = load_ensemble_members(rest)
+    return rest, calibration_options(Options(), chosen, members, calibration_paths, split, combine)
+
+
 def cost_records(members: Members) -> list[dict] | None:
     """Each member's inference cost record (``ticketctl.model.cost``), or None when any member has none (artifacts
     made before costs were recorded)."""

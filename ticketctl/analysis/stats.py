@@ -174,20 +174,20 @@ def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 
 def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
            combine: str = "probs", groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
            bootstrap: int = 0, curves: bool = False, score: str | None = None,
-           calibration_split: str | None = None) -> Table1:
+           options: Options | None = None) -> Table1:
     """The paper's Table 1 from the logits artifacts among ``paths``, grouped by the metadata key ``by`` (see
     :func:`table1_rows`; ``ref`` default: dense, else base, else the first group), with each k-member ensemble's
     cost where members record one, and with ``curves`` Figure 3's gain over ``ref`` for k = 1, 2, ...
     ``score``: compare by this registered metric (``ticketctl.analysis.metrics``: nll, brier, ece, ts_nll, ...)
     instead of the task's headline metric; every number is then in its units, differences stay A minus the
     reference (negative favours A where lower is better) and each row gets a ``verdict`` in words.
-    ``calibration_split`` (with ``score`` ts_nll or ts_ece): the artifacts of that split are the members' outputs on
-    temperature scaling's calibration split (``ensemble.load_calibration``); the record's ``temperature_fit`` says
-    where the temperature was fitted.
+    ``options``: how ``score`` is computed (``metrics.Options``; with temperature scaling's calibration split, the
+    one ``ensemble.calibration_of`` pairs with the members of ``paths``); the record's ``temperature_fit`` says
+    where ts_nll's or ts_ece's temperature was fitted.
 
     Raises UsageError (unlabelled split, unknown --ref, --test or score, k too large) or InputError (groups that
     mix configurations or levels, members that do not split into ``groups`` equal groups)."""
-    members, grouped, options = _calibrated_groups(paths, by, combine, score, calibration_split)
+    members, grouped = load_groups(paths, by)
     ref = pick_ref(grouped, ref)
     scorer = scorer_of(members, combine, score, options)
     rows, k, notes = table1_rows(members, grouped, ref, size, scorer, groups, test, resamples, bootstrap)
@@ -198,22 +198,6 @@ def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: i
                   gain_curves(scorer, grouped, ref, groups) if curves else None,
                   None if score is None else scorer.metric.direction,
                   temperature_fit(scorer.options) if score is not None and scorer.metric.fitted else None)
-
-
-def _calibrated_groups(paths: list[str], by: str, combine: str, score: str | None,
-                       split: str | None) -> tuple[Members, dict[str, list[int]], Options]:
-    """:func:`load_groups` of the artifacts not of temperature scaling's calibration split ``split``, and the metric
-    options with that split (``ensemble.load_calibration``; plain options without ``split``)."""
-    from ticketctl.analysis.ensemble import CALIBRATION_FLAG, calibration_options, split_paths
-
-    if split is None:
-        return (*load_groups(paths, by), Options())
-    if score is None:
-        raise UsageError(f"{CALIBRATION_FLAG} {split}: give --score ts_nll or ts_ece (the task's own metric fits no "
-                         f"temperature)")
-    paths, calibration_paths = split_paths(paths, split, CALIBRATION_FLAG)
-    members, grouped = load_groups(paths, by)
-    return members, grouped, calibration_options(Options(), [score], members, calibration_paths, split, combine)
 
 
 def _with_costs(members: Members, grouped: dict[str, list[int]], rows: list[Table1Row]) -> list[Table1Row]:
