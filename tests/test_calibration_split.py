@@ -201,3 +201,15 @@ def test_a_scorer_over_some_members_keeps_their_calibration_outputs(tmp_path):
     q = softmax(np.log(softmax(x_dev[1], axis=-1)) / _direct(x_dev[[1]], y_dev, x_cal[[1]], y_cal)[0], axis=-1)
     got = scorer.scores(np.eye(4)[[1]], examples)[0]
     assert got == pytest.approx(log_loss(y_dev[examples], q[examples], labels=list(range(C))), abs=1e-7)
+
+
+def test_it_goes_with_ood(cli, tmp_path):
+    dev, cal, x_dev, y_dev, x_cal, y_cal = _members(tmp_path)
+    rng = np.random.default_rng(1)
+    oods = [_art(tmp_path / f"ood{i}.safetensors", rng.normal(0, 1, (30, C)), "ood", i, data="d3") for i in range(3)]
+    code, out, err = cli("ensemble", *oods, *dev, *cal, "--calibration-split", "cal", "--ood", "ood", "--scores",
+                         "ts_nll", "--format", "json")
+    assert code == 0, err
+    (row,) = _rows(out)
+    assert "auroc_msp" in row
+    assert row["ts_nll"] == pytest.approx(_direct(x_dev, y_dev, x_cal, y_cal)[1], abs=1e-7)
