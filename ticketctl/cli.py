@@ -234,7 +234,7 @@ def ensemble(
     combine: opt.Combine = "probs",
     size: opt.EnsembleSize = None, groups: opt.EnsembleGroups = 1, out: opt.EnsembleOut = None,
     submission: opt.EnsembleSubmission = None, scores: opt.EnsembleScores = None, ece_bins: opt.EnsembleEceBins = 15,
-    ood: opt.EnsembleOod = None, format: opt.Format = "table",
+    ood: opt.EnsembleOod = None, calibration_split: opt.CalibrationSplit = None, format: opt.Format = "table",
 ):
     """Average member outputs and print the ensemble's metrics (or its artifact path with --out)."""
     from ticketctl.analysis import ensemble as data
@@ -246,7 +246,7 @@ def ensemble(
     if ece_bins < 1:
         raise UsageError(f"--ece-bins {ece_bins}: needs at least 1 bin")
     options = metrics.Options(ece_bins=ece_bins)
-    result = data.ensemble(read_paths(members), combine, size, scores, options, ood)
+    result = data.ensemble(read_paths(members), combine, size, scores, options, ood, calibration_split)
     if result.undefined:
         note(metrics.vote_note(result.undefined))
     if submission is not None:
@@ -255,7 +255,7 @@ def ensemble(
     if out is not None:
         render.ensemble_written(result, data.write_ensemble(result, out))
         return
-    sizes = (data.size_table(result.members, result.sizes, combine, groups, result.scores, options, result.ood)
+    sizes = (data.size_table(result.members, result.sizes, combine, groups, result.scores, result.options, result.ood)
              if result.sizes else None)
     render.ensemble(result, sizes, format, submission is not None)
 
@@ -288,7 +288,8 @@ def stats(
     combine: opt.Combine = "probs", plot: opt.StatsPlot = None, groups: opt.StatsGroups = 1,
     test: opt.StatsTest = "permutation", resamples: opt.StatsResamples = 1000, bootstrap: opt.StatsBootstrap = 0,
     select: opt.StatsSelect = None, select_fraction: opt.StatsSelectFraction = 0.5, cost: opt.StatsCost = False,
-    score: opt.StatsScore = None, ood: opt.StatsOod = None, format: opt.Format = "table",
+    score: opt.StatsScore = None, ood: opt.StatsOod = None, calibration_split: opt.CalibrationSplit = None,
+    format: opt.Format = "table",
 ):
     """Table 1 of the paper: per group, mean single-member and k-member ensemble metrics (the paper's protocol with
     --groups), and against the reference group the difference with a 95% interval and a calibrated p-value
@@ -298,7 +299,7 @@ def stats(
 
     print_stats(artifacts, by=by, ref=ref, size=size, combine=combine, plot=plot, groups=groups, test=test,
                 resamples=resamples, bootstrap=bootstrap, select=select, select_fraction=select_fraction, cost=cost,
-                score=score, format=format, ood=ood)
+                score=score, format=format, ood=ood, calibration_split=calibration_split)
 
 
 def main(argv: list[str] | None = None) -> None:

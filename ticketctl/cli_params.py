@@ -131,6 +131,12 @@ EnsembleOod = Annotated[Optional[str], typer.Option(
          "same members' outputs on texts from another distribution, paired member by member; adds AUROC and FPR at "
          "95% TPR of 1 - max probability (msp), entropy and mutual information (mi, for >1 member) at telling them "
          "from the evaluation split's texts (docs/calibration.md).")]
+CalibrationSplit = Annotated[Optional[str], typer.Option(
+    "--calibration-split", metavar="SPLIT",
+    help="Temperature scaling's calibration split: the artifacts given of this split (finetune --eval-file FILE's "
+         "are named after FILE) are the same members' outputs on labelled examples apart from the scored ones, "
+         "paired member by member; ts_nll, ts_ece and temperature fit each ensemble's one temperature on all of them "
+         "instead of cross-fitting over the evaluation split's folds (docs/calibration.md).")]
 EnsembleEceBins = Annotated[int, typer.Option(help="Bins of ece, adaptive_ece and ts_ece (equal width; adaptive: "
                                                    "equal mass).")]
 DiversityMatrix = Annotated[bool, typer.Option(help="Print every pair instead of the averages.")]

@@ -66,12 +66,15 @@ def print_iou(masks: list[str], layers: bool = False, importance: bool = False, 
 def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = None, size: int | None = None,
                 combine: str = "probs", plot: str | None = None, groups: int = 1, test: str = "permutation",
                 resamples: int = 1000, bootstrap: int = 0, select: str | None = None, select_fraction: float = 0.5,
-                cost: bool = False, score: str | None = None, format: str = "table", ood: str | None = None) -> None:
+                cost: bool = False, score: str | None = None, format: str = "table", ood: str | None = None,
+                calibration_split: str | None = None) -> None:
     """``stats``: Table 1 (``ticketctl.analysis.stats.table1``), the phase transition for a pivot ``by``
     (sparsity, train_fraction), the super ticket (``select`` best) or the frontier at equal cost (``cost``);
     ``plot`` draws the matching figure; ``score`` compares Table 1, the phase tables and the frontier, and picks
     the super ticket, by a registered metric with a direction; ``ood`` (a split): Table 1 of an OOD column
-    (``stats.table1``'s ``paired``), UsageError with a pivot, ``select`` or ``cost``."""
+    (``stats.table1``'s ``paired``), UsageError with a pivot, ``select``, ``cost`` or ``calibration_split``;
+    ``calibration_split``: Table 1's ts_nll or ts_ece fit their temperature on that split's artifacts among
+    ``artifacts`` (``stats.table1``)."""
     from ticketctl.analysis import phase, plots, render
     from ticketctl.analysis.records import PIVOTS
     from ticketctl.analysis import stats as data
@@ -81,9 +84,11 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     from ticketctl.store.artifacts import read_paths
 
     paths = read_paths(artifacts)
-    data.check_options(by, size, bootstrap, select)
+    data.check_options(by, size, bootstrap, select, cost, calibration_split)
     if ood is not None and (select or cost or by in PIVOTS):
         raise UsageError("--ood: Table 1 only (not with --cost, --select or --by sparsity/train_fraction)")
+    if ood is not None and calibration_split is not None:
+        raise UsageError("--ood with --calibration-split: the OOD scores fit no temperature; give one of them")
     if select:
         render.super_ticket(phase.super_ticket(paths, select_fraction, score))
         return
@@ -105,8 +110,9 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
                           f"{result.on.task}: {result.on.metric} vs inference cost, by {by}", result.direction, ringed)
     else:
         paired = load_ood(paths, ood) if ood is not None else None
+        paths, options = _calibration(paths, calibration_split, combine, score)
         result = data.table1(paths, by, ref, size, combine, groups, test, resamples, bootstrap, curves=bool(plot),
-                             score=score, paired=paired)
+                             score=score, paired=paired, options=options)
         render.table1(result, format)
         if plot:
             plots.plot_gain(result.gain_curves, result.ref, result.on.metric, plot,
@@ -114,3 +120,18 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
                            direction=result.direction)
     if plot:
         note(f"wrote {plot}")
+
+
+def _calibration(paths: list[str], split: str | None, combine: str, score: str | None):
+    """``stats --calibration-split``: (the artifacts not of ``split``, the metric options with temperature scaling's
+    calibration split paired with their members: ``ensemble.calibration_of``); (``paths``, None) without ``split``.
+    Raises UsageError without a ``score`` that fits a temperature, and as ``calibration_of`` does."""
+    from ticketctl.analysis.ensemble import CALIBRATION_FLAG, calibration_of
+    from ticketctl.errors import UsageError
+
+    if split is None:
+        return paths, None
+    if score is None:
+        raise UsageError(f"{CALIBRATION_FLAG} {split}: give --score ts_nll or ts_ece (the task's own metric fits no "
+                         f"temperature)")
+    return calibration_of(paths, split, combine, [score])

@@ -11,7 +11,8 @@ import numpy as np
 
 from ticketctl.analysis import ood
 from ticketctl.analysis.combine import combination_scores, combined_outputs, member_terms
-from ticketctl.analysis.metrics import Options, combination_values, combine_members, evaluate, parse_scores
+from ticketctl.analysis.metrics import (Calibration, Options, combination_values, combine_members, evaluate,
+                                       get, parse_scores, temperature_fit, with_calibration)
 from ticketctl.analysis.members import Members, load_ensemble_members
 from ticketctl.analysis.records import Ensemble, EnsembleScore, SizeRow, SizeTable
 from ticketctl.analysis.significance import group_combinations, parse_k, split_groups
@@ -20,7 +21,8 @@ from ticketctl.errors import UsageError
 
 
 def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, scores: str | None = None,
-             options: Options = Options(), ood_split: str | None = None) -> Ensemble:
+             options: Options = Options(), ood_split: str | None = None,
+             calibration_split: str | None = None) -> Ensemble:
     """The logits artifacts among ``paths`` averaged (``combine``: probs | logits | vote), scored on a labelled
     split; ``size`` (k, a list 2,3,5, a range 2-5, or ``all``) is parsed and checked for :func:`size_table`;
     ``scores`` (``--scores``: names or ``all``, :func:`ticketctl.analysis.metrics.parse_scores`): further registered
@@ -29,12 +31,19 @@ def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, 
     texts (:func:`load_ood`); the ensemble's AUROC and FPR at 95% TPR at telling them from the
     evaluation split's texts are added to its metrics (:func:`ticketctl.analysis.ood.task_columns`; regression: of
     the members' spread; classification under ``vote``: left out and listed as undefined).
+    ``calibration_split`` (``--calibration-split``): the artifacts of that split are the same members' outputs on a
+    labelled calibration split, where ts_nll, ts_ece and temperature fit their temperature (:func:`load_calibration`);
+    the record's ``options`` carry it, its ``temperature_fit`` says which fit was used.
 
     Raises UsageError (a bad --size, --size on an unlabelled split, a bad --combine, an unknown score, --ood on one
     regression member) or InputError (members that must not be mixed, or that do not pair up across the splits)."""
+    if calibration_split is not None:
+        paths, calibration_paths = split_paths(paths, calibration_split, CALIBRATION_FLAG)
     paired = load_ood(paths, ood_split) if ood_split is not None else None
     members = paired.inside if paired else load_ensemble_members(paths)
     chosen, undefined = parse_scores(scores, members.task.is_regression, combine)
+    if calibration_split is not None:
+        options = calibration_options(options, chosen, members, calibration_paths, calibration_split, combine)
     if paired and combine == "vote" and not members.task.is_regression:
         undefined, paired = [*undefined, *ood.columns(len(members))], None
     combined = combined_outputs(members.task, members.outputs, combine)
@@ -43,15 +52,16 @@ def ensemble(paths: list[str], combine: str = "probs", size: str | None = None, 
     if members.labels is not None:
         scored = ensemble_score(members, combine, combined)
         if chosen:
-            extra = evaluate(chosen, combine_members(members.outputs, combine, members.task.is_regression),
-                             members.labels, options)
+            whole = combine_members(members.outputs, combine, members.task.is_regression)
+            extra = evaluate(chosen, with_calibration(whole, len(members), combine, options), members.labels, options)
             scored = dataclasses.replace(scored, metrics={**scored.metrics, **extra})
     elif sizes:
         raise UsageError("--size needs a labelled split")
     if paired:
         scored = scored or EnsembleScore(members.evaluated, len(members), combine, {})
         scored = dataclasses.replace(scored, metrics={**scored.metrics, **ood.any_whole(paired, combine)})
-    return Ensemble(members, combine, combined, scored, sizes, chosen, undefined, paired)
+    fit = temperature_fit(options) if any(get(n).fitted for n in chosen) else None
+    return Ensemble(members, combine, combined, scored, sizes, chosen, undefined, paired, options, fit)
 
 
 def load_ood(paths: list[str], split: str) -> ood.Paired:
@@ -61,23 +71,89 @@ def load_ood(paths: list[str], split: str) -> ood.Paired:
 
     Raises UsageError (nothing of ``split`` or nothing else given) or InputError (members that do not
     pair up, another task or model, the same examples on both sides)."""
+    in_paths, ood_paths = split_paths(paths, split, "--ood")
+    inside = load_ensemble_members(in_paths)
+    outside = paired_members(inside, ood_paths, split, "--ood", "the OOD outputs must be of other texts")
+    return ood.Paired(inside, outside.outputs, split)
+
+
+def split_paths(paths: list[str], split: str, flag: str) -> tuple[list[str], list[str]]:
+    """``paths`` parted into (the others: one evaluation split, the logits artifacts of split ``split``). Raises
+    UsageError (starting ``{flag} {split}:``) when either part is empty."""
     from ticketctl.store.artifacts import read_artifact
 
     arts = [read_artifact(p) for p in paths]
-    is_ood = [a.kind == "logits" and a.meta.get("split") == split for a in arts]
-    ood_paths = [p for p, o in zip(paths, is_ood) if o]
-    in_paths = [p for p, o in zip(paths, is_ood) if not o]
-    if not ood_paths:
+    of_split = [a.kind == "logits" and a.meta.get("split") == split for a in arts]
+    chosen = [p for p, o in zip(paths, of_split) if o]
+    others = [p for p, o in zip(paths, of_split) if not o]
+    if not chosen:
         splits = sorted({str(a.meta.get("split")) for a in arts if a.kind == "logits"})
-        raise UsageError(f"--ood {split}: no logits artifacts of split {split!r} among those given (splits: "
+        raise UsageError(f"{flag} {split}: no logits artifacts of split {split!r} among those given (splits: "
                          f"{', '.join(splits) or 'none'})")
-    if not in_paths:
-        raise UsageError(f"--ood {split}: every artifact given is of split {split!r}; give the members' outputs on "
+    if not others:
+        raise UsageError(f"{flag} {split}: every artifact given is of split {split!r}; give the members' outputs on "
                          f"the evaluation split too")
-    inside = load_ensemble_members(in_paths)
-    outside = load_ensemble_members(ood_paths, split=split)
-    ood.check_sides(inside, outside, split)
-    return ood.Paired(inside, outside.outputs[ood.pairing(inside.arts, outside.arts, split)], split)
+    return others, chosen
+
+
+def paired_members(inside: Members, paths: list[str], split: str, flag: str, other: str) -> Members:
+    """The logits artifacts ``paths`` of split ``split`` as members in ``inside``'s order, each the same member
+    (:func:`ticketctl.analysis.ood.pairing`), of the same task and model and other examples (``other``: why).
+    Raises InputError (starting ``{flag} {split}:``) otherwise."""
+    outside = load_ensemble_members(paths, split=split)
+    ood.check_sides(inside, outside, split, flag, other)
+    order = ood.pairing(inside.arts, outside.arts, split, flag)
+    return dataclasses.replace(outside, arts=[outside.arts[j] for j in order], outputs=outside.outputs[order])
+
+
+CALIBRATION_FLAG = "--calibration-split"
+
+
+def load_calibration(inside: Members, paths: list[str], split: str, combine: str = "probs") -> Calibration:
+    """``--calibration-split SPLIT`` (temperature scaling's calibration split): the logits artifacts ``paths`` (of
+    split ``split``, :func:`split_paths`) are the members ``inside``'s outputs on a labelled calibration split, each
+    member's paired with its evaluation-split artifact (:func:`paired_members`). Returns the split in ``inside``'s
+    member order, for ``metrics.Options.calibration``: ts_nll, ts_ece and temperature then fit one temperature per
+    ensemble on all of it instead of cross-fitting over the evaluation split.
+
+    Raises UsageError (``--combine vote``, a regression task, an unlabelled calibration split) or InputError
+    (members that do not pair up, another task or model, the same examples on both sides)."""
+    flag = CALIBRATION_FLAG
+    _check_scalable(inside, combine)
+    cal = paired_members(inside, paths, split, flag, "temperature scaling must not fit on the scored examples")
+    if cal.labels is None:
+        raise UsageError(f"{flag} {split}: the {split!r} artifacts are unlabelled; the temperature is fitted to gold "
+                         f"labels")
+    return Calibration(split, cal.outputs, cal.labels)
+
+
+def _check_scalable(inside: Members, combine: str) -> None:
+    if combine not in ("probs", "logits"):
+        raise UsageError(f"{CALIBRATION_FLAG}: temperature scaling scales probabilities; --combine {combine} gives "
+                         f"none")
+    if inside.task.is_regression:
+        raise UsageError(f"{CALIBRATION_FLAG}: {inside.task.name} is a regression task; temperature scaling needs "
+                         f"class probabilities")
+
+
+def calibration_options(options: Options, chosen: list[str], inside: Members, paths: list[str], split: str,
+                        combine: str) -> Options:
+    """``options`` with ``inside``'s calibration split (:func:`load_calibration`); UsageError when none of the
+    metrics ``chosen`` fits a temperature (and as :func:`load_calibration` does)."""
+    _check_scalable(inside, combine)
+    if not any(get(n).fitted for n in chosen):
+        raise UsageError(f"{CALIBRATION_FLAG} {split}: only ts_nll, ts_ece and temperature fit a temperature; ask "
+                         f"for one of them")
+    return dataclasses.replace(options, calibration=load_calibration(inside, paths, split, combine))
+
+
+def calibration_of(paths: list[str], split: str, combine: str, chosen: list[str]) -> tuple[list[str], Options]:
+    """The artifacts among ``paths`` not of split ``split`` (:func:`split_paths`), and metric options with temperature
+    scaling's calibration split (those of ``split``) in the order of their members (``load_ensemble_members`` of
+    them gives it; :func:`calibration_options`), for ``stats``. Raises as those do."""
+    rest, calibration_paths = split_paths(paths, split, CALIBRATION_FLAG)
+    members = load_ensemble_members(rest)
+    return rest, calibration_options(Options(), chosen, members, calibration_paths, split, combine)
 
 
 def cost_records(members: Members) -> list[dict] | None:

@@ -17,7 +17,7 @@ numpy only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -48,12 +48,28 @@ class Combined:
     member_probs_mean: np.ndarray | None = None
     member_entropy: np.ndarray | None = None
     spread: np.ndarray | None = None
+    calibration_probs: np.ndarray | None = None  # (..., n_cal, C): the same ensembles on Options.calibration's split
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """Temperature scaling's calibration split (``--calibration-split``): the members' raw outputs on it (m, n_cal,
+    C), member i the same member as the evaluation split's member i, and its gold labels (n_cal,)."""
+
+    split: str
+    outputs: np.ndarray
+    labels: np.ndarray
+
+    def subset(self, members) -> "Calibration":
+        """The same split for these members only (indices into the members)."""
+        return Calibration(self.split, self.outputs[np.asarray(members)], self.labels)
 
 
 @dataclass(frozen=True)
 class Options:
     ece_bins: int = ECE_BINS
     folds: int = FOLDS
+    calibration: Calibration | None = None  # fit ts_nll's, ts_ece's and temperature's temperature there, not by folds
 
 
 @dataclass(frozen=True)
@@ -670,6 +686,60 @@ def _scaled(c: Combined, gold, o: Options):
     return _memo(c, f"scaled{o.folds}", gold, compute)
 
 
+def _calibration_beta(c: Combined, o: Options):
+    """1/T of each ensemble's one temperature fitted (:func:`fit_temperature`) on all of the calibration split
+    (``o.calibration``): its combined log-probabilities there (``c.calibration_probs``) and the split's gold labels;
+    (...). No evaluation example takes part in the fit."""
+    def compute():
+        if c.calibration_probs is None:
+            raise ValueError("Options.calibration is set but the ensembles have no calibration_probs: combine them "
+                             "with weighted_values or with_calibration")
+        return 1.0 / fit_temperature(np.log(np.clip(c.calibration_probs, EPS, None)), o.calibration.labels)
+    return _memo(c, "calibration_beta", o.calibration.labels, compute)
+
+
+def _calibration_scaled(c: Combined, gold, o: Options):
+    """:func:`_scaled`'s terms with the calibration split's temperature (:func:`_calibration_beta`) for every
+    evaluation example: (scaled gold log-probability, scaled top-label probability, top class), (..., n) each."""
+    def compute():
+        z = _calibration_beta(c, o)[..., None, None] * np.log(np.clip(np.asarray(c.probs, dtype=np.float64), EPS,
+                                                                      None))
+        top_value, top = _top(z)  # beta > 0: the top class is the unscaled one's
+        z -= top_value[..., None]
+        log_norm = np.log(_csum(np.exp(z)))
+        return _gold_prob(z, gold) - log_norm, np.exp(-log_norm), top
+    return _memo(c, "calibration_scaled", gold, compute)
+
+
+def temperature_fit(options: Options) -> str:
+    """Where ts_nll's, ts_ece's and temperature's temperature is fitted, in words (the tables' ``temperature_fit``)."""
+    if options.calibration is not None:
+        return f"calibration split {options.calibration.split} ({len(options.calibration.labels)} examples)"
+    return f"cross-fitted over {options.folds} folds"
+
+
+def _calibration_combiner(options: Options, combine: str, regression: bool):
+    """``w`` (B, m) -> the ensembles of those weights combined as ``combine`` combines them, on the calibration split
+    (B, n_cal, C); None for every ``w`` without a calibration split (or for regression, vote)."""
+    from ticketctl.analysis.combine import softmax
+
+    if options.calibration is None or regression or combine not in PROBABILISTIC:
+        return lambda w: None
+    x = np.asarray(options.calibration.outputs, dtype=np.float64)
+    m, n, c = x.shape
+    flat = x.reshape(m, n * c) if combine == "logits" else softmax(x).reshape(m, n * c)
+    if combine == "logits":
+        return lambda w: softmax((w @ flat).reshape(len(w), n, c))
+    return lambda w: (w @ flat).reshape(len(w), n, c)
+
+
+def with_calibration(combined: Combined, m: int, combine: str, options: Options) -> Combined:
+    """``combined`` (the ensemble of all ``m`` members, :func:`combine_members`) with its probabilities on
+    ``options.calibration``'s split attached (unchanged without one), for :func:`evaluate`'s temperature metrics."""
+    probs = _calibration_combiner(options, combine, False)(np.full((1, m), 1.0 / m))
+    return combined if probs is None else replace(combined, calibration_probs=probs[0])
+
+
 def _sorted(c: Combined, gold):
     """Each row's confidences and correctness in ascending order of confidence, ties in example order (a stable
     sort), and which rows have tied confidences: (conf (..., n), correct (..., n), tied (...)). Adaptive ECE and the
@@ -720,19 +790,21 @@ def _adaptive_ece(c, gold, o):
 @register("temperature", higher_is_better=None, kind="classification", combines=PROBABILISTIC,
           source="Guo et al. (2017)", fitted=True)
 def _temperature(c, gold, o):
+    if o.calibration is not None:
+        return 1.0 / _calibration_beta(c, o)
     return 1.0 / _full_fit_of(c, gold, o.folds)[0]
 
 
 @register("ts_nll", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Ashukha et al. (2020)", fitted=True)
 def _ts_nll(c, gold, o):
-    return -_scaled(c, gold, o)[0].mean(axis=-1)
+    return -(_calibration_scaled if o.calibration is not None else _scaled)(c, gold, o)[0].mean(axis=-1)
 
 
 @register("ts_ece", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
           source="Guo et al. (2017); Ashukha et al. (2020)", fitted=True)
 def _ts_ece(c, gold, o):
-    _, conf, top = _scaled(c, gold, o)
+    _, conf, top = (_calibration_scaled if o.calibration is not None else _scaled)(c, gold, o)
     return _ece_of(conf, top == np.asarray(gold), o.ece_bins)
 
 
@@ -855,6 +927,7 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
         logits = x.reshape(m, n * c) if combine == "logits" else None
         member_entropy = entropy(member) if any(get(name).member_entropy for name in names) else None
     per = max(1, CHUNK_ELEMENTS // max(1, n * c))
+    calibrated = _calibration_combiner(options, combine, regression)
 
     def chunk(w: np.ndarray) -> dict:
         if regression:
@@ -870,7 +943,8 @@ def weighted_values(outputs: np.ndarray, labels: np.ndarray, weights: np.ndarray
             else:
                 probs = mean if combine == "probs" else softmax((w @ logits).reshape(len(w), n, c))
                 conf, pred = _top(probs)
-            combined = Combined(pred, probs, mean, None if member_entropy is None else w @ member_entropy)
+            combined = Combined(pred, probs, mean, None if member_entropy is None else w @ member_entropy,
+                                calibration_probs=calibrated(w))
             if probs is not None:
                 combined.__dict__["_memo"] = {"confidence": (labels, (conf, pred == np.asarray(labels)))}
         return {name: np.atleast_1d(v) for name, v in evaluate(names, combined, labels, options).items()}
@@ -944,6 +1018,13 @@ class MetricScorer(Scorer):
         sub.x, sub.labels, sub._known = x, labels, {}
         return sub
 
+    def subset(self, members) -> "MetricScorer":
+        """A scorer over these members only; their outputs on the calibration split too, where there is one."""
+        sub = super().subset(members)
+        if self.options.calibration is not None:
+            sub.options = replace(self.options, calibration=self.options.calibration.subset(members))
+        return sub
+
     def scores(self, weights: np.ndarray, examples: np.ndarray | None = None) -> np.ndarray:
         """The metric of each ensemble (row of ``weights``: membership, or counts), on ``examples`` (default all).
         On all examples each distinct row is computed once per scorer and remembered: a permutation test meets the
@@ -968,14 +1049,14 @@ class MetricScorer(Scorer):
 
 
 def scorer_for(task, outputs: np.ndarray, labels: np.ndarray, combine: str = "probs",
-               score: str | None = None) -> Scorer:
+               score: str | None = None, options: Options | None = None) -> Scorer:
     """The scorer of ``stats``: the task's headline metric (:class:`Scorer`), or with ``score`` a registered metric
-    (:class:`MetricScorer`). Raises UsageError as those do."""
+    (:class:`MetricScorer`, scored with ``options``). Raises UsageError as those do."""
     from ticketctl.analysis.combine import member_terms
 
     if score is None:
         return Scorer(task, member_terms(task, outputs, combine), labels)
-    return MetricScorer(task, outputs, labels, score, combine)
+    return MetricScorer(task, outputs, labels, score, combine, options)
 
 
 def vote_note(undefined: list[str]) -> str:

@@ -72,27 +72,28 @@ def member_keys(art: Artifact) -> set[str]:
     return keys
 
 
-def check_sides(inside, outside, split: str) -> None:
+def check_sides(inside, outside, split: str, flag: str = "--ood",
+                other: str = "the OOD outputs must be of other texts") -> None:
     """The two sides (``Members``) are of one task, task definition and model, of different examples, with as many
-    classes; InputError otherwise."""
+    classes; InputError otherwise, starting ``{flag} {split}:`` (``other``: why the examples must differ)."""
     a, b = inside.arts[0], outside.arts[0]
     for key, what in (("task", "tasks"), ("task_spec", "task definitions"), ("model_fingerprint", "models")):
         if a.meta.get(key) != b.meta.get(key):
-            raise InputError(f"--ood {split}: cannot mix {what}: {a.path} has {key}={str(a.meta.get(key))[:12]}, "
+            raise InputError(f"{flag} {split}: cannot mix {what}: {a.path} has {key}={str(a.meta.get(key))[:12]}, "
                              f"{b.path} has {str(b.meta.get(key))[:12]}")
     if a.meta.get("data_fingerprint") is not None and a.meta.get("data_fingerprint") == b.meta.get("data_fingerprint"):
-        raise InputError(f"--ood {split}: {b.path} scores the same examples as {a.path}; the OOD outputs must be of "
-                         f"other texts")
+        raise InputError(f"{flag} {split}: {b.path} scores the same examples as {a.path}; {other}")
     if inside.outputs.shape[-1] != outside.outputs.shape[-1]:
-        raise InputError(f"--ood {split}: {b.path} has {outside.outputs.shape[-1]} classes, {a.path} "
+        raise InputError(f"{flag} {split}: {b.path} has {outside.outputs.shape[-1]} classes, {a.path} "
                          f"{inside.outputs.shape[-1]}")
 
 
-def pairing(inside: list[Artifact], outside: list[Artifact], split: str) -> np.ndarray:
-    """For each in-distribution member, the index of its OOD artifact (:func:`member_keys`); InputError naming the
-    first member without exactly one partner, or a count mismatch."""
+def pairing(inside: list[Artifact], outside: list[Artifact], split: str, flag: str = "--ood") -> np.ndarray:
+    """For each evaluation-split member, the index of its artifact of split ``split`` (:func:`member_keys`);
+    InputError (starting ``{flag} {split}:``) naming the first member without exactly one partner, or a count
+    mismatch."""
     if len(inside) != len(outside):
-        raise InputError(f"--ood {split}: {len(inside)} members on the evaluation split and {len(outside)} on "
+        raise InputError(f"{flag} {split}: {len(inside)} members on the evaluation split and {len(outside)} on "
                          f"{split!r}: each member needs its outputs on both")
     keys = [member_keys(a) for a in outside]
     order = []
@@ -101,12 +102,12 @@ def pairing(inside: list[Artifact], outside: list[Artifact], split: str) -> np.n
         hits = [j for j, k in enumerate(keys) if mine & k]
         if len(hits) != 1:
             why = "no artifact" if not hits else f"{len(hits)} artifacts"
-            raise InputError(f"--ood {split}: {art.path} has {why} of the same member (seed, scheme, config) among "
+            raise InputError(f"{flag} {split}: {art.path} has {why} of the same member (seed, scheme, config) among "
                              f"the {split!r} artifacts")
         order.append(hits[0])
     if len(set(order)) != len(order):
         twice = next(j for j in order if order.count(j) > 1)
-        raise InputError(f"--ood {split}: {outside[twice].path} pairs with more than one member")
+        raise InputError(f"{flag} {split}: {outside[twice].path} pairs with more than one member")
     return np.asarray(order, dtype=np.int64)
 
 

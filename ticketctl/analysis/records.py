@@ -67,6 +67,8 @@ class Ensemble:
     scores: list[str] = field(default_factory=list)  # further registered metrics asked for (--scores), computed
     undefined: list[str] = field(default_factory=list)  # those asked for but undefined under this combine: left out
     ood: object = None  # ticketctl.analysis.ood.Paired: the members' outputs on --ood texts too (None: not given)
+    options: object = None  # ticketctl.analysis.metrics.Options the scores used (--calibration-split's split in it)
+    temperature_fit: str | None = None  # where ts_nll, ts_ece, temperature fitted it, in words (None: none asked for)
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ class Table1:
     notes: list[str]  # caveats for people (a test that cannot reach p < 0.05 with these seeds)
     gain_curves: dict[str, list[tuple[int, float]]] | None = None  # Figure 3: group -> (k, gain over ref)
     direction: str | None = None  # --score: "lower is better" or "higher is better" (None: the task's metric)
+    temperature_fit: str | None = None  # --score ts_nll/ts_ece: where the temperature was fitted, in words
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,19 @@ def ensemble_table(result: EnsembleScore | SizeTable) -> Table:
 def ensemble(result: Ensemble, sizes: SizeTable | None, fmt: str = "table", submission: bool = False) -> None:
     """``ensemble``'s table: per size with ``sizes``, else the whole ensemble; a note on an unlabelled split
     (unless a submission was written)."""
-    if sizes is not None:
-        emit(ensemble_table(sizes), fmt)
-    elif result.score is not None:
-        emit(ensemble_table(result.score), fmt)
+    if sizes is not None or result.score is not None:
+        emit(with_fit(ensemble_table(sizes if sizes is not None else result.score), result.temperature_fit), fmt)
     elif not submission:
         note("the split is unlabelled: nothing to score (use --out or --submission)")
+
+
+def with_fit(table: Table, fit: str | None) -> Table:
+    """``table`` with a ``temperature_fit`` column (where ts_nll, ts_ece and temperature fitted their temperature:
+    ``metrics.temperature_fit``), in the title too; unchanged for None."""
+    if fit is None:
+        return table
+    return Table([*table.columns, "temperature_fit"], [{**r, "temperature_fit": fit} for r in table.rows],
+                 f"{table.title}; temperature fitted: {fit}")
 
 
 def ensemble_written(result: Ensemble, path) -> None:
@@ -156,7 +163,7 @@ def table1_table(result: Table1, fmt: str = "table") -> Table:
 def table1(result: Table1, fmt: str = "table") -> None:
     for line in result.notes:
         note(line)
-    emit(table1_table(result, fmt), fmt)
+    emit(with_fit(table1_table(result, fmt), result.temperature_fit), fmt)
     if result.test == "paper":
         note(PAPER_NOTE)
 

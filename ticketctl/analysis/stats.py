@@ -20,10 +20,10 @@ from collections import defaultdict
 from ticketctl.analysis.grouping import (check_same_level, check_same_recipe, group_value, headline_scorer, pick_ref,
                                          seeds_of)
 from ticketctl.analysis.members import Members, load_ensemble_members
-from ticketctl.analysis.metrics import MetricScorer, scorer_for
+from ticketctl.analysis.metrics import MetricScorer, Options, scorer_for, temperature_fit
 from ticketctl.analysis.ood import OodScorer
 from ticketctl.analysis.ood import Paired as OodPaired
-from ticketctl.analysis.records import CostFrontier, Table1, Table1Row
+from ticketctl.analysis.records import PIVOTS, CostFrontier, Table1, Table1Row
 from ticketctl.analysis.significance import (RESAMPLES, Scorer, better, compare, difference, pairing, paper_ttest,
                                              protocol_combinations, protocol_scores, smallest_p, split_groups)
 from ticketctl.errors import UsageError
@@ -49,12 +49,12 @@ def load_groups(paths: list[str], by: str, members: Members | None = None) -> tu
     return members, {g: members.in_seed_order(idx) for g, idx in grouped.items()}
 
 
-def scorer_of(members: Members, how: str, score: str | None = None) -> Scorer:
+def scorer_of(members: Members, how: str, score: str | None = None, options: Options | None = None) -> Scorer:
     """The members' scorer: the task's headline metric (:func:`grouping.headline_scorer`), or with ``score`` a
-    registered metric (``metrics.scorer_for``; raises UsageError as it does)."""
+    registered metric scored with ``options`` (``metrics.scorer_for``; raises UsageError as it does)."""
     if score is None:
         return headline_scorer(members, how)
-    return scorer_for(members.task, members.outputs, members.labels, how, score)
+    return scorer_for(members.task, members.outputs, members.labels, how, score, options)
 
 
 def protocol_size(groups: dict[str, list[int]], k: int | None, n_groups: int) -> int:
@@ -158,9 +158,13 @@ def gain_curves(scorer: Scorer, groups: dict[str, list[int]], ref: str,
     return {g: [(k + 1, means[g][k] - means[ref][k]) for k in range(smallest)] for g in groups if g != ref}
 
 
-def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None) -> None:
+def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None,
+                  cost: bool = False, calibration_split: str | None = None) -> None:
     """The command's flag combinations: raises UsageError for a negative --bootstrap, a --size below 1, a --select
-    other than best, or --select without --by sparsity."""
+    other than best, --select without --by sparsity, or --calibration-split outside Table 1."""
+    if calibration_split is not None and (select or cost or by in PIVOTS):
+        raise UsageError("--calibration-split: only with Table 1 (not --cost, --select or --by "
+                         f"{'/'.join(PIVOTS)})")
     if bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
     if size is not None and size < 1:
@@ -174,13 +178,16 @@ def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 
 def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
            combine: str = "probs", groups: int = 1, test: str = "permutation", resamples: int = RESAMPLES,
            bootstrap: int = 0, curves: bool = False, score: str | None = None,
-           paired: OodPaired | None = None) -> Table1:
+           paired: OodPaired | None = None, options: Options | None = None) -> Table1:
     """The paper's Table 1 from the logits artifacts among ``paths``, grouped by the metadata key ``by`` (see
     :func:`table1_rows`; ``ref`` default: dense, else base, else the first group), with each k-member ensemble's
     cost where members record one, and with ``curves`` Figure 3's gain over ``ref`` for k = 1, 2, ...
     ``score``: compare by this registered metric (``ticketctl.analysis.metrics``: nll, brier, ece, ts_nll, ...)
     instead of the task's headline metric; every number is then in its units, differences stay A minus the
     reference (negative favours A where lower is better) and each row gets a ``verdict`` in words.
+    ``options``: how ``score`` is computed (``metrics.Options``; with temperature scaling's calibration split, the
+    one ``ensemble.calibration_of`` pairs with the members of ``paths``); the record's ``temperature_fit`` says
+    where ts_nll's or ts_ece's temperature was fitted.
 
     Raises UsageError (unlabelled split, unknown --ref, --test or score, k too large) or InputError (groups that
     mix configurations or levels, members that do not split into ``groups`` equal groups).
@@ -191,7 +198,8 @@ def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: i
     ``bootstrap`` (it resamples labelled examples) or under ``--combine vote`` for classification."""
     members, grouped = load_groups(paths, by, paired.inside if paired else None)
     ref = pick_ref(grouped, ref)
-    scorer = scorer_of(members, combine, score) if paired is None else ood_scorer(paired, combine, score, bootstrap)
+    scorer = (scorer_of(members, combine, score, options) if paired is None
+              else ood_scorer(paired, combine, score, bootstrap))
     rows, k, notes = table1_rows(members, grouped, ref, size, scorer, groups, test, resamples, bootstrap)
     if all(a.meta.get("cost") for a in members.arts):
         rows = _with_costs(members, grouped, rows)
@@ -199,7 +207,9 @@ def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: i
     on = replace(members.evaluated, metric=scorer.name) if tested else members.evaluated
     return Table1(on, by, ref, k, combine, groups, test, bootstrap, rows, notes,
                   gain_curves(scorer, grouped, ref, groups) if curves else None,
-                  scorer.direction if paired is not None else scorer.metric.direction if tested else None)
+                  scorer.direction if paired is not None else scorer.metric.direction if tested else None,
+                  temperature_fit(scorer.options) if paired is None and score is not None and scorer.metric.fitted
+                  else None)
 
 
 def ood_scorer(paired: OodPaired, combine: str, score: str | None, bootstrap: int = 0) -> OodScorer:
