@@ -212,3 +212,18 @@ def amx(request, monkeypatch) -> str:
 # O(0.02) weights, so a logit moves by about 16 * 0.02 * 2**-9 = 6e-4 at worst; measured at most 6.5e-5 over the six
 # model families on an AMX Xeon (2026-12-06); 2e-4 keeps a 3x margin.
 ATOL = {"fp32": 1e-5, "bf16": 2e-4}
+
+
+def logits_artifact(path, outputs, split, seed, labels=None, task="mrpc", data="d1", **meta):
+    """A logits artifact of ``outputs`` (n, C) for the member of ``seed`` on ``split``: what finetune writes,
+    with ``meta`` overriding its metadata; labels only when given. Returns its path."""
+    import numpy as np
+
+    from ticketctl.store.artifacts import write_artifact
+
+    tensors = {"outputs": np.asarray(outputs, dtype=np.float32), "ids": np.arange(len(outputs))}
+    if labels is not None:
+        tensors["labels"] = np.asarray(labels)
+    base = {"task": task, "split": split, "data_fingerprint": data, "model_fingerprint": "m1", "seed": str(seed),
+            "policy": "dense", "config": {"task": task, "seed": seed, "lr": 1e-4}, "config_hash": f"{split}{seed}"}
+    return str(write_artifact(path, "logits", tensors, {**base, **meta}))

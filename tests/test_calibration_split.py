@@ -10,22 +10,16 @@ import json
 
 import numpy as np
 import pytest
+from conftest import logits_artifact
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import log_loss
 
-from ticketctl.store.artifacts import write_artifact
-
 C = 3
 
 
-def _art(path, outputs, split, seed, labels=None, task="mnli", data="d1", **meta):
-    tensors = {"outputs": np.asarray(outputs, dtype=np.float32), "ids": np.arange(len(outputs))}
-    if labels is not None:
-        tensors["labels"] = np.asarray(labels)
-    base = {"task": task, "split": split, "data_fingerprint": data, "model_fingerprint": "m1", "seed": str(seed),
-            "policy": "dense", "config": {"task": task, "seed": seed, "lr": 1e-4}, "config_hash": f"{split}{seed}"}
-    return str(write_artifact(path, "logits", tensors, {**base, **meta}))
+def _art(*args, task="mnli", **meta):
+    return logits_artifact(*args, task=task, **meta)
 
 
 def _members(tmp_path, m=3, n_eval=80, n_cal=120, seed=5, cal_labels=True):

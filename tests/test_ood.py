@@ -10,10 +10,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import logits_artifact
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from ticketctl.analysis import metrics, ood
-from ticketctl.store.artifacts import read_artifact, write_artifact
+from ticketctl.store.artifacts import read_artifact
 
 # ---------------------------------------------------------------------------------------------- by hand
 
@@ -66,13 +67,7 @@ def test_batched_auroc_and_fpr_match_sklearn_with_ties():
 # ---------------------------------------------------------------------------------------------- ensemble --ood
 
 
-def _art(path, outputs, split, seed, labels=None, task="mrpc", data="d1", **meta):
-    tensors = {"outputs": np.asarray(outputs, dtype=np.float32), "ids": np.arange(len(outputs))}
-    if labels is not None:
-        tensors["labels"] = np.asarray(labels)
-    base = {"task": task, "split": split, "data_fingerprint": data, "model_fingerprint": "m1", "seed": str(seed),
-            "policy": "dense", "config": {"task": task, "seed": seed, "lr": 1e-4}, "config_hash": f"{split}{seed}"}
-    return str(write_artifact(path, "logits", tensors, {**base, **meta}))
+_art = logits_artifact
 
 
 def _members(tmp_path, m=4, n_in=60, n_out=40, seed=3):
