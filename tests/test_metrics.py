@@ -414,6 +414,25 @@ def test_stable_argsort_is_a_stable_sort_with_ties():
     np.testing.assert_array_equal(M.stable_argsort(-key), np.argsort(-key, axis=-1, kind="stable"))
 
 
+def test_sorted_pairs_order_as_a_stable_sort_also_with_ties_and_one_ulp_neighbours():
+    """The packed-bit sort of the sorting metrics gives, bit for bit, what a stable argsort and its gathers give:
+    rows without ties, with equal confidences, and with confidences one unit in the last place apart (which share
+    the bits above the lowest and must not be ordered by correctness)."""
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.3, 1.0, (6, 40))
+    conf[1] = np.round(conf[1], 1)  # ties
+    bits = conf.view(np.int64)
+    bits[2, 5] = bits[2, 6] ^ 1  # neighbours one ulp apart, no exact tie
+    conf[3, 0] = 0.0
+    correct = rng.random((6, 40)) < 0.6
+    correct[2, 5], correct[2, 6] = bits[2, 5] < bits[2, 6], bits[2, 5] > bits[2, 6]  # correctness against the order
+    ordered, in_order, tied = M._sorted_pairs(conf, correct)
+    order = np.argsort(conf, axis=-1, kind="stable")
+    np.testing.assert_array_equal(ordered, np.take_along_axis(conf, order, axis=-1))
+    np.testing.assert_array_equal(in_order, np.take_along_axis(correct, order, axis=-1))
+    np.testing.assert_array_equal(tied, [False, True, False, False, False, False])
+
+
 def test_batch_sort_metrics_with_tied_confidences_equal_the_direct_ones():
     """aurc and adaptive_ece of a batch share one sort (the descending order derived from the ascending one): with
     tied confidences they equal the stand-alone functions, which sort stably. The ties are exact in any summation

@@ -744,11 +744,28 @@ def _sorted(c: Combined, gold):
     """Each row's confidences and correctness in ascending order of confidence, ties in example order (a stable
     sort), and which rows have tied confidences: (conf (..., n), correct (..., n), tied (...)). Adaptive ECE and the
     risk-coverage curve share it."""
-    def compute():
-        conf, correct = _confidence_correct(c, gold)
-        order, ordered, tied = _stable_sort(conf)
-        return ordered, np.take_along_axis(correct, order, axis=-1), tied
-    return _memo(c, "sorted", gold, compute)
+    return _memo(c, "sorted", gold, lambda: _sorted_pairs(*_confidence_correct(c, gold)))
+
+
+def _sorted_pairs(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_sorted`'s (conf ascending, correct in that order, rows with tied confidences) of confidences >= 0
+    and correctness (..., n), as :func:`_stable_sort` orders them, without an argsort and its gathers where a row
+    has no two confidences within one unit in the last place: non-negative floats sort like their bit patterns read
+    as integers, so each confidence's lowest bit is replaced by its correctness and the integers are sorted; the
+    bits above it keep the order unless two confidences differ in that bit alone, and those rows (and rows with
+    equal confidences) take the argsort. Bit for bit :func:`_stable_sort`'s result."""
+    conf = np.ascontiguousarray(conf, dtype=np.float64)
+    ordered = np.sort(conf, axis=-1)
+    tied = np.any(ordered[..., 1:] == ordered[..., :-1], axis=-1)
+    packed = (conf.view(np.int64) & ~np.int64(1)) | correct
+    packed.sort(axis=-1)
+    high = packed >> 1
+    slow = tied | np.any(high[..., 1:] == high[..., :-1], axis=-1)
+    correct_sorted = (packed & 1).astype(bool)
+    if np.any(slow):
+        order = np.argsort(conf[slow], axis=-1, kind="stable")
+        correct_sorted[slow] = np.take_along_axis(np.broadcast_to(correct, conf.shape)[slow], order, axis=-1)
+    return ordered, correct_sorted, tied
 
 
 @register("nll", higher_is_better=False, kind="classification", combines=PROBABILISTIC,
