@@ -155,7 +155,8 @@ def test_the_json_carries_what_was_sampled_and_the_note_says_it(cli, tmp_path):
     info = rows[3]["sampled"]
     assert set(info) == {"ts_nll"} and (info["ts_nll"]["combinations"], info["ts_nll"]["of"]) == (30, 56)
     assert 0 < info["ts_nll"]["mc_se"] < 0.1
-    assert "k = 3: ts_nll over 30 of 56" in err and "Monte Carlo SE" in err and "k = 2" not in err
+    assert "ts_nll: mean over a seeded random sample" in err and "k = 3 (30 of 56; Monte Carlo SE" in err
+    assert "k = 2" not in err
     code, exact, err = cli("ensemble", *paths, "--size", "2-3", "--scores", "nll,ts_nll", "--fit-sample", "0",
                            "--format", "json")
     assert code == 0 and "sampled" not in exact and "Monte Carlo" not in err

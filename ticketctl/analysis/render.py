@@ -81,17 +81,17 @@ def with_sampled(table: Table, sizes: SizeTable) -> Table:
 
 def sampled_note(sizes: SizeTable) -> str:
     """One line on the sizes whose temperature-fitted metrics were averaged over a sample of the combinations
-    (``ensemble --fit-sample``): per k, the metrics, how many combinations of how many, and each mean's Monte Carlo
+    (``ensemble --fit-sample``): the metrics, and per k how many combinations of how many and each mean's Monte Carlo
     standard error."""
+    rows = [r for r in sizes.rows if r.sampled]
     parts = []
-    for r in sizes.rows:
-        if r.sampled:
-            first = next(iter(r.sampled.values()))
-            parts.append(f"k = {r.k}: {', '.join(r.sampled)} over {first['combinations']:,} of {first['of']:,} "
-                         f"(Monte Carlo SE {', '.join(format_cell(v['mc_se']) for v in r.sampled.values())})")
-    per_group = f", equal numbers per group of {sizes.groups}" if sizes.groups > 1 else ""
-    return ("means over a seeded random sample of the combinations" + per_group + "; " + "; ".join(parts)
-            + "; --fit-sample 0 scores them all")
+    for r in rows:
+        first = next(iter(r.sampled.values()))
+        parts.append(f"k = {r.k} ({first['combinations']:,} of {first['of']:,}; Monte Carlo SE "
+                     f"{', '.join(format_cell(v['mc_se']) for v in r.sampled.values())})")
+    per_group = " (equal numbers per group)" if sizes.groups > 1 else ""
+    return (f"{', '.join(rows[0].sampled)}: mean over a seeded random sample of the combinations{per_group} at "
+            + ", ".join(parts) + "; --fit-sample 0 scores them all")
 
 
 def with_fit(table: Table, fit: str | None) -> Table:
