@@ -7,11 +7,14 @@
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py --ks 2,3 ...    # fewer sizes (a quick look)
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py --cli 0baf9cb   # the command, against a commit
     flock /tmp/ticketctl-cpu.lock python benchmarks/bench_scores.py --ood 8d2918f   # ensemble --ood, against a commit
+    cd /tmp && flock /tmp/ticketctl-cpu.lock python /work/wt31/benchmarks/bench_scores.py --cli 0baf9cb \
+        --fit-sample 0 ts_nll,ts_ece                                                   # also with --fit-sample 0
 
 ``--cli REV``: the whole command as a user runs it (``ticketctl ensemble --size 2-5 [--scores ...]`` in a fresh
 Python over 20 logits artifacts written to a temporary folder), this checkout against commit REV (checked out into
 a temporary git worktree and run with it on PYTHONPATH), best of 3 each; the groups and ``all``. These runs use
-every core, as a user's would (no OMP_NUM_THREADS).
+every core, as a user's would (no OMP_NUM_THREADS). ``--fit-sample N[,N...]`` after REV: each list (not ``all``)
+is also run with ``ensemble --fit-sample N`` (the temperature-fitted metrics' sample of combinations; 0: all).
 
 ``--ood REV``: the same members with their outputs on 2,000 other texts (split ``ood``, paired by run config),
 ``ensemble --size 2-5 --format json`` without and with ``--ood ood``, this checkout against REV, best of 3 each, and
@@ -126,7 +129,7 @@ class Trees:
         subprocess.run(["git", "-C", str(self.root), "worktree", "remove", "--force", str(self.base)], check=False)
 
 
-def cli(rev: str, lists: list[str]) -> None:
+def cli(rev: str, lists: list[str], fit_samples: list[list[str]] = ()) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,9 +141,9 @@ def cli(rev: str, lists: list[str]) -> None:
             here = trees.best(trees.root, ["ensemble", "--size", "2-5", *paths])[0]
             print(f"`ticketctl ensemble --size 2-5`, 20 members x 2,000 examples: {rev}: {base:.2f} s; "
                   f"this checkout: {here:.2f} s")
-            for spec in [*lists, "all"]:
-                s = trees.best(trees.root, ["ensemble", "--size", "2-5", "--scores", spec, *paths])[0]
-                print(f"--scores {spec}: {s:.2f} s = {s / base:.1f}x {rev}", flush=True)
+            for spec, extra in [*((s, e) for s in lists for e in [[], *fit_samples]), ("all", [])]:
+                s = trees.best(trees.root, ["ensemble", "--size", "2-5", "--scores", spec, *extra, *paths])[0]
+                print(f"{' '.join(['--scores', spec, *extra])}: {s:.2f} s = {s / base:.1f}x {rev}", flush=True)
         finally:
             trees.close()
 
@@ -171,7 +174,11 @@ def main(argv: list[str]) -> None:
     from ticketctl.analysis.ensemble import size_table
 
     if argv[:1] == ["--cli"]:
-        return cli(argv[1], argv[2:] or GROUPS)
+        rev, argv = argv[1], argv[2:]
+        fit_samples = []
+        if argv[:1] == ["--fit-sample"]:
+            fit_samples, argv = [["--fit-sample", n] for n in argv[1].split(",")], argv[2:]
+        return cli(rev, argv or GROUPS, fit_samples)
     if argv[:1] == ["--ood"]:
         return cli_ood(argv[1])
 

@@ -235,6 +235,7 @@ def ensemble(
     size: opt.EnsembleSize = None, groups: opt.EnsembleGroups = 1, out: opt.EnsembleOut = None,
     submission: opt.EnsembleSubmission = None, scores: opt.EnsembleScores = None, ece_bins: opt.EnsembleEceBins = 15,
     ood: opt.EnsembleOod = None, calibration_split: opt.CalibrationSplit = None, format: opt.Format = "table",
+    fit_sample: opt.EnsembleFitSample = 1000,
 ):
     """Average member outputs and print the ensemble's metrics (or its artifact path with --out)."""
     from ticketctl.analysis import ensemble as data
@@ -245,6 +246,7 @@ def ensemble(
 
     if ece_bins < 1:
         raise UsageError(f"--ece-bins {ece_bins}: needs at least 1 bin")
+    data.check_fit_sample(fit_sample)
     options = metrics.Options(ece_bins=ece_bins)
     result = data.ensemble(read_paths(members), combine, size, scores, options, ood, calibration_split)
     if result.undefined:
@@ -255,8 +257,8 @@ def ensemble(
     if out is not None:
         render.ensemble_written(result, data.write_ensemble(result, out))
         return
-    sizes = (data.size_table(result.members, result.sizes, combine, groups, result.scores, result.options, result.ood)
-             if result.sizes else None)
+    sizes = (data.size_table(result.members, result.sizes, combine, groups, result.scores, result.options, result.ood,
+                             fit_sample) if result.sizes else None)
     render.ensemble(result, sizes, format, submission is not None)
 
 

@@ -125,6 +125,11 @@ EnsembleScores = Annotated[Optional[str], typer.Option(
          "ece, adaptive_ece; ts_nll, ts_ece and the temperature after cross-fitted temperature scaling), selective "
          "prediction (aurc, eaurc), uncertainty (total_entropy, expected_entropy, mutual_information); regression: "
          "gaussian_nll, spread_error_corr (docs/calibration.md).")]
+EnsembleFitSample = Annotated[int, typer.Option(
+    help="--size with the temperature-fitted --scores (ts_nll, ts_ece, temperature) only: where a group has more "
+         "k-member combinations than this, they are averaged over a seeded random sample of this many per group "
+         "(their cost: one temperature fit per ensemble), and a note gives each mean's Monte Carlo standard error; "
+         "0 scores every combination. Every other column is over all combinations (docs/calibration.md).")]
 EnsembleOod = Annotated[Optional[str], typer.Option(
     "--ood", metavar="SPLIT",
     help="Out-of-distribution detection: the artifacts given of this split (finetune --ood-file's are 'ood') are the "

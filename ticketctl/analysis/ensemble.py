@@ -15,7 +15,7 @@ from ticketctl.analysis.metrics import (Calibration, Options, combination_values
                                        get, parse_scores, temperature_fit, with_calibration)
 from ticketctl.analysis.members import Members, load_ensemble_members
 from ticketctl.analysis.records import Ensemble, EnsembleScore, SizeRow, SizeTable
-from ticketctl.analysis.significance import group_combinations, parse_k, split_groups
+from ticketctl.analysis.significance import group_combinations, parse_k, sampled_group_combinations, split_groups
 from ticketctl.data.tasks import predictions, score
 from ticketctl.errors import UsageError
 
@@ -223,24 +223,42 @@ def all_member_scores(members: Members, how: str = "probs", combined: np.ndarray
     return score(members.task, predictions(members.task, combined), members.labels)
 
 
+FIT_SAMPLE = 1000  # ensemble --fit-sample's default: combinations per group scored by the temperature-fitted metrics
+FIT_SAMPLE_SEED = 33  # with k, seeds the sample (np.random.default_rng([FIT_SAMPLE_SEED, k]))
+
+
+def check_fit_sample(fit_sample: int) -> None:
+    """Raises UsageError unless ``fit_sample`` (``--fit-sample``) is 0 (every combination) or at least 2 (a sample's
+    Monte Carlo error needs two values)."""
+    if fit_sample < 0 or fit_sample == 1:
+        raise UsageError(f"--fit-sample {fit_sample}: give 0 (score every combination) or at least 2 combinations")
+
+
 def size_table(members: Members, sizes: list[int], how: str = "probs", groups: int = 1, scores: list[str] = (),
-               options: Options = Options(), paired: "ood.Paired | None" = None) -> SizeTable:
+               options: Options = Options(), paired: "ood.Paired | None" = None,
+               fit_sample: int = FIT_SAMPLE) -> SizeTable:
     """One row per ensemble size k: the headline metric's mean/std/min/max over all k-member combinations (within
     each of ``groups`` equal groups of the members in seed order, pooled over groups: Kobayashi et al., 2022,
     Appendix C), the mean of the task's other metrics, and the ensemble's cost (k x the mean member's relative
-    FLOPs) where members record it; ``scores``: the mean of further registered metrics over the same combinations;
+    FLOPs) where members record it; ``scores``: the mean of further registered metrics over the same combinations,
+    except the temperature-fitted ones (ts_nll, ts_ece, temperature): where a group has more than ``fit_sample``
+    k-member combinations, their mean is over a seeded sample of ``fit_sample`` per group, recorded in the row's
+    ``sampled`` with its Monte Carlo standard error (:func:`fitted_columns`; 0: every combination);
     ``paired`` (:func:`load_ood`): the mean OOD AUROC and FPR95 over them (mutual information, and regression's
     spread, NaN at k = 1).
-    Raises UsageError on an unlabelled split or a k a group cannot hold,
-    InputError when the members do not split into equal groups."""
+    Raises UsageError on an unlabelled split, a k a group cannot hold or a bad ``fit_sample``
+    (:func:`check_fit_sample`), InputError when the members do not split into equal groups."""
     if members.labels is None:
         raise UsageError("the members' split is unlabelled: nothing to score")
+    check_fit_sample(fit_sample)
     task = members.task
     terms = member_terms(task, members.outputs, how)
     order = members.in_seed_order()
     parts = [[order[i] for i in part] for part in split_groups(len(members), groups)]
     costs = cost_records(members)
     mean_cost = float(np.mean([c["relative_flops"] for c in costs])) if costs else None
+    fitted = [name for name in scores if get(name).fitted]
+    rest = [name for name in scores if name not in fitted]
     rows = []
     for k in sizes:
         if k < 1 or k > len(parts[0]):
@@ -248,9 +266,10 @@ def size_table(members: Members, sizes: list[int], how: str = "probs", groups: i
         per_group = [combination_scores(task, terms, members.labels, k, g) for g in parts]
         pooled = {m: np.concatenate([pg[m] for pg in per_group]) for m in task.metrics}
         combos = group_combinations(order, groups, k)
-        if scores:
-            pooled.update(combination_values(members.outputs, members.labels, combos, list(scores), how,
-                                             task.is_regression, options))
+        pooled.update(combination_values(members.outputs, members.labels, combos, rest, how, task.is_regression,
+                                         options))
+        values, sampled = fitted_columns(members, order, groups, k, fitted, how, options, fit_sample)
+        pooled.update(values)
         extra = [*scores, *(ood.task_columns(task.is_regression, 2) if paired else [])]
         if paired:
             pooled.update(ood.any_combinations(paired, combos, how))
@@ -258,8 +277,45 @@ def size_table(members: Members, sizes: list[int], how: str = "probs", groups: i
         rows.append(SizeRow(k, sum(comb(len(g), k) for g in parts), float(head.mean()),
                             float(head.std(ddof=1)) if len(head) > 1 else 0.0, float(head.min()), float(head.max()),
                             {m: float(pooled[m].mean()) for m in [*task.metrics[1:], *extra]},
-                            round(k * mean_cost, 4) if costs else None))
+                            round(k * mean_cost, 4) if costs else None, sampled))
     return SizeTable(members.evaluated, how, len(members), groups, rows)
+
+
+def fitted_combinations(order: list[int], groups: int, k: int, fit_sample: int = FIT_SAMPLE) -> np.ndarray:
+    """(B, k) member indices: the k-member combinations the temperature-fitted metrics score at size k
+    (:func:`ticketctl.analysis.significance.sampled_group_combinations` with limit ``fit_sample``, seeded by
+    ``[FIT_SAMPLE_SEED, k]``, so the same whatever other sizes are asked for). Raises as ``split_groups``."""
+    return sampled_group_combinations(order, groups, k, fit_sample, np.random.default_rng([FIT_SAMPLE_SEED, k]))
+
+
+def fitted_columns(members: Members, order: list[int], groups: int, k: int, names: list[str], how: str,
+                   options: Options, fit_sample: int) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """The temperature-fitted metrics ``names`` of the combinations :func:`fitted_combinations` gives ({name: (B,)
+    values}), and for each, where those are a sample, {"combinations": B, "of": every combination (both summed over
+    the groups), "mc_se": :func:`sample_se`}; ({}, {}) without ``names``."""
+    if not names:
+        return {}, {}
+    combos = fitted_combinations(order, groups, k, fit_sample)
+    values = combination_values(members.outputs, members.labels, combos, names, how, members.task.is_regression,
+                                options)
+    every = groups * comb(len(order) // groups, k)
+    if len(combos) == every:
+        return values, {}
+    return values, {n: {"combinations": len(combos), "of": every, "mc_se": sample_se(values[n], groups, every)}
+                    for n in names}
+
+
+def sample_se(values: np.ndarray, groups: int, every: int) -> float:
+    """The Monte Carlo standard error of the mean of ``values`` (B,): equal consecutive samples of each of
+    ``groups`` groups, drawn without replacement from the group's ``every / groups`` values, the mean being the mean
+    of the group means: sqrt(sum over groups of (1 - b/M) s_g^2 / b) / groups, with b values of M per group and
+    s_g their standard deviation (ddof 1; the finite-population correction (1 - b/M)). NaN with one value a group."""
+    per = np.asarray(values, dtype=np.float64).reshape(groups, -1)
+    b, population = per.shape[1], every // groups
+    if b < 2:
+        return float("nan")
+    variances = (1.0 - b / population) * per.var(axis=1, ddof=1) / b
+    return float(np.sqrt(variances.sum()) / groups)
 
 
 def write_submission(path: str, ens: Ensemble) -> None:

@@ -83,6 +83,9 @@ class SizeRow:
     max: float
     other_means: dict[str, float]  # the mean of each further metric of the task ("f1": ...)
     cost: float | None = None  # k x the members' mean relative FLOPs, rounded to 4 places
+    # the temperature-fitted metrics whose mean is over a seeded sample of the combinations (ensemble --fit-sample):
+    # {"ts_nll": {"combinations": scored, "of": all (both summed over groups), "mc_se": the mean's Monte Carlo SE}}
+    sampled: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import sys
 from ticketctl.analysis.records import (ArtifactSummary, CostFrontier, Diversity, Ensemble, EnsembleScore,
                                         Importance, IouMatrix, LayerIou, PhaseRow, PhaseTable, Remaining, SizeTable,
                                         SuperTicket, Table1)
-from ticketctl.analysis.tables import Table, emit, note
+from ticketctl.analysis.tables import Table, emit, format_cell, note
 
 
 def row_of(record, drop_none: bool = False) -> dict:
@@ -59,9 +59,39 @@ def ensemble(result: Ensemble, sizes: SizeTable | None, fmt: str = "table", subm
     """``ensemble``'s table: per size with ``sizes``, else the whole ensemble; a note on an unlabelled split
     (unless a submission was written)."""
     if sizes is not None or result.score is not None:
-        emit(with_fit(ensemble_table(sizes if sizes is not None else result.score), result.temperature_fit), fmt)
+        table = with_fit(ensemble_table(sizes if sizes is not None else result.score), result.temperature_fit)
+        sampled = sizes is not None and any(r.sampled for r in sizes.rows)
+        emit(with_sampled(table, sizes) if sampled and fmt == "json" else table, fmt)
+        if sampled:
+            note(sampled_note(sizes))
     elif not submission:
         note("the split is unlabelled: nothing to score (use --out or --submission)")
+
+
+def with_sampled(table: Table, sizes: SizeTable) -> Table:
+    """The size table ``table`` (rows in ``sizes``' order) with a ``sampled`` column: each row's
+    ``SizeRow.sampled`` (the metrics averaged over a sample of the combinations; {} for none; a NaN error as
+    None), for JSON."""
+    def clean(sampled: dict) -> dict:
+        return {m: {**v, "mc_se": None if math.isnan(v["mc_se"]) else v["mc_se"]} for m, v in sampled.items()}
+
+    return Table([*table.columns, "sampled"],
+                 [{**r, "sampled": clean(s.sampled)} for r, s in zip(table.rows, sizes.rows)], table.title)
+
+
+def sampled_note(sizes: SizeTable) -> str:
+    """One line on the sizes whose temperature-fitted metrics were averaged over a sample of the combinations
+    (``ensemble --fit-sample``): the metrics, and per k how many combinations of how many and each mean's Monte Carlo
+    standard error."""
+    rows = [r for r in sizes.rows if r.sampled]
+    parts = []
+    for r in rows:
+        first = next(iter(r.sampled.values()))
+        parts.append(f"k = {r.k} ({first['combinations']:,} of {first['of']:,}; Monte Carlo SE "
+                     f"{', '.join(format_cell(v['mc_se']) for v in r.sampled.values())})")
+    per_group = " (equal numbers per group)" if sizes.groups > 1 else ""
+    return (f"{', '.join(rows[0].sampled)}: mean over a seeded random sample of the combinations{per_group} at "
+            + ", ".join(parts) + "; --fit-sample 0 scores them all")
 
 
 def with_fit(table: Table, fit: str | None) -> Table:

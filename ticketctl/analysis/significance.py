@@ -164,6 +164,19 @@ def group_combinations(order: list[int], groups: int, k: int) -> np.ndarray:
     return np.asarray([c for g in parts for c in combinations(g, k)], dtype=np.int64).reshape(-1, k)
 
 
+def sampled_group_combinations(order: list[int], groups: int, k: int, limit: int,
+                               rng: np.random.Generator) -> np.ndarray:
+    """(B, k) member indices as :func:`group_combinations` gives them, except that a group with more than ``limit``
+    k-member combinations gives ``limit`` of them, drawn uniformly without replacement from ``rng`` (each row's
+    members in seed order; rows in the order drawn); every group gives as many rows, so the mean over rows is the
+    mean over groups of the means within groups. ``limit`` 0: every combination (:func:`group_combinations`).
+    Raises as :func:`split_groups`."""
+    parts = [[order[i] for i in part] for part in split_groups(len(order), groups)]
+    if not limit or comb(len(parts[0]), k) <= limit:
+        return group_combinations(order, groups, k)
+    return np.concatenate([np.asarray(g)[_sample_combinations(len(g), k, limit, rng)] for g in parts])
+
+
 def protocol_combinations(n: int, k: int, groups: int, limit: int | None = None,
                           rng: np.random.Generator | None = None) -> np.ndarray:
     """Membership matrix (combinations, n) of every k-member combination inside each group, groups concatenated
