@@ -106,3 +106,83 @@ def test_protocol_report_fits_the_temperature_on_the_calibration_file(cli, tiny_
     missing = json.loads((tmp_path / "r3" / "report.json").read_text())["calibration"]
     assert missing["temperature_fit"] == "cross-fitted over 5 folds" and missing["calibration_missing"] == 2
     assert "2 member(s) have no outputs on it" in (tmp_path / "r3" / "report.md").read_text()
+
+
+def _members_with_calibration(tmp_path, n_dev=60, n_cal=40):
+    """Dense, random and student-random members of seeds 1-6 (dev and calibration logits artifacts of each member,
+    paired by their config hash; a student costs 0.75 of a dense member) and their margins on both splits."""
+    import numpy as np
+
+    from test_analysis import logits_file
+
+    from ticketctl.store import paths
+
+    rng = np.random.default_rng(11)
+    labels = {"dev": rng.integers(0, 2, n_dev), "calibration": rng.integers(0, 2, n_cal)}
+    members: dict[str, list] = {"dense": [], "random": [], "student-random": []}
+    margins = {}
+    for s in range(1, 7):
+        for policy, signal, scale in (("dense", 0.6, 3.0), ("random", 0.5, 0.4), ("student-random", 0.7, 2.0)):
+            cost = {"relative_flops": 0.75 if policy.startswith("student") else 1.0, "flops_per_example": 1e9}
+            for split, data in (("dev", "d1"), ("calibration", "d2")):
+                m = scale * ((2 * labels[split] - 1) * signal + rng.normal(0, 1.0, len(labels[split])))
+                margins[policy, s, split] = m
+                path = tmp_path / paths.logits_name("mrpc", split, policy, s, f"{policy}{s}" * 4)
+                logits_file(path, np.stack([-m / 2, m / 2], -1), labels[split], policy=policy, seed=str(s),
+                            split=split, data_fingerprint=data, config_hash=f"{policy}{s}", cost=cost,
+                            split_source="cal.tsv" if split == "calibration" else "dev.tsv")
+                if split == "dev":
+                    members[policy].append(path)
+    return members, margins, labels
+
+
+def _hand_ts_nll(m_dev, y_dev, m_cal, y_cal):
+    """One member's NLL on dev after temperature scaling fitted on the calibration split, by scipy."""
+    import numpy as np
+    from scipy.optimize import minimize_scalar
+
+    def nll(m, y, t):
+        z = np.where(y == 1, m, -m) / t  # the gold class's margin over the other
+        return float(np.mean(np.logaddexp(0, -z)))
+
+    t = np.exp(minimize_scalar(lambda lt: nll(m_cal, y_cal, np.exp(lt)), bounds=(-5, 5), method="bounded",
+                               options={"xatol": 1e-10}).x)
+    return nll(m_dev, y_dev, t)
+
+
+def test_the_report_and_its_students_fit_on_the_calibration_split(tmp_path):
+    """The calibration section of a plan with --calibration-file and --distill-from, on synthetic artifacts: the
+    single members' and the students' ts_nll are each member's dev NLL at the temperature scipy fits on its own
+    calibration outputs; without a calibration artifact for one member, both cross-fit and say so."""
+    import numpy as np
+
+    from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+    from ticketctl.protocol import report
+    from ticketctl.protocol.plan import build
+
+    members, margins, labels = _members_with_calibration(tmp_path)
+    plan = build({"task": "mrpc", "seeds": "1-6", "schemes": "dense,random", "size": "2", "groups": "2",
+                  "distill_from": "random", "resamples": "99"}, TrainConfig(),
+                 DataOptions(calibration_file="cal.tsv"), RunOptions())
+    data = report.analyse(plan, members, {})
+    report._add_students(plan, data, members)
+    cal = data["calibration"]
+    assert cal["temperature_fit"] == cal["students_temperature_fit"] == "calibration split calibration (40 examples)"
+    hand = {key: _hand_ts_nll(margins[key + ("dev",)], labels["dev"], margins[key + ("calibration",)],
+                              labels["calibration"]) for key in {k[:2] for k in margins}}
+    rows = {r["group"]: r for r in cal["rows"] if r["metric"] == "ts_nll"}
+    for scheme in ("dense", "random"):
+        assert rows[scheme]["single_mean"] == pytest.approx(np.mean([hand[scheme, s] for s in range(1, 7)]), abs=1e-6)
+    student = {r["metric"]: r for r in cal["students"]}["ts_nll"]
+    assert student["single_mean"] == pytest.approx(np.mean([hand["student-random", s] for s in range(1, 7)]),
+                                                   abs=1e-6)
+    md = report.md_calibration(data, str, None)
+    assert any("fitted on all of the calibration file `cal.tsv`" in line for line in md)
+    # one student without its calibration outputs: the students cross-fit, the members still fit on the split
+    next(tmp_path.glob("mrpc-logits-calibration-student-random-s3-*.safetensors")).unlink()
+    data = report.analyse(plan, members, {})
+    report._add_students(plan, data, members)
+    assert data["calibration"]["students_temperature_fit"] == "cross-fitted over 5 folds"
+    assert data["calibration"]["temperature_fit"].startswith("calibration split")
+    assert any("The students' `ts_` metrics: temperature cross-fitted" in line
+               for line in report.md_calibration(data, str, None))
