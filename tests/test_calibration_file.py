@@ -45,6 +45,11 @@ def test_finetune_scores_the_calibration_file_and_refuses_an_unlabelled_one(cli,
     assert code == 3 and out == "" and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and "--calibration-file needs labels" in err
     assert {p.name: p.stat().st_mtime_ns for p in runs.glob("*.safetensors")} == before  # nothing written
+    code, out, err = cli("protocol", *tiny_args, "--task", "mrpc", "--seeds", "1-2", "--schemes", "dense", "--out",
+                         tmp_path / "p", "--report", tmp_path / "r", "--calibration-file",
+                         _calibration_file(tmp_path, labels=False))
+    assert code == 3 and len(err.strip().splitlines()) == 1 and "--calibration-file needs labels" in err
+    assert not list((tmp_path / "p").glob("*.safetensors")) and not (tmp_path / "r").exists()
 
 
 def test_a_finished_member_is_not_retrained_for_a_calibration_file(cli, tiny_args, tmp_path):

@@ -171,7 +171,7 @@ def _calibration(plan: Plan, m: _Members) -> dict:
     (``reliability`` None for regression). A metric of :data:`ENSEMBLE_ONLY` (named in ``single_undefined``) has its
     single-member fields (single_mean, single_std, ensemble_gain, p_single) None: undefined, not a number. ts_nll and
     ts_ece fit their temperature on the calibration file's split where the plan has one and every member has
-    outputs on it (``protocol.calibration.fit_of``: ``stats --calibration-split calibration`` gives the same
+    outputs on it (:func:`temperature_fit_of`: ``stats --calibration-split calibration`` gives the same
     numbers), else cross-fit it over 5 folds of the evaluation split; ``temperature_fit`` says which in words (None
     for regression), ``calibration_file`` the plan's file and ``calibration_missing`` how many members lack its
     outputs. Cross-fitted, ts_nll and ts_ece are left out, and named in ``skipped``, with fewer than 10 examples.
