@@ -18,6 +18,7 @@ from test_significance import TASK, simulate
 from ticketctl.analysis.metrics import MetricScorer, combination_values, nll
 from ticketctl.analysis.significance import better, compare, protocol_scores
 from ticketctl.errors import UsageError
+from ticketctl.hparams import DataOptions
 
 
 def _schemes(tmp_path, seeds=8, examples=200, sharp=3.0):
@@ -159,7 +160,7 @@ def test_report_calibration_section_is_stats_score_and_a_reliability_diagram(tmp
     paths, outputs, labels = _schemes(tmp_path, seeds=6, examples=60)
     members = {"dense": [p for p in paths if "dense" in p], "random": [p for p in paths if "random" in p]}
     plan = SimpleNamespace(seeds=list(range(6)), member_schemes=["dense", "random"], k=2, groups=1, resamples=199,
-                           report_scores=[])
+                           report_scores=[], data=DataOptions())
     data = report.analyse(plan, members, {})
     cal = data["calibration"]
     assert cal["metrics"] == ["nll", "brier", "ece", "ts_nll", "ts_ece"] and cal["skipped"] == []
@@ -237,7 +238,7 @@ def test_report_calibration_section_on_regression_is_stats_score_with_na_for_sin
     paths, outputs, gold = _regression_schemes(tmp_path)
     members = {"dense": [p for p in paths if "dense" in p], "random": [p for p in paths if "random" in p]}
     plan = SimpleNamespace(seeds=list(range(6)), member_schemes=["dense", "random"], k=2, groups=1, resamples=199,
-                           report_scores=[])
+                           report_scores=[], data=DataOptions())
     data = report.analyse(plan, members, {})
     cal = data["calibration"]
     assert cal["metrics"] == ["gaussian_nll", "spread_error_corr"] and cal["skipped"] == []

@@ -24,11 +24,12 @@ Task = Annotated[Optional[str], typer.Option(
 Seed = Annotated[int, typer.Option(help="Random seed (task head, data order, dropout, policy masks).")]
 TrainFraction = Annotated[float, typer.Option(
     help="Search on a seed-dependent fraction of the training set (e.g. the phase transition with less data).")]
-TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "ood_file"}), "run": RunOptions}
+TRAINING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "ood_file", "calibration_file"}),
+            "run": RunOptions}
 CUSTOM_DATA = {"train_file", "validation_file", "dataset", "dataset_config", "validation_split", "text_columns",
                "label_column", "metric"}
-SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "ood_file", "subset_seed",
-                                                       *CUSTOM_DATA}),
+SHARING = {"train": TrainConfig, "data": (DataOptions, {"eval_files", "eval_splits", "ood_file", "calibration_file",
+                                                       "subset_seed", *CUSTOM_DATA}),
            "run": RunOptions}
 Paths = Annotated[list[str], typer.Argument(help="Artifact files; - reads whitespace-separated paths from stdin.")]
 Format = Annotated[str, typer.Option("--format", "-f", autocompletion=choices("table", "tsv", "json", "markdown"),

@@ -117,6 +117,11 @@ class DataOptions:
         ".csv, .tsv, .json or .jsonl with a header and the task's text columns, no labels needed (a label column is "
         "ignored). Scored at the end of training as the unlabelled split 'ood' (a logits artifact without metrics, "
         "for `ensemble --ood ood`); a member finished without it is reused, not retrained (docs/calibration.md).")
+    calibration_file: Optional[str] = option(
+        None, "Labelled data held out for temperature scaling, in the formats of --eval-file: scored at the end of "
+        "training as the split 'calibration' (for `ensemble`/`stats --calibration-split calibration`; protocol's "
+        "report fits ts_nll's and ts_ece's temperature there); a member finished without it is reused, not "
+        "retrained (docs/calibration.md).")
     text_columns: Optional[str] = option(
         None, "Text column(s) of --train-file/--dataset data: a or a,b for sentence pairs. Default: "
         "sentence1,sentence2, else text, else sentence.")

@@ -405,6 +405,9 @@ def read_ood(task: Task, path: str | Path, warn=stderr_notice) -> Split:
     return dataclasses.replace(split, task=task)
 
 
+CALIBRATION_SPLIT = "calibration"  # the split name of --calibration-file's outputs (docs/calibration.md)
+
+
 # ---------------------------------------------------------------------------------------------- hub datasets
 
 

@@ -179,18 +179,20 @@ def _verdict(c: dict, higher_is_better: bool) -> str:
     return better(c["diff"], c["p"], higher_is_better)
 
 
-def calibration(s: Students, names: list[str]) -> list[dict]:
+def calibration(s: Students, names: list[str], options=None) -> list[dict]:
     """The students in the probability calibration section, as single members: per metric of ``names`` (nll,
     brier, ece, ts_nll, ts_ece: all lower-is-better) their mean, ``ensemble_mean`` None (students are never
     ensembled), and over seed groups (:func:`over_groups`) the student minus the reference's single member
     (``vs_ref``, ``ref_low``, ``ref_high``, ``p_ref``, ``verdict_ref``) and minus SCHEME's single member
-    (``vs_member``, ...), in the metric's units. Raises UsageError for a name that is not a metric of
-    probabilities (``metrics.scorer_for``)."""
-    from ticketctl.analysis.metrics import scorer_for
+    (``vs_member``, ...), in the metric's units. ``options`` (``metrics.Options``, its calibration split in
+    ``s.loaded``'s member order): what ts_nll and ts_ece fit their temperature with (None: cross-fitted). Raises
+    UsageError for a name that is not a metric of probabilities (``metrics.scorer_for``)."""
+    from ticketctl.analysis.metrics import get, scorer_for
 
     rows = []
     for name in names:
-        scorer = scorer_for(s.loaded.task, s.loaded.outputs, s.loaded.labels, "probs", name)
+        scorer = scorer_for(s.loaded.task, s.loaded.outputs, s.loaded.labels, "probs", name,
+                            options if get(name).fitted else None)
         taught = group_means(scorer, s.student, 1, s.groups)
         row = {"metric": name, "group": s.name, "members": len(s.student), "single_mean": float(taught.mean()),
                "ensemble_mean": None}

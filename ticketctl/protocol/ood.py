@@ -75,11 +75,16 @@ def section(plan, members: dict[str, list[Path]]) -> dict | None:
 
 def _ood_artifacts(plan, member: Path) -> list[tuple[str, set[str]]]:
     """(path, member keys) of the OOD logits artifacts of ``--ood-file`` in the members' folder."""
-    task = read_artifact(member).meta.get("task")
+    return split_artifacts(Path(member).parent, read_artifact(member).meta.get("task"), SPLIT, str(plan.data.ood_file))
+
+
+def split_artifacts(folder: Path, task: str | None, split: str, source: str) -> list[tuple[str, set[str]]]:
+    """(path, member keys: ``ood.member_keys``) of the logits artifacts of split ``split`` in ``folder`` that score
+    the file ``source`` (their ``split_source``), in name order."""
     out = []
-    for path in sorted(Path(member).parent.glob(paths.logits_name(task, SPLIT, "*", "*", "*"))):
+    for path in sorted(Path(folder).glob(paths.logits_name(task, split, "*", "*", "*"))):
         art = read_artifact(path)
-        if art.kind == "logits" and art.meta.get("split_source") == str(plan.data.ood_file):
+        if art.kind == "logits" and art.meta.get("split_source") == source:
             out.append((str(path), ood.member_keys(art)))
     return out
 

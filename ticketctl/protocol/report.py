@@ -7,10 +7,11 @@ programs) and ``REPORT/plan.toml`` (the resolved plan, usable as ``--plan``).
   difference. Then that difference split into the single-member part (single - BASELINE's single) and the
   ensembling part (gain - BASELINE's gain), each with its interval and permutation p-value: every p-value is for
   the difference printed beside it.
-- Probability calibration: per scheme, NLL, Brier, ECE and, after cross-fitted temperature scaling, NLL and ECE
-  (docs/calibration.md) of single members and k-member ensembles, against BASELINE with the same seed test
-  (``stats --score NAME``'s rows), and a reliability diagram per scheme; for regression the Gaussian NLL (the
-  members' spread plus a cross-fitted noise variance) and the correlation of spread with error (ensembles only).
+- Probability calibration: per scheme, NLL, Brier, ECE and, after temperature scaling (cross-fitted, or fitted on
+  ``--calibration-file``'s outputs), NLL and ECE (docs/calibration.md) of single members and k-member ensembles,
+  against BASELINE with the same seed test (``stats --score NAME``'s rows), and a reliability diagram per scheme;
+  for regression the Gaussian NLL (the members' spread plus a cross-fitted noise variance) and the correlation of
+  spread with error (ensembles only).
 - Table 2: the five diversity metrics per scheme (regression: error correlation and ambiguity).
 - Figure 3: ensemble gain over BASELINE vs k. Figure 4: IoU of the tickets' masks.
 - The cost frontier (``stats --by scheme --cost``'s rows, docs/cost.md): per budget of dense-member equivalents each
@@ -35,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.analysis import diversity, grouping, iou, plots, stats
+from ticketctl.analysis import diversity, grouping, iou, ood, plots, stats
+from ticketctl.analysis.ensemble import calibration_options
+from ticketctl.analysis.metrics import Options, temperature_fit
 from ticketctl.analysis.render import row_of
 from ticketctl.analysis.significance import better, compare, compare_gain, pairing
 from ticketctl.analysis.tables import format_cell, note
@@ -167,22 +170,77 @@ def _calibration(plan: Plan, m: _Members) -> dict:
     classification only, per scheme the reliability diagram of its k-member ensembles and of its single members
     (``reliability`` None for regression). A metric of :data:`ENSEMBLE_ONLY` (named in ``single_undefined``) has its
     single-member fields (single_mean, single_std, ensemble_gain, p_single) None: undefined, not a number. ts_nll and
-    ts_ece are left out, and named in ``skipped``, with fewer than 10 examples (their temperature is cross-fitted
-    over 5 folds)."""
+    ts_ece fit their temperature on the calibration file's split where the plan has one and every member has
+    outputs on it (:func:`temperature_fit_of`: ``stats --calibration-split calibration`` gives the same
+    numbers), else cross-fit it over 5 folds of the evaluation split; ``temperature_fit`` says which in words (None
+    for regression), ``calibration_file`` the plan's file and ``calibration_missing`` how many members lack its
+    outputs. Cross-fitted, ts_nll and ts_ece are left out, and named in ``skipped``, with fewer than 10 examples.
+    Raises InputError where the calibration outputs do not pair up with the members."""
     from ticketctl.analysis.metrics import FOLDS, get
 
     regression = m.loaded.task.is_regression
     wanted = REGRESSION_CALIBRATION if regression else CALIBRATION
-    names = [n for n in wanted if not n.startswith("ts_") or len(m.loaded.labels) >= 2 * FOLDS]
+    fit = temperature_fit_of(plan, m.loaded)
+    split = fit.options.calibration is not None  # fitted on the calibration file: no folds of the evaluation split
+    names = [n for n in wanted if not n.startswith("ts_") or split or len(m.loaded.labels) >= 2 * FOLDS]
     rows = []
     for name in names:
-        table, _, _ = stats.table1_rows(m.loaded, m.grouped, m.ref, plan.k, stats.scorer_of(m.loaded, "probs", name),
-                                        plan.groups, "permutation", plan.resamples)
+        scorer = stats.scorer_of(m.loaded, "probs", name, fit.options if get(name).fitted else None)
+        table, _, _ = stats.table1_rows(m.loaded, m.grouped, m.ref, plan.k, scorer, plan.groups, "permutation",
+                                        plan.resamples)
         rows += [_calibration_row(name, row_of(r, drop_none=True)) for r in table]
     return {"metrics": names, "skipped": [n for n in wanted if n not in names], "regression": regression,
             "directions": {n: get(n).direction for n in names},
             "single_undefined": [n for n in names if n in ENSEMBLE_ONLY], "rows": rows,
+            "temperature_fit": None if regression else fit.temperature_fit,
+            "calibration_file": plan.data.calibration_file, "calibration_missing": fit.missing,
             "reliability": None if regression else _reliability(plan, m)}
+
+
+CALIBRATION_SPLIT = "calibration"  # ticketctl.data.custom.CALIBRATION_SPLIT: protocol --calibration-file's outputs
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The metric options the report scores ts_nll and ts_ece with (``options.calibration`` None: cross-fitted),
+    ``temperature_fit`` in words (``metrics.temperature_fit``) and ``missing``: how many members have no outputs on
+    the calibration file (0 without one)."""
+
+    options: Options
+    temperature_fit: str
+    missing: int = 0
+
+
+def temperature_fit_of(plan, members) -> Fit:
+    """The temperature fit for the loaded ``members`` (``analysis.members.Members``, any member order): on the
+    calibration split of ``plan.data.calibration_file`` where every member has outputs on it, in the members' order;
+    cross-fitted otherwise (``missing`` says how many lack them), and for a regression task (no temperature). Raises
+    InputError where the calibration outputs do not pair up with the members (``ensemble.load_calibration``)."""
+    source = plan.data.calibration_file
+    if not source or members.task.is_regression:
+        return Fit(Options(), temperature_fit(Options()))
+    first = members.arts[0]
+    found = ood_report.split_artifacts(Path(first.path).parent, first.meta.get("task"), CALIBRATION_SPLIT, str(source))
+    mine = [next((p for p, keys in found if keys & ood.member_keys(a)), None) for a in members.arts]
+    if None in mine:
+        return Fit(Options(), temperature_fit(Options()), mine.count(None))
+    options = calibration_options(Options(), ["ts_nll", "ts_ece"], members, mine, CALIBRATION_SPLIT, "probs")
+    return Fit(options, temperature_fit(options))
+
+
+def _md_temperature_fit(cal: dict) -> str:
+    """The calibration section's sentence saying where the temperature was fitted (markdown), from the section's
+    ``temperature_fit``, ``calibration_file`` and ``calibration_missing`` (:func:`_calibration`)."""
+    source, fit = cal.get("calibration_file"), cal.get("temperature_fit") or ""
+    if fit.startswith("calibration split"):
+        return (f"`ts_` metrics are after temperature scaling with one temperature per ensemble (and per single "
+                f"member) fitted on all of the calibration file `{source}` ({fit}; `temperature_fit` in report.json), "
+                f"not on the evaluation split.")
+    if cal.get("calibration_missing"):
+        return (f"`ts_` metrics are after temperature scaling cross-fitted over 5 folds of the evaluation split, not "
+                f"on the calibration file `{source}`: {cal['calibration_missing']} member(s) have no outputs on it "
+                f"(finished before --calibration-file was given; they are not retrained for it).")
+    return "`ts_` metrics are after temperature scaling cross-fitted over 5 folds."
 
 
 def _calibration_row(name: str, row: dict) -> dict:
@@ -432,7 +490,9 @@ def _add_students(plan: Plan, data: dict, members: dict[str, list[Path]]) -> Non
     if data["calibration"]:
         cal = data["calibration"]
         single = [n for n in cal["metrics"] if n not in cal["single_undefined"]]  # students are single members
-        cal["students"] = distilled.calibration(students, single)
+        fit = temperature_fit_of(plan, students.loaded)  # the same rule: their outputs on the calibration file
+        cal["students"] = distilled.calibration(students, single, fit.options)
+        cal["students_temperature_fit"] = fit.temperature_fit
     front = data.get("frontier")
     if front:
         point = distilled.frontier(students, sorted({r["budget"] for r in front["rows"]}))
@@ -560,6 +620,9 @@ def md_calibration(data: dict, named, figure: str | None) -> list[str]:
     if cal.get("students"):
         d = data["distillation"]
         lines += distilled.calibration_markdown(cal["students"], ref, d["scheme"], _table)
+        if cal.get("students_temperature_fit") not in (None, cal.get("temperature_fit")):
+            lines += [f"The students' `ts_` metrics: temperature {cal['students_temperature_fit']} (not every member "
+                      f"compared with them has outputs on the calibration file).", ""]
     if cal["skipped"]:
         lines += [f"Left out: {', '.join(cal['skipped'])} (temperature scaling cross-fits over 5 folds: it needs "
                   f"at least 10 examples).", ""]
@@ -580,8 +643,8 @@ def _md_calibration_intro(cal: dict, k: int, ref: str) -> str:
     if not cal.get("regression"):
         return (f"How good the probabilities are (docs/calibration.md; not the calibrated level of the seed test): "
                 f"{common} Ensembles average the members' probabilities. All five are lower-is-better: a negative "
-                f"difference favours the scheme, and `verdict` says it in words (p < 0.05). `ts_` metrics are after "
-                f"temperature scaling cross-fitted over 5 folds.")
+                f"difference favours the scheme, and `verdict` says it in words (p < 0.05). "
+                f"{_md_temperature_fit(cal)}")
     return (f"How good the predictive distribution is (docs/calibration.md; not the calibrated level of the seed "
             f"test): {common} `gaussian_nll` (lower is better: a negative difference favours the scheme): the NLL "
             f"(nats) of the gold score under a normal with the members' mean prediction and variance spread^2 + s^2, "

@@ -22,7 +22,7 @@ from ticketctl.data import custom
 from ticketctl.data import files as data_files
 from ticketctl.data.batching import encode
 from ticketctl.data.tasks import Task
-from ticketctl.errors import NoLabels, UsageError
+from ticketctl.errors import InputError, NoLabels, UsageError
 from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
 from ticketctl.log import Log, recording
 from ticketctl.model import loading
@@ -55,6 +55,21 @@ class StageSpec:
             object.__setattr__(self, name, value)
 
 
+def calibration_split(task: Task, opts: DataOptions, warn) -> data_files.Split:
+    """``--calibration-file``: labelled examples held out for temperature scaling, as the split
+    ``custom.CALIBRATION_SPLIT``, in the formats of ``--eval-file`` (a GLUE task's TSV format; for
+    --train-file/--dataset data a .csv, .tsv, .json or .jsonl file with the same columns). Raises InputError
+    (unreadable file, missing columns, no rows, no labels: all-placeholder labels count as none) or UsageError
+    (unknown format)."""
+    path, name = opts.calibration_file, custom.CALIBRATION_SPLIT
+    split = (custom.read_split(task, path, name, warn=warn) if opts.custom
+             else data_files.read_tsv(task, path, name, warn=warn))
+    if split.labels is None:
+        raise InputError(f"{path}: --calibration-file needs labels (temperature scaling fits the temperature to "
+                         f"them); it has none in column {task.label_column!r}")
+    return split
+
+
 @dataclass
 class Context:
     """A task with its model and data resolved: what a training stage's results depend on besides its config."""
@@ -73,6 +88,7 @@ class Context:
     dropout_stream: str = CPU_STREAM  # where its dropout masks come from (train.device.dropout_stream): identity
     source_train: data_files.Split | None = None  # the training split as read, before --max-train-samples
     ood_split: str | None = None  # the split of --ood-file (custom.OOD_SPLIT), the last of ``evals``; None: not given
+    calibration_split: str | None = None  # the split of --calibration-file (custom.CALIBRATION_SPLIT); None: not given
 
     @classmethod
     def create(cls, task_name: str | None, model: str | None, opts: DataOptions, log: Log) -> "Context":
@@ -81,6 +97,8 @@ class Context:
         model_fp = loading.model_fingerprint(model_dir)
         source = custom.own_task_data if opts.custom else data_files.glue_task_data  # the data-source switch
         task, train, evals = source(task_name, opts, log.info)
+        if opts.calibration_file:  # one more labelled split; a finished member is not retrained for it
+            evals = [*evals, calibration_split(task, opts, log.info)]
         if opts.ood_file:  # one more evaluation split, unlabelled; a finished member is not retrained for it
             evals = [*evals, custom.read_ood(task, opts.ood_file, log.info)]
         if train.labels is None:
@@ -104,7 +122,8 @@ class Context:
         if model_head:
             log.info(f"note: {model_name} holds a task head of its own; it is dropped and each seed draws its own")
         return cls(task, model_name, model_dir, model_fp, train, evals, log, model_head=model_head,
-                   source_train=source_train, ood_split=custom.OOD_SPLIT if opts.ood_file else None)
+                   source_train=source_train, ood_split=custom.OOD_SPLIT if opts.ood_file else None,
+                   calibration_split=custom.CALIBRATION_SPLIT if opts.calibration_file else None)
 
     def with_train(self, split: data_files.Split) -> "Context":
         return replace(self, train=split)
@@ -125,23 +144,29 @@ class Context:
         named = identity.logits(out, [(s.name, s.fingerprint) for s in self.evals])
         return [(split, path, h) for split, (path, h) in zip(self.evals, named)]
 
+    @property
+    def optional(self) -> dict[str, str]:
+        """The splits that do not make a member finished, split name -> its option: ``--ood-file``'s and
+        ``--calibration-file``'s (where given)."""
+        named = {self.ood_split: "--ood-file", self.calibration_split: "--calibration-file"}
+        return {split: flag for split, flag in named.items() if split is not None}
+
     def required(self, rows: list[tuple[data_files.Split, Path, str]]) -> list[Path]:
         """The logits paths of ``rows`` (:meth:`logits_rows`) a run counts as finished with: every split's but the
-        ``--ood-file`` split's, so that a member finished before it was given is reused, not retrained
-        (docs/calibration.md "Outputs on a new split without retraining")."""
-        return [path for split, path, _ in rows if split.name != self.ood_split]
+        ``--ood-file`` and ``--calibration-file`` splits' (:attr:`optional`), so that a member finished before they
+        were given is reused, not retrained (docs/calibration.md "Outputs on a new split without retraining")."""
+        return [path for split, path, _ in rows if split.name not in self.optional]
 
     def written(self, rows: list[tuple[data_files.Split, Path, str]]) -> list[Path]:
-        """The logits paths of ``rows`` a run has: :meth:`required`, and the ``--ood-file`` split's where it exists
-        (scored at the end of training, now or by an earlier run). Where it does not (the member was finished
+        """The logits paths of ``rows`` a run has: :meth:`required`, and the :attr:`optional` splits' where they exist
+        (scored at the end of training, now or by an earlier run). For each that does not (the member was finished
         without it), says on stderr, once, how to score it without retraining."""
-        missing = [path for split, path, _ in rows if split.name == self.ood_split and not path.exists()]
-        if missing:
-            self.log.info(f"note: the member was finished before --ood-file was given and is not retrained for it: "
-                          f"no {self.ood_split} outputs ({missing[0].name}); a member saved with --save-model gets "
-                          f"them from `ticketctl predict --model-dir DIR FILE --split {self.ood_split}` "
-                          f"(docs/calibration.md)")
-        return [path for _, path, _ in rows if path not in missing]
+        missing = [(split.name, path) for split, path, _ in rows if split.name in self.optional and not path.exists()]
+        for name, path in missing:
+            self.log.info(f"note: the member was finished before {self.optional[name]} was given and is not retrained "
+                          f"for it: no {name} outputs ({path.name}); a member saved with --save-model gets them from "
+                          f"`ticketctl predict --model-dir DIR FILE --split {name}` (docs/calibration.md)")
+        return [path for _, path, _ in rows if path not in {p for _, p in missing}]
 
     def encoded(self, tokenizer, split: data_files.Split, max_length: int):
         """``split`` tokenised, from the cache when this tokenizer, truncation length and data were tokenised before

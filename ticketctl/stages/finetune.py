@@ -139,19 +139,20 @@ class Finetune:
 
     @property
     def paths(self) -> list[Path]:
-        """The logits artifacts (one per evaluation split: dev, then each --eval-file, then --ood-file's;
-        ``store/paths.py``)."""
+        """The logits artifacts (one per evaluation split: dev, then each --eval-file, then --calibration-file's and
+        --ood-file's; ``store/paths.py``)."""
         return [path for _, path, _ in self.rows]
 
     @property
     def required(self) -> list[Path]:
-        """The artifacts that make the member finished: all but the ``--ood-file`` split's (``Context.required``)."""
+        """The artifacts that make the member finished: all but the ``--ood-file`` and ``--calibration-file`` splits'
+        (``Context.required``)."""
         return self.ctx.required(self.rows)
 
     @property
     def written(self) -> list[Path]:
-        """The artifacts there are: the required ones, and the ``--ood-file`` split's where it exists
-        (``Context.written``)."""
+        """The artifacts there are: the required ones, and the ``--ood-file`` and ``--calibration-file`` splits' where
+        they exist (``Context.written``)."""
         return self.ctx.written(self.rows)
 
     @property
