@@ -191,3 +191,33 @@ def test_the_report_and_its_students_fit_on_the_calibration_split(tmp_path):
     assert data["calibration"]["temperature_fit"].startswith("calibration split")
     assert any("The students' `ts_` metrics: temperature cross-fitted" in line
                for line in report.md_calibration(data, str, None))
+
+
+def test_report_score_sections_fit_where_the_calibration_section_does(tmp_path):
+    """--report-score ts_nll with --calibration-file: the section's Table 1 is the calibration section's ts_nll row
+    (each member's dev NLL at the temperature scipy fits on its calibration outputs) and names the fit; a metric
+    without a temperature has no temperature_fit."""
+    import numpy as np
+
+    from ticketctl.hparams import DataOptions, RunOptions, TrainConfig
+    from ticketctl.protocol import report
+    from ticketctl.protocol.plan import build
+
+    members, margins, labels = _members_with_calibration(tmp_path)
+    members.pop("student-random")
+    plan = build({"task": "mrpc", "seeds": "1-6", "schemes": "dense,random", "size": "2", "groups": "2",
+                  "resamples": "99", "report_score": "ts_nll,nll"}, TrainConfig(),
+                 DataOptions(calibration_file="cal.tsv"), RunOptions())
+    data = report.analyse(plan, members, {})
+    section = data["scores"]["ts_nll"]
+    assert section["temperature_fit"] == "calibration split calibration (40 examples)"
+    assert "temperature_fit" not in data["scores"]["nll"]
+    cal_rows = {r["group"]: r for r in data["calibration"]["rows"] if r["metric"] == "ts_nll"}
+    for row in section["table1"]:
+        scheme = row["group"]
+        hand = np.mean([_hand_ts_nll(margins[scheme, s, "dev"], labels["dev"], margins[scheme, s, "calibration"],
+                                     labels["calibration"]) for s in range(1, 7)])
+        assert row["single_mean"] == pytest.approx(hand, abs=1e-6)
+        assert row["ensemble_mean"] == pytest.approx(cal_rows[scheme]["ensemble_mean"], abs=1e-12)
+    assert any("Its temperature is fitted: calibration split calibration" in line
+               for line in report.md_scores(data, str, {}))

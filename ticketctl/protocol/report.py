@@ -132,21 +132,29 @@ def score_sections(plan: Plan, m: _Members) -> dict[str, dict]:
     (:func:`cost_frontier`, with ``on_frontier`` in the metric's direction; None without cost records), with
     ``direction`` ("lower is better" or "higher is better"). Differences are always scheme minus the reference:
     for a lower-is-better metric a negative one favours the scheme. A ``ts_`` metric with fewer than 10 examples
-    (its temperature is cross-fitted over 5 folds) has only ``skipped``, the reason. The students of
+    (its temperature is cross-fitted over 5 folds) has only ``skipped``, the reason. A temperature-fitted metric
+    fits where the probability calibration section does (:func:`temperature_fit_of`: on the calibration file where
+    every member has outputs on it), and its section's ``temperature_fit`` says where. The students of
     ``--distill-from`` are not in these sections."""
-    out = {}
+    from ticketctl.analysis.metrics import get
+
+    out, fit = {}, None
     for name in plan.report_scores:
-        if _too_few_to_fit(name, m):
+        fitted = get(name).fitted
+        if fitted and fit is None:
+            fit = temperature_fit_of(plan, m.loaded)
+        if _too_few_to_fit(name, m) and not (fitted and fit.options.calibration is not None):
             out[name] = {"metric": name, "skipped": f"{len(m.loaded.labels)} examples: temperature scaling "
                          f"cross-fits over 5 folds, which needs at least 10"}
             continue
-        on = replace(m, scorer=stats.scorer_of(m.loaded, REPORT_COMBINE, name))
+        on = replace(m, scorer=stats.scorer_of(m.loaded, REPORT_COMBINE, name, fit.options if fitted else None))
         table1 = _table1(plan, on)
         for row in table1:
             if row["group"] != on.ref:
                 row["verdict"] = better(row["vs_ref"], row.get("p_value", math.nan), on.scorer.higher_is_better)
         out[name] = {"metric": name, "direction": on.scorer.metric.direction, "table1": table1,
-                     "parts": _parts(plan, on), "figure3": _figure3(plan, on), "frontier": cost_frontier(plan, on)}
+                     "parts": _parts(plan, on), "figure3": _figure3(plan, on), "frontier": cost_frontier(plan, on),
+                     **({"temperature_fit": fit.temperature_fit} if fitted else {})}
     return out
 
 
@@ -714,7 +722,9 @@ def md_scores(data: dict, named, figures: dict[str, dict]) -> list[str]:
                   f"the same protocol, intervals and permutation tests as above, as `ticketctl stats --score {name}` "
                   f"computes them (the frontier: `stats --by scheme --cost --score {name}`). Every difference is the "
                   f"scheme minus {ref}: {direction}, so a {sign} difference favours the scheme; `verdict` says it in "
-                  f"words (p < 0.05). Students of --distill-from are not in this section.", "",
+                  f"words (p < 0.05). Students of --distill-from are not in this section."
+                  + (f" Its temperature is fitted: {sec['temperature_fit']} (`temperature_fit`)."
+                     if sec.get("temperature_fit") else ""), "",
                   f"### Table 1 on {name}: single members and {k}-member ensembles", "",
                   _table([{**r, "group": named(r["group"])} for r in sec["table1"]],
                          ["group", "members", "single_mean", "single_std", "ensemble_mean", "ensemble_gain", "vs_ref",
