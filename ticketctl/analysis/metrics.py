@@ -221,18 +221,13 @@ def _adaptive_gap(conf: np.ndarray, correct: np.ndarray, order: np.ndarray, bins
 def stable_argsort(key: np.ndarray) -> np.ndarray:
     """``np.argsort(key, axis=-1, kind="stable")`` (ties in index order), faster: an unstable sort first, and a
     stable one again only for the rows where two keys are equal. (..., n) -> (..., n) int64."""
-    return _stable_sort(np.asarray(key))[0]
-
-
-def _stable_sort(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`stable_argsort`'s (order, the keys in that order, which rows have equal keys)."""
+    key = np.asarray(key)
     order = np.argsort(key, axis=-1)
     ordered = np.take_along_axis(key, order, axis=-1)
     tied = np.any(ordered[..., 1:] == ordered[..., :-1], axis=-1)
     if np.any(tied):
         order[tied] = np.argsort(key[tied], axis=-1, kind="stable")
-        ordered[tied] = np.take_along_axis(key[tied], order[tied], axis=-1)
-    return order, ordered, tied
+    return order
 
 
 def aurc(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -749,11 +744,11 @@ def _sorted(c: Combined, gold):
 
 def _sorted_pairs(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_sorted`'s (conf ascending, correct in that order, rows with tied confidences) of confidences >= 0
-    and correctness (..., n), as :func:`_stable_sort` orders them, without an argsort and its gathers where a row
+    and correctness (..., n), as :func:`stable_argsort` orders them, without an argsort and its gathers where a row
     has no two confidences within one unit in the last place: non-negative floats sort like their bit patterns read
     as integers, so each confidence's lowest bit is replaced by its correctness and the integers are sorted; the
     bits above it keep the order unless two confidences differ in that bit alone, and those rows (and rows with
-    equal confidences) take the argsort. Bit for bit :func:`_stable_sort`'s result."""
+    equal confidences) take the stable argsort. Bit for bit the stable argsort's order."""
     conf = np.ascontiguousarray(conf, dtype=np.float64)
     ordered = np.sort(conf, axis=-1)
     tied = np.any(ordered[..., 1:] == ordered[..., :-1], axis=-1)
