@@ -695,14 +695,13 @@ def _calibration_beta(c: Combined, o: Options):
 
 def _calibration_scaled(c: Combined, gold, o: Options):
     """:func:`_scaled`'s terms with the calibration split's temperature (:func:`_calibration_beta`) for every
-    evaluation example: (scaled gold log-probability, scaled top-label probability, top class), (..., n) each."""
+    evaluation example: (scaled gold log-probability, scaled top-label probability, top class), (..., n) each; the
+    same shifted values and scaling as the cross-fitted path (:func:`_shifted_of`, :func:`_scaled_values`), with
+    one temperature for all examples."""
     def compute():
-        z = _calibration_beta(c, o)[..., None, None] * np.log(np.clip(np.asarray(c.probs, dtype=np.float64), EPS,
-                                                                      None))
-        top_value, top = _top(z)  # beta > 0: the top class is the unscaled one's
-        z -= top_value[..., None]
-        log_norm = np.log(_csum(np.exp(z)))
-        return _gold_prob(z, gold) - log_norm, np.exp(-log_norm), top
+        _, others, top, zy = _shifted_of(c, gold)  # beta > 0: the top class is the unscaled one's
+        gold_log_p, conf = _scaled_values(np.asarray(_calibration_beta(c, o))[..., None], others, zy)  # one "fold"
+        return gold_log_p, conf, top
     return _memo(c, "calibration_scaled", gold, compute)
 
 
