@@ -36,8 +36,8 @@ CHUNK_ELEMENTS = 2_000_000  # bound on the (ensembles x examples x classes) bloc
 
 
 def columns(members: int) -> list[str]:
-    """The column names of :func:`whole` and :func:`combination_values`: ``auroc_<score>``, ``fpr95_<score>`` for
-    each score (``mi`` only where an ensemble has more than one member)."""
+    """The classification column names of :func:`any_whole` and :func:`any_combinations`: ``auroc_<score>``,
+    ``fpr95_<score>`` for each score (``mi`` only where an ensemble has more than one member)."""
     scores = SCORES if members > 1 else SCORES[:2]
     return [f"{what}_{s}" for s in scores for what in ("auroc", "fpr95")]
 
@@ -166,22 +166,6 @@ def weighted(paired: Paired, weights: np.ndarray, combine: str) -> dict[str, np.
     return {c: np.concatenate(v) for c, v in out.items()}
 
 
-def whole(paired: Paired, combine: str) -> dict[str, float]:
-    """The columns of :func:`columns` for the ensemble of all members."""
-    m = len(paired.inside)
-    values = weighted(paired, np.full((1, m), 1.0 / m), combine)
-    return {c: float(values[c][0]) for c in columns(m)}
-
-
-def combination_values(paired: Paired, combos: np.ndarray, combine: str) -> dict[str, np.ndarray]:
-    """The columns (all six; ``mi`` NaN for k = 1) of every ensemble whose members are a row of ``combos`` (B, k)
-    indices into the members."""
-    combos = np.asarray(combos, dtype=np.int64)
-    weights = np.zeros((len(combos), len(paired.inside)))
-    np.put_along_axis(weights, combos, 1.0 / combos.shape[1], axis=1)
-    return weighted(paired, weights, combine)
-
-
 # ---------------------------------------------------------------------------------------------- regression
 
 REGRESSION_SCORES = ("spread",)
@@ -218,9 +202,9 @@ def spread_weighted(paired: Paired, weights: np.ndarray) -> dict[str, np.ndarray
     out: dict[str, list] = {c: [np.zeros(0)] for c in task_columns(True, 2)}
     for lo in range(0, len(weights), step):
         w, one = weights[lo:lo + step], single[lo:lo + step]
-        s_in, s_out = spread(x_in, w), spread(x_out, w)
-        out["auroc_spread"].append(np.where(one, np.nan, auroc_rows(s_in, s_out)))
-        out["fpr95_spread"].append(np.where(one, np.nan, fpr_rows(s_in, s_out)))
+        auroc, fpr = detection_rows(spread(x_in, w), spread(x_out, w))
+        out["auroc_spread"].append(np.where(one, np.nan, auroc))
+        out["fpr95_spread"].append(np.where(one, np.nan, fpr))
     return {c: np.concatenate(v) for c, v in out.items()}
 
 
@@ -242,16 +226,14 @@ def any_combinations(paired: Paired, combos: np.ndarray, combine: str) -> dict[s
 
 
 def any_whole(paired: Paired, combine: str) -> dict[str, float]:
-    """The columns of :func:`task_columns` for the ensemble of all members (:func:`whole` for classification).
-    Raises UsageError for one regression member: its prediction has no spread, so no OOD score."""
+    """The columns of :func:`task_columns` for the ensemble of all members. Raises UsageError for one regression
+    member: its prediction has no spread, so no OOD score."""
     m, regression = len(paired.inside), paired.inside.task.is_regression
-    if not regression:
-        return whole(paired, combine)
-    if m < 2:
+    if regression and m < 2:
         raise UsageError(f"--ood {paired.split}: one member of a regression task has no OOD score (its uncertainty "
                          f"is the members' spread); give at least two members")
-    values = spread_weighted(paired, np.full((1, m), 1.0 / m))
-    return {c: float(values[c][0]) for c in task_columns(True, m)}
+    values = any_weighted(paired, np.full((1, m), 1.0 / m), combine)
+    return {c: float(values[c][0]) for c in task_columns(regression, m)}
 
 
 # ---------------------------------------------------------------------------------------------- the seed test
@@ -333,5 +315,5 @@ class OodScorer(Scorer):
 
 # auroc_rows, detection_rows, entropy, fpr_rows: ticketctl.analysis.numerics' (one copy, shared with metrics)
 __all__ = ["SCORES", "OodScorer", "Paired", "any_combinations", "any_weighted", "any_whole", "auroc_rows",
-           "check_sides", "columns", "combination_values", "detection_rows", "entropy", "fpr_rows", "member_keys",
-           "pairing", "scores", "spread", "spread_weighted", "task_columns", "weighted", "whole"]
+           "check_sides", "columns", "detection_rows", "entropy", "fpr_rows", "member_keys",
+           "pairing", "scores", "spread", "spread_weighted", "task_columns", "weighted"]
