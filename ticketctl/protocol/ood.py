@@ -38,7 +38,7 @@ def section(plan, members: dict[str, list[Path]]) -> dict | None:
     ins, outs, missing, grouped = [], [], {}, {}
     for scheme in plan.member_schemes:
         arts = [read_artifact(p) for p in members.get(scheme, [])]
-        mine = [next((p for p, keys in found if keys & ood.member_keys(a)), None) for a in arts]
+        mine = partners(found, arts)
         if None in mine:
             missing[scheme] = mine.count(None)
             continue
@@ -87,6 +87,12 @@ def split_artifacts(folder: Path, task: str | None, split: str, source: str) -> 
         if art.kind == "logits" and art.meta.get("split_source") == source:
             out.append((str(path), ood.member_keys(art)))
     return out
+
+
+def partners(found: list[tuple[str, set[str]]], arts: list) -> list[str | None]:
+    """For each member artifact of ``arts``, the path among ``found`` (:func:`split_artifacts`) of the same member
+    (sharing a key of ``ood.member_keys``), None where it has none."""
+    return [next((p for p, keys in found if keys & ood.member_keys(a)), None) for a in arts]
 
 
 def _row(scheme: str, paired: ood.Paired, idx: list[int], k: int, groups: int) -> dict:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ticketctl.analysis import diversity, grouping, iou, ood, plots, stats
+from ticketctl.analysis import diversity, grouping, iou, plots, stats
 from ticketctl.analysis.ensemble import calibration_options
 from ticketctl.analysis.metrics import Options, temperature_fit
 from ticketctl.analysis.render import row_of
@@ -62,6 +62,7 @@ class _Members:
     ref: str
     scorer: object  # analysis.significance.Scorer
     paired: dict
+    fit: "Fit"  # where ts_nll and ts_ece fit their temperature (:func:`temperature_fit_of`), found once
 
     def vs_ref(self, g: str, k: int, groups: int, resamples: int, gain: bool = False):
         """``g`` against the reference over every combination (not stats' sample of at most 50 per group)."""
@@ -82,7 +83,7 @@ def analyse(plan: Plan, members: dict[str, list[Path]], masks: dict[str, list[Pa
     ref = grouping.pick_ref(grouped, None)
     m = _Members(loaded, grouped, ref, stats.scorer_of(loaded, "probs"),
                  {g: pairing(grouping.seeds_of(loaded, grouped[g]), grouping.seeds_of(loaded, grouped[ref]))
-                  for g in grouped})
+                  for g in grouped}, temperature_fit_of(plan, loaded))
     figure4 = _iou([str(p) for s in plan.member_schemes if not s.startswith("structured") for p in masks.get(s, [])])
     figure4s = _iou([str(p) for s in plan.member_schemes if s.startswith("structured") for p in masks.get(s, [])])
     return {"task": loaded.task.name, "split": loaded.split, "examples": int(len(loaded.labels)), "ref": ref,
@@ -138,12 +139,10 @@ def score_sections(plan: Plan, m: _Members) -> dict[str, dict]:
     ``--distill-from`` are not in these sections."""
     from ticketctl.analysis.metrics import get
 
-    out, fit = {}, None
+    out, fit = {}, m.fit
     for name in plan.report_scores:
         fitted = get(name).fitted
-        if fitted and fit is None:
-            fit = temperature_fit_of(plan, m.loaded)
-        if _too_few_to_fit(name, m) and not (fitted and fit.options.calibration is not None):
+        if _too_few_to_fit(name, m) and fit.options.calibration is None:
             out[name] = {"metric": name, "skipped": f"{len(m.loaded.labels)} examples: temperature scaling "
                          f"cross-fits over 5 folds, which needs at least 10"}
             continue
@@ -184,13 +183,13 @@ def _calibration(plan: Plan, m: _Members) -> dict:
     for regression), ``calibration_file`` the plan's file and ``calibration_missing`` how many members lack its
     outputs. Cross-fitted, ts_nll and ts_ece are left out, and named in ``skipped``, with fewer than 10 examples.
     Raises InputError where the calibration outputs do not pair up with the members."""
-    from ticketctl.analysis.metrics import FOLDS, get
+    from ticketctl.analysis.metrics import get
 
     regression = m.loaded.task.is_regression
     wanted = REGRESSION_CALIBRATION if regression else CALIBRATION
-    fit = temperature_fit_of(plan, m.loaded)
+    fit = m.fit
     split = fit.options.calibration is not None  # fitted on the calibration file: no folds of the evaluation split
-    names = [n for n in wanted if not n.startswith("ts_") or split or len(m.loaded.labels) >= 2 * FOLDS]
+    names = [n for n in wanted if split or not _too_few_to_fit(n, m)]
     rows = []
     for name in names:
         scorer = stats.scorer_of(m.loaded, "probs", name, fit.options if get(name).fitted else None)
@@ -229,7 +228,7 @@ def temperature_fit_of(plan, members) -> Fit:
         return Fit(Options(), temperature_fit(Options()))
     first = members.arts[0]
     found = ood_report.split_artifacts(Path(first.path).parent, first.meta.get("task"), CALIBRATION_SPLIT, str(source))
-    mine = [next((p for p, keys in found if keys & ood.member_keys(a)), None) for a in members.arts]
+    mine = ood_report.partners(found, members.arts)
     if None in mine:
         return Fit(Options(), temperature_fit(Options()), mine.count(None))
     options = calibration_options(Options(), ["ts_nll", "ts_ece"], members, mine, CALIBRATION_SPLIT, "probs")
