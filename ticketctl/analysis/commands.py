@@ -72,7 +72,7 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     (sparsity, train_fraction), the super ticket (``select`` best) or the frontier at equal cost (``cost``);
     ``plot`` draws the matching figure; ``score`` compares Table 1, the phase tables and the frontier, and picks
     the super ticket, by a registered metric with a direction; ``ood`` (a split): Table 1 of an OOD column
-    (``stats.table1``'s ``paired``), UsageError with a pivot, ``select``, ``cost`` or ``calibration_split``;
+    (``stats.table1``'s ``paired``; UsageError as ``stats.check_options`` says);
     ``calibration_split``: Table 1's ts_nll or ts_ece fit their temperature on that split's artifacts among
     ``artifacts`` (``stats.table1``)."""
     from ticketctl.analysis import phase, plots, render
@@ -80,15 +80,10 @@ def print_stats(artifacts: list[str], *, by: str = "policy", ref: str | None = N
     from ticketctl.analysis import stats as data
     from ticketctl.analysis.ensemble import load_ood
     from ticketctl.analysis.tables import note
-    from ticketctl.errors import UsageError
     from ticketctl.store.artifacts import read_paths
 
     paths = read_paths(artifacts)
-    data.check_options(by, size, bootstrap, select, cost, calibration_split)
-    if ood is not None and (select or cost or by in PIVOTS):
-        raise UsageError("--ood: Table 1 only (not with --cost, --select or --by sparsity/train_fraction)")
-    if ood is not None and calibration_split is not None:
-        raise UsageError("--ood with --calibration-split: the OOD scores fit no temperature; give one of them")
+    data.check_options(by, size, bootstrap, select, cost, calibration_split, ood)
     if select:
         render.super_ticket(phase.super_ticket(paths, select_fraction, score))
         return

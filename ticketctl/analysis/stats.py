@@ -159,9 +159,9 @@ def gain_curves(scorer: Scorer, groups: dict[str, list[int]], ref: str,
 
 
 def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 0, select: str | None = None,
-                  cost: bool = False, calibration_split: str | None = None) -> None:
+                  cost: bool = False, calibration_split: str | None = None, ood: str | None = None) -> None:
     """The command's flag combinations: raises UsageError for a negative --bootstrap, a --size below 1, a --select
-    other than best, --select without --by sparsity, or --calibration-split outside Table 1."""
+    other than best, --select without --by sparsity, --calibration-split or --ood outside Table 1, or both."""
     if calibration_split is not None and (select or cost or by in PIVOTS):
         raise UsageError("--calibration-split: only with Table 1 (not --cost, --select or --by "
                          f"{'/'.join(PIVOTS)})")
@@ -173,6 +173,10 @@ def check_options(by: str = "policy", size: int | None = None, bootstrap: int = 
         raise UsageError("--select must be best")
     if select is not None and by != "sparsity":
         raise UsageError("--select best needs --by sparsity")
+    if ood is not None and (select or cost or by in PIVOTS):
+        raise UsageError("--ood: Table 1 only (not with --cost, --select or --by sparsity/train_fraction)")
+    if ood is not None and calibration_split is not None:
+        raise UsageError("--ood with --calibration-split: the OOD scores fit no temperature; give one of them")
 
 
 def table1(paths: list[str], by: str = "policy", ref: str | None = None, size: int | None = None,
